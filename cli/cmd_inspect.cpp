@@ -1,0 +1,26 @@
+// kvcal inspect FILE: describe a file kvcal reads or writes.
+#include <ostream>
+
+#include "cli/command.h"
+#include "runtime/io/safetensors_report.h"
+
+namespace kvcal::cli {
+
+int run_inspect(const std::vector<std::string>& args, io& io) {
+  po::options_description opts("Options");
+  std::string file;
+  int max_tensors = 0;
+  opts.add_options()
+      ("file", po::value<std::string>(&file)->required(), "file to describe (positional)")
+      ("max-tensors", po::value<int>(&max_tensors)->default_value(50),
+       "list at most this many tensors (0 = all)");
+  po::positional_options_description pos;
+  pos.add("file", 1);
+  po::variables_map vm;
+  if (!parse_options("inspect", "FILE [options]", opts, pos, args, vm, io)) return 0;
+  if (max_tensors < 0) throw usage_error("--max-tensors must be >= 0");
+  describe_safetensors(file, static_cast<std::size_t>(max_tensors), io.out);
+  return 0;
+}
+
+}  // namespace kvcal::cli

@@ -1,0 +1,32 @@
+// The one place subcommands are registered. A subcommand lands by adding its cli/cmd_<name>.cpp
+// and pointing its entry here at the function it defines.
+#include "cli/command.h"
+
+namespace kvcal::cli {
+
+int run_inspect(const std::vector<std::string>& args, io& io);
+
+const std::vector<command>& commands() {
+  static const std::vector<command> table = {
+      {"capture", "run a model and stream its KV activations into an HDF5 capture", nullptr,
+       "issue #5"},
+      {"fit-pca", "fit per-(layer, KV head) PCA bases from captures", nullptr, "issue #6"},
+      {"train-ae", "train KV autoencoders on captures", nullptr, "issue #7"},
+      {"train-policy", "train a learned eviction policy on captures", nullptr, "issue #7"},
+      {"export", "assemble a versioned preset file", nullptr, "issue #8"},
+      {"inspect", "describe a kvcal file (safetensors / preset / capture / pca)", run_inspect,
+       nullptr},
+      {"eval", "measure quality (PPL, passkey) through a compressed cache", nullptr, "issue #3"},
+      {"bench", "measure decode speed against the uncompressed baseline", nullptr, "issue #11"},
+      {"generate", "generate text with a (compressed) KV cache", nullptr, "issue #9"},
+  };
+  return table;
+}
+
+const command* find_command(const std::string& name) {
+  for (const auto& c : commands())
+    if (name == c.name) return &c;
+  return nullptr;
+}
+
+}  // namespace kvcal::cli

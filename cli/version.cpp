@@ -1,0 +1,20 @@
+#include "cli/version.h"
+
+#include <ostream>
+
+#include "kernels/common/build_info.h"
+#include "kernels/common/cuda_device.h"
+
+namespace kvcal::cli {
+
+void print_version(std::ostream& out) {
+  out << "kvcal " << build_version() << " (commit " << build_commit() << ")\n";
+  // One line per on-disk format this build reads/writes; each format's issue adds its line.
+  out << "formats:\n"
+      << "  safetensors          read/write (HF model weights; container of kvcal presets)\n";
+  out << "build:   CUDA " << (build_with_cuda() ? "compiled in" : "not compiled") << ", libtorch "
+      << build_torch_version() << "\n";
+  out << "devices: " << cuda_device_summary() << "\n";
+}
+
+}  // namespace kvcal::cli
