@@ -237,3 +237,89 @@ TEST_CASE("mapped_file maps bytes and handles empty files") {
   CHECK(g.size() == 3);
   CHECK(f.data() == nullptr);
 }
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/io/sha256.h"
+#include "runtime/model_config.h"
+
+TEST_CASE("sha256 matches FIPS 180-4 test vectors") {
+  CHECK(sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  CHECK(sha256_hex(std::string(1000000, 'a')) ==
+        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  kvcal::test::scratch_dir dir;
+  kvcal::test::write_bytes(dir.file("abc"), "abc");
+  CHECK(sha256_file(dir.file("abc")) == sha256_hex("abc"));
+}
+
+TEST_CASE("model_config: legacy and v5 spellings, head_dim, GQA, and clear refusals") {
+  using nlohmann::json;
+  json base = {{"model_type", "llama"},        {"vocab_size", 512},
+               {"hidden_size", 64},            {"intermediate_size", 128},
+               {"num_hidden_layers", 2},       {"num_attention_heads", 4},
+               {"num_key_value_heads", 2},     {"rms_norm_eps", 1e-5},
+               {"max_position_embeddings", 256}, {"rope_theta", 500000.0},
+               {"torch_dtype", "bfloat16"}};
+  auto c = parse_model_config(base, "cfg");
+  CHECK(c.head_dim == 16);
+  CHECK(c.n_rep() == 2);
+  CHECK(c.rope.theta == 500000.0);
+  CHECK(c.rope.type == rope_type::none);
+  CHECK(c.torch_dtype == "bfloat16");
+
+  json hd = base;
+  hd["head_dim"] = 32;  // explicit head_dim != hidden / heads
+  CHECK(parse_model_config(hd, "cfg").head_dim == 32);
+
+  json legacy = base;
+  legacy["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  c = parse_model_config(legacy, "cfg");
+  CHECK(c.rope.type == rope_type::llama3);
+  CHECK(c.rope.factor == 8.0);
+  CHECK(c.rope.original_max_position_embeddings == 64);
+
+  json v5 = base;
+  v5.erase("rope_theta");
+  v5["rope_parameters"] = {{"rope_type", "linear"}, {"rope_theta", 1234.0}, {"factor", 2.0}};
+  c = parse_model_config(v5, "cfg");
+  CHECK(c.rope.type == rope_type::linear);
+  CHECK(c.rope.theta == 1234.0);
+
+  json qwen = base;
+  qwen["model_type"] = "qwen2";
+  CHECK(parse_model_config(qwen, "cfg").attention_bias);
+
+  auto refuses = [&](json j, const char* field) {
+    try {
+      parse_model_config(j, "some/config.json");
+    } catch (const kvcal::error& e) {
+      std::string msg = e.what();
+      CHECK_MESSAGE(msg.find("some/config.json") != std::string::npos, msg);
+      CHECK_MESSAGE(msg.find(field) != std::string::npos, msg);
+      return;
+    }
+    FAIL("accepted a config it must refuse: ", field);
+  };
+  json bad = base;
+  bad["model_type"] = "gpt_neox";
+  refuses(bad, "gpt_neox");
+  bad = base;
+  bad.erase("hidden_size");
+  refuses(bad, "hidden_size");
+  bad = base;
+  bad["num_key_value_heads"] = 3;
+  refuses(bad, "num_key_value_heads");
+  bad = base;
+  bad["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
+  refuses(bad, "longrope");
+  bad = base;
+  bad["hidden_act"] = "gelu";
+  refuses(bad, "hidden_act");
+  bad = qwen;
+  bad["use_sliding_window"] = true;
+  refuses(bad, "use_sliding_window");
+}

@@ -19,7 +19,9 @@ class scratch_dir {
     path_ = p ? p : "";
   }
   ~scratch_dir() {
-    if (!path_.empty()) std::system(("rm -rf '" + path_ + "'").c_str());
+    if (path_.empty()) return;
+    int rc = std::system(("rm -rf '" + path_ + "'").c_str());
+    (void)rc;
   }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   const std::string& path() const { return path_; }
