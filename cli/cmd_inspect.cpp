@@ -3,6 +3,8 @@
 
 #include "cli/command.h"
 #include "runtime/io/safetensors_report.h"
+#include "runtime/preset.h"
+#include "runtime/preset_report.h"
 
 namespace kvcal::cli {
 
@@ -19,7 +21,11 @@ int run_inspect(const std::vector<std::string>& args, io& io) {
   po::variables_map vm;
   if (!parse_options("inspect", "FILE [options]", opts, pos, args, vm, io)) return 0;
   if (max_tensors < 0) throw usage_error("--max-tensors must be >= 0");
-  describe_safetensors(file, static_cast<std::size_t>(max_tensors), io.out);
+  // A preset is a safetensors file with a kvcal recipe: shown as the recipe and its byte cost.
+  if (is_preset_file(file))
+    describe_preset(file, io.out);
+  else
+    describe_safetensors(file, static_cast<std::size_t>(max_tensors), io.out);
   return 0;
 }
 

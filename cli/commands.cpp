@@ -5,6 +5,7 @@
 namespace kvcal::cli {
 
 int run_inspect(const std::vector<std::string>& args, io& io);
+int run_export(const std::vector<std::string>& args, io& io);
 
 const std::vector<command>& commands() {
   static const std::vector<command> table = {
@@ -13,7 +14,7 @@ const std::vector<command>& commands() {
       {"fit-pca", "fit per-(layer, KV head) PCA bases from captures", nullptr, "issue #6"},
       {"train-ae", "train KV autoencoders on captures", nullptr, "issue #7"},
       {"train-policy", "train a learned eviction policy on captures", nullptr, "issue #7"},
-      {"export", "assemble a versioned preset file", nullptr, "issue #8"},
+      {"export", "assemble a versioned preset file", run_export, nullptr},
       {"inspect", "describe a kvcal file (safetensors / preset / capture / pca)", run_inspect,
        nullptr},
       {"eval", "measure quality (PPL, passkey) through a compressed cache", nullptr, "issue #3"},

@@ -4,6 +4,7 @@
 
 #include "kernels/common/build_info.h"
 #include "kernels/common/cuda_device.h"
+#include "runtime/preset_recipe.h"
 
 namespace kvcal::cli {
 
@@ -11,7 +12,9 @@ void print_version(std::ostream& out) {
   out << "kvcal " << build_version() << " (commit " << build_commit() << ")\n";
   // One line per on-disk format this build reads/writes; each format's issue adds its line.
   out << "formats:\n"
-      << "  safetensors          read/write (HF model weights; container of kvcal presets)\n";
+      << "  safetensors          read/write (HF model weights; container of kvcal presets)\n"
+      << "  " << preset_format_name << "         version " << preset_format_version
+      << " read/write (one-file KV compression recipe + tensors)\n";
   out << "build:   CUDA " << (build_with_cuda() ? "compiled in" : "not compiled") << ", libtorch "
       << build_torch_version() << "\n";
   out << "devices: " << cuda_device_summary() << "\n";

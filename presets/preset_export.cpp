@@ -1,0 +1,59 @@
+#include "presets/preset_export.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/common/error.h"
+#include "presets/preset_template.h"
+#include "presets/preset_writer.h"
+#include "runtime/preset.h"
+
+namespace kvcal {
+
+namespace {
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  KVCAL_CHECK(f.good(), path, ": cannot open the recipe file");
+  std::ostringstream os;
+  os << f.rdbuf();
+  try {
+    return nlohmann::json::parse(os.str());
+  } catch (const nlohmann::json::exception& e) {
+    KVCAL_FAIL(path, ": malformed JSON: ", e.what());
+  }
+}
+
+}  // namespace
+
+export_result export_preset(const export_params& p) {
+  KVCAL_CHECK(p.template_name.empty() != p.recipe_path.empty(),
+              "export: give exactly one of a template and a recipe file");
+  KVCAL_CHECK(!p.out.empty(), "export: no output path");
+  // The PCA / AE / policy file formats belong to fit-pca and train-*; until their readers land
+  // nothing can be loaded from them, and guessing a layout would fix a format by accident.
+  KVCAL_CHECK(p.pca.empty(), "--pca ", p.pca, ": not available in this build (issue #6/#7)");
+  KVCAL_CHECK(p.ae.empty(), "--ae ", p.ae, ": not available in this build (issue #6/#7)");
+  KVCAL_CHECK(p.policy.empty(), "--policy ", p.policy,
+              ": not available in this build (issue #6/#7)");
+
+  const std::string config_path = p.model_dir + "/config.json";
+  const model_config cfg = read_model_config(config_path);
+  const std::string source =
+      p.template_name.empty() ? p.recipe_path : "template '" + p.template_name + "'";
+  const nlohmann::json j =
+      p.template_name.empty() ? read_json_file(p.recipe_path) : preset_template(p.template_name);
+  recipe_parse_options lenient;
+  lenient.allow_unset_rank = true;
+  export_result r;
+  r.recipe = expand_recipe(j, cfg, source, lenient);
+  const calibration_needs needs = needs_of(r.recipe);
+  KVCAL_CHECK(!needs.any(), source, " needs calibrated tensors: ", needs.describe(),
+              "; export refuses without them");
+  write_preset(p.out, r.recipe, {}, p.context);
+  return r;
+}
+
+}  // namespace kvcal

@@ -1,0 +1,32 @@
+// `kvcal export`: a template or recipe file + a model's config.json (+ calibration files) -> a
+// validated preset file.
+//
+//   kvcal::export_params p;
+//   p.template_name = "kivi-2"; p.model_dir = "models/qwen"; p.out = "kivi-2.safetensors";
+//   kvcal::export_result r = kvcal::export_preset(p);
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "runtime/preset_recipe.h"
+
+namespace kvcal {
+
+struct export_params {
+  std::string template_name;  // one of template_name / recipe_path
+  std::string recipe_path;
+  std::string model_dir;      // needs config.json only
+  std::string out;
+  std::string pca, ae, policy;  // calibration files (their readers have not landed: refused)
+  std::int64_t context = 32768;  // context the stored byte accounting is stated at
+};
+
+struct export_result {
+  preset_recipe recipe;
+  double fixed_bytes = 0;
+};
+
+export_result export_preset(const export_params& p);
+
+}  // namespace kvcal
