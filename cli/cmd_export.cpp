@@ -14,9 +14,11 @@ int run_export(const std::vector<std::string>& args, io& io) {
   std::string templates;
   for (const auto& n : preset_template_names()) templates += (templates.empty() ? "" : ", ") + n;
   po::options_description opts("Options");
+  const std::string template_help = "shipped template: " + templates;
+  // clang-format off
   opts.add_options()
-      ("template", po::value<std::string>(&p.template_name), ("shipped template: " + templates).c_str())
-      ("recipe", po::value<std::string>(&p.recipe_path), "recipe file (JSON, docs/formats/preset.md)")
+      ("template", po::value<std::string>(&p.template_name), template_help.c_str())
+      ("recipe", po::value<std::string>(&p.recipe_path), "recipe file (docs/formats/preset.md)")
       ("model", po::value<std::string>(&p.model_dir)->required(), "model folder (its config.json)")
       ("out", po::value<std::string>(&p.out)->required(), "preset file to write")
       ("pca", po::value<std::string>(&p.pca), "PCA bases from kvcal fit-pca")
@@ -24,17 +26,18 @@ int run_export(const std::vector<std::string>& args, io& io) {
       ("policy", po::value<std::string>(&p.policy), "eviction policy from kvcal train-policy")
       ("context", po::value<std::int64_t>(&p.context)->default_value(32768),
        "context length the stored byte accounting is stated at");
+  // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;
-  if (!parse_options("export", "--template NAME|--recipe FILE.json --model DIR --out PRESET",
-                     opts, pos, args, vm, io))
+  if (!parse_options("export", "--template NAME|--recipe FILE.json --model DIR --out PRESET", opts,
+                     pos, args, vm, io))
     return 0;
   if (p.template_name.empty() == p.recipe_path.empty())
     throw usage_error("give exactly one of --template and --recipe");
   if (p.context < 1) throw usage_error("--context must be >= 1");
   const export_result r = export_preset(p);
-  io.out << p.out << ": preset '" << r.recipe.name << "' for " << r.recipe.model.model_type
-         << " (" << r.recipe.model.n_layers << " layers)\n";
+  io.out << p.out << ": preset '" << r.recipe.name << "' for " << r.recipe.model.model_type << " ("
+         << r.recipe.model.n_layers << " layers)\n";
   print_recipe(r.recipe, r.fixed_bytes, {2048, 8192, 32768}, io.out);
   return 0;
 }

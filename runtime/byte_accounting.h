@@ -26,25 +26,24 @@ struct stream_bytes {
 struct layer_bytes {
   double retained = 0;  // tokens kept per KV head (centroids not included)
   stream_bytes k, v;
-  double indices = 0;   // int32 positions of kept tokens, per KV head (shared by K and V)
+  double indices = 0;  // int32 positions of kept tokens, per KV head (shared by K and V)
   double total() const { return k.total() + v.total() + indices; }
 };
 
 struct byte_accounting {
   std::int64_t context = 0;
   std::vector<layer_bytes> layers;
-  double fixed_bytes = 0;      // tensors of the preset, independent of context
-  double fp16_bytes = 0;       // K+V of `context` tokens in fp16, all layers and KV heads
-  bool upper_bound = false;    // a learned threshold policy: retention counted as all tokens
+  double fixed_bytes = 0;    // tensors of the preset, independent of context
+  double fp16_bytes = 0;     // K+V of `context` tokens in fp16, all layers and KV heads
+  bool upper_bound = false;  // a learned threshold policy: retention counted as all tokens
 
-  double total() const;                       // bytes held for the context, all layers
+  double total() const;  // bytes held for the context, all layers
   double bytes_per_token() const { return total() / static_cast<double>(context); }
   double ratio() const { return fp16_bytes / total(); }  // compression vs FP16 K+V
-  double retained_fraction() const;           // mean over layers of retained / context
+  double retained_fraction() const;                      // mean over layers of retained / context
 };
 
 // `context` >= 1. `fixed_bytes` is what the preset's tensors take (preset_file::fixed_bytes()).
-byte_accounting account_bytes(const preset_recipe& r, std::int64_t context,
-                              double fixed_bytes = 0);
+byte_accounting account_bytes(const preset_recipe& r, std::int64_t context, double fixed_bytes = 0);
 
 }  // namespace kvcal

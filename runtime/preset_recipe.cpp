@@ -2,9 +2,8 @@
 
 #include <cmath>
 #include <initializer_list>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "kernels/common/error.h"
 
@@ -14,10 +13,14 @@ using json = nlohmann::json;
 
 const char* kv_method_name(kv_method_kind k) {
   switch (k) {
-    case kv_method_kind::none: return "none";
-    case kv_method_kind::quant: return "quant";
-    case kv_method_kind::pca: return "pca";
-    case kv_method_kind::ae: return "ae";
+    case kv_method_kind::none:
+      return "none";
+    case kv_method_kind::quant:
+      return "quant";
+    case kv_method_kind::pca:
+      return "pca";
+    case kv_method_kind::ae:
+      return "ae";
   }
   return "?";
 }
@@ -28,12 +31,18 @@ const char* quant_axis_name(quant_axis a) {
 
 const char* token_policy_name(token_policy_kind k) {
   switch (k) {
-    case token_policy_kind::full: return "full";
-    case token_policy_kind::window: return "window";
-    case token_policy_kind::h2o: return "h2o";
-    case token_policy_kind::lru: return "lru";
-    case token_policy_kind::cluster: return "cluster";
-    case token_policy_kind::learned: return "learned";
+    case token_policy_kind::full:
+      return "full";
+    case token_policy_kind::window:
+      return "window";
+    case token_policy_kind::h2o:
+      return "h2o";
+    case token_policy_kind::lru:
+      return "lru";
+    case token_policy_kind::cluster:
+      return "cluster";
+    case token_policy_kind::learned:
+      return "learned";
   }
   return "?";
 }
@@ -303,8 +312,8 @@ rope_config parse_rope(const json& j, const std::string& src, const std::string&
   c.theta = r.number("theta", 0.0, 1e30);
   std::string t = r.string("type");
   bool found = false;
-  for (rope_type rt :
-       {rope_type::none, rope_type::linear, rope_type::dynamic, rope_type::llama3, rope_type::yarn}) {
+  for (rope_type rt : {rope_type::none, rope_type::linear, rope_type::dynamic, rope_type::llama3,
+                       rope_type::yarn}) {
     if (t == rope_type_name(rt)) {
       c.type = rt;
       found = true;
@@ -359,7 +368,8 @@ namespace {
 
 json method_to_json(const kv_method& m) {
   switch (m.kind) {
-    case kv_method_kind::none: return "none";
+    case kv_method_kind::none:
+      return "none";
     case kv_method_kind::quant:
       return json{{"quant",
                    {{"bits", m.quant.bits},
@@ -376,13 +386,16 @@ json method_to_json(const kv_method& m) {
 
 json policy_to_json(const token_policy& t) {
   switch (t.kind) {
-    case token_policy_kind::full: return "full";
+    case token_policy_kind::full:
+      return "full";
     case token_policy_kind::window:
       return json{{"window", {{"sinks", t.sinks}, {"recent", t.recent}}}};
     case token_policy_kind::h2o:
       return json{{"h2o", {{"heavy", t.heavy}, {"recent", t.recent_fraction}}}};
-    case token_policy_kind::lru: return "lru";
-    case token_policy_kind::cluster: return json{{"cluster", {{"k", t.clusters}}}};
+    case token_policy_kind::lru:
+      return "lru";
+    case token_policy_kind::cluster:
+      return json{{"cluster", {{"k", t.clusters}}}};
     case token_policy_kind::learned: {
       json l{{"features", policy_features_name(t.learned.features)},
              {"in_dim", t.learned.in_dim},
@@ -440,8 +453,7 @@ preset_recipe parse_recipe(const json& j, const std::string& source,
               preset_format_name, "'");
   const std::int64_t version = r.integer("version", INT64_MIN, INT64_MAX);
   KVCAL_CHECK(version <= preset_format_version, source, ": version: the file is format version ",
-              version, ", newer than this build reads (", preset_format_version,
-              "); update kvcal");
+              version, ", newer than this build reads (", preset_format_version, "); update kvcal");
   KVCAL_CHECK(version >= preset_format_version, source, ": version: the file is format version ",
               version, ", older than this build reads (", preset_format_version,
               "); re-export it with this kvcal");
@@ -469,8 +481,8 @@ preset_recipe parse_recipe(const json& j, const std::string& source,
 
   const json& layers = r.raw("layers");
   KVCAL_CHECK(layers.is_array(), source, ": layers: expected an array, got ", layers.type_name());
-  KVCAL_CHECK(static_cast<std::int64_t>(layers.size()) == p.model.n_layers, source, ": layers: ",
-              layers.size(), " entries, but model.n_layers is ", p.model.n_layers);
+  KVCAL_CHECK(static_cast<std::int64_t>(layers.size()) == p.model.n_layers, source,
+              ": layers: ", layers.size(), " entries, but model.n_layers is ", p.model.n_layers);
   ctx c{source, p.model.n_kv_heads, p.model.head_dim, opts.allow_unset_rank};
   for (std::size_t i = 0; i < layers.size(); ++i)
     p.layers.push_back(parse_layer_entry(layers[i], c, "layers[" + std::to_string(i) + "]"));
@@ -492,7 +504,8 @@ void check_fingerprint(const model_fingerprint& preset, const model_config& mode
   if (preset.head_dim != m.head_dim) differ("head_dim", preset.head_dim, m.head_dim);
   const json a = rope_to_json(preset.rope), b = rope_to_json(m.rope);
   for (auto it = a.begin(); it != a.end(); ++it)
-    if (it.value() != b.at(it.key())) differ("rope." + it.key(), it.value().dump(), b.at(it.key()).dump());
+    if (it.value() != b.at(it.key()))
+      differ("rope." + it.key(), it.value().dump(), b.at(it.key()).dump());
   if (preset.config_sha256 != m.config_sha256)
     differ("config_sha256", preset.config_sha256, m.config_sha256);
 }

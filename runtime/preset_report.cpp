@@ -22,24 +22,34 @@ std::string policy_str(const layer_recipe& l) {
   std::ostringstream os;
   os << token_policy_name(p.kind);
   switch (p.kind) {
-    case token_policy_kind::window: os << " " << p.sinks << "+" << p.recent; break;
-    case token_policy_kind::h2o: os << " " << p.heavy << "/" << p.recent_fraction; break;
-    case token_policy_kind::cluster: os << " k" << p.clusters; break;
+    case token_policy_kind::window:
+      os << " " << p.sinks << "+" << p.recent;
+      break;
+    case token_policy_kind::h2o:
+      os << " " << p.heavy << "/" << p.recent_fraction;
+      break;
+    case token_policy_kind::cluster:
+      os << " k" << p.clusters;
+      break;
     case token_policy_kind::learned:
       os << " " << policy_features_name(p.learned.features);
       if (p.learned.mlp_hidden) os << " mlp" << p.learned.mlp_hidden;
       if (p.learned.threshold) os << " >" << *p.learned.threshold;
       break;
-    default: break;
+    default:
+      break;
   }
   return os.str();
 }
 
 std::string budget_str(const token_budget& b) {
   std::ostringstream os;
-  if (b.kind == budget_kind::tokens) os << b.tokens << " tok";
-  else if (b.kind == budget_kind::retain) os << std::setprecision(3) << b.retain * 100 << "%";
-  else os << "-";
+  if (b.kind == budget_kind::tokens)
+    os << b.tokens << " tok";
+  else if (b.kind == budget_kind::retain)
+    os << std::setprecision(3) << b.retain * 100 << "%";
+  else
+    os << "-";
   return os.str();
 }
 
@@ -69,13 +79,19 @@ std::string head_overrides(const layer_recipe& l) {
 std::string describe_method(const kv_method& m) {
   std::ostringstream os;
   switch (m.kind) {
-    case kv_method_kind::none: os << "fp16"; break;
+    case kv_method_kind::none:
+      os << "fp16";
+      break;
     case kv_method_kind::quant:
       os << m.quant.bits << "b " << (m.quant.axis == quant_axis::per_channel ? "ch" : "tok") << " g"
          << m.quant.group << (m.quant.symmetric ? " sym" : "");
       break;
-    case kv_method_kind::pca: os << latent_str("pca", m.pca.rank, m.pca.latent_bits); break;
-    case kv_method_kind::ae: os << latent_str("ae", m.ae.latent, m.ae.latent_bits); break;
+    case kv_method_kind::pca:
+      os << latent_str("pca", m.pca.rank, m.pca.latent_bits);
+      break;
+    case kv_method_kind::ae:
+      os << latent_str("ae", m.ae.latent, m.ae.latent_bits);
+      break;
   }
   return os.str();
 }
@@ -104,9 +120,9 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
       std::ostringstream os;
       os << std::left << std::setw(16) << describe_method(l.k) << std::setw(16)
          << describe_method(l.v) << std::setw(20) << policy_str(l) << std::setw(9)
-         << budget_str(l.budget) << std::setw(7) << (std::to_string(static_cast<int>(
-                                                         l.guard * 100 + 0.5)) + "%")
-         << l.residual << head_overrides(l);
+         << budget_str(l.budget) << std::setw(7)
+         << (std::to_string(static_cast<int>(l.guard * 100 + 0.5)) + "%") << l.residual
+         << head_overrides(l);
       return os.str();
     };
     const std::string s = row(r.layers[i]);
@@ -116,10 +132,12 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
     i = j;
   }
 
-  out << "byte accounting (K+V, all layers; fp16 = 2 x layers x KV heads x head_dim x 2 B/token):\n";
+  out << "byte accounting (K+V, all layers; fp16 = 2 x layers x KV heads x head_dim x 2 "
+         "B/token):\n";
   out << std::right << std::setw(9) << "context" << std::setw(14) << "bytes/token" << std::setw(14)
       << "fp16 B/token" << std::setw(9) << "ratio" << std::setw(10) << "retained" << std::setw(14)
-      << "held" << "\n";
+      << "held"
+      << "\n";
   bool bound = false;
   for (std::int64_t L : contexts) {
     const byte_accounting a = account_bytes(r, L, fixed_bytes);
@@ -132,8 +150,7 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
     out.unsetf(std::ios::floatfield);
   }
   out << "fixed: " << bytes_str(fixed_bytes) << " of tensors (bases, weights), not in the ratio\n";
-  if (bound)
-    out << "note: learned threshold policies count every token (upper bound on bytes)\n";
+  if (bound) out << "note: learned threshold policies count every token (upper bound on bytes)\n";
 }
 
 void describe_preset(const std::string& path, std::ostream& out) {

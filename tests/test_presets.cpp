@@ -5,9 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/app.h"
 #include "kernels/common/error.h"
@@ -67,7 +66,9 @@ std::string error_of(const std::function<void()>& f) {
   return "(no error)";
 }
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool has(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 struct cli_result {
   int code;
@@ -96,8 +97,11 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
               {"v", "none"},
               {"policy", {{"learned", {{"features", "hidden"}, {"mlp_hidden", 16}}}}},
               {"budget", {{"retain", 0.25}}}};
-  json layer2{{"k", "none"}, {"v", "none"}, {"policy", {{"window", {{"sinks", 4}, {"recent", 60}}}}}};
-  json layer3{{"k", "none"}, {"v", "none"}, {"policy", {{"cluster", {{"k", 7}}}}},
+  json layer2{
+      {"k", "none"}, {"v", "none"}, {"policy", {{"window", {{"sinks", 4}, {"recent", 60}}}}}};
+  json layer3{{"k", "none"},
+              {"v", "none"},
+              {"policy", {{"cluster", {{"k", 7}}}}},
               {"budget", {{"retain", 0.5}}}};
   json t{{"name", "mixed"},
          {"description", "every method"},
@@ -142,7 +146,8 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
   p.check_model(cfg, "small/config.json");
   const json acc = json::parse(p.tensors().metadata().at(kvcal::preset_accounting_key));
   CHECK(acc.at("context") == 4096);
-  CHECK(acc.at("fixed_bytes").get<double>() == doctest::Approx(static_cast<double>(p.fixed_bytes())));
+  CHECK(acc.at("fixed_bytes").get<double>() ==
+        doctest::Approx(static_cast<double>(p.fixed_bytes())));
 }
 
 TEST_CASE("every template that needs no calibration exports against llama and Qwen2.5-7B shapes") {
@@ -223,8 +228,8 @@ TEST_CASE("pyramid budgets decay linearly through the middle layer") {
 TEST_CASE("schema errors: one clear message naming the field") {
   scratch_dir dir;
   const auto cfg = small_config(dir);
-  const json good = kvcal::recipe_to_json(
-      recipe_of({{"k", "none"}, {"v", "none"}, {"policy", "full"}}, cfg));
+  const json good =
+      kvcal::recipe_to_json(recipe_of({{"k", "none"}, {"v", "none"}, {"policy", "full"}}, cfg));
   auto err = [&](const std::function<void(json&)>& edit) {
     json j = good;
     edit(j);
@@ -263,9 +268,8 @@ TEST_CASE("schema errors: one clear message naming the field") {
 
   // Version: both numbers, and which way.
   e = err([](json& j) { j["version"] = 2; });
-  CHECK_MESSAGE(e ==
-                    "preset.safetensors: version: the file is format version 2, newer than this "
-                    "build reads (1); update kvcal",
+  CHECK_MESSAGE(e == "preset.safetensors: version: the file is format version 2, newer than this "
+                     "build reads (1); update kvcal",
                 e);
   e = err([](json& j) { j["version"] = 0; });
   CHECK_MESSAGE(has(e, "format version 0, older than this build reads (1)"), e);
@@ -274,7 +278,8 @@ TEST_CASE("schema errors: one clear message naming the field") {
   e = error_of([&] { kvcal::expand_recipe(json{{"name", "x"}}, cfg, "r.json"); });
   CHECK_MESSAGE(has(e, "r.json: give exactly one of 'layer'"), e);
   e = error_of([&] {
-    kvcal::expand_recipe(json{{"name", "x"}, {"layer", {{"k", "none"}, {"v", "none"}}},
+    kvcal::expand_recipe(json{{"name", "x"},
+                              {"layer", {{"k", "none"}, {"v", "none"}}},
                               {"budget", {{"pyramid", {{"first", 1.5}, {"last", 0.1}}}}}},
                          cfg, "r.json");
   });
@@ -296,7 +301,8 @@ TEST_CASE("preset files: malformed metadata, missing recipe, wrong tensor shape,
   CHECK_MESSAGE(has(e, "plain.safetensors: not a kvcal preset"), e);
 
   // Wrong tensor shape: the writer refuses, and so does the reader of a file written around it.
-  const auto r = recipe_of({{"k", "none"}, {"v", {{"pca", {{"rank", 8}}}}}, {"policy", "full"}}, cfg);
+  const auto r =
+      recipe_of({{"k", "none"}, {"v", {{"pca", {{"rank", 8}}}}}, {"policy", "full"}}, cfg);
   const auto req = kvcal::required_tensors(r);
   REQUIRE(req.size() == 4 * 2 * 2);
   std::vector<float> buf(64 * 64, 0.f);
@@ -304,18 +310,20 @@ TEST_CASE("preset files: malformed metadata, missing recipe, wrong tensor shape,
   for (const auto& q : req) ts.push_back({q.name, kvcal::st_dtype::F32, q.shape, buf.data()});
   ts[0].shape = {9, 64};
   e = error_of([&] { kvcal::write_preset(dir.file("w.safetensors"), r, ts); });
-  CHECK_MESSAGE(has(e, "tensor 'layers.0.v.heads.0.pca.basis': shape [9, 64], the recipe needs [8, 64]"),
-                e);
+  CHECK_MESSAGE(
+      has(e, "tensor 'layers.0.v.heads.0.pca.basis': shape [9, 64], the recipe needs [8, 64]"), e);
   CHECK(!kvcal::test::file_exists(dir.file("w.safetensors")));
   const std::string forged = dir.file("forged.safetensors");
   kvcal::write_safetensors(forged, ts,
                            {{kvcal::preset_metadata_key, kvcal::recipe_to_json(r).dump()}});
   e = error_of([&] { kvcal::preset_file p(forged); });
-  CHECK_MESSAGE(has(e, "forged.safetensors: tensor 'layers.0.v.heads.0.pca.basis': shape [9, 64]"), e);
+  CHECK_MESSAGE(has(e, "forged.safetensors: tensor 'layers.0.v.heads.0.pca.basis': shape [9, 64]"),
+                e);
   ts[0].shape = {8, 64};
   ts.pop_back();
   e = error_of([&] { kvcal::write_preset(dir.file("w.safetensors"), r, ts); });
-  CHECK_MESSAGE(has(e, "tensor 'layers.3.v.heads.1.pca.mean' (PCA mean, shape [64]) is missing"), e);
+  CHECK_MESSAGE(has(e, "tensor 'layers.3.v.heads.1.pca.mean' (PCA mean, shape [64]) is missing"),
+                e);
 
   // Wrong model: the field that differs, both values.
   kvcal::export_params p;
@@ -326,7 +334,8 @@ TEST_CASE("preset files: malformed metadata, missing recipe, wrong tensor shape,
   kvcal::preset_file f(p.out);
   const std::string qwen = make_model(dir, "qwen", 28, 28, 4, 128, "qwen2") + "/config.json";
   e = error_of([&] { f.check_model(kvcal::read_model_config(qwen), qwen); });
-  CHECK_MESSAGE(has(e, "model fingerprint: model_type is llama in the preset, qwen2 in " + qwen), e);
+  CHECK_MESSAGE(has(e, "model fingerprint: model_type is llama in the preset, qwen2 in " + qwen),
+                e);
   const std::string wide = make_model(dir, "wide", 4, 8, 4, 64) + "/config.json";
   e = error_of([&] { f.check_model(kvcal::read_model_config(wide), wide); });
   CHECK_MESSAGE(has(e, "n_kv_heads is 2 in the preset, 4 in"), e);
@@ -362,7 +371,7 @@ TEST_CASE("byte accounting: hand-computed cases") {
     const auto a = kvcal::account_bytes(r, 2048);
     // Per head: 1920 quantized tokens = 60 groups of 32 along tokens (K) / 2 groups of 32 along
     // channels per token (V), plus 128 fp16 tokens.
-    const double k_head = 1920.0 * 64 * 2 / 8 + 60.0 * 64 * 4 + 128.0 * 64 * 2;  // 62464
+    const double k_head = 1920.0 * 64 * 2 / 8 + 60.0 * 64 * 4 + 128.0 * 64 * 2;   // 62464
     const double v_head = 1920.0 * 64 * 2 / 8 + 1920.0 * 2 * 4 + 128.0 * 64 * 2;  // 62464
     CHECK(a.layers[0].k.total() == 2 * k_head);
     CHECK(a.layers[0].v.total() == 2 * v_head);
@@ -395,7 +404,8 @@ TEST_CASE("byte accounting: hand-computed cases") {
   SUBCASE("adaptive PCA int8: dormant up to compress_after, then keep_recent fp16") {
     json l = full_k;
     l["v"] = {{"pca", {{"rank", 32}, {"latent_bits", 8}}}};
-    const auto r = recipe_of(l, cfg, {{"adaptive", {{"compress_after", 512}, {"keep_recent", 256}}}});
+    const auto r =
+        recipe_of(l, cfg, {{"adaptive", {{"compress_after", 512}, {"keep_recent", 256}}}});
     CHECK(kvcal::account_bytes(r, 512).ratio() == doctest::Approx(1.0));
     const auto a = kvcal::account_bytes(r, 2048);
     // V per head: 256 fp16 + 1792 x (32 int8 latents + fp16 scale + zero).
@@ -424,7 +434,8 @@ TEST_CASE("byte accounting: hand-computed cases") {
   SUBCASE("per-head override is counted per head") {
     json l = full_k;
     l["v"] = "none";
-    l["heads"] = json::array({json{{"v", {{"quant", {{"bits", 4}, {"group", 64}}}}}}, json::object()});
+    l["heads"] =
+        json::array({json{{"v", {{"quant", {{"bits", 4}, {"group", 64}}}}}}, json::object()});
     const auto a = kvcal::account_bytes(recipe_of(l, cfg), 100);
     CHECK(a.layers[0].v.total() == 100.0 * 64 * 4 / 8 + 100.0 * 4 + 100.0 * 64 * 2);
   }
