@@ -177,6 +177,10 @@ std::optional<std::string> config_token(const json& cfg, const char* key) {
 }  // namespace
 
 tokenizer tokenizer::from_json(const std::string& json_text, const std::string& source) {
+  return tokenizer(parse(json_text, source));
+}
+
+std::shared_ptr<tokenizer::impl> tokenizer::parse(const std::string& json_text, const std::string& source) {
   auto p = std::make_shared<impl>();
   p->source = source;
   p->sha256 = sha256_hex(json_text);
@@ -226,13 +230,14 @@ tokenizer tokenizer::from_json(const std::string& json_text, const std::string& 
   for (std::int32_t id : p->suffix)
     KVCAL_CHECK(id >= 0 && id < p->vocab_size, source, ": post_processor adds id ", id, " outside the vocabulary");
   p->bos = p->template_bos;
-  return tokenizer(std::move(p));
+  return p;
 }
 
 tokenizer tokenizer::load(const std::string& path) {
   const bool dir = is_directory(path);
   const std::string file = dir ? path + "/tokenizer.json" : path;
-  tokenizer t = from_json(read_file(file, "tokenizer.json"), file);
+  std::shared_ptr<impl> p = parse(read_file(file, "tokenizer.json"), file);
+  const tokenizer t(p);
 
   const std::size_t slash = file.find_last_of('/');
   const std::string cfg_path =
@@ -241,7 +246,6 @@ tokenizer tokenizer::load(const std::string& path) {
   if (probe.good()) {
     probe.close();
     const json cfg = parse_json(read_file(cfg_path, "tokenizer_config.json"), cfg_path);
-    auto p = std::const_pointer_cast<impl>(t.p_);  // still private to this function
     for (auto [key, slot] : {std::pair<const char*, std::optional<std::int32_t>*>{"bos_token", &p->bos},
                              {"eos_token", &p->eos}}) {
       if (auto name = config_token(cfg, key)) {

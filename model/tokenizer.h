@@ -59,6 +59,7 @@ class tokenizer {
 
  private:
   struct impl;
+  static std::shared_ptr<impl> parse(const std::string& json_text, const std::string& source);
   explicit tokenizer(std::shared_ptr<const impl> p) : p_(std::move(p)) {}
   std::shared_ptr<const impl> p_;
 };

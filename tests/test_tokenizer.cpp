@@ -47,7 +47,11 @@ std::vector<std::string> pieces(split_pattern p, const std::string& text) {
 json tiny_byte_level() {
   return json::parse(R"({
     "added_tokens": [{"id": 6, "content": "<|end|>", "special": true, "normalized": false,
-                      "lstrip": false, "rstrip": false, "single_word": false}],
+                      "lstrip": false, "rstrip": false, "single_word": false},
+                     {"id": 7, "content": "<m>", "special": false, "normalized": false,
+                      "lstrip": true, "rstrip": true, "single_word": false},
+                     {"id": 8, "content": "ba", "special": false, "normalized": false,
+                      "lstrip": false, "rstrip": false, "single_word": true}],
     "normalizer": null,
     "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
     "post_processor": {"type": "ByteLevel"},
@@ -161,7 +165,12 @@ TEST_CASE("tokenizer: tiny byte-level BPE with hand-computed ids") {
   CHECK(t.encode("ab<|end|>a", true) == ids({3, 6, 0}));
   CHECK(t.decode({3, 5, 6, 4}, false) == "ab ab<|end|> a");
   CHECK(t.decode({3, 5, 6, 4}, true) == "ab ab a");
-  CHECK(t.vocab_size() == 7);
+  CHECK(t.vocab_size() == 9);
+  // lstrip / rstrip swallow the spaces around "<m>"; "ba" only counts as a whole word.
+  CHECK(t.encode("ab <m> ab", false) == ids({3, 7, 3}));
+  CHECK(t.encode("aba", false) == ids({3, 0}));
+  CHECK(t.encode(" ba", false) == ids({2, 8}));
+  CHECK(t.decode({8, 7}, false) == "ba<m>");
   CHECK(t.token_to_id("<|end|>") == 6);
   CHECK(t.id_to_token(5) == std::string("\u0120ab"));
   CHECK(t.is_special(6));
