@@ -1,0 +1,106 @@
+#include "model/llama.h"
+
+#include <fstream>
+
+#include "kernels/common/error.h"
+
+namespace kvcal {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(variance + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+llama_model::llama_model(std::string dir, std::shared_ptr<const model_config> cfg,
+                         std::shared_ptr<const model_weights> w, at::Device device,
+                         at::ScalarType dtype)
+    : dir_(std::move(dir)),
+      cfg_(std::move(cfg)),
+      w_(std::move(w)),
+      rope_(std::make_shared<rope>(*cfg_)),
+      device_(device),
+      dtype_(dtype) {}
+
+llama_model llama_model::load(const std::string& dir, at::Device device, at::ScalarType dtype) {
+  const std::string config_path = dir + "/config.json";
+  KVCAL_CHECK(std::ifstream(config_path).good(), config_path,
+              ": not found (is this a Hugging Face model folder?)");
+  return load(dir, read_model_config(config_path), device, dtype);
+}
+
+llama_model llama_model::load(const std::string& dir, const model_config& cfg, at::Device device,
+                              at::ScalarType dtype) {
+  KVCAL_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "compute dtype must be fp32, bf16 or fp16");
+  KVCAL_CHECK(device.is_cuda() || dtype == at::kFloat, dir,
+              ": on the CPU the model runs in fp32 (bf16/fp16 are for CUDA)");
+  auto w = std::make_shared<model_weights>(load_weights(dir, cfg, device, dtype));
+  return llama_model(dir, std::make_shared<model_config>(cfg), std::move(w), device, dtype);
+}
+
+at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
+                                const forward_options& opt) const {
+  const model_config& c = *cfg_;
+  KVCAL_CHECK(ids_in.dim() == 2 && ids_in.size(1) > 0,
+              "forward: ids must be [B, T] with T > 0, got ", ids_in.sizes());
+  KVCAL_CHECK(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt,
+              "forward: ids must be int64 (or int32)");
+  at::Tensor ids = ids_in.to(device_, at::kLong);
+  if (!ids.is_cuda()) {
+    // On the GPU an out-of-range id is a device-side assert; on the CPU a clear error is free.
+    const std::int64_t lo = ids.min().item<std::int64_t>(), hi = ids.max().item<std::int64_t>();
+    KVCAL_CHECK(lo >= 0 && hi < c.vocab_size, "forward: token id ", lo < 0 ? lo : hi,
+                " outside the vocabulary [0, ", c.vocab_size, ")");
+  }
+  const std::int64_t B = ids.size(0), T = ids.size(1);
+  const std::int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads, d = c.head_dim;
+  const std::int64_t pos0 = cache.length();
+  const model_weights& w = *w_;
+
+  at::Tensor positions =
+      at::arange(pos0, pos0 + T, at::TensorOptions().dtype(at::kLong).device(device_));
+  const rope_cos_sin cs = rope_->cos_sin(positions, pos0 + T - 1, dtype_);
+
+  at::Tensor x = at::embedding(w.embed, ids);  // [B, T, hidden]
+  for (std::int64_t li = 0; li < c.num_hidden_layers; ++li) {
+    const layer_weights& L = w.layers[static_cast<std::size_t>(li)];
+    const int layer = static_cast<int>(li);
+    at::Tensor h = rms_norm(x, L.input_norm, c.rms_norm_eps);  // [B, T, hidden]
+    at::Tensor qkv = at::linear(h, L.w_qkv, L.b_qkv);          // [B, T, (nq + 2 nkv) d]
+    at::Tensor q = qkv.narrow(-1, 0, nq * d).view({B, T, nq, d}).transpose(1, 2);  // [B, nq, T, d]
+    at::Tensor k = qkv.narrow(-1, nq * d, nkv * d).view({B, T, nkv, d}).transpose(1, 2);
+    at::Tensor v = qkv.narrow(-1, (nq + nkv) * d, nkv * d).view({B, T, nkv, d}).transpose(1, 2);
+    at::Tensor q_rope = apply_rope(q, cs);  // [B, nq, T, d]
+    at::Tensor k_rope = apply_rope(k, cs);  // [B, nkv, T, d]
+    if (opt.maybe_hook) {
+      layer_activations a;
+      a.layer = layer;
+      a.hidden = h;
+      a.q = q;
+      a.q_rope = q_rope;
+      a.k = k;
+      a.k_rope = k_rope;
+      a.v = v;
+      a.positions = positions;
+      opt.maybe_hook->on_layer(a);
+    }
+    cache.append(layer, kv_append{k, k_rope, v, positions});
+    at::Tensor attn = cache.attend(layer, q_rope, positions);  // [B, nq, T, d]
+    attn = attn.transpose(1, 2).reshape({B, T, nq * d});
+    x = x + at::linear(attn, L.w_o, L.b_o);
+
+    at::Tensor h2 = rms_norm(x, L.post_norm, c.rms_norm_eps);
+    at::Tensor gu = at::linear(h2, L.w_gate_up, L.b_gate_up);  // [B, T, 2 intermediate]
+    const std::int64_t I = c.intermediate_size;
+    at::Tensor act = at::silu(gu.narrow(-1, 0, I)) * gu.narrow(-1, I, I);
+    x = x + at::linear(act, L.w_down, L.b_down);
+  }
+  if (opt.logits == logits_mode::none) return at::Tensor();
+  if (opt.logits == logits_mode::last) x = x.narrow(1, T - 1, 1);
+  x = rms_norm(x, w.final_norm, c.rms_norm_eps);
+  return at::linear(x, w.lm_head).to(at::kFloat);  // [B, T | 1, vocab]
+}
+
+}  // namespace kvcal
