@@ -1,0 +1,26 @@
+// Builds without CUDA: the GPU accumulator exists but refuses to start.
+#include "calibrate/covariance_gpu.h"
+#include "kernels/common/error.h"
+
+#ifndef KVCAL_WITH_CUDA
+namespace kvcal {
+
+struct cov_accumulator_gpu::impl {};
+
+bool covariance_gpu_compiled() {
+  return false;
+}
+
+cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t, std::int64_t, bool, std::int64_t) {
+  KVCAL_FAIL("GPU covariance: this build has no CUDA");
+}
+cov_accumulator_gpu::~cov_accumulator_gpu() = default;
+void cov_accumulator_gpu::add_host(const float*, std::int64_t) {}
+void cov_accumulator_gpu::add_device(const float*, std::int64_t) {}
+void cov_accumulator_gpu::synchronize() {}
+std::vector<cov_stats> cov_accumulator_gpu::download() {
+  return {};
+}
+
+}  // namespace kvcal
+#endif

@@ -1,0 +1,118 @@
+// fit-pca on the GPU vs the CPU: covariance accumulation and batched eigensolve (label gpu).
+#include <doctest/doctest.h>
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "calibrate/covariance.h"
+#include "calibrate/covariance_gpu.h"
+#include "calibrate/eigensolve.h"
+#include "kernels/common/cuda_device.h"
+
+using namespace kvcal;
+
+namespace {
+
+std::vector<float> random_rows(std::int64_t n, std::int64_t d, unsigned seed, float mean_scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0, 1);
+  std::vector<float> mix(static_cast<size_t>(d * d)), mu(static_cast<size_t>(d));
+  for (auto& v : mix) v = g(rng) / std::sqrt(static_cast<float>(d));
+  for (auto& v : mu) v = mean_scale * g(rng);
+  std::vector<float> x(static_cast<size_t>(n * d)), z(static_cast<size_t>(d));
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t j = 0; j < d; ++j) z[j] = g(rng) * std::pow(0.93f, float(j)) * 4;
+    for (std::int64_t j = 0; j < d; ++j) {
+      float s = mu[j];
+      for (std::int64_t k = 0; k < d; ++k) s += mix[j * d + k] * z[k];
+      x[i * d + j] = s;
+    }
+  }
+  return x;
+}
+
+// Largest principal angle (radians) between the spans of the first r columns of a and b.
+double principal_angle(const std::vector<double>& a, const std::vector<double>& b, int d, int r) {
+  Eigen::MatrixXd ua(d, r), ub(d, r);
+  for (int i = 0; i < d; ++i)
+    for (int j = 0; j < r; ++j) {
+      ua(i, j) = a[i * d + j];
+      ub(i, j) = b[i * d + j];
+    }
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(ua.transpose() * ub);
+  const double smin = std::min(1.0, svd.singularValues().minCoeff());
+  return std::acos(smin);
+}
+
+}  // namespace
+
+TEST_CASE("GPU covariance == CPU covariance (per head and pooled, awkward block sizes)") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  const std::int64_t rows = 5003, n_kv = 3, d = 97;
+  const std::vector<float> x = random_rows(rows * n_kv, d, 11, 20.0f);
+  for (bool pooled : {false, true}) {
+    CAPTURE(pooled);
+    cov_accumulator_gpu acc(n_kv, d, pooled, 1024);
+    std::vector<cov_stats> cpu(pooled ? 1 : n_kv, cov_stats(d));
+    for (std::int64_t t = 0; t < rows;) {
+      const std::int64_t b = std::min<std::int64_t>(rows - t, 17 + (t * 13) % 1000);
+      acc.add_host(x.data() + t * n_kv * d, b);
+      accumulate_rows_cpu(cpu, x.data() + t * n_kv * d, b, n_kv, d);
+      t += b;
+    }
+    const std::vector<cov_stats> gpu = acc.download();
+    REQUIRE(gpu.size() == cpu.size());
+    for (size_t h = 0; h < gpu.size(); ++h) {
+      CHECK(gpu[h].count == cpu[h].count);
+      double em = 0, ec = 0, sm = 0, sc = 0;
+      for (std::int64_t i = 0; i < d; ++i) {
+        em = std::max(em, std::abs(gpu[h].mean[i] - cpu[h].mean[i]));
+        sm = std::max(sm, std::abs(cpu[h].mean[i]));
+      }
+      for (std::int64_t i = 0; i < d * d; ++i) {
+        ec = std::max(ec, std::abs(gpu[h].m2[i] - cpu[h].m2[i]));
+        sc = std::max(sc, std::abs(cpu[h].m2[i]));
+      }
+      CHECK(em / sm < 1e-10);
+      CHECK(ec / sc < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("GPU batched eigensolve == CPU (eigenvalues rel <= 1e-5, principal angles <= 1e-3)") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  for (std::int64_t d : {16, 64, 128}) {
+    CAPTURE(d);
+    std::vector<std::vector<double>> mats;
+    for (int b = 0; b < 24; ++b) {
+      const std::vector<float> x = random_rows(2000, d, 100 + b, 1.0f);
+      cov_stats s(d);
+      accumulate_block_cpu(s, x.data(), 2000, d, d);
+      mats.push_back(s.covariance(true));
+    }
+    std::string used;
+    const auto gpu = eigh_batched(mats, d, eig_device::cuda, &used);
+    MESSAGE("solver: ", used);
+    const auto cpu = eigh_batched(mats, d, eig_device::cpu);
+    for (size_t b = 0; b < mats.size(); ++b) {
+      double rel = 0;
+      for (std::int64_t j = 0; j < d; ++j)
+        rel = std::max(rel, std::abs(gpu[b].values[j] - cpu[b].values[j]) / cpu[b].values[0]);
+      CHECK(rel <= 1e-5);
+      for (int r : {1, 4, static_cast<int>(d / 4), static_cast<int>(d / 2)}) {
+        // Only where the eigengap makes the subspace well defined.
+        if (cpu[b].values[r - 1] - cpu[b].values[r] < 1e-3 * cpu[b].values[0]) continue;
+        CHECK(principal_angle(gpu[b].vectors, cpu[b].vectors, static_cast<int>(d), r) <= 1e-3);
+      }
+    }
+  }
+}
