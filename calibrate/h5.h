@@ -8,6 +8,7 @@
 //   auto g = kvcal::h5_file::open_read("capture.h5");   // clear error if not HDF5
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -39,6 +40,11 @@ class h5_file {
   static h5_file create(const std::string& path);     // truncates
   static h5_file open_read(const std::string& path);  // checks it exists and is HDF5
   static h5_file open_rw(const std::string& path);
+  // For files that grow by appends and must survive a kill (capture): metadata reaches the disk
+  // only at flush() (metadata-cache evictions off) and freed space is never reused, so a process
+  // killed between two flushes leaves the file as of the last flush (docs/formats/capture.md).
+  static h5_file create_append(const std::string& path);  // truncates
+  static h5_file open_append(const std::string& path);
 
   const std::string& path() const { return path_; }
   hid_t id() const { return file_.get(); }
@@ -48,7 +54,11 @@ class h5_file {
   bool has_attr(const std::string& name) const;
   std::string get_string_attr(const std::string& name) const;
   std::int64_t get_int_attr(const std::string& name) const;
+  // Float attributes, stored as IEEE f64 (separate names: set_attr(name, 1) stays unambiguous).
+  void set_float_attr(const std::string& name, double value);
+  double get_float_attr(const std::string& name) const;
   void flush();
+  std::int64_t file_size() const;  // bytes, as HDF5 reports them
 
  private:
   h5_file(std::string path, hid_t id) : path_(std::move(path)), file_(id, H5Fclose) {}
