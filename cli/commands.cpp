@@ -6,6 +6,7 @@ namespace kvcal::cli {
 
 int run_inspect(const std::vector<std::string>& args, io& io);
 int run_export(const std::vector<std::string>& args, io& io);
+int run_eval(const std::vector<std::string>& args, io& io);
 
 const std::vector<command>& commands() {
   static const std::vector<command> table = {
@@ -17,7 +18,7 @@ const std::vector<command>& commands() {
       {"export", "assemble a versioned preset file", run_export, nullptr},
       {"inspect", "describe a kvcal file (safetensors / preset / capture / pca)", run_inspect,
        nullptr},
-      {"eval", "measure quality (PPL, passkey) through a compressed cache", nullptr, "issue #3"},
+      {"eval", "measure quality (PPL, passkey) through a compressed cache", run_eval, nullptr},
       {"bench", "measure decode speed against the uncompressed baseline", nullptr, "issue #11"},
       {"generate", "generate text with a (compressed) KV cache", nullptr, "issue #9"},
   };

@@ -79,6 +79,9 @@ eval_result run_eval(const eval_params& p) {
   ss << f.rdbuf();
   const std::string text = ss.str();
 
+  const std::string config_path = p.model_dir + "/config.json";
+  KVCAL_CHECK(std::ifstream(config_path).good(), config_path,
+              ": not found (is this a Hugging Face model folder?)");
   const std::string tok_path = p.model_dir + "/tokenizer.json";
   KVCAL_CHECK(std::ifstream(tok_path).good(), tok_path,
               ": not found (the model folder needs its tokenizer)");

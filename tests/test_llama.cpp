@@ -4,8 +4,11 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <sstream>
 
+#include "cli/app.h"
 #include "kernels/common/error.h"
+#include "kernels/common/log.h"
 #include "model/full_cache.h"
 #include "model/llama.h"
 #include "model/perplexity.h"
@@ -431,4 +434,41 @@ TEST_CASE("damaged checkpoints fail with one clear error naming file and tensor"
     CHECK_THROWS_WITH_AS(m.forward(ids, c), doctest::Contains("outside the vocabulary"),
                          kvcal::error);
   }
+}
+
+TEST_CASE("kvcal eval on a fixture: exit 0 and JSON written; bad paths exit 1") {
+  kvcal::test::scratch_dir d;
+  kvcal::test::write_bytes(d.file("text.txt"),
+                           "The quick brown fox jumps over the lazy dog. It's 12:45 and we've "
+                           "got 3 tasks left. KV caches store keys and values.");
+  const std::string json = d.file("out/ppl.json");
+  REQUIRE(std::system(("mkdir -p '" + d.file("out") + "'").c_str()) == 0);
+  auto run = [](std::vector<std::string> args, std::string* out = nullptr,
+                std::string* err = nullptr) {
+    std::ostringstream o, e;
+    const int rc = kvcal::cli::run(args, o, e);
+    kvcal::set_log_level(kvcal::log_level::info);
+    if (out) *out = o.str();
+    if (err) *err = e.str();
+    return rc;
+  };
+  std::string out, err;
+  const int rc = run({"eval", "-q", "--model", fixture_dir("qwen2"), "--text", d.file("text.txt"),
+                      "--context", "16", "--json", json},
+                     &out, &err);
+  CHECK_MESSAGE(rc == 0, err);
+  CHECK(out.find("PPL ") != std::string::npos);
+  REQUIRE(kvcal::test::file_exists(json));
+  const std::string j = kvcal::test::read_bytes(json);
+  CHECK(j.find("\"ppl\"") != std::string::npos);
+  CHECK(j.find("\"context\": 16") != std::string::npos);
+  CHECK(j.find("\"bos_added\": false") != std::string::npos);  // qwen2: no BOS in its template
+  CHECK(run({"eval", "-q", "--model", d.file("nope"), "--text", d.file("text.txt")}, nullptr,
+            &err) == 1);
+  CHECK(err.find("nope/config.json: not found") != std::string::npos);
+  CHECK(run({"eval", "-q", "--model", fixture_dir("qwen2"), "--text", d.file("missing.txt")},
+            nullptr, &err) == 1);
+  CHECK(err.find("missing.txt") != std::string::npos);
+  CHECK(run({"eval", "--model", fixture_dir("qwen2")}) == 2);  // --text is required
+  CHECK(run({"eval", "--model", "x", "--text", "y", "--context", "1"}) == 2);
 }
