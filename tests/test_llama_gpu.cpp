@@ -1,0 +1,115 @@
+// model/ on CUDA (label gpu): the Llama-family forward in bf16 / fp16 against the transformers
+// fixtures (fp32 reference), and fp32 on the GPU against fp32 on the CPU. Exercises every
+// attention path of full_cache on the GPU: fused causal prefill, one-token decode without a mask,
+// masked prefill-after-prefill and the sliding window (mistral).
+//
+// Tolerances (stated here, measured on the H100): with R = max |reference logit|,
+//   bf16: max abs error <= 0.05 R and mean abs error <= 0.01 R
+//   fp16: max abs error <= 0.02 R
+//   fp32 GPU vs fp32 CPU and vs the fixture: max abs error <= 2e-4 (TF32 stays off)
+#include <map>
+
+#include "model/full_cache.h"
+#include "model/llama.h"
+#include "model/torch_util.h"
+#include "runtime/io/safetensors.h"
+#include "tests/torch_doctest.h"
+
+using namespace kvcal;
+
+namespace {
+
+const char* const fixtures[] = {"llama",   "llama3-rope",   "qwen2",
+                                "mistral", "llama-headdim", "llama-sharded"};
+
+std::string fixture_dir(const std::string& name) {
+  return std::string(KVCAL_SOURCE_DIR) + "/tests/fixtures/hf/" + name;
+}
+
+std::map<std::string, at::Tensor> load_expected(const std::string& name) {
+  safetensors_file f(fixture_dir(name) + "/expected.safetensors");
+  std::map<std::string, at::Tensor> e;
+  for (const auto& tv : f.tensors()) e[tv.name] = to_tensor(tv);
+  return e;
+}
+
+struct errors {
+  double max_abs, mean_abs, ref_max;
+};
+
+errors compare(const at::Tensor& got, const at::Tensor& want) {
+  at::Tensor g = got.to(at::kCPU, at::kDouble), w = want.to(at::kCPU, at::kDouble);
+  REQUIRE(g.sizes() == w.sizes());
+  at::Tensor d = (g - w).abs();
+  return {d.max().item<double>(), d.mean().item<double>(), w.abs().max().item<double>()};
+}
+
+bool have_gpu() {
+  if (at::hasCUDA()) return true;
+  MESSAGE("skipped: libtorch has no CUDA or no GPU is visible");
+  return false;
+}
+
+const at::Device cuda(at::kCUDA, 0);
+
+}  // namespace
+
+TEST_CASE("bf16 and fp16 on CUDA match the transformers fp32 fixtures within tolerance") {
+  if (!have_gpu()) return;
+  for (const std::string name : fixtures) {
+    const auto e = load_expected(name);
+    at::Tensor ids = e.at("input_ids").unsqueeze(0);
+    for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+      CAPTURE(name);
+      CAPTURE(compute_dtype_name(dt));
+      const llama_model m = llama_model::load(fixture_dir(name), cuda, dt);
+      full_cache cache(m.config(), 1, cuda, dt);
+      at::Tensor logits = m.forward(ids, cache);
+      CHECK(logits.is_cuda());
+      errors err = compare(logits[0], e.at("logits"));
+      MESSAGE(name, " ", compute_dtype_name(dt), ": max abs err ", err.max_abs, ", mean ",
+              err.mean_abs, ", |ref| max ", err.ref_max);
+      if (dt == at::kBFloat16) {
+        CHECK(err.max_abs <= 0.05 * err.ref_max);
+        CHECK(err.mean_abs <= 0.01 * err.ref_max);
+      } else {
+        CHECK(err.max_abs <= 0.02 * err.ref_max);
+      }
+      // Prefill 16, then 8 one-token steps: same logits within the same tolerance.
+      cache.reset();
+      std::vector<at::Tensor> parts{m.forward(ids.narrow(1, 0, 16), cache)};
+      for (int t = 16; t < 24; ++t) parts.push_back(m.forward(ids.narrow(1, t, 1), cache));
+      errors step = compare(at::cat(parts, 1)[0], e.at("logits"));
+      CHECK(step.max_abs <= 0.05 * step.ref_max);
+      // Prefill 8 then a 16-token chunk (masked path with an offset).
+      cache.reset();
+      parts = {m.forward(ids.narrow(1, 0, 8), cache), m.forward(ids.narrow(1, 8, 16), cache)};
+      errors chunk = compare(at::cat(parts, 1)[0], e.at("logits"));
+      CHECK(chunk.max_abs <= 0.05 * chunk.ref_max);
+    }
+  }
+}
+
+TEST_CASE("fp32 on CUDA agrees with fp32 on the CPU and with the fixtures") {
+  if (!have_gpu()) return;
+  for (const std::string name : fixtures) {
+    CAPTURE(name);
+    const auto e = load_expected(name);
+    at::Tensor ids = e.at("input_ids").unsqueeze(0);
+    const llama_model g = llama_model::load(fixture_dir(name), cuda, at::kFloat);
+    const llama_model c = llama_model::load(fixture_dir(name), at::kCPU, at::kFloat);
+    full_cache gc(g.config(), 2, cuda, at::kFloat);
+    full_cache cc(c.config(), 2, at::kCPU, at::kFloat);
+    at::Tensor batch = at::stack({ids[0], ids[0].flip(0)});
+    at::Tensor lg = g.forward(batch, gc), lc = c.forward(batch, cc);
+    errors cpu_gpu = compare(lg, lc);
+    MESSAGE(name, " fp32: GPU vs CPU max abs ", cpu_gpu.max_abs);
+    CHECK(cpu_gpu.max_abs <= 2e-4);
+    CHECK(compare(lg[0], e.at("logits")).max_abs <= 2e-4);
+    // Decode steps on both devices.
+    at::Tensor next = batch.narrow(1, 0, 1);
+    CHECK(
+        compare(g.forward(next, gc, {logits_mode::last}), c.forward(next, cc, {logits_mode::last}))
+            .max_abs <= 2e-4);
+  }
+}
