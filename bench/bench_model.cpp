@@ -1,0 +1,169 @@
+// bench_model: speed of the Llama-family forward with the plain full cache on a checkpoint
+// (normally bench/make_random_checkpoint.py's Qwen2.5-7B-shaped one), the figures of issue #3:
+//   prefill tokens/s at batch 1 for each --prefill length (default 4096, 16384);
+//   decode ms per step at --context tokens (default 4096) for each --batch (default 1, 8):
+//     prefill the context, then greedy steps (argmax read back to the host every step, as a
+//     real decoder must) timed over --steps steps after --warmup steps.
+// Prints a markdown table in the same format as bench/transformers_model.py, plus the
+// weight-streaming bound of a decode step (bytes of weights / 3.0 TB/s, DESIGN.md §6).
+//
+//   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
+//       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/common/error.h"
+#include "model/full_cache.h"
+#include "model/llama.h"
+#include "model/torch_util.h"
+
+using namespace kvcal;
+
+namespace {
+
+struct options {
+  std::string dir;
+  std::string device = "cuda", dtype = "bf16";
+  std::vector<std::int64_t> prefill = {4096, 16384};
+  std::int64_t context = 4096;
+  std::vector<std::int64_t> batch = {1, 8};
+  int steps = 32, warmup = 4, reps = 3;
+};
+
+std::vector<std::int64_t> parse_list(const std::string& s) {
+  std::vector<std::int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      KVCAL_CHECK(i + 1 < argc, a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "--device")
+      o.device = value();
+    else if (a == "--dtype")
+      o.dtype = value();
+    else if (a == "--prefill")
+      o.prefill = parse_list(value());
+    else if (a == "--context")
+      o.context = std::stoll(value());
+    else if (a == "--batch")
+      o.batch = parse_list(value());
+    else if (a == "--steps")
+      o.steps = std::stoi(value());
+    else if (a == "--warmup")
+      o.warmup = std::stoi(value());
+    else if (a == "--reps")
+      o.reps = std::stoi(value());
+    else if (a == "-h" || a == "--help") {
+      std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
+                   "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
+                   "[--warmup 4] [--reps 3]\n";
+      std::exit(0);
+    } else if (!a.empty() && a[0] == '-')
+      KVCAL_FAIL("unknown option ", a);
+    else
+      o.dir = a;
+  }
+  KVCAL_CHECK(!o.dir.empty(), "usage: bench_model CHECKPOINT_DIR [options] (--help)");
+  return o;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Waits for the device by reading a value back (no CUDA headers needed, so this compiles
+// against a CPU-only libtorch too).
+void sync(const at::Tensor& t) {
+  if (t.defined()) (void)t.reshape({-1})[0].item<float>();
+}
+
+at::Tensor random_ids(std::int64_t B, std::int64_t T, std::int64_t vocab) {
+  return at::randint(0, vocab, {B, T}, at::TensorOptions().dtype(at::kLong));
+}
+
+// One table row; bench/transformers_model.py prints the same columns.
+void row(const char* engine, const char* phase, const std::string& shape, double value,
+         const char* unit) {
+  std::printf("| %-12s | %-7s | %-22s | %12.2f | %-7s |\n", engine, phase, shape.c_str(), value,
+              unit);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const options o = parse(argc, argv);
+    const at::Device device = parse_device(o.device);
+    const at::ScalarType dtype = parse_compute_dtype(o.dtype);
+    at::manual_seed(0);
+    double t0 = now_s();
+    const llama_model m = llama_model::load(o.dir, device, dtype);
+    const model_config& c = m.config();
+    const double weight_gb = static_cast<double>(m.weights().bytes) / 1e9;
+    std::fprintf(stderr,
+                 "loaded %s: %s, %lld layers, hidden %lld, %lld q / %lld kv heads, d %lld, "
+                 "%.2f GB of weights in %s %s, %.1f s\n",
+                 o.dir.c_str(), c.model_type.c_str(), static_cast<long long>(c.num_hidden_layers),
+                 static_cast<long long>(c.hidden_size),
+                 static_cast<long long>(c.num_attention_heads),
+                 static_cast<long long>(c.num_key_value_heads), static_cast<long long>(c.head_dim),
+                 weight_gb, device.str().c_str(), compute_dtype_name(dtype), now_s() - t0);
+
+    std::printf("| %-12s | %-7s | %-22s | %12s | %-7s |\n", "engine", "phase", "shape", "value",
+                "unit");
+    std::printf("|--------------|---------|------------------------|--------------|---------|\n");
+    for (std::int64_t L : o.prefill) {
+      at::Tensor ids = random_ids(1, L, c.vocab_size);
+      full_cache cache(c, 1, device, dtype, L);
+      std::vector<double> times;
+      for (int r = 0; r < o.reps + 1; ++r) {  // the first run warms up
+        cache.reset();
+        sync(ids.to(device));
+        const double s = now_s();
+        sync(m.forward(ids, cache, {logits_mode::last}));
+        if (r > 0) times.push_back(now_s() - s);
+      }
+      std::sort(times.begin(), times.end());
+      row("kvcal", "prefill", "B1 L" + std::to_string(L),
+          static_cast<double>(L) / times[times.size() / 2], "tok/s");
+    }
+    for (std::int64_t B : o.batch) {
+      full_cache cache(c, B, device, dtype, o.context + o.warmup + o.steps);
+      sync(m.forward(random_ids(B, o.context, c.vocab_size), cache, {logits_mode::last}));
+      at::Tensor next = random_ids(B, 1, c.vocab_size);
+      double start = 0;
+      for (int s = 0; s < o.warmup + o.steps; ++s) {
+        if (s == o.warmup) start = now_s();
+        at::Tensor logits = m.forward(next, cache, {logits_mode::last});  // [B, 1, V]
+        next = logits.argmax(-1).to(at::kCPU);  // greedy; the read-back syncs every step
+      }
+      const double ms = (now_s() - start) * 1e3 / o.steps;
+      row("kvcal", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context), ms,
+          "ms/step");
+    }
+    const double bound_ms = weight_gb / 3.0e3 * 1e3;  // GB / (3.0 TB/s) in ms
+    char shape[64];
+    std::snprintf(shape, sizeof shape, "weights %.2f GB", weight_gb);
+    row("bound", "decode", shape, bound_ms, "ms/step");
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_model: %s\n", e.what());
+    return 1;
+  }
+}
