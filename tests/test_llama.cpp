@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/app.h"
@@ -471,4 +472,34 @@ TEST_CASE("kvcal eval on a fixture: exit 0 and JSON written; bad paths exit 1") 
   CHECK(err.find("missing.txt") != std::string::npos);
   CHECK(run({"eval", "--model", fixture_dir("qwen2")}) == 2);  // --text is required
   CHECK(run({"eval", "--model", "x", "--text", "y", "--context", "1"}) == 2);
+}
+
+TEST_CASE("RoPE cos/sin equal transformers' LlamaRotaryEmbedding for every scaling type") {
+  // tests/fixtures/rope/expected.safetensors from tests/fixtures/make_rope_fixtures.py.
+  const std::string path =
+      std::string(KVCAL_SOURCE_DIR) + "/tests/fixtures/rope/expected.safetensors";
+  if (!kvcal::test::file_exists(path)) {
+    MESSAGE("skipped: ", path, " not generated yet");
+    return;
+  }
+  safetensors_file f(path);
+  int cases = 0;
+  for (const auto& [name, config_text] : f.metadata()) {
+    if (name == "transformers" || name == "format") continue;
+    CAPTURE(name);
+    const model_config cfg = parse_model_config(nlohmann::json::parse(config_text), name);
+    const at::Tensor want_cos = to_tensor(f.at(name + ".cos"));  // [T, d]
+    const at::Tensor want_sin = to_tensor(f.at(name + ".sin"));
+    const std::int64_t T = want_cos.size(0);
+    rope r(cfg);
+    rope_cos_sin cs = r.cos_sin(at::arange(T, at::TensorOptions().dtype(at::kLong)), at::kFloat);
+    CHECK(max_abs_diff(cs.cos, want_cos) <= 1e-6);
+    CHECK(max_abs_diff(cs.sin, want_sin) <= 1e-6);
+    const rope_params p = compute_rope_params(cfg, T);
+    CHECK(max_abs_diff(p.inv_freq, to_tensor(f.at(name + ".inv_freq"))) <= 1e-9);
+    CHECK(p.attention_scaling ==
+          doctest::Approx(to_tensor(f.at(name + ".scaling"))[0].item<double>()).epsilon(1e-6));
+    ++cases;
+  }
+  CHECK(cases >= 5);
 }
