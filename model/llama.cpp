@@ -19,7 +19,7 @@ llama_model::llama_model(std::string dir, std::shared_ptr<const model_config> cf
     : dir_(std::move(dir)),
       cfg_(std::move(cfg)),
       w_(std::move(w)),
-      rope_(std::make_shared<rope>(*cfg_)),
+      rope_(std::make_shared<rope>(*cfg_, device)),
       device_(device),
       dtype_(dtype) {}
 

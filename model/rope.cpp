@@ -128,7 +128,8 @@ rope_params compute_rope_params(const model_config& cfg, std::int64_t seq_len) {
   KVCAL_FAIL("RoPE: unsupported rope type ", static_cast<int>(cfg.rope.type));
 }
 
-rope::rope(const model_config& cfg) : cfg_(cfg), base_(compute_rope_params(cfg, 0)) {}
+rope::rope(const model_config& cfg, at::Device device)
+    : cfg_(cfg), base_(compute_rope_params(cfg, 0)), device_inv_freq_(base_.inv_freq.to(device)) {}
 
 rope_cos_sin rope::cos_sin(const at::Tensor& positions, at::ScalarType dtype) const {
   std::int64_t max_position = 0;
@@ -148,9 +149,7 @@ rope_cos_sin rope::cos_sin(const at::Tensor& positions, std::int64_t max_positio
     inv_freq = p.inv_freq.to(device);
     scaling = p.attention_scaling;
   } else {
-    if (!device_inv_freq_.defined() || device_inv_freq_.device() != device)
-      device_inv_freq_ = base_.inv_freq.to(device);
-    inv_freq = device_inv_freq_;
+    inv_freq = device_inv_freq_.device() == device ? device_inv_freq_ : base_.inv_freq.to(device);
   }
   // freqs[t, i] = position[t] * inv_freq[i] in fp32 (transformers: a [d/2,1] x [1,T] matmul,
   // i.e. single products), emb = cat(freqs, freqs).

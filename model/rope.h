@@ -37,7 +37,8 @@ rope_params compute_rope_params(const model_config& cfg, std::int64_t seq_len = 
 
 class rope {
  public:
-  explicit rope(const model_config& cfg);
+  // inv_freq is kept on `device` (the model's); positions elsewhere get a copy per call.
+  explicit rope(const model_config& cfg, at::Device device = at::kCPU);
   // cos/sin for `positions` ([T] int64, any device), cast to `dtype` on the positions' device.
   rope_cos_sin cos_sin(const at::Tensor& positions, at::ScalarType dtype) const;
   // The same, when the caller knows the largest position (avoids a device sync for `dynamic`).
@@ -47,8 +48,8 @@ class rope {
 
  private:
   model_config cfg_;
-  rope_params base_;                    // inv_freq at init (CPU, fp32)
-  mutable at::Tensor device_inv_freq_;  // base_.inv_freq on the last device used
+  rope_params base_;            // inv_freq at init (CPU, fp32)
+  at::Tensor device_inv_freq_;  // base_.inv_freq on the model's device
 };
 
 // x: [B, H, T, d]; cos/sin [T, d] (broadcast over B and H). Returns x cos + rotate_half(x) sin.
