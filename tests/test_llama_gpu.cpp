@@ -61,7 +61,8 @@ TEST_CASE("bf16 and fp16 on CUDA match the transformers fp32 fixtures within tol
     at::Tensor ids = e.at("input_ids").unsqueeze(0);
     for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
       CAPTURE(name);
-      CAPTURE(compute_dtype_name(dt));
+      const std::string dtype_name = compute_dtype_name(dt);
+      CAPTURE(dtype_name);
       const llama_model m = llama_model::load(fixture_dir(name), cuda, dt);
       full_cache cache(m.config(), 1, cuda, dt);
       at::Tensor logits = m.forward(ids, cache);
