@@ -65,6 +65,7 @@ compressed_cache::compressed_cache(const preset_recipe& r, const std::vector<ten
               r.layers.size(), " layers, the model ", dims.n_layers);
   KVCAL_CHECK(opt.page_tokens >= 1, "page_tokens must be >= 1, got ", opt.page_tokens);
   KVCAL_CHECK(opt.sinks >= 0, "sinks must be >= 0, got ", opt.sinks);
+  KVCAL_CHECK(dims.sliding_window >= 0, "sliding_window must be >= 0, got ", dims.sliding_window);
   check_preset_tensors(r, tensors, source);
 
   rope_ = opt.rope ? *opt.rope : r.model.rope;
@@ -311,8 +312,14 @@ void compressed_cache::attend(int layer, const float* q_rope, const std::int64_t
       for (std::int64_t t = 0; t < T; ++t) {
         const float* q = q_rope + (static_cast<std::int64_t>(qh) * T + t) * d;
         const std::int64_t visible = std::min(n, positions[t] - L.p0 + 1);
+        const std::int64_t lo =  // first visible token under a sliding window
+            dims_.sliding_window > 0
+                ? std::max<std::int64_t>(0, positions[t] - dims_.sliding_window + 1 - L.p0)
+                : 0;
+        KVCAL_CHECK(lo < visible, "attend: query position ", positions[t],
+                    " sees no held token through its sliding window");
         float mx = -std::numeric_limits<float>::infinity();
-        for (std::int64_t j = 0; j < visible; ++j) {
+        for (std::int64_t j = lo; j < visible; ++j) {
           const float* kj = k + j * d;
           float dot = 0;
           for (int c = 0; c < d; ++c) dot += q[c] * kj[c];
@@ -320,7 +327,7 @@ void compressed_cache::attend(int layer, const float* q_rope, const std::int64_t
           mx = std::max(mx, sc[j]);
         }
         double sum = 0;
-        for (std::int64_t j = 0; j < visible; ++j) {
+        for (std::int64_t j = lo; j < visible; ++j) {
           sc[j] = std::exp(sc[j] - mx);
           sum += sc[j];
         }
@@ -328,16 +335,17 @@ void compressed_cache::attend(int layer, const float* q_rope, const std::int64_t
         std::fill(acc, acc + d, 0.0f);
         const std::int64_t lat_end = maps ? std::min(visible, S + vc) : S;
         // fp16 / reconstructed rows: sinks, then (non-latent) compressed and window.
-        for (std::int64_t j = 0; j < visible; ++j) {
+        for (std::int64_t j = lo; j < visible; ++j) {
           if (maps && j >= S && j < lat_end) continue;
           const float p = sc[j] * inv;
           const float* vj = v + j * d;
           for (int c = 0; c < d; ++c) acc[c] += p * vj[c];
         }
-        if (maps && lat_end > S) {  // (P Z) W_d^T + (sum P) b_d
+        const std::int64_t lat_begin = std::max(S, lo);
+        if (maps && lat_end > lat_begin) {  // (P Z) W_d^T + (sum P) b_d
           std::fill(pz, pz + rank, 0.0f);
           float psum = 0;
-          for (std::int64_t j = S; j < lat_end; ++j) {
+          for (std::int64_t j = lat_begin; j < lat_end; ++j) {
             const float p = sc[j] * inv;
             psum += p;
             const float* zj = z + (j - S) * rank;

@@ -51,6 +51,9 @@ namespace kvcal {
 struct cache_dims {
   int n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   std::int64_t max_position_embeddings = 0;  // dynamic / yarn / llama3 RoPE (0 = not given)
+  // Attention's sliding window (Mistral; 0 = none): a query at position p sees the held tokens
+  // at positions p - window < j <= p, as transformers. A mask only: nothing is evicted.
+  std::int64_t sliding_window = 0;
 };
 
 struct cache_options {
@@ -100,7 +103,8 @@ class compressed_cache {
   void append(int layer, const float* k_pre, const float* v, const std::int64_t* positions,
               std::int64_t T);
   // q_rope: [n_heads, T, d] (queries after RoPE); positions: [T]; out: [n_heads, T, d].
-  // Query t sees the held tokens at positions <= positions[t] (at least one must be held).
+  // Query t sees the held tokens at positions <= positions[t] (and > positions[t] - window with
+  // a sliding window); at least one must be held.
   void attend(int layer, const float* q_rope, const std::int64_t* positions, std::int64_t T,
               float* out);
 

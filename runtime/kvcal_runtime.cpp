@@ -63,6 +63,7 @@ kvcal_cache* kvcal_cache_create(const char* preset_path, const kvcal_model_dims*
     d.n_kv_heads = dims->n_kv_heads;
     d.head_dim = dims->head_dim;
     d.max_position_embeddings = dims->max_position_embeddings;
+    d.sliding_window = dims->sliding_window;
     c->cache = std::make_unique<kvcal::compressed_cache>(c->preset->recipe(),
                                                          c->preset->tensors().tensors(), d,
                                                          kvcal::cache_options{}, c->preset->path());

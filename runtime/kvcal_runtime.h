@@ -7,7 +7,7 @@
  * attend with queries AFTER RoPE; the cache rotates reconstructed keys at their positions.
  *
  *   char err[256];
- *   kvcal_model_dims dims = {28, 28, 4, 128, 32768};
+ *   kvcal_model_dims dims = {28, 28, 4, 128, 32768, 0};
  *   kvcal_cache* c = kvcal_cache_create("kivi-2.safetensors", &dims, err, sizeof err);
  *   if (!c) { fprintf(stderr, "%s\n", err); return 1; }
  *   kvcal_cache_reserve(c, 8192, 512);                        // optional: no allocation after
@@ -42,6 +42,7 @@ typedef struct kvcal_model_dims {
   int32_t n_kv_heads; /* a divisor of n_heads (GQA) */
   int32_t head_dim;
   int64_t max_position_embeddings; /* dynamic / llama3 / yarn RoPE; 0 = not given */
+  int64_t sliding_window;          /* attention mask window (Mistral); 0 = none */
 } kvcal_model_dims;
 
 typedef struct kvcal_cache_stats {

@@ -502,6 +502,57 @@ TEST_CASE("RoPE scaling from the preset is applied to reconstructed keys") {
                });
 }
 
+TEST_CASE("sliding window mask: a query at p sees p - window < j <= p, latents included") {
+  const int n_heads = 4, n_kv = 2, d = 16, W = 8;
+  auto r =
+      make_recipe(1, n_kv, d, quant_method(4, 4, quant_axis::per_channel), pca_method(12, 8), 3);
+  tensor_store ts;
+  fill_tensors(r, ts, 1);
+  cache_dims dims{1, n_heads, n_kv, d, 4096};
+  dims.sliding_window = W;
+  compressed_cache c(r, ts.views, dims);
+  auto s = make_sequence(30, n_heads, n_kv, d, 4);
+  run_sequence(c, s, 17,
+               [&](compressed_cache& cc, int l, std::int64_t t0, std::int64_t T,
+                   const std::vector<float>& q, const std::vector<float>& out) {
+                 const std::int64_t n = t0 + T;
+                 auto kh = held(cc, l, false), vh = held(cc, l, true);
+                 for (std::int64_t t = 0; t < T; ++t) {  // query by query over its window of keys
+                   const std::int64_t p = t0 + t, first = std::max<std::int64_t>(0, p - W + 1);
+                   const std::int64_t m = p + 1 - first;
+                   std::vector<float> kw(static_cast<std::size_t>(n_kv * m * d)), vw(kw.size());
+                   for (int g = 0; g < n_kv; ++g)
+                     for (std::int64_t j = 0; j < m; ++j)
+                       for (int c2 = 0; c2 < d; ++c2) {
+                         kw[static_cast<std::size_t>((g * m + j) * d + c2)] =
+                             kh[static_cast<std::size_t>((g * n + first + j) * d + c2)];
+                         vw[static_cast<std::size_t>((g * m + j) * d + c2)] =
+                             vh[static_cast<std::size_t>((g * n + first + j) * d + c2)];
+                       }
+                   // Rotate at the true positions: dense_attend rotates at 0..m-1, so rotate the
+                   // query too by nothing and shift instead — RoPE scores depend only on p - j, so
+                   // a shift by `first` of both sides leaves them unchanged.
+                   std::vector<float> qt(static_cast<std::size_t>(n_heads * d));
+                   for (int h = 0; h < n_heads; ++h)
+                     std::memcpy(&qt[static_cast<std::size_t>(h * d)],
+                                 &q[static_cast<std::size_t>((h * T + t) * d)],
+                                 static_cast<std::size_t>(d) * 4);
+                   // The query was rotated at p; rotate it back by `first` so it sits at p - first.
+                   const rope_frequencies f = rope_inv_freq(r.model.rope, d, 0);
+                   std::vector<float> cs(static_cast<std::size_t>(d / 2)), sn(cs.size());
+                   rope_cos_sin(-first, f.inv_freq.data(), d, 1.0f, cs.data(), sn.data());
+                   for (int h = 0; h < n_heads; ++h)
+                     apply_rope(&qt[static_cast<std::size_t>(h * d)], d, cs.data(), sn.data());
+                   auto ref =
+                       dense_attend(kw, vw, qt, p - first, 1, m, n_heads, n_kv, d, r.model.rope);
+                   for (int h = 0; h < n_heads; ++h)
+                     for (int c2 = 0; c2 < d; ++c2)
+                       REQUIRE(std::fabs(out[static_cast<std::size_t>((h * T + t) * d + c2)] -
+                                         ref[static_cast<std::size_t>(h * d + c2)]) < 1e-4);
+                 }
+               });
+}
+
 TEST_CASE("adaptive mode: nothing compressed up to compress_after; keep_recent always exact") {
   const int n_heads = 4, n_kv = 2, d = 16;
   auto r = make_recipe(1, n_kv, d, quant_method(2, 4, quant_axis::per_channel),
@@ -715,7 +766,7 @@ TEST_CASE("C API: create from a preset file, append, attend, stats, errors") {
   write_safetensors(path, outs, {{preset_metadata_key, recipe_to_json(r).dump()}});
 
   char err[256];
-  kvcal_model_dims dims{L, n_heads, n_kv, d, 4096};
+  kvcal_model_dims dims{L, n_heads, n_kv, d, 4096, 0};
   kvcal_cache* h = kvcal_cache_create(path.c_str(), &dims, err, sizeof err);
   REQUIRE_MESSAGE(h, err);
   CHECK(std::string(err).empty());
@@ -756,7 +807,7 @@ TEST_CASE("C API: create from a preset file, append, attend, stats, errors") {
   CHECK(kvcal_cache_create(dir.file("missing.safetensors").c_str(), &dims, err, sizeof err) ==
         nullptr);
   CHECK(std::string(err).find("missing.safetensors") != std::string::npos);
-  kvcal_model_dims wrong{L, n_heads, n_kv, 32, 4096};
+  kvcal_model_dims wrong{L, n_heads, n_kv, 32, 4096, 0};
   CHECK(kvcal_cache_create(path.c_str(), &wrong, err, 20) == nullptr);
   CHECK(std::strlen(err) == 19);  // truncated to the buffer
   CHECK(kvcal_cache_append(nullptr, 0, nullptr, nullptr, nullptr, 0) == KVCAL_ERR_INVALID_ARGUMENT);
