@@ -89,9 +89,11 @@ capture_writer capture_writer::create(const std::string& path, const capture_hea
   return w;
 }
 
-capture_writer capture_writer::reopen(const std::string& path) {
+capture_writer capture_writer::reopen(const std::string& path,
+                                      const std::function<void(const capture_header&)>& check) {
   h5_file f = h5_file::open_append(path);
   capture_header h = read_capture_header(f);
+  if (check) check(h);
   capture_writer w(std::move(f), std::move(h));
   w.open_datasets(false);
   for (auto& [name, d] : w.ds_) {

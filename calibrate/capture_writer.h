@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -32,8 +33,10 @@ class capture_writer {
  public:
   // Creates (truncates) `path`: root attributes and every dataset, empty, complete = 0.
   static capture_writer create(const std::string& path, const capture_header& h);
-  // Reopens a partial capture to append to it: datasets are cut back to its n_tokens rows.
-  static capture_writer reopen(const std::string& path);
+  // Reopens a partial capture to append to it. `check` sees its header first and may throw (the
+  // file is then left as it was); then datasets are cut back to its n_tokens rows.
+  static capture_writer reopen(const std::string& path,
+                               const std::function<void(const capture_header&)>& check = {});
 
   const capture_header& header() const { return h_; }
   const std::string& path() const { return f_.path(); }

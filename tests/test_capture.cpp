@@ -257,3 +257,386 @@ TEST_CASE("attention statistics equal a naive full attention matrix (GQA, blocks
     if (c.W >= c.T) CHECK(at::allclose(s.next, s.cum));
   }
 }
+
+// ---- the capture run on the tiny checkpoints ----------------------------------------------------
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
+
+#include "calibrate/capture.h"
+#include "kernels/common/log.h"
+#include "model/full_cache.h"
+#include "model/llama.h"
+#include "model/rope.h"
+#include "runtime/io/sha256.h"
+
+extern char** environ;
+
+namespace {
+
+std::string fixture(const std::string& name) {
+  return std::string(KVCAL_SOURCE_DIR) + "/tests/fixtures/hf/" + name;
+}
+
+const char* corpus_text =
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
+    "age of foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the "
+    "season of Light, it was the season of Darkness, it was the spring of hope, it was the "
+    "winter of despair. Caf\xc3\xa9 na\xc3\xafve \xe2\x82\xac 42.\n";
+
+capture_params base_params(const test::scratch_dir& dir, const std::string& model = "llama") {
+  test::write_bytes(dir.file("a.txt"), corpus_text);
+  test::write_bytes(dir.file("b.txt"), std::string(corpus_text).substr(0, 120));
+  capture_params p;
+  p.model_dir = fixture(model);
+  p.text_files = {dir.file("a.txt"), dir.file("b.txt")};
+  p.out = dir.file("cap.h5");
+  p.seq_len = 24;
+  p.batch = 2;
+  p.attn_window = 5;
+  p.show_progress = false;
+  p.command_line = "test";
+  return p;
+}
+
+std::vector<float> read_all(const capture_reader& r, int layer, const std::string& name) {
+  std::vector<float> v(static_cast<std::size_t>(r.n_tokens() * r.row_elems(layer, name)));
+  r.read_rows(layer, name, 0, r.n_tokens(), v.data());
+  return v;
+}
+
+// [rows, inner...] tensor of a dataset rows [row0, row0 + n).
+at::Tensor rows_of(const capture_reader& r, int layer, const std::string& name, std::int64_t row0,
+                   std::int64_t n) {
+  std::vector<std::int64_t> shape = {n};
+  for (auto v : r.inner_shape(layer, name)) shape.push_back(v);
+  at::Tensor t = at::empty(shape, at::kFloat);
+  r.read_rows(layer, name, row0, n, t.data_ptr<float>());
+  return t;
+}
+
+struct recording_hook : layer_hook {
+  std::vector<layer_activations> acts;
+  void on_layer(const layer_activations& a) override { acts.push_back(a); }
+};
+
+// Every dataset of two captures is identical (bit for bit).
+void check_identical(const std::string& a, const std::string& b) {
+  capture_reader ra(a), rb(b);
+  REQUIRE(ra.n_tokens() == rb.n_tokens());
+  CHECK(ra.header().n_sequences == rb.header().n_sequences);
+  for (const char* t : {"ids", "seq", "pos"})
+    CHECK(ra.read_tokens(t, 0, ra.n_tokens()) == rb.read_tokens(t, 0, rb.n_tokens()));
+  for (int l : ra.header().layers)
+    for (capture_item it : ra.header().record)
+      for (const auto& name : capture_item_datasets(it)) {
+        INFO(name, " layer ", l);
+        CHECK(read_all(ra, l, name) == read_all(rb, l, name));
+      }
+}
+
+}  // namespace
+
+TEST_CASE("capture of the tiny llama: K/V/Q/hidden equal the model's hook outputs") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  p.record = "k,k_rope,v,q,hidden,attn";
+  capture_result res = run_capture(p);
+  CHECK(res.complete);
+  CHECK_FALSE(test::file_exists(p.out + ".partial"));
+  capture_reader r(p.out);
+  const capture_header& h = r.header();
+  CHECK(h.n_tokens == res.tokens);
+  CHECK(h.layers == std::vector<int>{0, 1});
+  CHECK(h.dtype == "float32");
+  CHECK(h.seq_len == 24);
+  CHECK(h.inputs_json.find(sha256_file(dir.file("a.txt"))) != std::string::npos);
+
+  auto model = llama_model::load(p.model_dir, at::kCPU, at::kFloat);
+  const auto ids = r.read_tokens("ids", 0, r.n_tokens());
+  const auto seq = r.read_tokens("seq", 0, r.n_tokens());
+  const auto pos = r.read_tokens("pos", 0, r.n_tokens());
+  rope rp(model.config());
+  std::int64_t row0 = 0;
+  int checked = 0;
+  while (row0 < r.n_tokens()) {
+    std::int64_t T = 0;
+    while (row0 + T < r.n_tokens() && seq[row0 + T] == seq[row0]) {
+      CHECK(pos[row0 + T] == T);
+      ++T;
+    }
+    CHECK(T <= 24);
+    at::Tensor x = at::empty({1, T}, at::kLong);
+    for (std::int64_t t = 0; t < T; ++t) x[0][t] = ids[row0 + t];
+    full_cache cache(model.config(), 1, at::kCPU, at::kFloat);
+    recording_hook hook;
+    forward_options fo;
+    fo.logits = logits_mode::none;
+    fo.maybe_hook = &hook;
+    model.forward(x, cache, fo);
+    REQUIRE(hook.acts.size() == 2);
+    for (const auto& a : hook.acts) {
+      const int l = a.layer;
+      auto cmp = [&](const char* name, const at::Tensor& want /* [T, ...] */) {
+        INFO(name, " layer ", l, " sequence ", seq[row0]);
+        CHECK(at::allclose(rows_of(r, l, name, row0, T), want, 1e-5, 1e-6));
+      };
+      cmp("k", a.k[0].transpose(0, 1));
+      cmp("k_rope", a.k_rope[0].transpose(0, 1));
+      cmp("v", a.v[0].transpose(0, 1));
+      cmp("q", a.q[0].transpose(0, 1));
+      cmp("hidden", a.hidden[0]);
+      // Pre-RoPE K from the file, rotated at the stored positions, is the post-RoPE K.
+      at::Tensor k = rows_of(r, l, "k", row0, T).transpose(0, 1).unsqueeze(0);  // [1, n_kv, T, d]
+      at::Tensor p_t = at::arange(T, at::kLong);
+      at::Tensor rotated = apply_rope(k, rp.cos_sin(p_t, at::kFloat));
+      CHECK(at::allclose(rotated[0].transpose(0, 1), rows_of(r, l, "k_rope", row0, T), 1e-5, 1e-6));
+      // Attention statistics from the file's q (rotated) and k_rope, through the naive matrix.
+      at::Tensor q = rows_of(r, l, "q", row0, T).transpose(0, 1).unsqueeze(0);
+      at::Tensor q_rope = apply_rope(q, rp.cos_sin(p_t, at::kFloat));
+      at::Tensor k_rope = rows_of(r, l, "k_rope", row0, T).transpose(0, 1).unsqueeze(0);
+      attention_stats n = naive_stats(q_rope, k_rope, h.attn_window, 0);
+      CHECK(at::allclose(rows_of(r, l, "attn_cum", row0, T).to(at::kDouble), n.cum[0].t(), 1e-4,
+                         1e-5));
+      CHECK(at::allclose(rows_of(r, l, "attn_next", row0, T).to(at::kDouble), n.next[0].t(), 1e-4,
+                         1e-5));
+      CHECK(at::allclose(rows_of(r, l, "attn_max", row0, T).to(at::kDouble), n.max[0].t(), 1e-4,
+                         1e-5));
+      ++checked;
+    }
+    row0 += T;
+  }
+  CHECK(checked >= 4);
+}
+
+TEST_CASE("capture: sliding window (mistral), fp16 storage, layer subset, max tokens, seed") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir, "mistral");
+  p.record = "k_rope,q,attn";
+  p.layers = "1";
+  p.store = "float16";
+  p.max_tokens = 60;
+  p.seed = 7;
+  p.compress = false;
+  run_capture(p);
+  capture_reader r(p.out);
+  CHECK(r.n_tokens() == 60);
+  CHECK(r.header().dtype == "float16");
+  CHECK_FALSE(r.has(0, "k_rope"));
+  CHECK(r.has(1, "k_rope"));
+  CHECK_FALSE(r.has(1, "v"));
+  const auto seq = r.read_tokens("seq", 0, 60);
+  CHECK(seq.back() == 2);  // 24 + 24 + 12
+  auto model = llama_model::load(p.model_dir, at::kCPU, at::kFloat);
+  rope rp(model.config());
+  const std::int64_t T = 24;
+  at::Tensor p_t = at::arange(T, at::kLong);
+  at::Tensor q = rows_of(r, 1, "q", 24, T).transpose(0, 1).unsqueeze(0);
+  at::Tensor q_rope = apply_rope(q, rp.cos_sin(p_t, at::kFloat));
+  at::Tensor k_rope = rows_of(r, 1, "k_rope", 24, T).transpose(0, 1).unsqueeze(0);
+  attention_stats n = naive_stats(q_rope, k_rope, r.header().attn_window, 8);
+  // fp16-rounded q / k: statistics agree to fp16 accuracy.
+  CHECK(at::allclose(rows_of(r, 1, "attn_cum", 24, T).to(at::kDouble), n.cum[0].t(), 2e-2, 2e-3));
+  CHECK(at::allclose(rows_of(r, 1, "attn_max", 24, T).to(at::kDouble), n.max[0].t(), 2e-2, 2e-3));
+  // The window: attention comes only from the next 8 queries, so attn_next (W = 5) < attn_cum.
+  CHECK(rows_of(r, 1, "attn_next", 24, T).sum().item<double>() <
+        rows_of(r, 1, "attn_cum", 24, T).sum().item<double>());
+  // A different seed gives another order of the same full sequences.
+  capture_params p2 = p;
+  p2.out = dir.file("cap2.h5");
+  p2.seed = 8;
+  run_capture(p2);
+  capture_reader r2(p2.out);
+  CHECK(r2.read_tokens("ids", 0, 60) != r.read_tokens("ids", 0, 60));
+}
+
+TEST_CASE("capture: an interrupted capture resumed equals an uninterrupted one") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  p.batch = 1;
+  p.record = "k,v,q,attn";
+  p.out = dir.file("full.h5");
+  run_capture(p);
+
+  capture_params q = p;
+  q.out = dir.file("resumed.h5");
+  q.stop_after_sequences = 3;
+  capture_result first = run_capture(q);
+  CHECK_FALSE(first.complete);
+  CHECK(first.sequences == 3);
+  CHECK_FALSE(test::file_exists(q.out));
+  CHECK(test::file_exists(q.out + ".partial"));
+  q.stop_after_sequences = 0;
+  q.resume = true;
+  capture_result second = run_capture(q);
+  CHECK(second.complete);
+  CHECK(second.resumed_from_sequence == 3);
+  check_identical(p.out, q.out);
+  // Nothing left to resume.
+  CHECK_THROWS_WITH_AS(run_capture(q), doctest::Contains("already complete"), kvcal::error);
+}
+
+// Run by the test below in a child process (the test binary re-executes itself): captures and
+// SIGKILLs itself a few milliseconds after its second commit, mid-way through the next batch.
+TEST_CASE("capture child killed by SIGKILL (runs only when spawned by the resume test)") {
+  const char* dir = std::getenv("KVCAL_CAPTURE_CHILD_DIR");
+  if (!dir) return;
+  set_log_level(log_level::quiet);
+  test::scratch_dir unused;
+  capture_params p;
+  p.model_dir = fixture("llama");
+  p.text_files = {std::string(dir) + "/a.txt", std::string(dir) + "/b.txt"};
+  p.out = std::string(dir) + "/killed.h5";
+  p.seq_len = 24;
+  p.batch = 1;
+  p.attn_window = 5;
+  p.record = "k,v,q,attn";
+  p.show_progress = false;
+  p.command_line = "test";
+  p.maybe_on_commit = [](std::int64_t n) {
+    if (n == 2)
+      std::thread([] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(3));
+        ::raise(SIGKILL);
+      }).detach();
+  };
+  run_capture(p);
+  ::raise(SIGKILL);  // finished before the timer: still die without cleanup
+}
+
+TEST_CASE("capture: SIGKILL mid-run, then --resume, equals an uninterrupted capture") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  p.batch = 1;
+  p.record = "k,v,q,attn";
+  p.out = dir.file("full.h5");
+  run_capture(p);
+
+  const std::string env = "KVCAL_CAPTURE_CHILD_DIR=" + dir.path();
+  std::vector<char*> envp;
+  for (char** e = environ; *e; ++e) envp.push_back(*e);
+  envp.push_back(const_cast<char*>(env.c_str()));
+  envp.push_back(nullptr);
+  std::string self = "/proc/self/exe", filter = "--test-case=capture child killed*";
+  char* argv[] = {self.data(), filter.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp.data()) == 0);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+  REQUIRE(test::file_exists(dir.file("killed.h5.partial")));
+  CHECK_FALSE(test::file_exists(dir.file("killed.h5")));
+
+  capture_params q = p;
+  q.out = dir.file("killed.h5");
+  q.resume = true;
+  capture_result r = run_capture(q);
+  CHECK(r.complete);
+  CHECK(r.resumed_from_sequence >= 2);
+  check_identical(p.out, q.out);
+}
+
+TEST_CASE("capture: bad inputs fail with a clear error and leave no damaged file") {
+  set_log_level(log_level::quiet);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  auto fails = [&](capture_params q, const std::string& msg) {
+    CHECK_THROWS_WITH_AS(run_capture(q), doctest::Contains(msg.c_str()), kvcal::error);
+    CHECK_FALSE(test::file_exists(q.out));
+    CHECK_FALSE(test::file_exists(q.out + ".partial"));
+  };
+  {
+    capture_params q = p;
+    q.text_files = {dir.file("missing.txt")};
+    fails(q, "missing.txt: no such file");
+  }
+  {
+    test::write_bytes(dir.file("empty.txt"), "");
+    capture_params q = p;
+    q.text_files = {dir.file("a.txt"), dir.file("empty.txt")};
+    fails(q, "empty.txt: empty file");
+  }
+  {
+    test::write_bytes(dir.file("latin1.txt"), "caf\xe9 ok");
+    capture_params q = p;
+    q.text_files = {dir.file("latin1.txt")};
+    fails(q, "latin1.txt: not valid UTF-8 (byte offset 3)");
+  }
+  {
+    capture_params q = p;
+    q.record = "k,values";
+    fails(q, "--record: unknown item 'values'");
+  }
+  {
+    capture_params q = p;
+    q.layers = "0,5";
+    fails(q, "--layers: '5' is outside the model's layers 0..1");
+  }
+  {
+    capture_params q = p;
+    q.seq_len = 257;
+    fails(q, "--seq-len 257 is beyond the model's context (max_position_embeddings 256");
+  }
+  {
+    capture_params q = p;
+    q.out = dir.file("no/such/dir/cap.h5");
+    fails(q, "does not exist");
+  }
+  if (::geteuid() != 0) {  // root writes anywhere
+    ::mkdir(dir.file("ro").c_str(), 0555);
+    capture_params q = p;
+    q.out = dir.file("ro/cap.h5");
+    fails(q, "is not writable");
+  }
+  CHECK(find_invalid_utf8("ok \xe2\x82\xac") == -1);
+  CHECK(find_invalid_utf8("\xed\xa0\x80") == 0);  // surrogate
+  CHECK(find_invalid_utf8("ab\xc0\xaf") == 2);    // overlong
+  CHECK(find_invalid_utf8("abc\xe2\x82") == 3);   // truncated
+  CHECK(parse_layer_list("0-1", 2) == std::vector<int>{0, 1});
+  CHECK_THROWS_WITH_AS(parse_layer_list("x", 2), doctest::Contains("not a layer index"),
+                       kvcal::error);
+}
+
+TEST_CASE("capture: --resume against a different model or options is refused, file untouched") {
+  set_log_level(log_level::quiet);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  p.stop_after_sequences = 2;
+  run_capture(p);
+  const std::string partial = p.out + ".partial";
+  REQUIRE(test::file_exists(partial));
+  const std::string before = sha256_file(partial);
+
+  capture_params q = p;
+  q.stop_after_sequences = 0;
+  q.resume = true;
+  q.model_dir = fixture("llama-headdim");
+  CHECK_THROWS_WITH_AS(run_capture(q), doctest::Contains("cannot resume"), kvcal::error);
+  try {
+    run_capture(q);
+  } catch (const kvcal::error& e) {
+    CHECK(std::string(e.what()).find("model.head_dim: 16 in the partial capture, 32 now") !=
+          std::string::npos);
+  }
+  q.model_dir = p.model_dir;
+  q.seq_len = 32;
+  q.attn_window = 6;
+  CHECK_THROWS_WITH_AS(run_capture(q), doctest::Contains("options.seq_len: 24 in the partial"),
+                       kvcal::error);
+  q.seq_len = 24;
+  q.attn_window = 5;
+  test::write_bytes(dir.file("b.txt"), "changed input");
+  CHECK_THROWS_WITH_AS(run_capture(q), doctest::Contains("inputs:"), kvcal::error);
+  CHECK(sha256_file(partial) == before);
+  CHECK_FALSE(test::file_exists(p.out));
+}
