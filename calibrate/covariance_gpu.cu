@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "calibrate/covariance_gpu.h"
 #include "kernels/common/cuda_device.h"
@@ -94,17 +95,17 @@ bool covariance_gpu_compiled() {
 }
 
 struct cov_accumulator_gpu::impl {
-  std::int64_t n_kv = 0, d = 0, max_rows = 0, n_batch = 0;
+  std::int64_t n_kv = 0, d = 0, max_rows = 0, n_batch = 0, n_slots = 1;
   bool pooled = false;
-  double count = 0;
+  std::vector<double> count;  // [n_slots]
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   float* d_in = nullptr;        // [max_rows, n_kv, d] staging for add_host
   float* d_centered = nullptr;  // [n_batch, nvec, d]
   float* d_g = nullptr;         // [n_batch, d, d]
   double* d_sums = nullptr;     // [n_batch, d]
-  double* d_mean = nullptr;     // [n_batch, d]
-  double* d_m2 = nullptr;       // [n_batch, d, d]
+  double* d_mean = nullptr;     // [n_slots, n_batch, d]
+  double* d_m2 = nullptr;       // [n_slots, n_batch, d, d]
 
   ~impl() {
     cudaFree(d_in);
@@ -119,17 +120,21 @@ struct cov_accumulator_gpu::impl {
 };
 
 cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t n_kv, std::int64_t d, bool pooled,
-                                         std::int64_t max_rows)
+                                         std::int64_t max_rows, std::int64_t n_slots)
     : p_(std::make_unique<impl>()) {
   KVCAL_CHECK(cuda_device_count() > 0, "GPU covariance: no CUDA device (", cuda_device_summary(),
               ")");
-  KVCAL_CHECK(n_kv > 0 && d > 0 && max_rows > 0, "GPU covariance: bad sizes");
+  KVCAL_CHECK(n_kv > 0 && d > 0 && max_rows > 0 && n_slots > 0, "GPU covariance: bad sizes");
   impl& m = *p_;
   m.n_kv = n_kv;
   m.d = d;
   m.pooled = pooled;
   m.max_rows = max_rows;
   m.n_batch = pooled ? 1 : n_kv;
+  m.n_slots = n_slots;
+  m.count.assign(static_cast<size_t>(n_slots), 0.0);
+  const size_t stat_vec = static_cast<size_t>(n_slots * m.n_batch * d);
+  const size_t stat_mat = stat_vec * static_cast<size_t>(d);
   KVCAL_CUDA_OK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   KVCAL_CUBLAS_OK(cublasCreate(&m.blas));
   KVCAL_CUBLAS_OK(cublasSetStream(m.blas, m.stream));
@@ -140,30 +145,29 @@ cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t n_kv, std::int64_t d, bool
   KVCAL_CUDA_OK(cudaMalloc(&m.d_centered, rows_el * sizeof(float)));
   KVCAL_CUDA_OK(cudaMalloc(&m.d_g, static_cast<size_t>(m.n_batch * d * d) * sizeof(float)));
   KVCAL_CUDA_OK(cudaMalloc(&m.d_sums, static_cast<size_t>(m.n_batch * d) * sizeof(double)));
-  KVCAL_CUDA_OK(cudaMalloc(&m.d_mean, static_cast<size_t>(m.n_batch * d) * sizeof(double)));
-  KVCAL_CUDA_OK(cudaMalloc(&m.d_m2, static_cast<size_t>(m.n_batch * d * d) * sizeof(double)));
-  KVCAL_CUDA_OK(
-      cudaMemsetAsync(m.d_mean, 0, static_cast<size_t>(m.n_batch * d) * sizeof(double), m.stream));
-  KVCAL_CUDA_OK(cudaMemsetAsync(m.d_m2, 0, static_cast<size_t>(m.n_batch * d * d) * sizeof(double),
-                                m.stream));
+  KVCAL_CUDA_OK(cudaMalloc(&m.d_mean, stat_vec * sizeof(double)));
+  KVCAL_CUDA_OK(cudaMalloc(&m.d_m2, stat_mat * sizeof(double)));
+  KVCAL_CUDA_OK(cudaMemsetAsync(m.d_mean, 0, stat_vec * sizeof(double), m.stream));
+  KVCAL_CUDA_OK(cudaMemsetAsync(m.d_m2, 0, stat_mat * sizeof(double), m.stream));
 }
 
 cov_accumulator_gpu::~cov_accumulator_gpu() = default;
 
-void cov_accumulator_gpu::add_host(const float* x, std::int64_t rows) {
+void cov_accumulator_gpu::add_host(const float* x, std::int64_t rows, std::int64_t slot) {
   impl& m = *p_;
   KVCAL_CHECK(rows <= m.max_rows, "GPU covariance: block of ", rows, " rows > ", m.max_rows);
   if (rows <= 0) return;
   KVCAL_CUDA_OK(cudaMemcpyAsync(m.d_in, x, static_cast<size_t>(rows * m.n_kv * m.d) * sizeof(float),
                                 cudaMemcpyHostToDevice, m.stream));
-  add_device(m.d_in, rows);
+  add_device(m.d_in, rows, slot);
   // The caller reuses x right away: wait for the copy (and the work queued behind it).
   KVCAL_CUDA_OK(cudaStreamSynchronize(m.stream));
 }
 
-void cov_accumulator_gpu::add_device(const float* d_x, std::int64_t rows) {
+void cov_accumulator_gpu::add_device(const float* d_x, std::int64_t rows, std::int64_t slot) {
   impl& m = *p_;
   KVCAL_CHECK(rows <= m.max_rows, "GPU covariance: block of ", rows, " rows > ", m.max_rows);
+  KVCAL_CHECK(slot >= 0 && slot < m.n_slots, "GPU covariance: slot ", slot, " out of range");
   if (rows <= 0) return;
   block_layout l{};
   l.d = m.d;
@@ -178,6 +182,9 @@ void cov_accumulator_gpu::add_device(const float* d_x, std::int64_t rows) {
     l.bstride = m.d;
   }
   const std::int64_t cols = l.n_batch * l.d;
+  double* mean = m.d_mean + slot * cols;
+  double* m2 = m.d_m2 + slot * cols * m.d;
+  double& count = m.count[static_cast<size_t>(slot)];
   KVCAL_CUDA_OK(cudaMemsetAsync(m.d_sums, 0, static_cast<size_t>(cols) * sizeof(double), m.stream));
   {
     const int threads = 128;
@@ -198,27 +205,29 @@ void cov_accumulator_gpu::add_device(const float* d_x, std::int64_t rows) {
                                             m.d_g, di, m.d * m.d, static_cast<int>(l.n_batch)));
   const double n_b = static_cast<double>(l.nvec);
   merge_m2_kernel<<<grid_for(l.n_batch * m.d * m.d, 256), 256, 0, m.stream>>>(
-      m.d_m2, m.d_mean, m.d_g, m.d_sums, l.n_batch, m.d, m.count, n_b);
+      m2, mean, m.d_g, m.d_sums, l.n_batch, m.d, count, n_b);
   mean_update_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, m.stream>>>(
-      m.d_mean, m.d_sums, cols, m.count, n_b);
+      mean, m.d_sums, cols, count, n_b);
   KVCAL_CUDA_OK(cudaGetLastError());
-  m.count += n_b;
+  count += n_b;
 }
 
 void cov_accumulator_gpu::synchronize() {
   KVCAL_CUDA_OK(cudaStreamSynchronize(p_->stream));
 }
 
-std::vector<cov_stats> cov_accumulator_gpu::download() {
+std::vector<cov_stats> cov_accumulator_gpu::download(std::int64_t slot) {
   impl& m = *p_;
+  KVCAL_CHECK(slot >= 0 && slot < m.n_slots, "GPU covariance: slot ", slot, " out of range");
   synchronize();
+  const std::int64_t cols = m.n_batch * m.d;
   std::vector<cov_stats> out(static_cast<size_t>(m.n_batch), cov_stats(m.d));
   for (std::int64_t b = 0; b < m.n_batch; ++b) {
     cov_stats& s = out[static_cast<size_t>(b)];
-    s.count = m.count;
-    KVCAL_CUDA_OK(cudaMemcpy(s.mean.data(), m.d_mean + b * m.d,
+    s.count = m.count[static_cast<size_t>(slot)];
+    KVCAL_CUDA_OK(cudaMemcpy(s.mean.data(), m.d_mean + slot * cols + b * m.d,
                              static_cast<size_t>(m.d) * sizeof(double), cudaMemcpyDeviceToHost));
-    KVCAL_CUDA_OK(cudaMemcpy(s.m2.data(), m.d_m2 + b * m.d * m.d,
+    KVCAL_CUDA_OK(cudaMemcpy(s.m2.data(), m.d_m2 + (slot * cols + b * m.d) * m.d,
                              static_cast<size_t>(m.d * m.d) * sizeof(double),
                              cudaMemcpyDeviceToHost));
   }

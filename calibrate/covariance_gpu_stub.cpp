@@ -11,14 +11,15 @@ bool covariance_gpu_compiled() {
   return false;
 }
 
-cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t, std::int64_t, bool, std::int64_t) {
+cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t, std::int64_t, bool, std::int64_t,
+                                         std::int64_t) {
   KVCAL_FAIL("GPU covariance: this build has no CUDA");
 }
 cov_accumulator_gpu::~cov_accumulator_gpu() = default;
-void cov_accumulator_gpu::add_host(const float*, std::int64_t) {}
-void cov_accumulator_gpu::add_device(const float*, std::int64_t) {}
+void cov_accumulator_gpu::add_host(const float*, std::int64_t, std::int64_t) {}
+void cov_accumulator_gpu::add_device(const float*, std::int64_t, std::int64_t) {}
 void cov_accumulator_gpu::synchronize() {}
-std::vector<cov_stats> cov_accumulator_gpu::download() {
+std::vector<cov_stats> cov_accumulator_gpu::download(std::int64_t) {
   return {};
 }
 

@@ -6,13 +6,14 @@ namespace kvcal::cli {
 
 int run_inspect(const std::vector<std::string>& args, io& io);
 int run_export(const std::vector<std::string>& args, io& io);
+int run_fit_pca(const std::vector<std::string>& args, io& io);
 int run_eval(const std::vector<std::string>& args, io& io);
 
 const std::vector<command>& commands() {
   static const std::vector<command> table = {
       {"capture", "run a model and stream its KV activations into an HDF5 capture", nullptr,
        "issue #5"},
-      {"fit-pca", "fit per-(layer, KV head) PCA bases from captures", nullptr, "issue #6"},
+      {"fit-pca", "fit per-(layer, KV head) PCA bases from captures", run_fit_pca, nullptr},
       {"train-ae", "train KV autoencoders on captures", nullptr, "issue #7"},
       {"train-policy", "train a learned eviction policy on captures", nullptr, "issue #7"},
       {"export", "assemble a versioned preset file", run_export, nullptr},

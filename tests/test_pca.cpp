@@ -210,3 +210,283 @@ TEST_CASE("rank allocation: fixed, energy, budget exact and never worse than uni
     CHECK(p.discarded <= p.uniform_discarded + 1e-12);
   }
 }
+
+// ---- Synthetic captures, the command end to end, bad input
+// ---------------------------------------
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "calibrate/h5_array.h"
+#include "calibrate/pca_fit.h"
+#include "calibrate/pca_format.h"
+#include "calibrate/pca_report.h"
+#include "cli/app.h"
+
+namespace {
+
+struct synth {
+  std::int64_t n_layers = 2, n_kv = 2, d = 16, n_tokens = 300, rows = 320;  // rows > n_tokens
+  std::string dtype = "float32";
+  std::string model_type = "llama";
+  unsigned seed = 7;
+  bool with_k_rope = true;
+  // Poison: NaN at (layer, head, token) of v.
+  std::int64_t nan_layer = -1, nan_head = 0, nan_token = 0;
+};
+
+std::string model_json(const synth& s) {
+  return nlohmann::json{{"model_type", s.model_type},
+                        {"n_layers", s.n_layers},
+                        {"n_kv_heads", s.n_kv},
+                        {"head_dim", s.d},
+                        {"rope", {{"theta", 10000.0}, {"type", "default"}}},
+                        {"config_sha256", std::string(64, 'a')}}
+      .dump();
+}
+
+// Writes a capture in the fixed layout: /layers/L/{k,k_rope,v} [rows, n_kv, d], rows past n_tokens
+// hold NaN (they must never be read).
+void write_capture(const std::string& path, const synth& s) {
+  h5_file f = h5_file::create(path);
+  f.set_attr("format", std::string("kvcal.capture"));
+  f.set_attr("version", std::int64_t{1});
+  f.set_attr("model", model_json(s));
+  f.set_attr("n_layers", s.n_layers);
+  f.set_attr("n_kv_heads", s.n_kv);
+  f.set_attr("n_heads", s.n_kv * 2);
+  f.set_attr("head_dim", s.d);
+  f.set_attr("n_tokens", s.n_tokens);
+  f.set_attr("dtype", s.dtype);
+  f.set_attr("record", std::string("[\"k\",\"k_rope\",\"v\"]"));
+  std::vector<std::string> targets = {"k", "v"};
+  if (s.with_k_rope) targets.push_back("k_rope");
+  const h5_dtype t = s.dtype == "float16" ? h5_dtype::f16 : h5_dtype::f32;
+  unsigned seed = s.seed;
+  for (std::int64_t l = 0; l < s.n_layers; ++l)
+    for (const auto& tg : targets) {
+      const std::string p = "/layers/" + std::to_string(l) + "/" + tg;
+      h5_create_dataset(f, p, t, {s.rows, s.n_kv, s.d}, 64);
+      std::vector<float> x(static_cast<size_t>(s.rows * s.n_kv * s.d),
+                           std::numeric_limits<float>::quiet_NaN());
+      for (std::int64_t h = 0; h < s.n_kv; ++h) {
+        const std::vector<float> r = random_rows(s.n_tokens, s.d, ++seed, 2.0f);
+        for (std::int64_t i = 0; i < s.n_tokens; ++i)
+          for (std::int64_t j = 0; j < s.d; ++j)
+            x[static_cast<size_t>((i * s.n_kv + h) * s.d + j)] = r[i * s.d + j];
+      }
+      if (tg == "v" && l == s.nan_layer)
+        x[static_cast<size_t>((s.nan_token * s.n_kv + s.nan_head) * s.d + 3)] =
+            std::numeric_limits<float>::infinity();
+      h5_write_rows(f, p, 0, s.rows, x.data());
+    }
+}
+
+int run_cli(const std::vector<std::string>& args, std::string* out, std::string* err) {
+  std::ostringstream o, e;
+  const int rc = kvcal::cli::run(args, o, e);
+  *out = o.str();
+  *err = e.str();
+  return rc;
+}
+
+}  // namespace
+
+TEST_CASE("fit-pca end to end: two captures (fp16 + fp32), CPU, reference covariance") {
+  kvcal::test::scratch_dir dir;
+  synth a, b;
+  a.dtype = "float16";
+  b.seed = 99;
+  b.n_tokens = 150;
+  b.rows = 150;
+  write_capture(dir.file("a.h5"), a);
+  write_capture(dir.file("b.h5"), b);
+  pca_fit_params p;
+  p.captures = {dir.file("a.h5"), dir.file("b.h5")};
+  p.out = dir.file("pca.h5");
+  p.targets = {"k", "v", "k_rope"};
+  p.block_rows = 37;  // many blocks, not aligned with the chunks
+  p.device = "cpu";
+  const pca_fit_result r = run_pca_fit(p);
+  CHECK(r.file.n_tokens == 450);
+  const pca_file f = read_pca_file(p.out);
+  REQUIRE(f.blocks.size() == 3 * 2 * 2);
+  CHECK(f.sources.size() == 2);
+  CHECK(f.sources[0].sha256.size() == 64);
+  CHECK(f.sources[1].n_tokens == 150);
+  CHECK(nlohmann::json::parse(f.model_json) == nlohmann::json::parse(model_json(a)));
+  CHECK(kvcal::test::file_exists(dir.file("pca.svg")));
+  CHECK(kvcal::test::read_bytes(dir.file("pca.svg")).rfind("<svg", 0) == 0);
+  CHECK_FALSE(kvcal::test::file_exists(dir.file("pca.h5.partial")));
+
+  // Reference: the valid rows of both captures, as stored (fp16 rounding included), two-pass.
+  const std::int64_t d = a.d, n_kv = a.n_kv;
+  for (const char* tg : {"v", "k_rope"}) {
+    for (std::int64_t l = 0; l < 2; ++l) {
+      std::vector<float> all;
+      for (const auto& [path, n] :
+           {std::pair{dir.file("a.h5"), a.n_tokens}, std::pair{dir.file("b.h5"), b.n_tokens}}) {
+        h5_file cf = h5_file::open_read(path);
+        std::vector<float> x(static_cast<size_t>(n * n_kv * d));
+        h5_read_rows(cf, "/layers/" + std::to_string(l) + "/" + tg, 0, n, x.data());
+        all.insert(all.end(), x.begin(), x.end());
+      }
+      for (std::int64_t h = 0; h < n_kv; ++h) {
+        const cov_stats ref = two_pass_stats(all.data() + h * d, 450, d, n_kv * d);
+        const eig_result e = eigh_cpu(ref.covariance(true).data(), d);
+        const pca_block* blk = f.find(tg, l, h);
+        REQUIRE(blk != nullptr);
+        CHECK(blk->count == 450);
+        CHECK(max_rel_diff(blk->mean, ref.mean) < 1e-10);
+        CHECK(max_rel_diff(blk->eigenvalues, e.values) < 1e-10);
+        CHECK(max_rel_diff(blk->basis, e.vectors) < 1e-6);
+        CHECK(blk->rank >= 1);
+        CHECK(explained_energy(blk->eigenvalues, static_cast<int>(blk->rank)) >= 0.99);
+      }
+    }
+  }
+
+  // inspect: the report, with the pre/post-RoPE comparison.
+  std::string out, err;
+  CHECK(run_cli({"inspect", p.out}, &out, &err) == 0);
+  if (std::getenv("KVCAL_TEST_SHOW")) MESSAGE(out);
+  CHECK(out.find("kvcal PCA file") != std::string::npos);
+  CHECK(out.find("Explained variance vs rank") != std::string::npos);
+  CHECK(out.find("Pre- vs post-RoPE K") != std::string::npos);
+  CHECK(out.find("Spectrum spread") != std::string::npos);
+}
+
+TEST_CASE("fit-pca: CLI, layer granularity, byte budget, max-tokens, uncentred") {
+  kvcal::test::scratch_dir dir;
+  synth a;
+  write_capture(dir.file("a.h5"), a);
+  std::string out, err;
+  SUBCASE("layer granularity + budget") {
+    // K and V, 2 layers, shared bases used by 2 heads, 8-bit latents: rank 1 everywhere costs
+    // 2 x 2 x 2 x (8 + 32) bits = 40 bytes.
+    REQUIRE(
+        run_cli({"fit-pca", "--capture", dir.file("a.h5"), "--out", dir.file("p.h5"),
+                 "--granularity", "layer", "--bytes-per-token", "75", "--latent-bits", "8", "-q"},
+                &out, &err) == 0);
+    const pca_file f = read_pca_file(dir.file("p.h5"));
+    REQUIRE(f.blocks.size() == 4);
+    CHECK(f.find("v", 1, 0) == f.find("v", 1, 1));
+    CHECK(f.blocks[0].head == -1);
+    CHECK(f.blocks[0].count == a.n_tokens * a.n_kv);
+    std::int64_t bits = 0;
+    for (const auto& b : f.blocks) bits += 2 * (b.rank * 8 + 32);
+    CHECK(bits <= 600);
+    CHECK(600 - bits < 16);
+    CHECK(nlohmann::json::parse(f.rank_rule_json)["bits"] == bits);
+  }
+  SUBCASE("fixed rank, max tokens, uncentred") {
+    REQUIRE(
+        run_cli({"fit-pca", "--capture", dir.file("a.h5"), "--out", dir.file("p.h5"), "--rank", "5",
+                 "--max-tokens", "100", "--center", "off", "--target", "v", "--no-svg", "-q"},
+                &out, &err) == 0);
+    const pca_file f = read_pca_file(dir.file("p.h5"));
+    CHECK(f.n_tokens == 100);
+    CHECK_FALSE(f.centered);
+    CHECK(f.targets == std::vector<std::string>{"v"});
+    for (const auto& b : f.blocks) {
+      CHECK(b.rank == 5);
+      CHECK(b.count == 100);
+      for (double m : b.mean) CHECK(m == 0.0);
+    }
+    CHECK_FALSE(kvcal::test::file_exists(dir.file("p.svg")));
+  }
+  SUBCASE("--help lists the defaults") {
+    CHECK(run_cli({"fit-pca", "--help"}, &out, &err) == 0);
+    CHECK(out.find("--bytes-per-token") != std::string::npos);
+    CHECK(out.find("kv-head") != std::string::npos);
+  }
+}
+
+TEST_CASE("fit-pca: bad input, one clear error each") {
+  kvcal::test::scratch_dir dir;
+  synth a;
+  write_capture(dir.file("a.h5"), a);
+  pca_fit_params p;
+  p.captures = {dir.file("a.h5")};
+  p.out = dir.file("pca.h5");
+  p.device = "cpu";
+  SUBCASE("captures of different models: both fingerprints printed") {
+    synth b;
+    b.model_type = "qwen2";
+    write_capture(dir.file("b.h5"), b);
+    p.captures.push_back(dir.file("b.h5"));
+    try {
+      run_pca_fit(p);
+      FAIL("no error");
+    } catch (const kvcal::error& e) {
+      const std::string m = e.what();
+      CHECK(m.find("different models") != std::string::npos);
+      CHECK(m.find("\"model_type\":\"llama\"") != std::string::npos);
+      CHECK(m.find("\"model_type\":\"qwen2\"") != std::string::npos);
+    }
+  }
+  SUBCASE("NaN/Inf: layer, head and token named") {
+    synth b;
+    b.nan_layer = 1;
+    b.nan_head = 1;
+    b.nan_token = 211;
+    write_capture(dir.file("bad.h5"), b);
+    p.captures = {dir.file("bad.h5")};
+    p.block_rows = 100;
+    CHECK_THROWS_WITH_AS(run_pca_fit(p),
+                         doctest::Contains("Inf in v of layer 1, KV head 1, token 211 (block of "
+                                           "tokens [200, 300))"),
+                         kvcal::error);
+    CHECK_FALSE(kvcal::test::file_exists(p.out));
+  }
+  SUBCASE("rank >= head_dim") {
+    p.rank = 16;
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("[1, head_dim) = [1, 16)"),
+                         kvcal::error);
+  }
+  SUBCASE("energy outside (0, 1]") {
+    p.energy = 1.5;
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("must be in (0, 1]"), kvcal::error);
+    std::string out, err;
+    CHECK(run_cli({"fit-pca", "--capture", dir.file("a.h5"), "--out", p.out, "--energy", "0"}, &out,
+                  &err) == 2);
+    CHECK(err.find("(0, 1]") != std::string::npos);
+  }
+  SUBCASE("two rank rules") {
+    p.rank = 4;
+    p.energy = 0.9;
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("at most one of"), kvcal::error);
+  }
+  SUBCASE("missing / corrupt / not a capture / target not captured") {
+    p.captures = {dir.file("nope.h5")};
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("nope.h5: no such file"), kvcal::error);
+    const std::string bytes = kvcal::test::read_bytes(dir.file("a.h5"));
+    kvcal::test::write_bytes(dir.file("cut.h5"), bytes.substr(0, bytes.size() / 2));
+    p.captures = {dir.file("cut.h5")};
+    CHECK_THROWS_AS(run_pca_fit(p), kvcal::error);
+    {
+      h5_file f = h5_file::create(dir.file("other.h5"));
+      f.set_attr("format", std::string("kvcal.pca"));
+    }
+    p.captures = {dir.file("other.h5")};
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("expected 'kvcal.capture'"),
+                         kvcal::error);
+    synth c;
+    c.with_k_rope = false;
+    write_capture(dir.file("c.h5"), c);
+    p.captures = {dir.file("c.h5")};
+    p.targets = {"k_rope"};
+    CHECK_THROWS_WITH_AS(run_pca_fit(p), doctest::Contains("missing dataset '/layers/0/k_rope'"),
+                         kvcal::error);
+  }
+  SUBCASE("pca.h5 reader: wrong format, newer version") {
+    run_pca_fit(p);
+    {
+      h5_file f = h5_file::open_rw(p.out);
+      f.set_attr("version", std::int64_t{2});
+    }
+    CHECK_THROWS_WITH_AS(read_pca_file(p.out), doctest::Contains("version 2, newer than"),
+                         kvcal::error);
+    CHECK_FALSE(is_pca_file(dir.file("a.h5")));
+  }
+}
