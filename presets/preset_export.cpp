@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/common/error.h"
+#include "presets/preset_pca.h"
 #include "presets/preset_template.h"
 #include "presets/preset_writer.h"
 #include "runtime/preset.h"
@@ -32,9 +33,8 @@ export_result export_preset(const export_params& p) {
   KVCAL_CHECK(p.template_name.empty() != p.recipe_path.empty(),
               "export: give exactly one of a template and a recipe file");
   KVCAL_CHECK(!p.out.empty(), "export: no output path");
-  // The PCA / AE / policy file formats belong to fit-pca and train-*; until their readers land
-  // nothing can be loaded from them, and guessing a layout would fix a format by accident.
-  KVCAL_CHECK(p.pca.empty(), "--pca ", p.pca, ": not available in this build (issue #6/#7)");
+  // The AE / policy file formats belong to train-*; until their readers land nothing can be
+  // loaded from them, and guessing a layout would fix a format by accident.
   KVCAL_CHECK(p.ae.empty(), "--ae ", p.ae, ": not available in this build (issue #6/#7)");
   KVCAL_CHECK(p.policy.empty(), "--policy ", p.policy,
               ": not available in this build (issue #6/#7)");
@@ -49,10 +49,16 @@ export_result export_preset(const export_params& p) {
   lenient.allow_unset_rank = true;
   export_result r;
   r.recipe = expand_recipe(j, cfg, source, lenient);
-  const calibration_needs needs = needs_of(r.recipe);
+  // PCA bases from kvcal fit-pca (presets/preset_pca.h): fills ranks left at 0 by the template.
+  preset_pca_tensors pca;
+  if (!p.pca.empty())
+    pca = apply_pca_file(r.recipe, read_pca_file(p.pca), p.pca, cfg, config_path);
+  calibration_needs needs = needs_of(r.recipe);
+  needs.pca = needs.pca && p.pca.empty();
   KVCAL_CHECK(!needs.any(), source, " needs calibrated tensors: ", needs.describe(),
               "; export refuses without them");
-  write_preset(p.out, r.recipe, {}, p.context);
+  r.fixed_bytes = pca.bytes;
+  write_preset(p.out, r.recipe, pca.tensors, p.context);
   return r;
 }
 

@@ -18,7 +18,8 @@ struct export_params {
   std::string recipe_path;
   std::string model_dir;      // needs config.json only
   std::string out;
-  std::string pca, ae, policy;  // calibration files (their readers have not landed: refused)
+  std::string pca;          // pca.h5 from kvcal fit-pca (presets/preset_pca.h)
+  std::string ae, policy;   // calibration files (their readers have not landed: refused)
   std::int64_t context = 32768;  // context the stored byte accounting is stated at
 };
 

@@ -231,11 +231,13 @@ struct synth {
   std::string model_type = "llama";
   unsigned seed = 7;
   bool with_k_rope = true;
+  std::string model;  // fingerprint JSON; empty: made up from the fields above
   // Poison: NaN at (layer, head, token) of v.
   std::int64_t nan_layer = -1, nan_head = 0, nan_token = 0;
 };
 
 std::string model_json(const synth& s) {
+  if (!s.model.empty()) return s.model;
   return nlohmann::json{{"model_type", s.model_type},
                         {"n_layers", s.n_layers},
                         {"n_kv_heads", s.n_kv},
@@ -489,4 +491,132 @@ TEST_CASE("fit-pca: bad input, one clear error each") {
                          kvcal::error);
     CHECK_FALSE(is_pca_file(dir.file("a.h5")));
   }
+}
+
+// ---- kvcal export --pca ----------------------------------------------------------------------
+
+#include "presets/preset_export.h"
+#include "runtime/preset.h"
+
+namespace {
+
+// A model folder with config.json matching `s`, and s.model set to its fingerprint.
+std::string make_model(const kvcal::test::scratch_dir& dir, synth& s) {
+  const std::string folder = dir.file("model");
+  REQUIRE(std::system(("mkdir -p '" + folder + "'").c_str()) == 0);
+  nlohmann::json c{{"model_type", "llama"},
+                   {"vocab_size", 1000},
+                   {"hidden_size", 4 * s.n_kv * s.d},
+                   {"intermediate_size", 64},
+                   {"num_hidden_layers", s.n_layers},
+                   {"num_attention_heads", 2 * s.n_kv},
+                   {"num_key_value_heads", s.n_kv},
+                   {"head_dim", s.d},
+                   {"rms_norm_eps", 1e-6},
+                   {"max_position_embeddings", 4096},
+                   {"rope_theta", 10000.0},
+                   {"hidden_act", "silu"}};
+  kvcal::test::write_bytes(folder + "/config.json", c.dump(2));
+  const model_config cfg = read_model_config(folder + "/config.json");
+  const model_fingerprint fp = fingerprint_of(cfg);
+  s.model = nlohmann::json{{"model_type", fp.model_type},   {"n_layers", fp.n_layers},
+                           {"n_kv_heads", fp.n_kv_heads},   {"head_dim", fp.head_dim},
+                           {"rope", rope_to_json(fp.rope)}, {"config_sha256", fp.config_sha256}}
+                .dump();
+  return folder;
+}
+
+}  // namespace
+
+TEST_CASE("export --pca: knlp-v-pca-int8 takes ranks, bases and means from pca.h5") {
+  kvcal::test::scratch_dir dir;
+  synth s;
+  s.n_layers = 3;
+  const std::string model = make_model(dir, s);
+  write_capture(dir.file("cap.h5"), s);
+  pca_fit_params fp;
+  fp.captures = {dir.file("cap.h5")};
+  fp.out = dir.file("pca.h5");
+  fp.energy = 0.9;
+  fp.latent_bits = 8;
+  fp.device = "cpu";
+  run_pca_fit(fp);
+  const pca_file pf = read_pca_file(fp.out);
+
+  export_params p;
+  p.template_name = "knlp-v-pca-int8";
+  p.model_dir = model;
+  p.pca = fp.out;
+  p.out = dir.file("knlp.safetensors");
+  const export_result r = export_preset(p);
+  CHECK(r.fixed_bytes > 0);
+  preset_file preset(p.out);
+  const preset_recipe& rec = preset.recipe();
+  const std::int64_t d = s.d;
+  for (std::int64_t l = 0; l < s.n_layers; ++l)
+    for (std::int64_t h = 0; h < s.n_kv; ++h) {
+      const pca_block* b = pf.find("v", l, h);
+      REQUIRE(b != nullptr);
+      const kv_method& m = rec.layers[l].v_of(static_cast<size_t>(h));
+      CHECK(m.kind == kv_method_kind::pca);
+      CHECK(m.pca.rank == b->rank);
+      CHECK(m.pca.latent_bits == 8);
+      CHECK(rec.layers[l].k_of(static_cast<size_t>(h)).kind == kv_method_kind::none);
+      const std::string prefix =
+          "layers." + std::to_string(l) + ".v.heads." + std::to_string(h) + ".pca.";
+      const tensor_view& basis = preset.tensors().at(prefix + "basis");
+      REQUIRE(basis.shape == std::vector<std::int64_t>{b->rank, d});
+      const std::vector<float> bv = to_float(basis);
+      for (std::int64_t j = 0; j < b->rank; ++j)
+        for (std::int64_t i = 0; i < d; ++i)
+          CHECK(bv[j * d + i] == doctest::Approx(b->basis[i * d + j]).epsilon(1e-6));
+      const std::vector<float> mv = to_float(preset.tensors().at(prefix + "mean"));
+      for (std::int64_t i = 0; i < d; ++i)
+        CHECK(mv[i] == doctest::Approx(b->mean[i]).epsilon(1e-6));
+    }
+  // A recipe with its own rank keeps it.
+  kvcal::test::write_bytes(
+      dir.file("r.json"),
+      R"({"name": "v-pca-4", "layer": {"k": {"pca": {"rank": 4}}, "v": "none", "policy": "full"}})");
+  p.template_name.clear();
+  p.recipe_path = dir.file("r.json");
+  p.out = dir.file("r.safetensors");
+  export_preset(p);
+  preset_file pr(p.out);
+  CHECK(pr.tensors().at("layers.2.k.heads.1.pca.basis").shape == std::vector<std::int64_t>{4, d});
+}
+
+TEST_CASE("export --pca: wrong model, missing target, no PCA in the recipe") {
+  kvcal::test::scratch_dir dir;
+  synth s;
+  const std::string model = make_model(dir, s);
+  write_capture(dir.file("cap.h5"), s);
+  pca_fit_params fp;
+  fp.captures = {dir.file("cap.h5")};
+  fp.out = dir.file("pca.h5");
+  fp.targets = {"k"};
+  fp.device = "cpu";
+  run_pca_fit(fp);
+  export_params p;
+  p.model_dir = model;
+  p.pca = fp.out;
+  p.out = dir.file("x.safetensors");
+  p.template_name = "knlp-v-pca-int8";
+  CHECK_THROWS_WITH_AS(export_preset(p), doctest::Contains("no V basis for layer 0, KV head 0"),
+                       kvcal::error);
+  p.template_name = "fp16";
+  CHECK_THROWS_WITH_AS(export_preset(p), doctest::Contains("the recipe uses no PCA method"),
+                       kvcal::error);
+  // A PCA file of another model.
+  synth other;
+  write_capture(dir.file("other.h5"), other);
+  fp.captures = {dir.file("other.h5")};
+  fp.targets = {"v"};
+  fp.out = dir.file("other_pca.h5");
+  run_pca_fit(fp);
+  p.pca = fp.out;
+  p.template_name = "knlp-v-pca-int8";
+  CHECK_THROWS_WITH_AS(export_preset(p), doctest::Contains("model fingerprint: config_sha256 is"),
+                       kvcal::error);
+  CHECK_FALSE(kvcal::test::file_exists(p.out));
 }
