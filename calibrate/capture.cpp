@@ -394,18 +394,23 @@ std::string json_inputs(const std::vector<input_file>& in) {
 
 // ---- the run --------------------------------------------------------------------------------
 
-capture_result run_capture(const capture_params& p) {
+capture_result run_capture(const capture_params& params) {
+  capture_params p = params;  // seq_len resolved below
   const auto t0 = std::chrono::steady_clock::now();
   KVCAL_CHECK(!p.model_dir.empty(), "--model is required");
   KVCAL_CHECK(!p.text_files.empty(), "--text: give at least one text file");
   KVCAL_CHECK(!p.out.empty(), "--out is required");
-  KVCAL_CHECK(p.seq_len >= 1, "--seq-len must be >= 1");
+  KVCAL_CHECK(p.seq_len >= 0, "--seq-len must be >= 1 (or 0 for the default)");
   KVCAL_CHECK(p.batch >= 1, "--batch must be >= 1");
   KVCAL_CHECK(p.max_tokens >= 0, "--max-tokens must be >= 0");
   KVCAL_CHECK(p.attn_window >= 1, "--attn-window must be >= 1");
   const std::vector<capture_item> record = parse_record_list(p.record);
   const model_config cfg = read_model_config(p.model_dir + "/config.json");
   const std::vector<int> layers = parse_layer_list(p.layers, cfg.num_hidden_layers);
+  if (p.seq_len == 0)
+    p.seq_len = cfg.max_position_embeddings > 0
+                    ? std::min<std::int64_t>(2048, cfg.max_position_embeddings)
+                    : 2048;
   KVCAL_CHECK(cfg.max_position_embeddings <= 0 || p.seq_len <= cfg.max_position_embeddings,
               "--seq-len ", p.seq_len, " is beyond the model's context (max_position_embeddings ",
               cfg.max_position_embeddings, " in ", p.model_dir, "/config.json)");

@@ -36,7 +36,7 @@ struct capture_params {
   std::string model_dir;
   std::vector<std::string> text_files;
   std::string out;
-  std::int64_t seq_len = 2048;
+  std::int64_t seq_len = 0;     // 0 = min(2048, the model's max_position_embeddings)
   std::int64_t max_tokens = 0;  // 0 = every token of the inputs
   std::int64_t batch = 1;
   std::string device = "cpu";  // cpu | cuda | cuda:N

@@ -1,6 +1,7 @@
 // kvcal inspect FILE: describe a file kvcal reads or writes.
 #include <ostream>
 
+#include "calibrate/capture_report.h"
 #include "calibrate/pca_format.h"
 #include "calibrate/pca_report.h"
 #include "cli/command.h"
@@ -24,7 +25,9 @@ int run_inspect(const std::vector<std::string>& args, io& io) {
   if (!parse_options("inspect", "FILE [options]", opts, pos, args, vm, io)) return 0;
   if (max_tensors < 0) throw usage_error("--max-tensors must be >= 0");
   // A preset is a safetensors file with a kvcal recipe: shown as the recipe and its byte cost.
-  if (is_pca_file(file))
+  if (is_capture_file(file))
+    describe_capture(file, io.out);
+  else if (is_pca_file(file))
     describe_pca(read_pca_file(file), file, io.out);
   else if (is_preset_file(file))
     describe_preset(file, io.out);

@@ -640,3 +640,25 @@ TEST_CASE("capture: --resume against a different model or options is refused, fi
   CHECK(sha256_file(partial) == before);
   CHECK_FALSE(test::file_exists(p.out));
 }
+
+#include <sstream>
+
+#include "calibrate/capture_report.h"
+
+TEST_CASE("capture report: sizes and per-head K / V summary") {
+  set_log_level(log_level::quiet);
+  test::scratch_dir dir;
+  capture_params p = base_params(dir);
+  p.record = "k,v";
+  run_capture(p);
+  CHECK(is_capture_file(p.out));
+  CHECK_FALSE(is_capture_file(dir.file("a.txt")));
+  std::ostringstream os;
+  describe_capture(p.out, os);
+  const std::string s = os.str();
+  CHECK(s.find("kvcal capture, format version 1, complete") != std::string::npos);
+  CHECK(s.find("K top8") != std::string::npos);
+  CHECK(s.find("    1    1 |") != std::string::npos);  // layer 1, KV head 1
+  // head_dim 16: the top 32 components hold all the variance.
+  CHECK(s.find("100.0%") != std::string::npos);
+}
