@@ -282,8 +282,12 @@ void compressed_cache::attend(int layer, const float* q_rope, const std::int64_t
   float* sn = scratch(sin_, static_cast<std::size_t>(n) * D / 2);
   float* sc = scratch(scores_, static_cast<std::size_t>(n));
   float* acc = scratch(acc_, D);
-  for (std::int64_t t = 0; t < n; ++t)
+  // Dynamic RoPE may have changed every frequency; otherwise only new positions need tables.
+  if (rope_.type == rope_type::dynamic || rope_p0_ != L.p0) rope_valid_ = 0;
+  rope_p0_ = L.p0;
+  for (std::int64_t t = rope_valid_; t < n; ++t)
     rope_cos_sin(L.p0 + t, inv_freq_.data(), d, attention_scaling_, cs + t * half, sn + t * half);
+  rope_valid_ = std::max(rope_valid_, n);
 
   const int rep = dims_.n_heads / dims_.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
@@ -414,6 +418,7 @@ cache_stats compressed_cache::stats() const {
 }
 
 void compressed_cache::reset() {
+  rope_valid_ = 0;
   for (auto& L : layers_) {
     L->n = L->p0 = 0;
     for (auto* streams : {&L->k, &L->v}) {

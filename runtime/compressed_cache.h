@@ -141,7 +141,11 @@ class compressed_cache {
   std::vector<float> inv_freq_;  // [d / 2]
   float attention_scaling_ = 1.0f;
   // Attention scratch (reserve() sizes them).
-  std::vector<float> k_, v_, z_, scores_, cos_, sin_, pz_, acc_, block_;
+  std::vector<float> k_, v_, z_, scores_, pz_, acc_, block_;
+  // RoPE tables [tokens, d / 2] for positions rope_p0_ .. rope_p0_ + rope_valid_ - 1, shared by
+  // the layers (they hold the same positions), extended as tokens arrive.
+  std::vector<float> cos_, sin_;
+  std::int64_t rope_p0_ = 0, rope_valid_ = 0;
 };
 
 }  // namespace kvcal
