@@ -35,7 +35,8 @@ struct work_item {
   size_t capture;
   std::int64_t t0, rows;
   size_t target;
-  std::int64_t layer;
+  std::int64_t layer;  // the model's layer index
+  std::int64_t li;     // its index among the recorded layers
   bool last_of_row_block;
 };
 
@@ -122,10 +123,16 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
                 "captures of different models:\n  ", c0.path, ": ", fingerprint_text(c0.model_json),
                 "\n  ", ci.path, ": ", fingerprint_text(ci.model_json));
   }
-  const std::int64_t n_layers = c0.n_layers, n_kv = c0.n_kv_heads, d = c0.head_dim;
-  for (const auto& in : ins)
+  const std::int64_t n_kv = c0.n_kv_heads, d = c0.head_dim;
+  const std::vector<std::int64_t>& layers = c0.layers;  // recorded layers, the same in every file
+  const std::int64_t n_layers = static_cast<std::int64_t>(layers.size());
+  for (const auto& in : ins) {
+    KVCAL_CHECK(in->info().layers == layers, "captures recorded different layers: ", c0.path, ": ",
+                nlohmann::json(layers).dump(), ", ", in->info().path, ": ",
+                nlohmann::json(in->info().layers).dump());
     for (const auto& t : p.targets)
-      for (std::int64_t l = 0; l < n_layers; ++l) in->check_dataset(l, t);
+      for (std::int64_t l : layers) in->check_dataset(l, t);
+  }
   KVCAL_CHECK(p.rank == 0 || p.rank < d, "--rank ", p.rank, " must be in [1, head_dim) = [1, ", d,
               ")");
 
@@ -150,7 +157,8 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
     for (std::int64_t t0 = 0; t0 < use[c]; t0 += p.block_rows) {
       const std::int64_t rows = std::min(p.block_rows, use[c] - t0);
       for (size_t t = 0; t < p.targets.size(); ++t)
-        for (std::int64_t l = 0; l < n_layers; ++l) items.push_back({c, t0, rows, t, l, false});
+        for (std::int64_t li = 0; li < n_layers; ++li)
+          items.push_back({c, t0, rows, t, layers[static_cast<size_t>(li)], li, false});
       items.back().last_of_row_block = true;
     }
 
@@ -199,7 +207,7 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
       read_block cur = next.get();
       if (i + 1 < items.size()) next = std::async(std::launch::async, read, items[i + 1]);
       const work_item& it = items[i];
-      const std::int64_t slot = static_cast<std::int64_t>(it.target) * n_layers + it.layer;
+      const std::int64_t slot = static_cast<std::int64_t>(it.target) * n_layers + it.li;
       if (gpu)
         acc->add_host(cur.data.data(), it.rows, slot);
       else
@@ -220,7 +228,8 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
   f.centered = p.center;
   f.latent_bits = p.latent_bits;
   f.targets = p.targets;
-  f.n_layers = n_layers;
+  f.n_layers = c0.n_layers;
+  f.layers = layers;
   f.n_kv_heads = n_kv;
   f.head_dim = d;
   f.n_tokens = total;
@@ -232,7 +241,7 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
       const cov_stats& st = s[static_cast<size_t>(h)];
       pca_block b;
       b.target = p.targets[static_cast<size_t>(slot / n_layers)];
-      b.layer = slot % n_layers;
+      b.layer = layers[static_cast<size_t>(slot % n_layers)];
       b.head = pooled ? -1 : h;
       b.count = static_cast<std::int64_t>(st.count);
       b.mean = p.center ? st.mean : std::vector<double>(static_cast<size_t>(d), 0.0);

@@ -62,6 +62,7 @@ void write_pca_file(const std::string& path, const pca_file& p) {
     f.set_attr("rank_rule", p.rank_rule_json);
     f.set_attr("targets", nlohmann::json(p.targets).dump());
     f.set_attr("n_layers", p.n_layers);
+    f.set_attr("layers", nlohmann::json(p.layers).dump());
     f.set_attr("n_kv_heads", p.n_kv_heads);
     f.set_attr("head_dim", p.head_dim);
     f.set_attr("n_tokens", p.n_tokens);
@@ -109,6 +110,7 @@ pca_file read_pca_file(const std::string& path) {
       p.sources.push_back({s.at("path").get<std::string>(), s.at("sha256").get<std::string>(),
                            s.value("n_tokens", std::int64_t{0})});
     p.targets = nlohmann::json::parse(f.get_string_attr("targets")).get<std::vector<std::string>>();
+    p.layers = nlohmann::json::parse(f.get_string_attr("layers")).get<std::vector<std::int64_t>>();
     KVCAL_CHECK(nlohmann::json::parse(p.model_json).is_object(), path,
                 ": the model attribute is not a JSON object");
   } catch (const nlohmann::json::exception& e) {
@@ -129,7 +131,8 @@ pca_file read_pca_file(const std::string& path) {
               ": n_layers / n_kv_heads / head_dim must be positive");
   for (const auto& t : p.targets) {
     KVCAL_CHECK(t == "k" || t == "v" || t == "k_rope", path, ": unknown target '", t, "'");
-    for (std::int64_t l = 0; l < p.n_layers; ++l) {
+    for (std::int64_t l : p.layers) {
+      KVCAL_CHECK(l >= 0 && l < p.n_layers, path, ": layer ", l, " outside [0, ", p.n_layers, ")");
       const std::int64_t nh = p.granularity == "layer" ? 1 : p.n_kv_heads;
       for (std::int64_t h = 0; h < nh; ++h) {
         pca_block b;

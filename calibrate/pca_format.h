@@ -14,6 +14,7 @@
 //     rank_rule    JSON text: {"rank": R} | {"energy": E} | {"bytes_per_token": B, "bits": used}
 //     targets      JSON text: ["k", "v"] (any of k, v, k_rope; k is before RoPE)
 //     n_layers, n_kv_heads, head_dim, n_tokens (tokens used per layer)   int64
+//     layers       JSON text: the fitted layer indices (those the captures recorded)
 //   one group per block: /<target>/<layer>/<head>  (kv-head)  or  /<target>/<layer>/all  (layer)
 //     basis        [d, d] f64  columns are the principal axes, by descending eigenvalue;
 //                              the largest-|.| entry of each column is positive
@@ -64,7 +65,8 @@ struct pca_file {
   std::string rank_rule_json = "{}";
   std::vector<std::string> targets;
   std::int64_t n_layers = 0, n_kv_heads = 0, head_dim = 0, n_tokens = 0;
-  std::vector<pca_block> blocks;  // target-major, then layer, then head
+  std::vector<std::int64_t> layers;  // fitted layers (all of 0..n_layers-1 unless captured fewer)
+  std::vector<pca_block> blocks;     // target-major, then layer, then head
 
   // The block for (target, layer, head); with granularity "layer" any head maps to the shared
   // block. nullptr when absent.

@@ -1,5 +1,6 @@
 #include "calibrate/pca_input.h"
 
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "kernels/common/error.h"
@@ -25,6 +26,20 @@ pca_input::pca_input(const std::string& path) : file_(h5_file::open_read(path)) 
   KVCAL_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, path,
               ": n_layers / n_kv_heads / head_dim must be positive (", info_.n_layers, " / ",
               info_.n_kv_heads, " / ", info_.head_dim, ")");
+  if (file_.has_attr("layers")) {
+    try {
+      info_.layers =
+          nlohmann::json::parse(file_.get_string_attr("layers")).get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception& e) {
+      KVCAL_FAIL(path, ": the 'layers' attribute is not a JSON list of layer indices: ", e.what());
+    }
+    for (std::int64_t l : info_.layers)
+      KVCAL_CHECK(l >= 0 && l < info_.n_layers, path, ": recorded layer ", l, " outside [0, ",
+                  info_.n_layers, ")");
+  } else {
+    for (std::int64_t l = 0; l < info_.n_layers; ++l) info_.layers.push_back(l);
+  }
+  KVCAL_CHECK(!info_.layers.empty(), path, ": no recorded layers");
   KVCAL_CHECK(info_.n_tokens >= 0, path, ": n_tokens is negative (", info_.n_tokens, ")");
 }
 

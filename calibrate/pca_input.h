@@ -7,6 +7,7 @@
 //   /layers/<L>/k       [N, n_kv_heads, head_dim]   keys before RoPE
 //   /layers/<L>/k_rope  [N, n_kv_heads, head_dim]   keys after RoPE
 //   /layers/<L>/v       [N, n_kv_heads, head_dim]
+// Only the layers listed in the `layers` attribute (JSON list; absent = all) have a group.
 // Only rows < n_tokens are read (N may be larger: preallocated / resumable captures).
 //
 //   kvcal::pca_input in("capture.h5");
@@ -16,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "calibrate/h5_array.h"
 
@@ -29,6 +31,7 @@ struct capture_info {
   std::string model_json;  // the fingerprint as stored (JSON text)
   std::int64_t n_layers = 0, n_kv_heads = 0, n_heads = 0, head_dim = 0, n_tokens = 0;
   std::string dtype;
+  std::vector<std::int64_t> layers;  // recorded layers (attribute `layers`; default: all)
 };
 
 class pca_input {

@@ -67,7 +67,8 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
   try {
     const auto m = nlohmann::json::parse(f.model_json);
     os << "  model: " << m.value("model_type", std::string("?")) << ", " << f.n_layers
-       << " layers, " << f.n_kv_heads << " KV heads, head_dim " << f.head_dim;
+       << " layers (" << f.layers.size() << " fitted), " << f.n_kv_heads << " KV heads, head_dim "
+       << f.head_dim;
     if (m.contains("config_sha256"))
       os << ", config sha256 " << m["config_sha256"].get<std::string>().substr(0, 12);
     os << "\n";
@@ -87,7 +88,7 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
     if (b.target != "k_rope")
       bits += (f.granularity == "layer" ? f.n_kv_heads : 1) *
               latent_bits_per_token(static_cast<int>(b.rank), f.latent_bits);
-  const double fp16 = 2.0 * f.head_dim * f.n_kv_heads * f.n_layers *
+  const double fp16 = 2.0 * f.head_dim * f.n_kv_heads * static_cast<double>(f.layers.size()) *
                       ((f.has_target("k") ? 1 : 0) + (f.has_target("v") ? 1 : 0));
   if (fp16 > 0)
     os << "  latent bytes per token (" << f.latent_bits << "-bit latents): " << fixed(bits / 8.0, 1)
@@ -100,7 +101,7 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
   hdr += pad("rank", 7) + pad("energy", 8) + pad("spread", 10);
   os << hdr << "\n";
   std::vector<double> spread_sum(f.targets.size(), 0.0);
-  for (std::int64_t l = 0; l < f.n_layers; ++l) {
+  for (std::int64_t l : f.layers) {
     for (size_t ti = 0; ti < f.targets.size(); ++ti) {
       const std::string& t = f.targets[ti];
       const auto bs = blocks_of(f, t, l);
@@ -124,13 +125,13 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
   os << "\nSpectrum spread (lambda_1 / lambda_median, mean over layers and heads):";
   for (size_t ti = 0; ti < f.targets.size(); ++ti)
     os << "  " << target_label(f.targets[ti]) << " "
-       << fixed(spread_sum[ti] / static_cast<double>(f.n_layers), 1) << "x";
+       << fixed(spread_sum[ti] / static_cast<double>(f.layers.size()), 1) << "x";
   os << "\n";
   if (f.has_target("k") && f.has_target("k_rope")) {
     os << "\nPre- vs post-RoPE K: energy kept at the same rank (k's chosen rank)\n"
        << pad("layer", 5) << pad("rank", 7) << pad("pre", 8) << pad("post", 8) << "\n";
     double pre_sum = 0, post_sum = 0;
-    for (std::int64_t l = 0; l < f.n_layers; ++l) {
+    for (std::int64_t l : f.layers) {
       double pre = 0, post = 0, rank = 0;
       const auto ks = blocks_of(f, "k", l);
       for (const auto* b : ks) {
@@ -145,8 +146,9 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
       os << pad(std::to_string(l), 5) << pad(fixed(rank / n, 1), 7) << pad(fixed(pre / n, 3), 8)
          << pad(fixed(post / n, 3), 8) << "\n";
     }
-    os << "  mean: pre-RoPE " << fixed(pre_sum / static_cast<double>(f.n_layers), 3)
-       << ", post-RoPE " << fixed(post_sum / static_cast<double>(f.n_layers), 3) << "\n";
+    const double nl = static_cast<double>(f.layers.size());
+    os << "  mean: pre-RoPE " << fixed(pre_sum / nl, 3) << ", post-RoPE " << fixed(post_sum / nl, 3)
+       << "\n";
   }
 }
 
@@ -180,7 +182,7 @@ std::string pca_svg(const pca_file& f) {
     s << "<text x=\"" << x0 + w / 2 << "\" y=\"" << y0 + h + 32
       << "\" text-anchor=\"middle\">rank (one curve per layer; dark = early, light = "
          "late)</text>\n";
-    for (std::int64_t l = 0; l < f.n_layers; ++l) {
+    for (std::int64_t l : f.layers) {
       const double frac = f.n_layers > 1 ? static_cast<double>(l) / (f.n_layers - 1) : 0;
       const int base = t == "v" ? 0 : 1;  // V red, K blue
       const int c1 = static_cast<int>(40 + 170 * frac), c2 = static_cast<int>(200 - 60 * frac);

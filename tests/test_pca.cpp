@@ -231,7 +231,8 @@ struct synth {
   std::string model_type = "llama";
   unsigned seed = 7;
   bool with_k_rope = true;
-  std::string model;  // fingerprint JSON; empty: made up from the fields above
+  std::string model;                 // fingerprint JSON; empty: made up from the fields above
+  std::vector<std::int64_t> layers;  // recorded layers (attribute `layers`); empty: all
   // Poison: NaN at (layer, head, token) of v.
   std::int64_t nan_layer = -1, nan_head = 0, nan_token = 0;
 };
@@ -265,7 +266,12 @@ void write_capture(const std::string& path, const synth& s) {
   if (s.with_k_rope) targets.push_back("k_rope");
   const h5_dtype t = s.dtype == "float16" ? h5_dtype::f16 : h5_dtype::f32;
   unsigned seed = s.seed;
-  for (std::int64_t l = 0; l < s.n_layers; ++l)
+  std::vector<std::int64_t> layers = s.layers;
+  if (layers.empty())
+    for (std::int64_t l = 0; l < s.n_layers; ++l) layers.push_back(l);
+  else
+    f.set_attr("layers", nlohmann::json(layers).dump());
+  for (std::int64_t l : layers)
     for (const auto& tg : targets) {
       const std::string p = "/layers/" + std::to_string(l) + "/" + tg;
       h5_create_dataset(f, p, t, {s.rows, s.n_kv, s.d}, 64);
@@ -396,6 +402,26 @@ TEST_CASE("fit-pca: CLI, layer granularity, byte budget, max-tokens, uncentred")
       for (double m : b.mean) CHECK(m == 0.0);
     }
     CHECK_FALSE(kvcal::test::file_exists(dir.file("p.svg")));
+  }
+  SUBCASE("captures of a subset of layers") {
+    synth b;
+    b.n_layers = 4;
+    b.layers = {1, 3};
+    write_capture(dir.file("b.h5"), b);
+    REQUIRE(run_cli({"fit-pca", "--capture", dir.file("b.h5"), "--out", dir.file("p.h5"), "-q"},
+                    &out, &err) == 0);
+    const pca_file f = read_pca_file(dir.file("p.h5"));
+    CHECK(f.n_layers == 4);
+    CHECK(f.layers == std::vector<std::int64_t>{1, 3});
+    CHECK(f.blocks.size() == 2 * 2 * 2);
+    CHECK(f.find("v", 3, 1) != nullptr);
+    CHECK(f.find("v", 0, 0) == nullptr);
+    CHECK(run_cli({"inspect", dir.file("p.h5")}, &out, &err) == 0);
+    CHECK(out.find("(2 fitted)") != std::string::npos);
+    // Mixing it with a capture of every layer is refused.
+    CHECK(run_cli({"fit-pca", "--capture", dir.file("b.h5"), dir.file("a.h5"), "--out",
+                   dir.file("q.h5"), "-q"},
+                  &out, &err) == 1);
   }
   SUBCASE("--help lists the defaults") {
     CHECK(run_cli({"fit-pca", "--help"}, &out, &err) == 0);
