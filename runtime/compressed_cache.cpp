@@ -206,6 +206,21 @@ void compressed_cache::append(int layer, const float* k_pre, const float* v,
   }
   L.n += T;
   compress(layer);
+  evict(layer);
+}
+
+// Token eviction (issue 10). Under `full` every token stays. The policies will act here, after
+// compression: pick the tokens to drop per KV head from scores (window / sinks by position, H2O
+// and LRU from the attention attend() computes, learned from the preset's scorer), release their
+// records — fp16 window tokens and per-token records drop one by one; per-channel blocks only as a
+// whole, so the policy scores blocks or keeps partial ones — and record the kept positions in an
+// index store (int32 per kept token per KV head, as the byte accounting counts) that
+// decode_stream() and the RoPE tables then follow instead of p0 + t.
+void compressed_cache::evict(int layer) {
+  const layer_recipe& lr = recipe_.layers[static_cast<std::size_t>(layer)];
+  KVCAL_ASSERT(lr.policy.kind == token_policy_kind::full,
+               "eviction policies are refused at "
+               "construction until implemented");
 }
 
 void compressed_cache::compress(int layer) {

@@ -23,7 +23,8 @@
 //
 // Scope: batch 1 (one sequence; the model adapter loops over rows with one cache each); token
 // policy `full` only — eviction (window, h2o, lru, cluster, learned), budgets and the guard come
-// with issue 10, in evict() below (see the marked place in compressed_cache.cpp). Positions within
+// with issue 10, in the private evict() step that runs after each append (a no-op under `full`;
+// compressed_cache.cpp says what it will do). Positions within
 // a layer must be consecutive (a full cache then needs no stored positions, as the byte
 // accounting assumes). Not thread-safe.
 //
@@ -126,6 +127,7 @@ class compressed_cache {
   struct stream;
   struct layer_state;
   void compress(int layer);
+  void evict(int layer);
   void decode_stream(stream& s, std::int64_t n, bool skip_latent, float* out);
   float* scratch(std::vector<float>& v, std::size_t n);
 
