@@ -2,6 +2,7 @@
 
 #include <ostream>
 
+#include "calibrate/pca_format.h"
 #include "kernels/common/build_info.h"
 #include "kernels/common/cuda_device.h"
 #include "runtime/preset_recipe.h"
@@ -14,7 +15,9 @@ void print_version(std::ostream& out) {
   out << "formats:\n"
       << "  safetensors          read/write (HF model weights; container of kvcal presets)\n"
       << "  " << preset_format_name << "         version " << preset_format_version
-      << " read/write (one-file KV compression recipe + tensors)\n";
+      << " read/write (one-file KV compression recipe + tensors)\n"
+      << "  " << pca_format_name << "            version " << pca_format_version
+      << " read/write (fit-pca bases, eigenvalues, means, ranks)\n";
   out << "build:   CUDA " << (build_with_cuda() ? "compiled in" : "not compiled") << ", libtorch "
       << build_torch_version() << "\n";
   out << "devices: " << cuda_device_summary() << "\n";
