@@ -34,6 +34,7 @@ struct options {
   std::int64_t context = 4096;
   std::vector<std::int64_t> batch = {1, 8};
   int steps = 32, warmup = 4, reps = 3;
+  bool greedy = true;  // false: feed fixed tokens, no read-back per step (launch-bound check)
 };
 
 std::vector<std::int64_t> parse_list(const std::string& s) {
@@ -71,7 +72,7 @@ options parse(int argc, char** argv) {
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
                    "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3]\n";
+                   "[--warmup 4] [--reps 3] [--no-readback]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -151,7 +152,8 @@ int main(int argc, char** argv) {
       for (int s = 0; s < o.warmup + o.steps; ++s) {
         if (s == o.warmup) start = now_s();
         at::Tensor logits = m.forward(next, cache, {logits_mode::last});  // [B, 1, V]
-        next = logits.argmax(-1).to(at::kCPU);  // greedy; the read-back syncs every step
+        if (o.greedy) next = logits.argmax(-1).to(at::kCPU);  // the read-back syncs every step
+        if (s == o.warmup + o.steps - 1) sync(logits);
       }
       const double ms = (now_s() - start) * 1e3 / o.steps;
       row("kvcal", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context), ms,

@@ -3,9 +3,10 @@
 // attention path of full_cache on the GPU: fused causal prefill, one-token decode without a mask,
 // masked prefill-after-prefill and the sliding window (mistral).
 //
-// Tolerances (stated here, measured on the H100): with R = max |reference logit|,
-//   bf16: max abs error <= 0.05 R and mean abs error <= 0.01 R
-//   fp16: max abs error <= 0.02 R
+// Tolerances, with R = max |reference logit| (measured on an H200, torch 2.11: bf16 max <= 0.0086
+// R, mean <= 0.0015 R; fp16 max <= 0.0011 R; fp32 GPU vs CPU <= 1e-5):
+//   bf16: max abs error <= 0.02 R and mean abs error <= 0.004 R
+//   fp16: max abs error <= 0.004 R
 //   fp32 GPU vs fp32 CPU and vs the fixture: max abs error <= 2e-4 (TF32 stays off)
 #include <map>
 
@@ -68,25 +69,25 @@ TEST_CASE("bf16 and fp16 on CUDA match the transformers fp32 fixtures within tol
       at::Tensor logits = m.forward(ids, cache);
       CHECK(logits.is_cuda());
       errors err = compare(logits[0], e.at("logits"));
-      MESSAGE(name, " ", compute_dtype_name(dt), ": max abs err ", err.max_abs, ", mean ",
-              err.mean_abs, ", |ref| max ", err.ref_max);
+      MESSAGE(name, " ", dtype_name, ": max abs err ", err.max_abs, ", mean ", err.mean_abs,
+              ", |ref| max ", err.ref_max);
       if (dt == at::kBFloat16) {
-        CHECK(err.max_abs <= 0.05 * err.ref_max);
-        CHECK(err.mean_abs <= 0.01 * err.ref_max);
-      } else {
         CHECK(err.max_abs <= 0.02 * err.ref_max);
+        CHECK(err.mean_abs <= 0.004 * err.ref_max);
+      } else {
+        CHECK(err.max_abs <= 0.004 * err.ref_max);
       }
       // Prefill 16, then 8 one-token steps: same logits within the same tolerance.
       cache.reset();
       std::vector<at::Tensor> parts{m.forward(ids.narrow(1, 0, 16), cache)};
       for (int t = 16; t < 24; ++t) parts.push_back(m.forward(ids.narrow(1, t, 1), cache));
       errors step = compare(at::cat(parts, 1)[0], e.at("logits"));
-      CHECK(step.max_abs <= 0.05 * step.ref_max);
+      CHECK(step.max_abs <= (dt == at::kBFloat16 ? 0.02 : 0.004) * step.ref_max);
       // Prefill 8 then a 16-token chunk (masked path with an offset).
       cache.reset();
       parts = {m.forward(ids.narrow(1, 0, 8), cache), m.forward(ids.narrow(1, 8, 16), cache)};
       errors chunk = compare(at::cat(parts, 1)[0], e.at("logits"));
-      CHECK(chunk.max_abs <= 0.05 * chunk.ref_max);
+      CHECK(chunk.max_abs <= (dt == at::kBFloat16 ? 0.02 : 0.004) * chunk.ref_max);
     }
   }
 }
