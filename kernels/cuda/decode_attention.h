@@ -1,0 +1,57 @@
+// Split-KV decode attention over the packed KIVI-style cache of kernels/cuda/packed_kv.h: one new
+// query token per sequence, batch B, GQA. Keys are read as per-channel quantized records (or the
+// fp16 window), dequantized in registers and rotated with RoPE at their own position; values as
+// per-token quantized records (or the fp16 window). One pass covers records and window.
+//
+// Work split: CTA (split s, KV head g [x head group], sequence b), 4 warps; each warp owns 32-token
+// tiles (aligned to positions 32k) of the split's range and keeps its own online-softmax state for
+// the (up to 8) query heads of g, so each K/V element is loaded once for all of them. Each warp
+// writes a partial (max, sum, unnormalized output) to the workspace; a second kernel merges the
+// partials of a (b, head) by log-sum-exp and writes out.
+//
+// RoPE: the table rows of the CPU reference (kvcal::rope_cos_sin: cos/sin of fl(p * f) times
+// attention_scaling). The kernel reads row p0 (the tile start) and row j (offset in the tile,
+// j < 32) and forms the angle p0 + j by the addition formulas, so it reads one table row per 32
+// tokens instead of one per token. The angle differs from the reference's fl((p0 + j) * f) by
+// about one fp32 ulp of p * f (5e-4 rad at p = 4096, 4e-3 rad at p = 32768), the size of the
+// rounding the reference itself makes; tests/test_kernels_gpu.cpp states the resulting bound.
+//
+// Supported: head_dim 64 / 128; bits 2 / 4 / 8 with group 32 / 64 / 128 (the same bits and group
+// for K and V, asymmetric), or bits 16 (fp16 K and V, every token in the window ring); query heads
+// per KV head any (processed 8 at a time). Anything else: cudaErrorInvalidValue and a message in
+// kvcal::last_launch_error(). The launch allocates nothing and reads nothing back (graph safe):
+// the caller provides workspace of decode_attention_workspace_size(p) bytes.
+//
+//   kvcal::decode_attention_params p;  p.kv = view; p.n_heads = 28; p.q = q; ...
+//   std::size_t ws = kvcal::decode_attention_workspace_size(p);   // once, at plan time
+//   p.workspace = ws_ptr; p.workspace_bytes = ws;
+//   kvcal::check_launch(kvcal::launch_decode_attention(p, stream), "decode attention");
+#pragma once
+
+#include <cstddef>
+
+#include "kernels/cuda/packed_kv.h"
+
+namespace kvcal {
+
+struct decode_attention_params {
+  packed_kv_view kv;
+  int n_heads = 0;                  // query heads, a multiple of kv.n_kv
+  const float* q = nullptr;         // [B, n_heads, d] after RoPE, at position n_tokens[b] - 1
+  const float* rope_cos = nullptr;  // [rope_rows, d / 2] rows of kvcal::rope_cos_sin
+  const float* rope_sin = nullptr;  // [rope_rows, d / 2]
+  int rope_rows = 0;                // >= max_tokens
+  float rope_attention_scaling = 1.0f;  // the factor already inside the tables (YaRN), else 1
+  int max_tokens = 0;               // upper bound of n_tokens[b]: sizes the grid and the workspace
+  float softmax_scale = 0.0f;       // 0: 1 / sqrt(d)
+  void* workspace = nullptr;        // decode_attention_workspace_size(*this) bytes, 16-aligned
+  std::size_t workspace_bytes = 0;
+  float* out = nullptr;             // [B, n_heads, d]; a sequence with no token gets zeros
+};
+
+// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
+std::size_t decode_attention_workspace_size(const decode_attention_params& p);
+
+cudaError_t launch_decode_attention(const decode_attention_params& p, cudaStream_t stream);
+
+}  // namespace kvcal
