@@ -69,6 +69,8 @@ options parse(int argc, char** argv) {
       o.warmup = std::stoi(value());
     else if (a == "--reps")
       o.reps = std::stoi(value());
+    else if (a == "--no-readback")
+      o.greedy = false;
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
                    "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
