@@ -140,22 +140,21 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
   }
 }
 
-// Value of token t for channels [lane*CPL, lane*CPL + CPL).
-template <int D, int BITS, int GROUP>
+// Value of token t for channels [lane*CPL, lane*CPL + CPL); vg = the lane's scale group, ng the
+// groups per record (per-token group sizes are a run-time value: one division per thread).
+template <int D, int BITS>
 __device__ __forceinline__ void load_value(const packed_kv_view& kv, std::int64_t slot, int t,
-                                           int vc, int lane, float* v) {
+                                           int vc, int lane, int vg, int ng, float* v) {
   constexpr int CPL = D / 32;
   if constexpr (BITS != 16) {
     if (t < vc) {
-      constexpr int NG = D / GROUP;
-      constexpr std::int64_t REC = 4 * NG + D * BITS / 8;
-      const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * REC;
-      const int grp = lane * CPL / GROUP;
-      const float sc = __half2float(reinterpret_cast<const __half*>(rec)[grp]);
-      const float ze = __half2float(reinterpret_cast<const __half*>(rec)[NG + grp]);
+      const std::int64_t rec_bytes = 4 * ng + D * BITS / 8;
+      const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
+      const float sc = __half2float(reinterpret_cast<const __half*>(rec)[vg]);
+      const float ze = __half2float(reinterpret_cast<const __half*>(rec)[ng + vg]);
       // The lane's CPL * BITS (<= 32) bits lie inside one aligned 32-bit word.
       const int bit = lane * CPL * BITS;
-      const unsigned w = reinterpret_cast<const unsigned*>(rec + 4 * NG)[bit / 32];
+      const unsigned w = reinterpret_cast<const unsigned*>(rec + 4 * ng)[bit / 32];
 #pragma unroll
       for (int i = 0; i < CPL; ++i)
         v[i] = ze + static_cast<float>((w >> (bit % 32 + i * BITS)) & ((1u << BITS) - 1u)) * sc;
@@ -186,6 +185,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int n = kv.n_tokens[b];
   const int kc = BITS == 16 ? 0 : kv.k_compressed[b];
   const int vc = BITS == 16 ? 0 : kv.v_compressed[b];
+  const int vg = BITS == 16 ? 0 : lane * CPL / kv.v_group, ng = BITS == 16 ? 1 : D / kv.v_group;
 
   const float qscale = p.softmax_scale * 1.4426950408889634f;
   for (int i = threadIdx.x; i < H * D; i += blockDim.x) {
@@ -262,7 +262,7 @@ __global__ void __launch_bounds__(32 * kWarps)
         const int t = p0 + j4 + u;
         if (t >= n) break;  // warp-uniform; beyond n the window may hold anything
         float v[CPL];
-        load_value<D, BITS, GROUP>(kv, slot, t, vc, lane, v);
+        load_value<D, BITS>(kv, slot, t, vc, lane, vg, ng, v);
 #pragma unroll
         for (int h = 0; h < H; ++h) {
           const float w = u == 0 ? pr[h].x : u == 1 ? pr[h].y : u == 2 ? pr[h].z : pr[h].w;
@@ -377,7 +377,8 @@ cudaError_t dispatch_group(const decode_attention_params& p, const split_plan& s
     case 64: return run<D, BITS, 64>(p, sp, stream);
     case 128: return run<D, BITS, 128>(p, sp, stream);
     default:
-      return invalid("group " + std::to_string(p.kv.k_group) + " is not supported (32, 64, 128)");
+      return invalid("K group " + std::to_string(p.kv.k_group) +
+                     " is not supported (32, 64, 128)");
   }
 }
 
@@ -419,10 +420,12 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
                    " KV heads: need positive counts with query heads a multiple of KV heads");
   if (d != 64 && d != 128)
     return invalid("head_dim " + std::to_string(d) + " is not supported (64, 128)");
-  if (kv.k_bits != kv.v_bits || (kv.k_bits != 16 && kv.k_group != kv.v_group))
-    return invalid("K " + std::to_string(kv.k_bits) + "-bit group " + std::to_string(kv.k_group) +
-                   " with V " + std::to_string(kv.v_bits) + "-bit group " +
-                   std::to_string(kv.v_group) + ": K and V must share bits and group");
+  if (kv.k_bits != kv.v_bits)
+    return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
+                   "-bit: K and V must share bits");
+  if (kv.k_bits != 16 && (kv.v_group < d / 32 || kv.v_group > d || d % kv.v_group != 0))
+    return invalid("V per-token group " + std::to_string(kv.v_group) + " must divide head_dim " +
+                   std::to_string(d) + " and be at least " + std::to_string(d / 32));
   if (!p.q || !p.out || !p.rope_cos || !p.rope_sin || !kv.n_tokens || !kv.k_win || !kv.v_win ||
       kv.win_cap <= 0)
     return invalid("q, out, RoPE tables, n_tokens and the fp16 window (win_cap > 0) are required");

@@ -16,9 +16,9 @@
 // about one fp32 ulp of p * f (5e-4 rad at p = 4096, 4e-3 rad at p = 32768), the size of the
 // rounding the reference itself makes; tests/test_kernels_gpu.cpp states the resulting bound.
 //
-// Supported: head_dim 64 / 128; bits 2 / 4 / 8 with group 32 / 64 / 128 (the same bits and group
-// for K and V, asymmetric), or bits 16 (fp16 K and V, every token in the window ring); query heads
-// per KV head any (processed 8 at a time). Anything else: cudaErrorInvalidValue and a message in
+// Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group 32 /
+// 64 / 128 and any V group dividing head_dim, or bits 16 (fp16 K and V, every token in the window
+// ring); query heads per KV head any (processed 8 at a time). Anything else: cudaErrorInvalidValue and a message in
 // kvcal::last_launch_error(). The launch allocates nothing and reads nothing back (graph safe):
 // the caller provides workspace of decode_attention_workspace_size(p) bytes.
 //

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the issue-11 CUDA kernel test and decode benchmark without the full project (no
+# libtorch, no Boost): nvcc + doctest only. For a quick check on the GPU machine:
+#   scripts/kernels-gpu-quick.sh [outdir]   -> outdir/test_kernels_gpu, outdir/bench_decode
+# The full build (scripts/build-gpu.sh) builds the same targets (ctest -L gpu; bench_decode).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-build-kernels-quick}
+mkdir -p "$OUT"
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+COMMON=(-O2 -std=c++17 -arch=sm_90 -I. -DKVCAL_WITH_CUDA=1)
+SRCS=(kernels/common/error.cpp kernels/common/log.cpp kernels/common/cuda_device.cpp
+      kernels/common/device_check.cu kernels/cpu/bitpack.cpp kernels/cpu/quantize.cpp
+      kernels/cpu/rope.cpp kernels/cpu/attention_ref.cpp kernels/cuda/packed_kv.cu
+      kernels/cuda/quant_append.cu kernels/cuda/decode_attention.cu)
+pids=()
+"$NVCC" "${COMMON[@]}" tests/test_kernels_gpu.cpp tests/doctest_main.cpp "${SRCS[@]}" \
+  -lcusolver -o "$OUT/test_kernels_gpu" &
+pids+=($!)
+if [ -f bench/bench_decode.cu ]; then
+  "$NVCC" "${COMMON[@]}" bench/bench_decode.cu "${SRCS[@]}" -lcusolver -o "$OUT/bench_decode" &
+  pids+=($!)
+fi
+for p in "${pids[@]}"; do wait "$p"; done
+echo "built $OUT"

@@ -1,0 +1,673 @@
+// CUDA kernels of issue 11 against their CPU references (label gpu; skips with a message and
+// passes when the machine has no GPU):
+//   quant append    GPU-written fp16 window rows and per-channel K / per-token V records are
+//                   byte-identical to kernels/cpu/quantize.h on the same fp16 inputs (2/3/4/8 bits)
+//   decode attention packed K/V + fp16 window, RoPE at each key's position, GQA, split-KV merge,
+//                   against attention_dense_ref on the keys/values the CPU reference decodes from
+//                   the same records; bound |gpu - ref| <= 2e-3 (values in [-1, 1]); the fp16
+//                   baseline likewise
+//   end to end      GPU append + compress, then attention, against the CPU reading the
+//                   GPU-written records
+//   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
+//                   message naming the value, through kvcal::check_launch as kvcal::error
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "kernels/common/cuda_device.h"
+#include "kernels/common/error.h"
+#include "kernels/common/half.h"
+#include "kernels/cpu/attention_ref.h"
+#include "kernels/cpu/bitpack.h"
+#include "kernels/cpu/quantize.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/quant_append.h"
+
+using namespace kvcal;
+
+namespace {
+
+bool have_gpu() { return cuda_device_count() > 0; }
+
+#define SKIP_WITHOUT_GPU()                              \
+  do {                                                  \
+    if (!have_gpu()) {                                  \
+      MESSAGE("no CUDA device: skipped");               \
+      return;                                           \
+    }                                                   \
+  } while (0)
+
+#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
+
+// Device buffer of T, freed at scope exit.
+template <typename T>
+struct dbuf {
+  T* p = nullptr;
+  std::size_t n = 0;
+  explicit dbuf(std::size_t count) : n(count) {
+    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
+    REQUIRE(cudaMemset(p, 0, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
+  }
+  dbuf(const std::vector<T>& h) : dbuf(h.size()) { upload(h); }
+  ~dbuf() { cudaFree(p); }
+  dbuf(const dbuf&) = delete;
+  dbuf& operator=(const dbuf&) = delete;
+  void upload(const std::vector<T>& h) {
+    REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n);
+    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return h;
+  }
+};
+
+float fp16_round(float x) { return fp16_to_float(float_to_fp16(x)); }
+
+// Random K/V rows [n, d] in [-1, 1] with an outlier channel (per-channel quantization's case).
+std::vector<float> random_rows(std::mt19937& rng, std::size_t n, int d, float outlier) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(n * static_cast<std::size_t>(d));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = u(rng);
+    if (static_cast<int>(i % static_cast<std::size_t>(d)) == 3) x[i] = x[i] * outlier + outlier;
+  }
+  return x;
+}
+
+// The CPU reference's records (runtime/kv_codec.cpp layout) of one stream.
+void cpu_k_record(const float* x, int d, int bits, int group, std::uint8_t* rec) {
+  const std::size_t D = static_cast<std::size_t>(d);
+  std::vector<std::uint16_t> sc(D), ze(D);
+  quant_spec spec{bits, group, false};
+  quantize_per_channel(x, d, spec, rec + 4 * D, sc.data(), ze.data());
+  std::memcpy(rec, sc.data(), 2 * D);
+  std::memcpy(rec + 2 * D, ze.data(), 2 * D);
+}
+void cpu_k_decode(const std::uint8_t* rec, int d, int bits, int group, float* out) {
+  const std::size_t D = static_cast<std::size_t>(d);
+  std::vector<std::uint16_t> sc(D), ze(D);
+  std::memcpy(sc.data(), rec, 2 * D);
+  std::memcpy(ze.data(), rec + 2 * D, 2 * D);
+  dequantize_per_channel(rec + 4 * D, sc.data(), ze.data(), d, quant_spec{bits, group, false}, out);
+}
+void cpu_v_record(const float* x, int d, int bits, int group, std::uint8_t* rec) {
+  const std::size_t ng = static_cast<std::size_t>(d / group);
+  std::vector<std::uint16_t> sc(ng), ze(ng);
+  quantize_per_token(x, d, quant_spec{bits, group, false}, rec + 4 * ng, sc.data(), ze.data());
+  std::memcpy(rec, sc.data(), 2 * ng);
+  std::memcpy(rec + 2 * ng, ze.data(), 2 * ng);
+}
+void cpu_v_decode(const std::uint8_t* rec, int d, int bits, int group, float* out) {
+  const std::size_t ng = static_cast<std::size_t>(d / group);
+  std::vector<std::uint16_t> sc(ng), ze(ng);
+  std::memcpy(sc.data(), rec, 2 * ng);
+  std::memcpy(ze.data(), rec + 2 * ng, 2 * ng);
+  dequantize_per_token(rec + 4 * ng, sc.data(), ze.data(), d, quant_spec{bits, group, false}, out);
+}
+
+struct rope_tables {
+  std::vector<float> cos, sin;  // [rows, d / 2]
+  float scaling = 1.0f;
+};
+rope_tables make_rope(int rows, int d, float scaling) {
+  std::vector<float> inv_freq(static_cast<std::size_t>(d / 2));
+  for (int i = 0; i < d / 2; ++i)
+    inv_freq[static_cast<std::size_t>(i)] =
+        1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(d));
+  rope_tables r;
+  r.scaling = scaling;
+  const std::size_t H = static_cast<std::size_t>(d / 2);
+  r.cos.resize(static_cast<std::size_t>(rows) * H);
+  r.sin.resize(r.cos.size());
+  for (int p = 0; p < rows; ++p)
+    rope_cos_sin(p, inv_freq.data(), d, scaling, &r.cos[static_cast<std::size_t>(p) * H],
+                 &r.sin[static_cast<std::size_t>(p) * H]);
+  return r;
+}
+
+// A cache state built on the host (records by the CPU reference), its device copy and what the
+// CPU reference reads back from it: keys (pre-RoPE) and values per slot.
+struct cache_case {
+  int B = 1, n_kv = 2, d = 64, bits = 2, group = 32, vgroup = 32, cap = 256, residual = 40;
+  std::vector<int> n, kc, vc;
+  std::int64_t k_slot_records = 0, v_slot_records = 0;
+  std::size_t krb = 0, vrb = 0;
+  std::vector<std::uint8_t> k_rec, v_rec;
+  std::vector<std::uint16_t> k_win, v_win;       // [B, n_kv, cap, d]
+  std::vector<std::vector<float>> k_ref, v_ref;  // [slot] -> [n, d]
+};
+
+cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int group,
+                      const std::vector<int>& lens) {
+  cache_case c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.bits = bits;
+  c.group = group;
+  const int max_n = *std::max_element(lens.begin(), lens.end());
+  c.cap = bits == 16 ? max_n : 256;
+  c.n = lens;
+  const std::size_t D = static_cast<std::size_t>(d);
+  if (bits != 16) {
+    c.krb = k_record_bytes(d, bits, group);
+    c.vgroup = group <= d ? group : 32;
+    c.vrb = v_record_bytes(d, bits, c.vgroup);
+    c.k_slot_records = max_n / group + 1;
+    c.v_slot_records = max_n;
+  }
+  c.k_rec.assign(static_cast<std::size_t>(B * n_kv * c.k_slot_records) * c.krb, 0);
+  c.v_rec.assign(static_cast<std::size_t>(B * n_kv * c.v_slot_records) * c.vrb, 0);
+  c.k_win.assign(static_cast<std::size_t>(B * n_kv * c.cap) * D, 0);
+  c.v_win.assign(c.k_win.size(), 0);
+  for (int b = 0; b < B; ++b) {
+    const int n = lens[static_cast<std::size_t>(b)];
+    const int kc = bits == 16 ? 0 : std::max(0, n - c.residual) / group * group;
+    const int vc = bits == 16 ? 0 : std::max(0, n - c.residual);
+    c.kc.push_back(kc);
+    c.vc.push_back(vc);
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      std::vector<float> k = random_rows(rng, static_cast<std::size_t>(n), d, 4.0f);
+      std::vector<float> v = random_rows(rng, static_cast<std::size_t>(n), d, 1.0f);
+      for (auto& x : k) x = fp16_round(x);  // the window holds fp16; records are made from it
+      for (auto& x : v) x = fp16_round(x);
+      std::vector<float> kr(k.size()), vr(v.size());
+      for (int blk = 0; blk < kc / group; ++blk) {
+        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
+                                      static_cast<std::size_t>(blk)) * c.krb];
+        cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
+        cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+      }
+      for (int t = 0; t < vc; ++t) {
+        std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
+                                      static_cast<std::size_t>(t)) * c.vrb];
+        cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, bits, c.vgroup, rec);
+        cpu_v_decode(rec, d, bits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
+      }
+      for (int t = 0; t < n; ++t) {
+        const std::size_t row = (slot * static_cast<std::size_t>(c.cap) +
+                                 static_cast<std::size_t>(t % c.cap)) * D;
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t at = static_cast<std::size_t>(t) * D + i;
+          if (t >= std::min(kc, vc)) {  // still in the window ring
+            c.k_win[row + i] = float_to_fp16(k[at]);
+            c.v_win[row + i] = float_to_fp16(v[at]);
+          }
+          if (t >= kc) kr[at] = k[at];
+          if (t >= vc) vr[at] = v[at];
+        }
+      }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+    }
+  }
+  return c;
+}
+
+// attention_dense_ref of sequence b: q [n_heads, d] after RoPE at position n - 1.
+std::vector<float> reference_attention(const cache_case& c, int b, int n_heads, const float* q,
+                                       const rope_tables& rope) {
+  const int n = c.n[static_cast<std::size_t>(b)], d = c.d;
+  const std::size_t D = static_cast<std::size_t>(d), N = static_cast<std::size_t>(n),
+                    H = D / 2;
+  std::vector<float> k(static_cast<std::size_t>(c.n_kv) * N * D), v(k.size());
+  for (int g = 0; g < c.n_kv; ++g) {
+    const auto& kr = c.k_ref[static_cast<std::size_t>(b * c.n_kv + g)];
+    const auto& vr = c.v_ref[static_cast<std::size_t>(b * c.n_kv + g)];
+    for (std::size_t t = 0; t < N; ++t) {
+      float* kd = &k[(static_cast<std::size_t>(g) * N + t) * D];
+      std::copy(&kr[t * D], &kr[t * D] + D, kd);
+      apply_rope(kd, d, &rope.cos[t * H], &rope.sin[t * H]);
+      std::copy(&vr[t * D], &vr[t * D] + D, &v[(static_cast<std::size_t>(g) * N + t) * D]);
+    }
+  }
+  std::vector<std::int64_t> kpos(N);
+  for (std::size_t t = 0; t < N; ++t) kpos[t] = static_cast<std::int64_t>(t);
+  const std::int64_t qpos = n - 1;
+  std::vector<float> out(static_cast<std::size_t>(n_heads) * D);
+  attention_dense_ref(q, k.data(), v.data(), &qpos, kpos.data(), n_heads, c.n_kv, 1, n, d,
+                      out.data());
+  return out;
+}
+
+// Device copy of a cache_case and the view over it.
+struct device_case {
+  dbuf<std::uint8_t> k_rec, v_rec;
+  dbuf<std::uint16_t> k_win, v_win;
+  dbuf<int> n, kc, vc;
+  packed_kv_view view;
+  explicit device_case(const cache_case& c)
+      : k_rec(c.k_rec), v_rec(c.v_rec), k_win(c.k_win), v_win(c.v_win), n(c.n), kc(c.kc),
+        vc(c.vc) {
+    view.batch = c.B;
+    view.n_kv = c.n_kv;
+    view.head_dim = c.d;
+    view.k_bits = view.v_bits = c.bits;
+    view.k_group = c.bits == 16 ? 32 : c.group;
+    view.v_group = c.bits == 16 ? 32 : c.vgroup;
+    view.k_rec = k_rec.p;
+    view.v_rec = v_rec.p;
+    view.k_slot_records = c.k_slot_records;
+    view.v_slot_records = c.v_slot_records;
+    view.k_win = reinterpret_cast<__half*>(k_win.p);
+    view.v_win = reinterpret_cast<__half*>(v_win.p);
+    view.win_cap = c.cap;
+    view.n_tokens = n.p;
+    view.k_compressed = kc.p;
+    view.v_compressed = vc.p;
+  }
+};
+
+// Runs decode attention on the case and returns max |gpu - ref| over all outputs.
+float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float rope_scaling) {
+  const int n_heads = c.n_kv * ratio, d = c.d;
+  const int max_n = *std::max_element(c.n.begin(), c.n.end());
+  const rope_tables rope = make_rope(std::max(max_n, 32), d, rope_scaling);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * d));
+  for (auto& x : q) x = u(rng);
+  device_case dc(c);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
+  dbuf<float> dout(q.size());
+  decode_attention_params p;
+  p.kv = dc.view;
+  p.n_heads = n_heads;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = std::max(max_n, 32);
+  p.rope_attention_scaling = rope_scaling;
+  p.max_tokens = max_n;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const std::vector<float> out = dout.download();
+  float err = 0.0f;
+  for (int b = 0; b < c.B; ++b) {
+    const std::vector<float> ref = reference_attention(
+        c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      const float g = out[static_cast<std::size_t>(b * n_heads * d) + i];
+      REQUIRE(std::isfinite(g));
+      err = std::max(err, std::fabs(g - ref[i]));
+    }
+  }
+  return err;
+}
+
+std::vector<int> lengths(int B, int T) {
+  std::vector<int> n{T};
+  if (B == 3) {
+    n.push_back(std::max(1, T / 2 + 3));
+    n.push_back(std::max(1, T - 5));
+  }
+  return n;
+}
+
+constexpr float kAttentionBound = 2e-3f;
+
+}  // namespace
+
+TEST_CASE("quant append: GPU window rows and records are byte-identical to the CPU reference") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  for (int d : {64, 128})
+    for (int bits : {2, 3, 4, 8})
+      for (int group : {32, 64, 128})
+        for (int T : {1, 17, 97, 300}) {
+          const int B = 3, n_kv = 2, residual = 40, vgroup = group <= d ? group : 32;
+          CAPTURE(d);
+          CAPTURE(bits);
+          CAPTURE(group);
+          CAPTURE(T);
+          const std::size_t D = static_cast<std::size_t>(d);
+          const std::size_t rows = static_cast<std::size_t>(B * T * n_kv);
+          std::vector<float> k = random_rows(rng, rows, d, 4.0f), v = random_rows(rng, rows, d, 1.0f);
+          const int kc = std::max(0, T - residual) / group * group, vc = std::max(0, T - residual);
+          const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, vgroup);
+          const std::int64_t kslot = T / group + 1, vslot = T;
+          dbuf<float> dk(k), dv(v);
+          dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
+              vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
+          dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * T) * D), vwin(kwin.n);
+          dbuf<int> zero(std::vector<int>(B, 0)), kto(std::vector<int>(B, kc)),
+              vto(std::vector<int>(B, vc));
+          packed_kv_view view;
+          view.batch = B;
+          view.n_kv = n_kv;
+          view.head_dim = d;
+          view.k_bits = view.v_bits = bits;
+          view.k_group = group;
+          view.v_group = vgroup;
+          view.k_rec = krec.p;
+          view.v_rec = vrec.p;
+          view.k_slot_records = kslot;
+          view.v_slot_records = vslot;
+          view.k_win = reinterpret_cast<__half*>(kwin.p);
+          view.v_win = reinterpret_cast<__half*>(vwin.p);
+          view.win_cap = T;
+          view.n_tokens = zero.p;
+          kv_window_append_params ap;
+          ap.kv = view;
+          ap.k_new = dk.p;
+          ap.v_new = dv.p;
+          ap.t_new = T;
+          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          quant_compress_params cp;
+          cp.kv = view;
+          cp.k_from = zero.p;
+          cp.k_to = kto.p;
+          cp.v_from = zero.p;
+          cp.v_to = vto.p;
+          cp.max_k_blocks = kc / group;
+          cp.max_v_tokens = vc;
+          CUDA_OK(launch_quant_compress(cp, nullptr));
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          const auto hkwin = kwin.download(), hvwin = vwin.download();
+          const auto hkrec = krec.download(), hvrec = vrec.download();
+          // Window rows: RNE fp16 of the input ([B, T, n_kv, d] -> [B, n_kv, T, d]).
+          std::size_t bad = 0;
+          std::vector<float> kf(static_cast<std::size_t>(T) * D), vf(kf.size());
+          for (int b = 0; b < B; ++b)
+            for (int g = 0; g < n_kv; ++g) {
+              const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+              for (int t = 0; t < T; ++t)
+                for (std::size_t i = 0; i < D; ++i) {
+                  const std::size_t src =
+                      ((static_cast<std::size_t>(b * T + t)) * static_cast<std::size_t>(n_kv) +
+                       static_cast<std::size_t>(g)) * D + i;
+                  const std::size_t dst = (slot * static_cast<std::size_t>(T) +
+                                           static_cast<std::size_t>(t)) * D + i;
+                  bad += hkwin[dst] != float_to_fp16(k[src]);
+                  bad += hvwin[dst] != float_to_fp16(v[src]);
+                  kf[static_cast<std::size_t>(t) * D + i] = fp16_to_float(float_to_fp16(k[src]));
+                  vf[static_cast<std::size_t>(t) * D + i] = fp16_to_float(float_to_fp16(v[src]));
+                }
+              std::vector<std::uint8_t> want(std::max(krb, vrb));
+              for (int blk = 0; blk < kc / group; ++blk) {
+                cpu_k_record(&kf[static_cast<std::size_t>(blk * group) * D], d, bits, group,
+                             want.data());
+                const std::uint8_t* got =
+                    &hkrec[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb];
+                bad += std::memcmp(got, want.data(), krb) != 0;
+              }
+              for (int t = 0; t < vc; ++t) {
+                std::fill(want.begin(), want.end(), 0);
+                const std::size_t ng = D / static_cast<std::size_t>(vgroup);
+                std::vector<std::uint16_t> sc(ng), ze(ng);
+                quantize_per_token(&vf[static_cast<std::size_t>(t) * D], d,
+                                   quant_spec{bits, vgroup, false}, want.data() + 4 * ng, sc.data(),
+                                   ze.data());
+                std::memcpy(want.data(), sc.data(), 2 * ng);
+                std::memcpy(want.data() + 2 * ng, ze.data(), 2 * ng);
+                const std::uint8_t* got =
+                    &hvrec[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb];
+                bad += std::memcmp(got, want.data(), vrb) != 0;
+              }
+            }
+          CHECK(bad == 0);
+        }
+}
+
+TEST_CASE("decode attention over packed K/V + fp16 window matches the CPU reference") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(12);
+  float worst = 0.0f;
+  int cases = 0;
+  for (int d : {64, 128})
+    for (int bits : {16, 2, 4, 8})
+      for (int group : {32, 64, 128}) {
+        if (bits == 16 && group != 32) continue;
+        for (int T : {1, 17, 97, 4099})
+          for (int B : {1, 3})
+            for (int ratio : {1, 4, 7}) {
+              if (T == 4099 && (ratio == 4 || group == 64)) continue;  // keep the run short
+              CAPTURE(d);
+              CAPTURE(bits);
+              CAPTURE(group);
+              CAPTURE(T);
+              CAPTURE(B);
+              CAPTURE(ratio);
+              const cache_case c = build_case(rng, B, 2, d, bits, group, lengths(B, T));
+              const float err = attention_error(rng, c, ratio, 1.0f);
+              CHECK(err <= kAttentionBound);
+              worst = std::max(worst, err);
+              ++cases;
+            }
+      }
+  MESSAGE("decode attention: ", cases, " cases, max |gpu - ref| = ", worst, " (bound ",
+          kAttentionBound, ")");
+}
+
+TEST_CASE("decode attention: more than 8 query heads per KV head, RoPE attention scaling") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  for (int ratio : {12, 16}) {
+    CAPTURE(ratio);
+    const cache_case c = build_case(rng, 3, 2, 128, 4, 32, {300, 77, 1});
+    CHECK(attention_error(rng, c, ratio, 1.0f) <= kAttentionBound);
+  }
+  const cache_case c = build_case(rng, 1, 4, 64, 2, 64, {1000});
+  CHECK(attention_error(rng, c, 7, 1.25f) <= kAttentionBound);
+}
+
+TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
+  const int prefill = 150, steps = 70, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, group);
+  const std::int64_t kslot = total / group + 1, vslot = total;
+  dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
+      vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
+  dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * cap) * D), vwin(kwin.n);
+  dbuf<int> dn(B), dkc(B), dvc(B), dkto(B), dvto(B);
+  packed_kv_view view;
+  view.batch = B;
+  view.n_kv = n_kv;
+  view.head_dim = d;
+  view.k_bits = view.v_bits = bits;
+  view.k_group = view.v_group = group;
+  view.k_rec = krec.p;
+  view.v_rec = vrec.p;
+  view.k_slot_records = kslot;
+  view.v_slot_records = vslot;
+  view.k_win = reinterpret_cast<__half*>(kwin.p);
+  view.v_win = reinterpret_cast<__half*>(vwin.p);
+  view.win_cap = cap;
+  view.n_tokens = dn.p;
+  view.k_compressed = dkc.p;
+  view.v_compressed = dvc.p;
+  // All tokens, [B, total, n_kv, d], kept on the host for the reference.
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  int n = 0, kc = 0, vc = 0;
+  auto append = [&](int t_new) {
+    std::vector<float> kn(static_cast<std::size_t>(B * t_new * n_kv) * D), vn(kn.size());
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < t_new; ++i) {
+        const std::size_t src = (static_cast<std::size_t>(b * total + n + i)) * n_kv * D;
+        const std::size_t dst = (static_cast<std::size_t>(b * t_new + i)) * n_kv * D;
+        std::copy(&k[src], &k[src] + n_kv * D, &kn[dst]);
+        std::copy(&v[src], &v[src] + n_kv * D, &vn[dst]);
+      }
+    dbuf<float> dkn(kn), dvn(vn);
+    dn.upload(std::vector<int>(B, n));
+    kv_window_append_params ap;
+    ap.kv = view;
+    ap.k_new = dkn.p;
+    ap.v_new = dvn.p;
+    ap.t_new = t_new;
+    CUDA_OK(launch_kv_window_append(ap, nullptr));
+    n += t_new;
+    const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+    dkto.upload(std::vector<int>(B, kc2));
+    dvto.upload(std::vector<int>(B, vc2));
+    quant_compress_params cp;
+    cp.kv = view;
+    cp.k_from = dkc.p;
+    cp.k_to = dkto.p;
+    cp.v_from = dvc.p;
+    cp.v_to = dvto.p;
+    cp.max_k_blocks = (kc2 - kc) / group;
+    cp.max_v_tokens = vc2 - vc;
+    CUDA_OK(launch_quant_compress(cp, nullptr));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    kc = kc2;
+    vc = vc2;
+    dn.upload(std::vector<int>(B, n));
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+  };
+  append(prefill);
+  for (int s = 0; s < steps; ++s) append(1);
+  REQUIRE(n == total);
+  // The CPU reads the GPU-written records and window back.
+  cache_case c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.bits = bits;
+  c.group = group;
+  c.n.assign(B, n);
+  const auto hk = krec.download(), hv = vrec.download();
+  const auto hkw = kwin.download(), hvw = vwin.download();
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size());
+      for (int blk = 0; blk < kc / group; ++blk)
+        cpu_k_decode(&hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb],
+                     d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+      for (int t = 0; t < vc; ++t)
+        cpu_v_decode(&hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb],
+                     d, bits, group, &vr[static_cast<std::size_t>(t) * D]);
+      for (int t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
+          const std::size_t src = ((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i;
+          if (t >= kc) {
+            kr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hkw[row]);
+            REQUIRE(hkw[row] == float_to_fp16(k[src]));
+          }
+          if (t >= vc) vr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hvw[row]);
+        }
+      // Quantized keys are within half a step of the fp16 input (a loose sanity bound).
+      for (int t = 0; t < kc; ++t)
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t src = ((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i;
+          CHECK(std::fabs(kr[static_cast<std::size_t>(t) * D + i] - k[src]) <= 8.5f / 3.0f / 2.0f + 1e-3f);
+        }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+    }
+  c.kc.assign(B, kc);
+  c.vc.assign(B, vc);
+  // Attention on the GPU state (device_case is not used: the state is already on the device).
+  const int n_heads = n_kv * ratio;
+  const rope_tables rope = make_rope(total, d, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
+  for (auto& x : q) x = u(rng);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+  decode_attention_params p;
+  p.kv = view;
+  p.n_heads = n_heads;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = total;
+  p.max_tokens = total;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto out = dout.download();
+  float err = 0.0f;
+  for (int b = 0; b < B; ++b) {
+    const auto ref = reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+  }
+  MESSAGE("end to end: max |gpu - ref| = ", err);
+  CHECK(err <= kAttentionBound);
+}
+
+TEST_CASE("unsupported shapes: cudaErrorInvalidValue with a message naming the value") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(15);
+  const cache_case c = build_case(rng, 1, 2, 64, 2, 32, {40});
+  device_case dc(c);
+  const rope_tables rope = make_rope(64, 64, 1.0f);
+  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
+  decode_attention_params p;
+  p.kv = dc.view;
+  p.n_heads = 4;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = 64;
+  p.max_tokens = 40;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  auto expect = [&](decode_attention_params bad, const std::string& needle) {
+    CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+    CHECK_THROWS_AS(check_launch(launch_decode_attention(bad, nullptr), "decode"), kvcal::error);
+  };
+  decode_attention_params bad = p;
+  bad.kv.head_dim = 96;
+  expect(bad, "head_dim 96");
+  bad = p;
+  bad.kv.k_bits = bad.kv.v_bits = 3;
+  expect(bad, "bits 3");
+  bad = p;
+  bad.kv.k_group = bad.kv.v_group = 16;
+  expect(bad, "K group 16");
+  bad = p;
+  bad.kv.v_bits = 4;
+  expect(bad, "must share bits");
+  bad = p;
+  bad.kv.v_group = 48;
+  expect(bad, "V per-token group 48");
+  bad = p;
+  bad.workspace_bytes = ws - 4;
+  expect(bad, "workspace");
+  bad = p;
+  bad.n_heads = 3;
+  expect(bad, "multiple of KV heads");
+  quant_compress_params cp;
+  cp.kv = dc.view;
+  cp.kv.k_bits = 5;
+  dbuf<int> zero(std::vector<int>(1, 0));
+  cp.k_from = cp.k_to = zero.p;
+  cp.max_k_blocks = 1;
+  CHECK(launch_quant_compress(cp, nullptr) == cudaErrorInvalidValue);
+  CHECK(last_launch_error().find("K bits 5") != std::string::npos);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
