@@ -7,7 +7,9 @@
 //   CPU, or libtorch < 2.0   explicit fp32-accumulating math: softmax(q k^T / sqrt(d) + mask) v,
 //                            softmax in fp32 as transformers' eager attention
 //   CUDA with libtorch >= 2  at::scaled_dot_product_attention: is_causal for a prefill that starts
-//                            the sequence, no mask for a one-token step, else an explicit mask
+//                            the sequence, no mask for a one-token step, else an explicit mask;
+//                            the cuDNN SDPA backend is switched off process-wide (it re-plans for
+//                            every new key length: ~50 ms per decode step, full_cache.cpp)
 // GQA without copies: the n_rep query heads that share a KV head are folded into the query
 // length ([B, n_kv, n_rep T, d]), so one KV head serves them all.
 //
