@@ -9,14 +9,17 @@ int run_capture(const std::vector<std::string>& args, io& io);
 int run_export(const std::vector<std::string>& args, io& io);
 int run_fit_pca(const std::vector<std::string>& args, io& io);
 int run_eval(const std::vector<std::string>& args, io& io);
+int run_train_ae(const std::vector<std::string>& args, io& io);
+int run_train_policy(const std::vector<std::string>& args, io& io);
 
 const std::vector<command>& commands() {
   static const std::vector<command> table = {
       {"capture", "run a model and stream its KV activations into an HDF5 capture", run_capture,
        nullptr},
       {"fit-pca", "fit per-(layer, KV head) PCA bases from captures", run_fit_pca, nullptr},
-      {"train-ae", "train KV autoencoders on captures", nullptr, "issue #7"},
-      {"train-policy", "train a learned eviction policy on captures", nullptr, "issue #7"},
+      {"train-ae", "train KV autoencoders on captures", run_train_ae, nullptr},
+      {"train-policy", "train a learned eviction policy on captures", run_train_policy,
+       nullptr},
       {"export", "assemble a versioned preset file", run_export, nullptr},
       {"inspect", "describe a kvcal file (safetensors / preset / capture / pca)", run_inspect,
        nullptr},

@@ -1,0 +1,765 @@
+#include "train/ae_train.h"
+
+#include <torch/optim/adamw.h>
+#include <torch/serialize/archive.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <iomanip>
+#include <limits>
+#include <sstream>
+
+#include "calibrate/pca_format.h"
+#include "kernels/common/error.h"
+#include "kernels/common/log.h"
+#include "kernels/common/progress.h"
+#include "runtime/io/atomic_file.h"
+#include "runtime/io/safetensors.h"
+#include "train/train_common.h"
+#include "train/train_data.h"
+
+namespace kvcal {
+
+namespace {
+
+// Block layout: group g = (target t, layer index li[, KV head h]), target-major:
+//   kv-head: g = (t * L + li) * n_kv + h;   layer: g = t * L + li.
+struct ae_layout {
+  std::vector<std::string> targets;  // "k" / "v"
+  std::vector<int> layers;
+  std::int64_t L = 0, n_kv = 0, n_heads = 0, d = 0;
+  bool per_head = true;
+  std::int64_t per_target() const { return L * (per_head ? n_kv : 1); }
+  std::int64_t G() const { return static_cast<std::int64_t>(targets.size()) * per_target(); }
+  std::int64_t row_floats() const {
+    return static_cast<std::int64_t>(targets.size()) * L * n_kv * d;
+  }
+  // [B, F] token rows -> [G, B (x n_kv), d]
+  at::Tensor to_groups(const at::Tensor& rows) const {
+    const std::int64_t B = rows.size(0), nt = static_cast<std::int64_t>(targets.size());
+    at::Tensor x = rows.view({B, nt, L, n_kv, d});
+    if (per_head) return x.permute({1, 2, 3, 0, 4}).reshape({G(), B, d});
+    return x.permute({1, 2, 0, 3, 4}).reshape({G(), B * n_kv, d});
+  }
+  // Target t's slice of [G, T (x n_kv), d] -> [L, n_kv, T, d]
+  at::Tensor heads_of(const at::Tensor& xg, std::int64_t t, std::int64_t T) const {
+    at::Tensor s = xg.narrow(0, t * per_target(), per_target());
+    if (per_head) return s.reshape({L, n_kv, T, d});
+    return s.reshape({L, T, n_kv, d}).permute({0, 2, 1, 3});
+  }
+};
+
+// The weights of every block, batched along the first dimension.
+struct ae_net {
+  bool mlp = false;
+  at::Tensor We, be, Wd, bd;          // [G, r, d], [G, r], [G, d, r], [G, d]
+  at::Tensor E1, c1, E2, D1, c2, D2;  // mlp: [G,h,d], [G,h], [G,r,h], [G,h,r], [G,h], [G,d,h]
+
+  std::vector<at::Tensor> params() const {
+    std::vector<at::Tensor> p = {We, be, Wd, bd};
+    if (mlp) p.insert(p.end(), {E1, c1, E2, D1, c2, D2});
+    return p;
+  }
+  void set_params(const std::vector<at::Tensor>& p) {
+    We = p[0], be = p[1], Wd = p[2], bd = p[3];
+    if (mlp) E1 = p[4], c1 = p[5], E2 = p[6], D1 = p[7], c2 = p[8], D2 = p[9];
+  }
+  ae_net clone() const {
+    ae_net n = *this;
+    std::vector<at::Tensor> p;
+    for (const auto& t : params()) p.push_back(t.detach().clone());
+    n.set_params(p);
+    return n;
+  }
+  // x: [G, B, d] -> x': [G, B, d]
+  at::Tensor forward(const at::Tensor& x) const {
+    at::Tensor z = at::baddbmm(be.unsqueeze(1), x, We.transpose(1, 2));
+    if (mlp)
+      z = z + at::bmm(at::gelu(at::baddbmm(c1.unsqueeze(1), x, E1.transpose(1, 2))),
+                      E2.transpose(1, 2));
+    at::Tensor y = at::baddbmm(bd.unsqueeze(1), z, Wd.transpose(1, 2));
+    if (mlp)
+      y = y + at::bmm(at::gelu(at::baddbmm(c2.unsqueeze(1), z, D1.transpose(1, 2))),
+                      D2.transpose(1, 2));
+    return y;
+  }
+};
+
+// PCA of every block: basis columns by descending eigenvalue, mean, variance per element.
+struct pca_stats {
+  at::Tensor U;    // [G, d, d] f32
+  at::Tensor mu;   // [G, d]
+  at::Tensor var;  // [G]  trace(cov) / d
+  std::string source;
+};
+
+ae_net linear_from_pca(const pca_stats& s, std::int64_t r) {
+  ae_net n;
+  at::Tensor Ur = s.U.narrow(2, 0, r).contiguous();     // [G, d, r]
+  n.We = Ur.transpose(1, 2).contiguous();               // [G, r, d]
+  n.be = -at::bmm(n.We, s.mu.unsqueeze(2)).squeeze(2);  // [G, r]
+  n.Wd = Ur.clone();
+  n.bd = s.mu.clone();
+  return n;
+}
+
+std::string option_json(const ae_train_params& p, int latent) {
+  // What changes the result (resume refuses a checkpoint written with other values).
+  nlohmann::json j = {{"captures", p.captures},
+                      {"target", p.target},
+                      {"latent", latent},
+                      {"arch", p.arch},
+                      {"hidden", p.hidden},
+                      {"per", p.per},
+                      {"loss", p.loss},
+                      {"pca", p.pca},
+                      {"init", p.init},
+                      {"epochs", p.epochs},
+                      {"batch", p.batch},
+                      {"lr", p.lr},
+                      {"weight_decay", p.weight_decay},
+                      {"patience", p.patience},
+                      {"val_fraction", p.val_fraction},
+                      {"val_max_tokens", p.val_max_tokens},
+                      {"shuffle_buffer", p.shuffle_buffer},
+                      {"seed", p.seed}};
+  return j.dump();
+}
+
+at::Tensor string_tensor(const std::string& s) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(s.size())}, at::kByte);
+  if (!s.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), s.data(), s.size());
+  return t;
+}
+std::string tensor_string(const at::Tensor& t) {
+  at::Tensor c = t.contiguous().to(at::kCPU);
+  return std::string(reinterpret_cast<const char*>(c.data_ptr<std::uint8_t>()),
+                     static_cast<std::size_t>(c.numel()));
+}
+
+struct val_sequence {
+  at::Tensor rows;  // [T, F] K/V of every layer (layout row order)
+  at::Tensor q;     // [L, n_kv, rep, T, d] after RoPE (undefined without q)
+  at::Tensor pos;   // [T]
+  std::int64_t T = 0;
+};
+
+struct val_scores {
+  at::Tensor err, den;            // [G] f64: sum |x - x'|^2, sum |x - mu|^2
+  at::Tensor attn_err, attn_ref;  // [L, n_kv] f64 (undefined without q)
+};
+
+// Attention outputs: q [L, n_kv, rep, T, d] after RoPE, k before RoPE and v [L, n_kv, T, d]
+// -> [L, n_kv, rep * T, d] (causal; a model's sliding window is not applied).
+at::Tensor attend(const torch_rope& rope, const at::Tensor& q, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& pos) {
+  const std::int64_t L = k.size(0), n_kv = k.size(1), T = k.size(2), d = k.size(3), rep = q.size(2);
+  at::Tensor kr = rope.apply(k, pos);
+  at::Tensor qf = q.reshape({L, n_kv, rep * T, d});
+  at::Tensor s = at::matmul(qf, kr.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
+  at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(k.device()))
+                        .triu(1)
+                        .repeat({rep, 1});
+  s = s.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  return at::matmul(at::softmax(s, -1), v);
+}
+
+}  // namespace
+
+void validate_ae_params(const ae_train_params& p) {
+  KVCAL_CHECK(!p.captures.empty(), "train-ae: no --capture file");
+  KVCAL_CHECK(!p.out.empty(), "train-ae: no --out file");
+  KVCAL_CHECK(p.target == "k" || p.target == "v" || p.target == "kv", "--target: '", p.target,
+              "' is not k, v or kv");
+  KVCAL_CHECK(p.arch == "linear" || p.arch == "mlp", "--arch: '", p.arch, "' is not linear or mlp");
+  KVCAL_CHECK(p.per == "kv-head" || p.per == "layer", "--per: '", p.per,
+              "' is not kv-head or layer");
+  KVCAL_CHECK(p.loss == "recon" || p.loss == "attn", "--loss: '", p.loss, "' is not recon or attn");
+  KVCAL_CHECK(p.init == "pca" || p.init == "random", "--init: '", p.init, "' is not pca or random");
+  KVCAL_CHECK(p.latent >= 0, "--latent ", p.latent, " must be >= 1");
+  KVCAL_CHECK(p.latent > 0 || p.ratio > 1, "give --latent N or --ratio R (R > 1)");
+  KVCAL_CHECK(p.hidden >= 0, "--hidden must be >= 0");
+  KVCAL_CHECK(p.epochs >= 1, "--epochs must be >= 1");
+  KVCAL_CHECK(p.batch >= 1, "--batch must be >= 1");
+  KVCAL_CHECK(p.lr > 0 && std::isfinite(p.lr), "--lr must be positive");
+  KVCAL_CHECK(p.weight_decay >= 0, "--weight-decay must be >= 0");
+  KVCAL_CHECK(p.patience >= 0, "--patience must be >= 0");
+  KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
+  KVCAL_CHECK(p.val_max_tokens >= 1, "--val-max-tokens must be >= 1");
+  KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
+  KVCAL_CHECK(p.device == "cpu" || p.device == "auto" || p.device.rfind("cuda", 0) == 0,
+              "--device: '", p.device, "' is not cpu, cuda or auto");
+}
+
+ae_train_result run_train_ae(const ae_train_params& p) {
+  validate_ae_params(p);
+  const auto t_start = std::chrono::steady_clock::now();
+  ae_train_result res;
+  capture_set cs(p.captures);
+  const capture_header& h = cs.header();
+  cs.require(p.target == "v" ? capture_item::v : capture_item::k, "train-ae --target " + p.target);
+  if (p.target != "k") cs.require(capture_item::v, "train-ae --target " + p.target);
+  if (p.loss == "attn") {
+    cs.require(capture_item::q, "--loss attn needs the captured queries");
+    cs.require(capture_item::k, "--loss attn needs the keys");
+    cs.require(capture_item::v, "--loss attn needs the values");
+  }
+  const std::int64_t d = h.head_dim;
+  const int latent =
+      p.latent > 0 ? p.latent : static_cast<int>(std::lround(static_cast<double>(d) / p.ratio));
+  KVCAL_CHECK(latent >= 1 && latent < d, "latent ", latent, " must be in [1, head_dim) = [1, ", d,
+              "): a latent >= head_dim compresses nothing");
+  res.latent = latent;
+  const at::Device dev = training_device(p.device);
+  res.device_used = dev.str();
+  at::manual_seed(p.seed);
+
+  // Streams the rows hold: the trained ones, plus both K and V when the captures have q (the
+  // attention-output error needs the exact other stream).
+  bool have_q = true;
+  for (std::size_t i = 0; i < cs.n_files(); ++i) {
+    const capture_header& hi = cs.reader(i).header();
+    have_q = have_q && hi.records(capture_item::q) && hi.records(capture_item::k) &&
+             hi.records(capture_item::v);
+  }
+  ae_layout lay;  // the trained blocks
+  if (p.target == "k" || p.target == "kv") lay.targets.push_back("k");
+  if (p.target == "v" || p.target == "kv") lay.targets.push_back("v");
+  lay.layers = cs.layers();
+  lay.L = static_cast<std::int64_t>(lay.layers.size());
+  lay.n_kv = h.n_kv_heads;
+  lay.n_heads = h.n_heads;
+  lay.d = d;
+  lay.per_head = p.per == "kv-head";
+  ae_layout row_lay = lay;  // what a token row holds
+  if (have_q) row_lay.targets = {"k", "v"};
+  std::vector<std::int64_t> trained_idx;  // row_lay target index of each trained target
+  for (const auto& t : lay.targets)
+    for (std::size_t i = 0; i < row_lay.targets.size(); ++i)
+      if (row_lay.targets[i] == t) trained_idx.push_back(static_cast<std::int64_t>(i));
+  const std::int64_t G = lay.G(), Gt = lay.per_target(), L = lay.L, n_kv = lay.n_kv;
+  const std::int64_t n_loaded = static_cast<std::int64_t>(row_lay.targets.size());
+  std::unique_ptr<torch_rope> rope;
+  if (have_q) rope = std::make_unique<torch_rope>(h.model_json, d, h.seq_len);
+
+  auto load_rows = [&](const seq_ref& s) {  // [len, F]
+    std::vector<at::Tensor> parts;
+    for (const auto& t : row_lay.targets)
+      for (int l : lay.layers) parts.push_back(cs.read(s, l, t));  // [len, n_kv, d]
+    return at::stack(parts, 1).reshape({s.len, row_lay.row_floats()});
+  };
+  auto groups_of = [&](const at::Tensor& rows) {  // [B, F] -> trained [G, B(*n_kv), d]
+    at::Tensor all = row_lay.to_groups(rows);
+    std::vector<at::Tensor> parts;
+    for (auto i : trained_idx) parts.push_back(all.narrow(0, i * Gt, Gt));
+    return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
+  };
+  auto load_q = [&](const seq_ref& s, const at::Tensor& pos) {  // [L, n_kv, rep, T, d] roped
+    std::vector<at::Tensor> parts;
+    for (int l : lay.layers) parts.push_back(cs.read(s, l, "q"));  // [T, H, d]
+    const std::int64_t rep = lay.n_heads / n_kv;
+    at::Tensor q =
+        at::stack(parts, 0).view({L, s.len, n_kv, rep, d}).permute({0, 2, 3, 1, 4}).to(dev);
+    return rope->apply(q, pos);
+  };
+  // Per (layer, KV head): {sum |o' - o|^2, sum |o|^2} [L, n_kv] with the trained streams
+  // replaced by their reconstruction xr ([G, T(*n_kv), d]).
+  auto attn_error = [&](const at::Tensor& rows, const at::Tensor& xr, const at::Tensor& q,
+                        const at::Tensor& pos) {
+    const std::int64_t T = rows.size(0);
+    at::Tensor x = rows.view({T, n_loaded, L, n_kv, d});
+    at::Tensor k = x.select(1, 0).permute({1, 2, 0, 3}), v = x.select(1, 1).permute({1, 2, 0, 3});
+    at::Tensor kh = k, vh = v;
+    for (std::size_t t = 0; t < lay.targets.size(); ++t)
+      (lay.targets[t] == "k" ? kh : vh) = lay.heads_of(xr, static_cast<std::int64_t>(t), T);
+    at::Tensor o_ref;
+    {
+      at::NoGradGuard ng;
+      o_ref = attend(*rope, q, k, v, pos);
+    }
+    at::Tensor o = attend(*rope, q, kh, vh, pos);
+    return std::make_pair((o - o_ref).pow(2).sum({2, 3}), o_ref.pow(2).sum({2, 3}));
+  };
+
+  const sequence_split split = cs.split(p.val_fraction, p.val_max_tokens, p.seed);
+  log_info("train-ae: ", split.train.size(), " training sequence(s) (", split.train_tokens,
+           " tokens), ", split.val.size(), " held out (", split.val_tokens, " tokens); ", G,
+           " blocks, latent ", latent, ", on ", dev.str());
+
+  // ---- PCA: from --pca or fitted on the training sequences ------------------------------------
+  pca_stats pca;
+  const std::int64_t hpg = lay.per_head ? n_kv : 1;  // heads per group index
+  if (!p.pca.empty()) {
+    const pca_file f = read_pca_file(p.pca);
+    KVCAL_CHECK(fingerprint_json(f.model_json) == fingerprint_json(h.model_json), p.pca,
+                ": fitted on another model than the captures:\n  ", p.pca, ": ",
+                fingerprint_json(f.model_json).dump(), "\n  ", cs.reader(0).path(), ": ",
+                fingerprint_json(h.model_json).dump());
+    KVCAL_CHECK(lay.per_head || f.granularity == "layer", p.pca,
+                ": granularity is kv-head; --per layer needs a fit-pca --granularity layer file");
+    std::vector<float> U(static_cast<std::size_t>(G * d * d)), mu(static_cast<std::size_t>(G * d)),
+        var(static_cast<std::size_t>(G));
+    for (std::size_t t = 0; t < lay.targets.size(); ++t)
+      for (std::int64_t li = 0; li < L; ++li)
+        for (std::int64_t hh = 0; hh < hpg; ++hh) {
+          const std::int64_t g = (static_cast<std::int64_t>(t) * L + li) * hpg + hh;
+          const pca_block* b = f.find(lay.targets[t], lay.layers[li], hh);
+          KVCAL_CHECK(b != nullptr, p.pca, ": no ", lay.targets[t], " basis for layer ",
+                      lay.layers[li], ", KV head ", hh);
+          double tr = 0;
+          for (std::int64_t i = 0; i < d; ++i) {
+            mu[g * d + i] = static_cast<float>(b->mean[i]);
+            tr += b->eigenvalues[i];
+            for (std::int64_t j = 0; j < d; ++j)
+              U[(g * d + i) * d + j] = static_cast<float>(b->basis[i * d + j]);
+          }
+          var[g] = static_cast<float>(std::max(tr / static_cast<double>(d), 1e-12));
+        }
+    pca.U = at::tensor(U).view({G, d, d});
+    pca.mu = at::tensor(mu).view({G, d});
+    pca.var = at::tensor(var);
+    pca.source = p.pca;
+  } else {
+    at::Tensor sum = at::zeros({G, d}, at::kDouble), xtx = at::zeros({G, d, d}, at::kDouble);
+    std::int64_t n = 0;
+    for (const auto& s : split.train) {
+      at::Tensor x = groups_of(load_rows(s)).to(at::kDouble);  // [G, B, d]
+      sum += x.sum(1);
+      xtx += at::bmm(x.transpose(1, 2), x);
+      n += x.size(1);
+    }
+    at::Tensor mean = sum / static_cast<double>(n);
+    at::Tensor cov = xtx / static_cast<double>(n) - at::bmm(mean.unsqueeze(2), mean.unsqueeze(1));
+    auto eig = at::linalg_eigh(cov, "L");
+    at::Tensor evals = std::get<0>(eig).flip({1}), evecs = std::get<1>(eig).flip({2});
+    at::Tensor idx = evecs.abs().argmax(1, true);  // largest-|.| entry of a column positive
+    at::Tensor sgn = evecs.gather(1, idx).sign();
+    sgn = at::where(sgn == 0, at::ones_like(sgn), sgn);
+    pca.U = (evecs * sgn).to(at::kFloat).contiguous();
+    pca.mu = mean.to(at::kFloat);
+    pca.var = (evals.clamp_min(0).sum(1) / static_cast<double>(d)).clamp_min(1e-12).to(at::kFloat);
+    pca.source = "fitted on the training sequences";
+  }
+  const at::Tensor mu_dev = pca.mu.to(dev), var_dev = pca.var.to(dev);
+
+  // ---- Validation data (cached on the device) --------------------------------------------------
+  std::vector<val_sequence> val;
+  for (const auto& s : split.val) {
+    val_sequence v;
+    v.T = s.len;
+    v.rows = load_rows(s).to(dev);
+    v.pos = cs.positions(s).to(dev);
+    if (have_q) v.q = load_q(s, v.pos);
+    val.push_back(std::move(v));
+  }
+  auto evaluate = [&](const ae_net& net) {
+    at::NoGradGuard ng;
+    val_scores sc;
+    sc.err = at::zeros({G}, at::kDouble);
+    sc.den = at::zeros({G}, at::kDouble);
+    if (have_q) {
+      sc.attn_err = at::zeros({L, n_kv}, at::kDouble);
+      sc.attn_ref = at::zeros({L, n_kv}, at::kDouble);
+    }
+    for (const auto& v : val) {
+      at::Tensor x = groups_of(v.rows);
+      at::Tensor xr = net.forward(x);
+      sc.err += (xr - x).pow(2).sum({1, 2}).to(at::kCPU).to(at::kDouble);
+      sc.den += (x - mu_dev.unsqueeze(1)).pow(2).sum({1, 2}).to(at::kCPU).to(at::kDouble);
+      if (have_q) {
+        auto e = attn_error(v.rows, xr, v.q, v.pos);
+        sc.attn_err += e.first.to(at::kCPU).to(at::kDouble);
+        sc.attn_ref += e.second.to(at::kCPU).to(at::kDouble);
+      }
+    }
+    return sc;
+  };
+  // Score of each block ([G]): relative reconstruction error (recon) or the relative attention
+  // error of its (layer, KV head) / layer (attn).
+  auto block_scores = [&](const val_scores& sc) {
+    if (p.loss == "recon") return (sc.err / sc.den.clamp_min(1e-30)).to(at::kFloat);
+    at::Tensor e = sc.attn_err, r = sc.attn_ref;
+    if (!lay.per_head) e = e.sum(1), r = r.sum(1);
+    at::Tensor unit = (e / r.clamp_min(1e-30)).reshape({-1});
+    std::vector<at::Tensor> parts(lay.targets.size(), unit);
+    return at::cat(parts, 0).to(at::kFloat);
+  };
+
+  // ---- Model -----------------------------------------------------------------------------------
+  const std::int64_t hid = p.hidden > 0 ? p.hidden : d;
+  const ae_net pca_net = [&] {
+    ae_net n = linear_from_pca(pca, latent);
+    std::vector<at::Tensor> ps;
+    for (auto& t : n.params()) ps.push_back(t.to(dev));
+    n.set_params(ps);
+    return n;
+  }();
+  ae_net net;
+  if (p.init == "pca") {
+    net = pca_net.clone();
+  } else {
+    net.We = at::randn({G, latent, d}) / std::sqrt(static_cast<double>(d));
+    net.be = at::zeros({G, latent});
+    net.Wd = at::randn({G, d, latent}) / std::sqrt(static_cast<double>(latent));
+    net.bd = pca.mu.clone();
+  }
+  net.mlp = p.arch == "mlp";
+  if (net.mlp) {
+    net.E1 = at::randn({G, hid, d}) / std::sqrt(static_cast<double>(d));
+    net.c1 = at::zeros({G, hid});
+    net.E2 = at::zeros({G, latent, hid});
+    net.D1 = at::randn({G, hid, latent}) / std::sqrt(static_cast<double>(latent));
+    net.c2 = at::zeros({G, hid});
+    net.D2 = at::zeros({G, d, hid});
+  }
+  {
+    std::vector<at::Tensor> ps;
+    for (auto& t : net.params())
+      ps.push_back(t.detach().to(dev).contiguous().set_requires_grad(true));
+    net.set_params(ps);
+  }
+  torch::optim::AdamW opt(net.params(),
+                          torch::optim::AdamWOptions(p.lr).weight_decay(p.weight_decay));
+
+  // ---- State (fresh or from the checkpoint) ----------------------------------------------------
+  const std::string ckpt = p.out + ".ckpt";
+  const std::string options = option_json(p, latent);
+  ae_net best = net.clone();
+  at::Tensor best_score;  // [G]
+  double best_total = 0;
+  int epoch0 = 0, bad_epochs = 0;
+  std::int64_t step = 0;
+  bool finished = false;
+  if (p.resume) {
+    std::FILE* f = std::fopen(ckpt.c_str(), "rb");
+    KVCAL_CHECK(f != nullptr, "--resume: no checkpoint ", ckpt, " (nothing to resume)");
+    std::fclose(f);
+    torch::serialize::InputArchive ar;
+    ar.load_from(ckpt);
+    // A fresh tensor per key: reading into a defined tensor would set_() it in place.
+    auto get = [&](const std::string& key) {
+      at::Tensor t;
+      ar.read(key, t);
+      return t;
+    };
+    const std::string saved = tensor_string(get("options"));
+    KVCAL_CHECK(saved == options, ckpt,
+                ": written with other options; run without --resume or with the same options:\n  "
+                "checkpoint: ",
+                saved, "\n  now:        ", options);
+    std::vector<at::Tensor> cur = net.params(), bst = best.params();
+    {
+      at::NoGradGuard ng;
+      for (std::size_t i = 0; i < cur.size(); ++i) {
+        cur[i].copy_(get("w." + std::to_string(i)));
+        bst[i].copy_(get("best." + std::to_string(i)));
+      }
+    }
+    best_score = get("best_score");
+    at::Tensor t = get("state");  // epoch, step, bad_epochs, finished
+    epoch0 = static_cast<int>(t[0].item<std::int64_t>());
+    step = t[1].item<std::int64_t>();
+    bad_epochs = static_cast<int>(t[2].item<std::int64_t>());
+    finished = t[3].item<std::int64_t>() != 0;
+    t = get("totals");  // init_val, best_total
+    res.init_val = t[0].item<double>();
+    best_total = t[1].item<double>();
+    t = get("train_loss");
+    for (std::int64_t i = 0; i < t.numel(); ++i) res.train_loss.push_back(t[i].item<double>());
+    torch::serialize::InputArchive oa;
+    ar.read("optimizer", oa);
+    opt.load(oa);
+    log_info("train-ae: resuming ", ckpt, " after epoch ", epoch0, " (step ", step, ")");
+  } else {
+    best_score = block_scores(evaluate(net));
+    best_total = best_score.mean().item<double>();
+    res.init_val = best_total;
+  }
+  auto save_checkpoint = [&](int epochs_done) {
+    torch::serialize::OutputArchive ar;
+    ar.write("options", string_tensor(options));
+    const std::vector<at::Tensor> cur = net.params(), bst = best.params();
+    for (std::size_t i = 0; i < cur.size(); ++i) {
+      ar.write("w." + std::to_string(i), cur[i].detach().to(at::kCPU));
+      ar.write("best." + std::to_string(i), bst[i].detach().to(at::kCPU));
+    }
+    ar.write("best_score", best_score);
+    ar.write("state", at::tensor(std::vector<std::int64_t>{epochs_done, step, bad_epochs,
+                                                           finished ? 1 : 0}));
+    ar.write("totals", at::tensor(std::vector<double>{res.init_val, best_total}));
+    ar.write(
+        "train_loss",
+        at::tensor(res.train_loss.empty() ? std::vector<double>{} : res.train_loss, at::kDouble));
+    torch::serialize::OutputArchive oa;
+    opt.save(oa);
+    ar.write("optimizer", oa);
+    atomic_output out(ckpt);
+    ar.save_to(out.temp_path());
+    out.commit();
+  };
+
+  // ---- Training --------------------------------------------------------------------------------
+  const std::int64_t steps_per_epoch = [&] {
+    if (p.loss == "attn")
+      return static_cast<std::int64_t>(sequence_batches(split.train, p.batch, 0).size());
+    return row_shuffler(split.train, load_rows, p.shuffle_buffer, p.batch, 0).n_batches();
+  }();
+  const std::int64_t total_steps = steps_per_epoch * p.epochs;
+  std::int64_t samples = 0;
+  const auto t_train = std::chrono::steady_clock::now();
+  {
+    progress bar("train-ae", p.show_progress ? static_cast<std::uint64_t>(total_steps - step) : 0,
+                 "step");
+    auto train_step = [&](const at::Tensor& loss) {
+      KVCAL_CHECK(std::isfinite(loss.item<double>()), "train-ae: the loss is not finite at step ",
+                  step, " (lower --lr?)");
+      const double lr = cosine_lr(step, total_steps, p.lr);
+      for (auto& g : opt.param_groups())
+        static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      ++step;
+    };
+    for (int epoch = epoch0; epoch < p.epochs && !finished; ++epoch) {
+      const std::uint64_t es = epoch_seed(p.seed, epoch);
+      double loss_sum = 0;
+      std::int64_t n_steps = 0;
+      if (p.loss == "recon") {
+        row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, es);
+        at::Tensor rows;
+        while (sh.next(rows)) {
+          at::Tensor x = groups_of(rows.to(dev));
+          at::Tensor xr = net.forward(x);
+          at::Tensor loss = ((xr - x).pow(2).mean({1, 2}) / var_dev).mean();
+          train_step(loss);
+          loss_sum += loss.item<double>();
+          ++n_steps;
+          samples += rows.size(0);
+          if (p.show_progress) {
+            std::ostringstream note;
+            note << "epoch " << epoch + 1 << "/" << p.epochs << " loss " << std::setprecision(4)
+                 << loss.item<double>();
+            bar.set_note(note.str());
+            bar.advance(1);
+          }
+        }
+      } else {
+        for (const auto& mb : sequence_batches(split.train, p.batch, es)) {
+          at::Tensor loss = at::zeros({}, at::TensorOptions().device(dev));
+          for (const auto& s : mb) {
+            at::Tensor rows = load_rows(s).to(dev), pos = cs.positions(s).to(dev);
+            at::Tensor q = load_q(s, pos);
+            auto e = attn_error(rows, net.forward(groups_of(rows)), q, pos);
+            loss = loss + (e.first / e.second.clamp_min(1e-30)).mean();
+            samples += s.len;
+          }
+          loss = loss / static_cast<double>(mb.size());
+          train_step(loss);
+          loss_sum += loss.item<double>();
+          ++n_steps;
+          if (p.show_progress) {
+            std::ostringstream note;
+            note << "epoch " << epoch + 1 << "/" << p.epochs << " loss " << std::setprecision(4)
+                 << loss.item<double>();
+            bar.set_note(note.str());
+            bar.advance(1);
+          }
+        }
+      }
+      res.train_loss.push_back(n_steps > 0 ? loss_sum / static_cast<double>(n_steps) : 0.0);
+      // Keep each block's best weights.
+      const at::Tensor score = block_scores(evaluate(net));
+      const at::Tensor better = (score < best_score).to(dev);
+      {
+        at::NoGradGuard ng;
+        std::vector<at::Tensor> cur = net.params(), bst = best.params();
+        for (std::size_t i = 0; i < cur.size(); ++i) {
+          std::vector<std::int64_t> shp(static_cast<std::size_t>(cur[i].dim()), 1);
+          shp[0] = G;
+          bst[i].copy_(at::where(better.view(shp), cur[i], bst[i]));
+        }
+      }
+      best_score = at::minimum(score, best_score);
+      const double total = score.mean().item<double>();
+      if (total < best_total * (1 - 1e-4)) {
+        best_total = std::min(best_total, total);
+        bad_epochs = 0;
+      } else {
+        ++bad_epochs;
+      }
+      log_info("train-ae: epoch ", epoch + 1, ": train loss ", res.train_loss.back(),
+               ", validation ", total, " (best per block: ", best_score.mean().item<double>(), ")");
+      if (p.patience > 0 && bad_epochs >= p.patience) {
+        finished = res.early_stopped = true;
+        log_info("train-ae: early stop after epoch ", epoch + 1, " (no improvement for ",
+                 p.patience, " epochs)");
+      }
+      if (epoch + 1 == p.epochs) finished = true;
+      save_checkpoint(epoch + 1);
+      res.epochs_run = epoch + 1;
+      if (p.stop_after_epochs > 0 && epoch + 1 - epoch0 >= p.stop_after_epochs && !finished) {
+        res.interrupted = true;
+        res.steps = step;
+        return res;
+      }
+    }
+    bar.finish();
+  }
+  const double train_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
+  res.steps = step;
+  res.samples_per_s = train_s > 0 ? static_cast<double>(samples) / train_s : 0;
+  res.best_val = best_score.mean().item<double>();
+
+  // ---- Report ----------------------------------------------------------------------------------
+  const val_scores s_pca = evaluate(pca_net), s_ae = evaluate(best);
+  auto layer_ratio = [&](const val_scores& sc, std::size_t t, std::int64_t li) {
+    const at::Tensor e = sc.err.narrow(0, (static_cast<std::int64_t>(t) * L + li) * hpg, hpg);
+    const at::Tensor r = sc.den.narrow(0, (static_cast<std::int64_t>(t) * L + li) * hpg, hpg);
+    return e.sum().item<double>() / std::max(r.sum().item<double>(), 1e-30);
+  };
+  nlohmann::json jl = nlohmann::json::array();
+  for (std::int64_t li = 0; li < L; ++li) {
+    ae_layer_metrics m;
+    m.layer = lay.layers[li];
+    for (std::size_t t = 0; t < lay.targets.size(); ++t) {
+      (lay.targets[t] == "k" ? m.k_pca : m.v_pca) = layer_ratio(s_pca, t, li);
+      (lay.targets[t] == "k" ? m.k_ae : m.v_ae) = layer_ratio(s_ae, t, li);
+    }
+    if (have_q) {
+      m.attn_pca = s_pca.attn_err[li].sum().item<double>() /
+                   std::max(s_pca.attn_ref[li].sum().item<double>(), 1e-30);
+      m.attn_ae = s_ae.attn_err[li].sum().item<double>() /
+                  std::max(s_ae.attn_ref[li].sum().item<double>(), 1e-30);
+    }
+    res.layers.push_back(m);
+    auto opt_num = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
+    jl.push_back({{"layer", m.layer},
+                  {"k_rel_error_pca", opt_num(m.k_pca)},
+                  {"k_rel_error_ae", opt_num(m.k_ae)},
+                  {"v_rel_error_pca", opt_num(m.v_pca)},
+                  {"v_rel_error_ae", opt_num(m.v_ae)},
+                  {"attn_error_pca", opt_num(m.attn_pca)},
+                  {"attn_error_ae", opt_num(m.attn_ae)}});
+  }
+  res.report = {{"latent", latent},
+                {"head_dim", d},
+                {"arch", p.arch},
+                {"loss", p.loss},
+                {"pca", pca.source},
+                {"train_tokens", split.train_tokens},
+                {"val_tokens", split.val_tokens},
+                {"epochs_run", res.epochs_run},
+                {"steps", res.steps},
+                {"early_stopped", res.early_stopped},
+                {"validation_score_init", res.init_val},
+                {"validation_score_best", res.best_val},
+                {"train_loss", res.train_loss},
+                {"samples_per_s", res.samples_per_s},
+                {"device", res.device_used},
+                {"layers", jl}};
+
+  // ---- Output ----------------------------------------------------------------------------------
+  std::deque<std::vector<float>> store;
+  std::vector<tensor_out> tensors;
+  const std::vector<at::Tensor> bp = best.params();
+  auto put = [&](const std::string& name, const at::Tensor& t) {
+    at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    store.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    tensor_out o{name, st_dtype::F32, {}, store.back().data()};
+    for (auto s : c.sizes()) o.shape.push_back(s);
+    tensors.push_back(o);
+  };
+  for (std::int64_t li = 0; li < L; ++li)
+    for (std::size_t t = 0; t < lay.targets.size(); ++t)
+      for (std::int64_t hh = 0; hh < n_kv; ++hh) {
+        const std::int64_t g =
+            (static_cast<std::int64_t>(t) * L + li) * hpg + (lay.per_head ? hh : 0);
+        const std::string pre = "layers." + std::to_string(lay.layers[li]) + "." + lay.targets[t] +
+                                ".heads." + std::to_string(hh) + ".ae.";
+        put(pre + "encoder.weight", best.We[g]);
+        put(pre + "encoder.bias", best.be[g]);
+        put(pre + "decoder.weight", best.Wd[g]);
+        put(pre + "decoder.bias", best.bd[g]);
+        if (best.mlp) {
+          put(pre + "encoder.mlp.fc1.weight", best.E1[g]);
+          put(pre + "encoder.mlp.fc1.bias", best.c1[g]);
+          put(pre + "encoder.mlp.fc2.weight", best.E2[g]);
+          put(pre + "decoder.mlp.fc1.weight", best.D1[g]);
+          put(pre + "decoder.mlp.fc1.bias", best.c2[g]);
+          put(pre + "decoder.mlp.fc2.weight", best.D2[g]);
+        }
+      }
+  nlohmann::json meta = {{"format", ae_format_name},
+                         {"version", ae_format_version},
+                         {"model", fingerprint_json(h.model_json)},
+                         {"arch", p.arch},
+                         {"latent", latent},
+                         {"hidden", best.mlp ? hid : 0},
+                         {"per", p.per},
+                         {"targets", lay.targets},
+                         {"layers", lay.layers},
+                         {"n_kv_heads", n_kv},
+                         {"head_dim", d},
+                         {"recipe", nlohmann::json::parse(options)},
+                         {"metrics", res.report}};
+  write_safetensors(p.out, tensors, {{"kvcal.ae", meta.dump()}});
+  std::remove(ckpt.c_str());
+  if (p.write_report) {
+    const std::string stem = output_stem(p.out);
+    res.report_json_path = stem + ".json";
+    write_file_atomic(res.report_json_path, res.report.dump(2) + "\n");
+    std::vector<int> xs;
+    svg_series kp{"K PCA", "#1f77b4", true, {}}, ka{"K AE", "#1f77b4", false, {}},
+        vp{"V PCA", "#d62728", true, {}}, va{"V AE", "#d62728", false, {}},
+        ap{"attn PCA", "#2ca02c", true, {}}, aa{"attn AE", "#2ca02c", false, {}};
+    for (const auto& m : res.layers) {
+      xs.push_back(m.layer);
+      kp.y.push_back(m.k_pca < 0 ? NAN : m.k_pca);
+      ka.y.push_back(m.k_ae < 0 ? NAN : m.k_ae);
+      vp.y.push_back(m.v_pca < 0 ? NAN : m.v_pca);
+      va.y.push_back(m.v_ae < 0 ? NAN : m.v_ae);
+      ap.y.push_back(m.attn_pca < 0 ? NAN : m.attn_pca);
+      aa.y.push_back(m.attn_ae < 0 ? NAN : m.attn_ae);
+    }
+    std::vector<svg_series> ser;
+    for (auto* s : {&kp, &ka, &vp, &va, &ap, &aa})
+      if (!s->y.empty() && std::isfinite(s->y[0])) ser.push_back(*s);
+    res.svg_path = stem + ".svg";
+    write_file_atomic(res.svg_path,
+                      line_chart_svg("train-ae: relative error at latent " +
+                                         std::to_string(latent) + " (dashed: PCA, solid: AE)",
+                                     "relative error", xs, ser));
+  }
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return res;
+}
+
+std::string ae_report_table(const ae_train_result& r) {
+  std::ostringstream os;
+  auto cell = [&](double v) {
+    std::ostringstream c;
+    if (v < 0)
+      c << "-";
+    else
+      c << std::setprecision(4) << v;
+    os << std::setw(11) << c.str();
+  };
+  os << "relative error on held-out tokens at latent " << r.latent << " (lower is better)\n";
+  os << std::setw(6) << "layer" << std::setw(11) << "K PCA" << std::setw(11) << "K AE"
+     << std::setw(11) << "V PCA" << std::setw(11) << "V AE" << std::setw(11) << "attn PCA"
+     << std::setw(11) << "attn AE"
+     << "\n";
+  for (const auto& m : r.layers) {
+    os << std::setw(6) << m.layer;
+    cell(m.k_pca), cell(m.k_ae), cell(m.v_pca), cell(m.v_ae), cell(m.attn_pca), cell(m.attn_ae);
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace kvcal

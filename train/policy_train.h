@@ -1,0 +1,91 @@
+// `kvcal train-policy`: a learned KV eviction scorer per layer, trained on captures, written as
+// policy.safetensors (format "kvcal.policy", docs/formats/policy.md), and evaluated on held-out
+// sequences against H2O, recency and random.
+//
+// Recipes (DESIGN.md §3.5):
+//   h2o-label    features = the pre-RoPE key of each KV head (in_dim = head_dim, one network per
+//                layer shared by its heads, output column g scores head g); label = 1 when the
+//                token's cumulative attention attn_cum is above the median of its sequence (per
+//                layer and head); binary cross-entropy; MLP [128, 64] by default.
+//   future-attn  KVzap-style: features = the hidden state entering attention (in_dim =
+//                hidden_size); target = log(attn_next + 1e-6), the attention mass the token
+//                receives from the next W queries (W = the capture's attn_window; --target
+//                attn_cum uses the whole rest of the sequence); one output per KV head; MSE;
+//                linear or MLP(512) (the default).
+// Networks: Linear -> ReLU -> ... -> Linear(n_kv_heads). Inputs are standardised with the
+// training mean / std, folded into the first layer when written, so the file takes raw features.
+// Each layer keeps its best validation weights; early stopping as in train-ae.
+//
+// Evaluation (held-out sequences, per layer and KV head, keep budgets 50 / 25 / 12.5 % of each
+// sequence): the kept tokens are the top-scored ones; the ground truth is attn_next (future
+// attention). Reported per scorer (learned, h2o = attn_cum, recency = position, random):
+//   mass    = sum of attn_next over kept tokens / sum over all tokens
+//   recall  = |kept ∩ the truly top tokens by attn_next| / kept
+// Note: attn_cum includes the attention of the queries attn_next counts, so the H2O column is an
+// oracle-leaning reference (it sees the future the others are judged on).
+//
+//   kvcal::policy_train_params p;
+//   p.captures = {"cap.h5"}; p.out = "policy.safetensors"; p.recipe = "future-attn";
+//   kvcal::policy_train_result r = kvcal::run_train_policy(p);
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace kvcal {
+
+inline constexpr const char* policy_format_name = "kvcal.policy";
+inline constexpr int policy_format_version = 1;
+
+struct policy_train_params {
+  std::vector<std::string> captures;
+  std::string out;
+  std::string recipe = "future-attn";  // future-attn | h2o-label
+  std::string features;                // hidden | key ("" = the recipe's)
+  std::string arch;                    // linear | mlp ("" = mlp)
+  std::vector<int> hidden;             // hidden widths (empty = the recipe's: [512] / [128, 64])
+  std::string target = "attn_next";    // future-attn: attn_next | attn_cum
+  int epochs = 10;
+  std::int64_t batch = 1024;  // tokens per step
+  double lr = 1e-3;
+  double weight_decay = 1e-2;
+  int patience = 3;
+  double val_fraction = 0.2;
+  std::int64_t val_max_tokens = 16384;
+  std::int64_t shuffle_buffer = 16384;
+  std::string device = "cpu";
+  std::uint64_t seed = 0;
+  bool show_progress = true;
+  bool write_report = true;  // <stem>.json
+  std::string command_line;
+};
+
+struct policy_budget_metrics {
+  double budget = 0;  // fraction kept
+  // mass retained and recall of the true top tokens, per scorer
+  double learned_mass = 0, h2o_mass = 0, recency_mass = 0, random_mass = 0;
+  double learned_recall = 0, h2o_recall = 0, recency_recall = 0, random_recall = 0;
+};
+
+struct policy_train_result {
+  std::vector<policy_budget_metrics> budgets;  // 0.5, 0.25, 0.125
+  std::string features, arch;
+  std::vector<int> hidden;
+  std::int64_t in_dim = 0;
+  int epochs_run = 0;
+  std::int64_t steps = 0;
+  std::vector<double> train_loss;
+  double init_val = 0, best_val = 0;
+  bool early_stopped = false;
+  std::string device_used, report_json_path;
+  double seconds = 0, samples_per_s = 0;
+  nlohmann::json report;
+};
+
+void validate_policy_params(const policy_train_params& p);
+policy_train_result run_train_policy(const policy_train_params& p);
+std::string policy_report_table(const policy_train_result& r);
+
+}  // namespace kvcal
