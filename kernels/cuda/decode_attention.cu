@@ -10,7 +10,7 @@ namespace {
 
 constexpr int kWarps = 4;      // warps per CTA, each with its own softmax state
 constexpr int kTile = 32;      // tokens per warp iteration (RoPE rows are formed per tile)
-constexpr int kHeadTile = 8;   // query heads per CTA
+constexpr int kHeadTile = 16;  // query heads per CTA: the 16 rows of the mma tile
 
 // ---- device helpers --------------------------------------------------------------------------
 
@@ -62,118 +62,230 @@ __device__ __forceinline__ void load_codes(const std::uint8_t* codes, int first,
   for (int i = 0; i < N; ++i) c[i] = (w[i * BITS / 32] >> ((i * BITS) % 32)) & ((1u << BITS) - 1u);
 }
 
-// Rotates 4 (low, high) pairs of a key by the angle p0 + j (addition formulas on the table rows
-// p0 and j) and adds their products with the query heads to dot[H].
-template <int H, int QS>
-__device__ __forceinline__ void rope_dot4(float* lo, float* hi, const float* cos0,
-                                          const float* sin0, const float* cosj, const float* sinj,
-                                          float inv_as, const float (*qs)[4][QS], int s, int i0,
-                                          int P, float* dot) {
-  const float4 c0 = __ldg(reinterpret_cast<const float4*>(cos0 + i0));
-  const float4 s0 = __ldg(reinterpret_cast<const float4*>(sin0 + i0));
-  const float4 c1 = __ldg(reinterpret_cast<const float4*>(cosj + i0));
-  const float4 s1 = __ldg(reinterpret_cast<const float4*>(sinj + i0));
-  const float ca[4] = {c0.x, c0.y, c0.z, c0.w}, sa[4] = {s0.x, s0.y, s0.z, s0.w};
-  const float cb[4] = {c1.x, c1.y, c1.z, c1.w}, sb[4] = {s1.x, s1.y, s1.z, s1.w};
+// ---- tensor-core helpers (mma.sync m16n8k16, fp16 in, fp32 accumulate) ---------------------
+
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// c[16x8] += a[16x16] * b[16x8]; fragment layouts of the PTX ISA (g = lane / 4, t = lane % 4):
+// a: {(g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)}, b: {(k 2t.., n g), (k 2t+8.., n g)},
+// c: {(g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)}.
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const __half* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const __half* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// Up to 8 bytes at a 2-byte (NB = 2) or 4-byte aligned address as 32-bit words.
+template <int NB>
+__device__ __forceinline__ void load_words4(const std::uint8_t* p, unsigned* w) {
+  if constexpr (NB == 2) {
+    w[0] = *reinterpret_cast<const unsigned short*>(p);
+  } else {
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const float cs = (ca[u] * cb[u] - sa[u] * sb[u]) * inv_as;
-    const float sn = (sa[u] * cb[u] + ca[u] * sb[u]) * inv_as;
-    const float a = lo[u], b = hi[u];
-    lo[u] = a * cs - b * sn;
-    hi[u] = b * cs + a * sn;
-  }
-#pragma unroll
-  for (int h = 0; h < H; ++h) {
-    const float4 ql = *reinterpret_cast<const float4*>(&qs[h][s][i0]);
-    const float4 qh = *reinterpret_cast<const float4*>(&qs[h][s][P + i0]);
-    dot[h] += ql.x * lo[0] + ql.y * lo[1] + ql.z * lo[2] + ql.w * lo[3] + qh.x * hi[0] +
-              qh.y * hi[1] + qh.z * hi[2] + qh.w * hi[3];
+    for (int i = 0; i < NB / 4; ++i) w[i] = reinterpret_cast<const unsigned*>(p)[i];
   }
 }
 
-// Partial scores of token t with the H query heads over the lane's channels: pairs
-// [s*P, s*P+P) of d/2 (channels c and c + d/2, the RoPE partners), keys dequantized and rotated
-// 4 pairs at a time so that little stays live.
-template <int D, int BITS, int GROUP, int H, int QS>
-__device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_t slot, int t,
-                                           int kc, int s, const float* cos0, const float* sin0,
-                                           const float* cosj, const float* sinj, float inv_as,
-                                           const float (*qs)[4][QS], float* dot) {
+// Writes key t (rotated by its in-tile angle j f, fp16) to row j of the warp's tile in smem:
+// lane s of the token handles pairs [s*P, s*P+P) (channels c and c + d/2).
+template <int D, int BITS, int GROUP>
+__device__ __forceinline__ void key_to_smem(const packed_kv_view& kv, std::int64_t slot, int t,
+                                            bool valid, int kc, int s, const float* rcos,
+                                            const float* rsin, __half* row_out) {
   constexpr int P = D / 8, HALF = D / 2;
+  float lo[P], hi[P];
+  if (!valid) {
 #pragma unroll
-  for (int h = 0; h < H; ++h) dot[h] = 0.0f;
-  if constexpr (BITS != 16) {
-    if (t < kc) {
-      constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
-      const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + t / GROUP) * REC;
-      const int row = t % GROUP;
-      unsigned cl[P], ch[P];
-      load_codes<P, BITS>(rec + 4 * D, row * D + s * P, cl);
-      load_codes<P, BITS>(rec + 4 * D, row * D + HALF + s * P, ch);
-      const __half* scales = reinterpret_cast<const __half*>(rec);
-      const __half* zeros = scales + D;
+    for (int i = 0; i < P; ++i) lo[i] = hi[i] = 0.0f;
+  } else {
+    bool done = false;
+    if constexpr (BITS != 16) {
+      if (t < kc) {
+        constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
+        const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + t / GROUP) * REC;
+        const int row = t % GROUP;
+        unsigned cl[P], ch[P];
+        load_codes<P, BITS>(rec + 4 * D, row * D + s * P, cl);
+        load_codes<P, BITS>(rec + 4 * D, row * D + HALF + s * P, ch);
+        const __half* scales = reinterpret_cast<const __half*>(rec);
+        const __half* zeros = scales + D;
+#pragma unroll
+        for (int i0 = 0; i0 < P; i0 += 4) {
+          float sl[4], sh[4], zl[4], zh[4];
+          load_halves<4>(scales + s * P + i0, sl);
+          load_halves<4>(scales + HALF + s * P + i0, sh);
+          load_halves<4>(zeros + s * P + i0, zl);
+          load_halves<4>(zeros + HALF + s * P + i0, zh);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            lo[i0 + u] = zl[u] + static_cast<float>(cl[i0 + u]) * sl[u];
+            hi[i0 + u] = zh[u] + static_cast<float>(ch[i0 + u]) * sh[u];
+          }
+        }
+        done = true;
+      }
+    }
+    if (!done) {
+      const __half* src = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
 #pragma unroll
       for (int i0 = 0; i0 < P; i0 += 4) {
-        float sl[4], sh[4], zl[4], zh[4], lo[4], hi[4];
-        load_halves<4>(scales + s * P + i0, sl);
-        load_halves<4>(scales + HALF + s * P + i0, sh);
-        load_halves<4>(zeros + s * P + i0, zl);
-        load_halves<4>(zeros + HALF + s * P + i0, zh);
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          lo[u] = zl[u] + static_cast<float>(cl[i0 + u]) * sl[u];
-          hi[u] = zh[u] + static_cast<float>(ch[i0 + u]) * sh[u];
-        }
-        rope_dot4<H, QS>(lo, hi, cos0, sin0, cosj, sinj, inv_as, qs, s, i0, P, dot);
+        load_halves<4>(src + s * P + i0, lo + i0);
+        load_halves<4>(src + HALF + s * P + i0, hi + i0);
       }
-      return;
     }
   }
-  const __half* row = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
 #pragma unroll
   for (int i0 = 0; i0 < P; i0 += 4) {
-    float lo[4], hi[4];
-    load_halves<4>(row + s * P + i0, lo);
-    load_halves<4>(row + HALF + s * P + i0, hi);
-    rope_dot4<H, QS>(lo, hi, cos0, sin0, cosj, sinj, inv_as, qs, s, i0, P, dot);
+    const float4 c = *reinterpret_cast<const float4*>(rcos + s * P + i0);
+    const float4 sn = *reinterpret_cast<const float4*>(rsin + s * P + i0);
+    const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sn.x, sn.y, sn.z, sn.w};
+    float rl[4], rh[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      rl[u] = lo[i0 + u] * cc[u] - hi[i0 + u] * ss[u];
+      rh[u] = hi[i0 + u] * cc[u] + lo[i0 + u] * ss[u];
+    }
+    *reinterpret_cast<uint2*>(row_out + s * P + i0) =
+        make_uint2(pack_half2(rl[0], rl[1]), pack_half2(rl[2], rl[3]));
+    *reinterpret_cast<uint2*>(row_out + HALF + s * P + i0) =
+        make_uint2(pack_half2(rh[0], rh[1]), pack_half2(rh[2], rh[3]));
   }
 }
 
-// Value of token t for channels [lane*CPL, lane*CPL + CPL); vg = the lane's scale group, ng the
-// groups per record (per-token group sizes are a run-time value: one division per thread).
+// Writes value t (fp16) to row j of the warp's tile: lane s of the token handles channels
+// [s*D/4, (s+1)*D/4) in chunks of 8 (vgi[k] = scale group of chunk k, ng groups per record).
 template <int D, int BITS>
-__device__ __forceinline__ void load_value(const packed_kv_view& kv, std::int64_t slot, int t,
-                                           int vc, int lane, int vg, int ng, float* v) {
-  constexpr int CPL = D / 32;
+__device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int64_t slot, int t,
+                                              bool valid, int vc, int s, const int* vgi, int ng,
+                                              __half* row_out) {
+  constexpr int CH = D / 4, NCH = CH / 8;
+  if (!valid) {
+#pragma unroll
+    for (int k = 0; k < NCH; ++k)
+      *reinterpret_cast<uint4*>(row_out + s * CH + 8 * k) = make_uint4(0u, 0u, 0u, 0u);
+    return;
+  }
   if constexpr (BITS != 16) {
     if (t < vc) {
       const std::int64_t rec_bytes = 4 * ng + D * BITS / 8;
       const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
-      const float sc = __half2float(reinterpret_cast<const __half*>(rec)[vg]);
-      const float ze = __half2float(reinterpret_cast<const __half*>(rec)[ng + vg]);
-      // The lane's CPL * BITS (<= 32) bits lie inside one aligned 32-bit word.
-      const int bit = lane * CPL * BITS;
-      const unsigned w = reinterpret_cast<const unsigned*>(rec + 4 * ng)[bit / 32];
+      const __half* hs = reinterpret_cast<const __half*>(rec);
+      const std::uint8_t* codes = rec + 4 * ng;
 #pragma unroll
-      for (int i = 0; i < CPL; ++i)
-        v[i] = ze + static_cast<float>((w >> (bit % 32 + i * BITS)) & ((1u << BITS) - 1u)) * sc;
+      for (int k = 0; k < NCH; ++k) {
+        const int c0 = s * CH + 8 * k;
+        const float sc = __half2float(hs[vgi[k]]), ze = __half2float(hs[ng + vgi[k]]);
+        unsigned w[BITS >= 8 ? 2 : 1];  // 8 codes = BITS bytes
+        load_words4<BITS>(codes + c0 * BITS / 8, w);
+        float x[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u)
+          x[u] = ze + static_cast<float>((w[u * BITS / 32] >> ((u * BITS) % 32)) &
+                                         ((1u << BITS) - 1u)) * sc;
+        *reinterpret_cast<uint4*>(row_out + c0) =
+            make_uint4(pack_half2(x[0], x[1]), pack_half2(x[2], x[3]), pack_half2(x[4], x[5]),
+                       pack_half2(x[6], x[7]));
+      }
       return;
     }
   }
-  load_halves<CPL>(kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D + lane * CPL, v);
+  const __half* src = kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D;
+#pragma unroll
+  for (int k = 0; k < NCH; ++k)
+    *reinterpret_cast<uint4*>(row_out + s * CH + 8 * k) =
+        *reinterpret_cast<const uint4*>(src + s * CH + 8 * k);
 }
+
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
+}
+
+// Asks L2 for the bytes of the tile at p0 (K and V), so that the loads of the next tile find
+// them there instead of waiting on DRAM one round at a time.
+template <int D, int BITS, int GROUP>
+__device__ __forceinline__ void prefetch_tile(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                              int n, int kc, int vc, int lane) {
+  const int t = p0 + lane;
+  bool k_done = false;
+  if constexpr (BITS != 16) {
+    if (p0 < kc) {
+      constexpr int SZ = 4 * D, CS = 32 * D * BITS / 8, REC = SZ + GROUP * D * BITS / 8;
+      const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
+      for (int i = lane; i < (SZ + CS) / 128; i += 32)
+        prefetch_l2(rec + (i * 128 < SZ ? i * 128 : (p0 % GROUP) * D * BITS / 8 + i * 128));
+      k_done = true;
+    }
+  }
+  if (t >= n) return;
+  if (!k_done) {
+    const std::uint8_t* row =
+        reinterpret_cast<const std::uint8_t*>(kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D);
+#pragma unroll
+    for (int o = 0; o < D * 2; o += 128) prefetch_l2(row + o);
+  }
+  if constexpr (BITS != 16) {
+    if (t < vc) {
+      const std::int64_t rec_bytes = 4 * (D / kv.v_group) + D * BITS / 8;
+      const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
+      prefetch_l2(rec);
+      prefetch_l2(rec + rec_bytes - 1);
+      return;
+    }
+  }
+  const std::uint8_t* row =
+      reinterpret_cast<const std::uint8_t*>(kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D);
+#pragma unroll
+  for (int o = 0; o < D * 2; o += 128) prefetch_l2(row + o);
+}
+
+template <int D>
+struct smem_plan {
+  static constexpr int HALF = D / 2;
+  static constexpr int ROW = D + 8;  // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
+  static constexpr std::size_t q_floats = 16 * D;          // [16][D] scaled queries
+  static constexpr std::size_t rot_floats = 2 * 32 * HALF;  // cos, sin [32][HALF]: rows 0..31
+  static constexpr std::size_t bytes =
+      (q_floats + rot_floats) * 4 + static_cast<std::size_t>(kWarps) * 32 * ROW * 2;
+};
 
 // ---- kernels -----------------------------------------------------------------------------------
 
-// grid (splits, n_kv * head_groups, B), block 32 * kWarps.
+// grid (splits, n_kv * head_groups, B), block 32 * kWarps, dynamic smem smem_plan<D>::bytes.
+// Per tile of 32 tokens a warp: dequantizes + rotates (in-tile angle) K into smem as fp16,
+// rotates the queries by the tile's base angle into mma A fragments, S = Q K^T on tensor cores
+// (16 query-head rows x 32 tokens), online softmax on the S fragments, dequantizes V into the
+// same smem, O += P V on tensor cores.
 template <int D, int BITS, int GROUP>
-__global__ void __launch_bounds__(32 * kWarps)
+__global__ void __launch_bounds__(32 * kWarps, 3)
     decode_attention_kernel(decode_attention_params p, int tiles_per_split, int n_parts) {
-  constexpr int P = D / 8, HALF = D / 2, CPL = D / 32, H = kHeadTile;
-  constexpr int QS = 2 * P + 4;  // padded: the 4 lanes of a token read different banks
-  __shared__ __align__(16) float qs[H][4][QS];        // query, scaled by scale * log2(e)
-  __shared__ __align__(16) float ps[kWarps][H][kTile];  // probabilities of the warp's tile
+  using SP = smem_plan<D>;
+  constexpr int HALF = D / 2, ROW = SP::ROW, NKS = D / 16, NNT = D / 8, H = kHeadTile;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* qs = reinterpret_cast<float*>(smem_raw);  // [16][D]
+  float* rcos = qs + SP::q_floats;                   // [32][HALF]
+  float* rsin = rcos + 32 * HALF;
+  __half* tiles = reinterpret_cast<__half*>(rsin + 32 * HALF);  // [kWarps][32][ROW]
 
   const packed_kv_view& kv = p.kv;
   const int b = blockIdx.z;
@@ -181,138 +293,228 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int g = static_cast<int>(blockIdx.y) / n_hg, hg = static_cast<int>(blockIdx.y) % n_hg;
   const int head0 = g * gq + hg * H, nh = min(H, gq - hg * H);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, jl = lane / 4, s = lane % 4;
+  const int r0 = lane / 4, cq = (lane % 4) * 2;
   const std::int64_t slot = static_cast<std::int64_t>(b) * kv.n_kv + g;
   const int n = kv.n_tokens[b];
   const int kc = BITS == 16 ? 0 : kv.k_compressed[b];
   const int vc = BITS == 16 ? 0 : kv.v_compressed[b];
-  const int vg = BITS == 16 ? 0 : lane * CPL / kv.v_group, ng = BITS == 16 ? 1 : D / kv.v_group;
+  const int ng = BITS == 16 ? 1 : D / kv.v_group;
+  int vgi[D / 32];
+#pragma unroll
+  for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : (s * (D / 4) + 8 * k) / kv.v_group;
 
   const float qscale = p.softmax_scale * 1.4426950408889634f;
   for (int i = threadIdx.x; i < H * D; i += blockDim.x) {
     const int h = i / D, c = i % D;
-    const float x = h < nh ? p.q[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c] * qscale
-                           : 0.0f;
-    const int cc = c % HALF, sub = cc / P, at = (c >= HALF ? P : 0) + cc % P;
-    qs[h][sub][at] = x;
+    qs[i] = h < nh ? p.q[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c] * qscale
+                   : 0.0f;
+  }
+  for (int i = threadIdx.x; i < 32 * HALF; i += blockDim.x) {
+    rcos[i] = p.rope_cos[i];
+    rsin[i] = p.rope_sin[i];
   }
   __syncthreads();
+  __half* tile_s = tiles + warp * 32 * ROW;
 
-  float m[H], l[H], acc[H][CPL];
+  float o[NNT][4];
 #pragma unroll
-  for (int h = 0; h < H; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < CPL; ++i) acc[h][i] = 0.0f;
-  }
+  for (int i = 0; i < NNT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
   const int n_tiles = (n + kTile - 1) / kTile;
   const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
   const float inv_as = 1.0f / p.rope_attention_scaling;
   for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
-    const float* cos0 = p.rope_cos + static_cast<std::int64_t>(p0) * HALF + s * P;
-    const float* sin0 = p.rope_sin + static_cast<std::int64_t>(p0) * HALF + s * P;
-    // Scores of the tile's 32 tokens, 8 per round (4 lanes per token); raw scores to smem.
-#pragma unroll 1
+    if (tile + kWarps < tile_end)
+      prefetch_tile<D, BITS, GROUP>(kv, slot, p0 + kWarps * kTile, n, kc, vc, lane);
+    // 1. K tile -> smem.
+#pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      const float* cosj = p.rope_cos + j * HALF + s * P;
-      const float* sinj = p.rope_sin + j * HALF + s * P;
-      float dot[H];
-      key_scores<D, BITS, GROUP, H, QS>(kv, slot, t < n ? t : p0, kc, s, cos0, sin0, cosj, sinj,
-                                        inv_as, qs, dot);
-#pragma unroll
-      for (int h = 0; h < H; ++h) {
-        float x = dot[h];
-        x += __shfl_xor_sync(0xffffffffu, x, 1);
-        x += __shfl_xor_sync(0xffffffffu, x, 2);
-        if (s == 0) ps[warp][h][j] = t < n ? x : -INFINITY;
-      }
+      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * HALF, rsin + j * HALF,
+                                  tile_s + j * ROW);
     }
     __syncwarp();
-    // Online softmax over the tile (token p0 < n is always in it, so the max is finite); lane i
-    // turns the score of token i into its probability.
+    // 2. S = (R_{-p0} q) . K^T, the queries rotated by the tile's base angle on the fly.
+    float sacc[4][4];
 #pragma unroll
-    for (int h = 0; h < H; ++h) {
-      float tmax = -INFINITY;
+    for (int i = 0; i < 4; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.0f;
+    const float* cos0 = p.rope_cos + static_cast<std::int64_t>(p0) * HALF;
+    const float* sin0 = p.rope_sin + static_cast<std::int64_t>(p0) * HALF;
 #pragma unroll
-      for (int i = 0; i < kTile; i += 4) {
-        const float4 x = *reinterpret_cast<const float4*>(&ps[warp][h][i]);
-        tmax = fmaxf(tmax, fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w)));
-      }
-      const float m_new = fmaxf(m[h], tmax);
-      const float alpha = exp2f(m[h] - m_new);
-      const float pr = exp2f(ps[warp][h][lane] - m_new);
-      l[h] = l[h] * alpha + pr;  // this lane's token; summed over the warp at the end
-      m[h] = m_new;
+    for (int ks = 0; ks < NKS / 2; ++ks) {
+      unsigned alo[4], ahi[4];
 #pragma unroll
-      for (int i = 0; i < CPL; ++i) acc[h][i] *= alpha;
-      __syncwarp();
-      ps[warp][h][lane] = pr;
-    }
-    __syncwarp();
-#pragma unroll 2
-    for (int j4 = 0; j4 < kTile; j4 += 4) {
-      float4 pr[H];
+      for (int h8 = 0; h8 < 2; ++h8) {
+        const int c = ks * 16 + cq + 8 * h8;
+        const float2 cc = __ldg(reinterpret_cast<const float2*>(cos0 + c));
+        const float2 ss = __ldg(reinterpret_cast<const float2*>(sin0 + c));
 #pragma unroll
-      for (int h = 0; h < H; ++h) pr[h] = *reinterpret_cast<const float4*>(&ps[warp][h][j4]);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int t = p0 + j4 + u;
-        if (t >= n) break;  // warp-uniform; beyond n the window may hold anything
-        float v[CPL];
-        load_value<D, BITS>(kv, slot, t, vc, lane, vg, ng, v);
-#pragma unroll
-        for (int h = 0; h < H; ++h) {
-          const float w = u == 0 ? pr[h].x : u == 1 ? pr[h].y : u == 2 ? pr[h].z : pr[h].w;
-#pragma unroll
-          for (int i = 0; i < CPL; ++i) acc[h][i] += w * v[i];
+        for (int rr = 0; rr < 2; ++rr) {
+          const float* qrow = qs + (r0 + 8 * rr) * D;
+          const float2 x = *reinterpret_cast<const float2*>(qrow + c);
+          const float2 y = *reinterpret_cast<const float2*>(qrow + c + HALF);
+          alo[rr + 2 * h8] = pack_half2((x.x * cc.x + y.x * ss.x) * inv_as,
+                                        (x.y * cc.y + y.y * ss.y) * inv_as);
+          ahi[rr + 2 * h8] = pack_half2((y.x * cc.x - x.x * ss.x) * inv_as,
+                                        (y.y * cc.y - x.y * ss.y) * inv_as);
         }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        unsigned bf[4];
+        const int col = ((lane >> 3) & 1) * 8 + ((lane >> 4) ? (ks + NKS / 2) * 16 : ks * 16);
+        ldsm_x4(bf, tile_s + (nt * 8 + (lane & 7)) * ROW + col);
+        mma16816(sacc[nt], alo, bf[0], bf[1]);
+        mma16816(sacc[nt], ahi, bf[2], bf[3]);
+      }
+    }
+    __syncwarp();
+    // 3. V tile -> the same smem.
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int j = r * 8 + jl, t = p0 + j;
+      value_to_smem<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
+    }
+    // 4. Online softmax on the fragments: rows r0 (e = 0, 1) and r0 + 8 (e = 2, 3).
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (p0 + nt * 8 + cq + (e & 1) >= n) sacc[nt][e] = -INFINITY;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) mx = fmaxf(mx, fmaxf(sacc[nt][2 * rr], sacc[nt][2 * rr + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[rr], mx);  // finite: token p0 < n is in the tile
+      const float alpha = exp2f(m[rr] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
+          sacc[nt][e] = exp2f(sacc[nt][e] - m_new);
+          sum += sacc[nt][e];
+        }
+      l[rr] = l[rr] * alpha + sum;  // this lane's columns; summed over the quad at the end
+      m[rr] = m_new;
+#pragma unroll
+      for (int i = 0; i < NNT; ++i) {
+        o[i][2 * rr] *= alpha;
+        o[i][2 * rr + 1] *= alpha;
+      }
+    }
+    __syncwarp();
+    // 5. O += P V: P from the S fragments (the C layout of two n-tiles is the A layout).
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      const unsigned pa[4] = {pack_half2(sacc[2 * kk][0], sacc[2 * kk][1]),
+                              pack_half2(sacc[2 * kk][2], sacc[2 * kk][3]),
+                              pack_half2(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
+                              pack_half2(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < NNT; nt += 2) {
+        unsigned bf[4];
+        const int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        ldsm_x4_trans(bf, tile_s + row * ROW + (nt + (lane >> 4)) * 8);
+        mma16816(o[nt], pa, bf[0], bf[1]);
+        mma16816(o[nt + 1], pa, bf[2], bf[3]);
       }
     }
     __syncwarp();
   }
 
-  // Partial of this warp: [B, n_heads, n_parts] x (m, l) and x d.
-  const int part = blockIdx.x * kWarps + warp;
-  float* ws_ml = static_cast<float*>(p.workspace);
-  float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
+  // Merge the 4 warps' states in smem (the tile buffers are free now), one partial per CTA:
+  // [B, n_heads, n_parts] x (m, l) and x d in the workspace.
+  __syncthreads();
+  float* red_o = reinterpret_cast<float*>(tiles);  // [kWarps][16][D]
+  float* red_ml = qs;                              // [kWarps][16][2] (queries no longer needed)
 #pragma unroll
-  for (int h = 0; h < H; ++h) {
-    float lh = l[h];
-#pragma unroll
-    for (int o = 1; o < 32; o *= 2) lh += __shfl_xor_sync(0xffffffffu, lh, o);
-    if (h >= nh) continue;
-    const std::int64_t row =
-        (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
-    if (lane == 0) {
-      ws_ml[2 * row] = m[h];
-      ws_ml[2 * row + 1] = lh;
+  for (int rr = 0; rr < 2; ++rr) {
+    float lh = l[rr];
+    lh += __shfl_xor_sync(0xffffffffu, lh, 1);
+    lh += __shfl_xor_sync(0xffffffffu, lh, 2);
+    const int h = r0 + 8 * rr;
+    if (s == 0) {
+      red_ml[(warp * H + h) * 2] = m[rr];
+      red_ml[(warp * H + h) * 2 + 1] = lh;
     }
 #pragma unroll
-    for (int i = 0; i < CPL; ++i) ws_acc[row * D + lane * CPL + i] = acc[h][i];
+    for (int i = 0; i < NNT; ++i)
+      *reinterpret_cast<float2*>(&red_o[(warp * H + h) * D + i * 8 + cq]) =
+          make_float2(o[i][2 * rr], o[i][2 * rr + 1]);
+  }
+  __syncthreads();
+  const int part = blockIdx.x;
+  float* ws_ml = static_cast<float*>(p.workspace);
+  float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
+  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
+    const int h = i / D, c = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * H + h) * 2]);
+    float num = 0.0f, den = 0.0f;
+    if (mx > -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = red_ml[(w * H + h) * 2];
+        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        num += f * red_o[(w * H + h) * D + c];
+        den += f * red_ml[(w * H + h) * 2 + 1];
+      }
+    }
+    const std::int64_t row =
+        (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
+    ws_acc[row * D + c] = num;
+    if (c == 0) {
+      ws_ml[2 * row] = mx;
+      ws_ml[2 * row + 1] = den;
+    }
   }
 }
 
-// grid (n_heads, B), block D: log-sum-exp merge of the warps' partials.
+// grid (n_heads, B), block D, dynamic smem n_parts floats: log-sum-exp merge of the CTAs'
+// partials; the loads of different partials are independent, so they overlap.
 template <int D>
 __global__ void decode_attention_merge_kernel(decode_attention_params p, int n_parts) {
-  const int h = blockIdx.x, b = blockIdx.y, c = threadIdx.x;
+  extern __shared__ float wts[];  // [n_parts]
+  __shared__ float red[D / 32];
+  const int h = blockIdx.x, b = blockIdx.y, c = threadIdx.x, lane = c % 32, warp = c / 32;
   const float* ws_ml = static_cast<const float*>(p.workspace);
   const float* ws_acc = ws_ml + static_cast<std::int64_t>(p.kv.batch) * p.n_heads * n_parts * 2;
   const std::int64_t row0 = (static_cast<std::int64_t>(b) * p.n_heads + h) * n_parts;
   float mx = -INFINITY;
-  for (int i = 0; i < n_parts; ++i) mx = fmaxf(mx, ws_ml[2 * (row0 + i)]);
-  float num = 0.0f, den = 0.0f;
+  for (int i = c; i < n_parts; i += D) mx = fmaxf(mx, ws_ml[2 * (row0 + i)]);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = red[0];
+#pragma unroll
+  for (int w = 1; w < D / 32; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();
+  float den = 0.0f;
+  for (int i = c; i < n_parts; i += D) {
+    const float mi = ws_ml[2 * (row0 + i)];
+    const float w = mi == -INFINITY ? 0.0f : exp2f(mi - mx);
+    wts[i] = w;
+    den += w * ws_ml[2 * (row0 + i) + 1];
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) den += __shfl_xor_sync(0xffffffffu, den, o);
+  if (lane == 0) red[warp] = den;
+  __syncthreads();
+  den = 0.0f;
+#pragma unroll
+  for (int w = 0; w < D / 32; ++w) den += red[w];
+  float num = 0.0f;
   if (mx > -INFINITY) {
-    for (int i = 0; i < n_parts; ++i) {
-      const float mi = ws_ml[2 * (row0 + i)];
-      if (mi == -INFINITY) continue;
-      const float w = exp2f(mi - mx);
-      den += w * ws_ml[2 * (row0 + i) + 1];
-      num += w * ws_acc[(row0 + i) * D + c];
-    }
+#pragma unroll 8
+    for (int i = 0; i < n_parts; ++i) num += wts[i] * ws_acc[(row0 + i) * D + c];
   }
   p.out[(static_cast<std::int64_t>(b) * p.n_heads + h) * D + c] = den > 0.0f ? num / den : 0.0f;
 }
@@ -336,7 +538,7 @@ int sm_count() {
 }
 
 struct split_plan {
-  int splits = 1, tiles_per_split = 1, n_parts = kWarps;
+  int splits = 1, tiles_per_split = 1, n_parts = 1;
 };
 
 split_plan plan_splits(const decode_attention_params& p) {
@@ -346,25 +548,33 @@ split_plan plan_splits(const decode_attention_params& p) {
   const int n_hg = (gq + kHeadTile - 1) / kHeadTile;
   const int tiles = (p.max_tokens + kTile - 1) / kTile;
   const long ctas = static_cast<long>(p.kv.batch) * n_kv * (n_hg > 0 ? n_hg : 1);
-  // Enough CTAs for ~4 per SM, each warp with at least one tile.
-  const long want = (4L * sm_count() + ctas - 1) / (ctas > 0 ? ctas : 1);
+  // One wave of CTAs (3 fit an SM at head_dim 128), each warp with at least one tile; at most
+  // 4096 partials per (sequence, head) (the merge keeps their weights in shared memory).
+  const long want = (3L * sm_count() + ctas - 1) / (ctas > 0 ? ctas : 1);
   int tps = static_cast<int>((tiles + want - 1) / (want > 0 ? want : 1));
   if (tps < kWarps) tps = kWarps;
+  if ((tiles + tps - 1) / tps > 4096) tps = (tiles + 4095) / 4096;
   sp.tiles_per_split = tps;
   sp.splits = tiles > 0 ? (tiles + tps - 1) / tps : 1;
-  sp.n_parts = sp.splits * kWarps;
+  sp.n_parts = sp.splits;
   return sp;
 }
 
 template <int D, int BITS, int GROUP>
 cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeadTile - 1) / kHeadTile;
+  constexpr std::size_t smem = smem_plan<D>::bytes;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      decode_attention_kernel<D, BITS, GROUP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(smem));
+  if (attr != cudaSuccess) return attr;
   decode_attention_kernel<D, BITS, GROUP>
-      <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, 0, stream>>>(
+      <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
           p, sp.tiles_per_split, sp.n_parts);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  decode_attention_merge_kernel<D><<<dim3(p.n_heads, p.kv.batch), D, 0, stream>>>(p, sp.n_parts);
+  decode_attention_merge_kernel<D>
+      <<<dim3(p.n_heads, p.kv.batch), D, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);
   return cudaGetLastError();
 }
 
@@ -423,9 +633,9 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (kv.k_bits != kv.v_bits)
     return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
                    "-bit: K and V must share bits");
-  if (kv.k_bits != 16 && (kv.v_group < d / 32 || kv.v_group > d || d % kv.v_group != 0))
-    return invalid("V per-token group " + std::to_string(kv.v_group) + " must divide head_dim " +
-                   std::to_string(d) + " and be at least " + std::to_string(d / 32));
+  if (kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
+    return invalid("V per-token group " + std::to_string(kv.v_group) +
+                   " must be a multiple of 8 dividing head_dim " + std::to_string(d));
   if (!p.q || !p.out || !p.rope_cos || !p.rope_sin || !kv.n_tokens || !kv.k_win || !kv.v_win ||
       kv.win_cap <= 0)
     return invalid("q, out, RoPE tables, n_tokens and the fp16 window (win_cap > 0) are required");

@@ -3,24 +3,28 @@
 // fp16 window), dequantized in registers and rotated with RoPE at their own position; values as
 // per-token quantized records (or the fp16 window). One pass covers records and window.
 //
-// Work split: CTA (split s, KV head g [x head group], sequence b), 4 warps; each warp owns 32-token
-// tiles (aligned to positions 32k) of the split's range and keeps its own online-softmax state for
-// the (up to 8) query heads of g, so each K/V element is loaded once for all of them. Each warp
-// writes a partial (max, sum, unnormalized output) to the workspace; a second kernel merges the
-// partials of a (b, head) by log-sum-exp and writes out.
+// Work split: CTA (split s, KV head g [x head group of 16], sequence b), 4 warps; each warp owns
+// 32-token tiles (aligned to positions 32k) of the split's range and keeps its own online-softmax
+// state for the query heads of g (the 16 rows of the mma tile), so each K/V element is loaded
+// once for all of them. Per tile: K dequantized (fp32) and rotated into shared memory as fp16,
+// S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16, fp16 inputs, fp32 accumulation),
+// softmax in fp32 on the S fragments. Each warp writes a partial (max, sum, unnormalized output)
+// to the workspace; a second kernel merges the partials of a (b, head) by log-sum-exp.
 //
 // RoPE: the table rows of the CPU reference (kvcal::rope_cos_sin: cos/sin of fl(p * f) times
 // attention_scaling). The kernel reads row p0 (the tile start) and row j (offset in the tile,
-// j < 32) and forms the angle p0 + j by the addition formulas, so it reads one table row per 32
-// tokens instead of one per token. The angle differs from the reference's fl((p0 + j) * f) by
+// j < 32, kept in shared memory): each key is rotated by its in-tile angle j f and the queries by
+// the tile's angle p0 f (q . R_{p0 + j} k = (R_{p0}^T q) . (R_j k)), so the table is read once per
+// 32 tokens instead of once per token. The angle differs from the reference's fl((p0 + j) * f) by
 // about one fp32 ulp of p * f (5e-4 rad at p = 4096, 4e-3 rad at p = 32768), the size of the
 // rounding the reference itself makes; tests/test_kernels_gpu.cpp states the resulting bound.
 //
-// Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group 32 /
-// 64 / 128 and any V group dividing head_dim, or bits 16 (fp16 K and V, every token in the window
-// ring); query heads per KV head any (processed 8 at a time). Anything else: cudaErrorInvalidValue and a message in
-// kvcal::last_launch_error(). The launch allocates nothing and reads nothing back (graph safe):
-// the caller provides workspace of decode_attention_workspace_size(p) bytes.
+// Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
+// 32 / 64 / 128 and a V group that is a multiple of 8 dividing head_dim, or bits 16 (fp16 K and V,
+// every token in the window ring); any number of query heads per KV head (16 per CTA). Anything
+// else: cudaErrorInvalidValue and a message in kvcal::last_launch_error(). The launch allocates
+// nothing and reads nothing back (graph safe): the caller provides workspace of
+// decode_attention_workspace_size(p) bytes.
 //
 //   kvcal::decode_attention_params p;  p.kv = view; p.n_heads = 28; p.q = q; ...
 //   std::size_t ws = kvcal::decode_attention_workspace_size(p);   // once, at plan time
