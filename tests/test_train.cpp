@@ -273,3 +273,70 @@ TEST_CASE("train-ae: bad input is refused clearly") {
   p.resume = true;
   CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("no checkpoint"), kvcal::error);
 }
+
+TEST_CASE("train-policy: both recipes beat random on held-out sequences") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  const std::string cap = make_capture(dir, "cap", "k,hidden,attn");
+  for (const char* recipe : {"future-attn", "h2o-label"}) {
+    CAPTURE(recipe);
+    policy_train_params p;
+    p.captures = {cap};
+    p.out = dir.file("policy.safetensors");
+    p.recipe = recipe;
+    p.epochs = 6;
+    p.batch = 256;
+    p.lr = 3e-3;
+    p.show_progress = false;
+    const policy_train_result r = run_train_policy(p);
+    CHECK(r.best_val <= r.init_val);
+    REQUIRE(r.budgets.size() == 3);
+    for (const auto& b : r.budgets) {
+      CAPTURE(b.budget);
+      CHECK(b.learned_mass > b.random_mass);
+      CHECK(b.h2o_mass > b.random_mass);
+      CHECK(b.learned_mass <= 1.0);
+    }
+    CHECK(test::file_exists(dir.file("policy.json")));
+    safetensors_file f(p.out);
+    const bool h2o = std::string(recipe) == "h2o-label";
+    CHECK(f.metadata().at("kvcal.policy").find("\"format\":\"kvcal.policy\"") != std::string::npos);
+    if (h2o) {
+      CHECK(f.at("layers.1.policy.fc1.weight").shape == std::vector<std::int64_t>{128, 16});
+      CHECK(f.at("layers.1.policy.fc3.weight").shape == std::vector<std::int64_t>{2, 64});
+    } else {
+      CHECK(f.at("layers.0.policy.fc1.weight").shape == std::vector<std::int64_t>{512, 64});
+      CHECK(f.at("layers.0.policy.fc2.bias").shape == std::vector<std::int64_t>{2});
+    }
+  }
+  // Linear: one weight per layer.
+  policy_train_params p;
+  p.captures = {cap};
+  p.out = dir.file("linear.safetensors");
+  p.arch = "linear";
+  p.epochs = 2;
+  p.show_progress = false;
+  p.write_report = false;
+  run_train_policy(p);
+  CHECK(safetensors_file(p.out).at("layers.1.policy.weight").shape ==
+        std::vector<std::int64_t>{2, 64});
+}
+
+TEST_CASE("train-policy: missing attn / hidden and mixed models are refused") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  const std::string kv = make_capture(dir, "kv", "k,v");
+  policy_train_params p;
+  p.captures = {kv};
+  p.out = dir.file("policy.safetensors");
+  p.show_progress = false;
+  CHECK_THROWS_WITH_AS(run_train_policy(p), doctest::Contains("has no 'attn'"), kvcal::error);
+  const std::string attn = make_capture(dir, "attn", "k,attn");
+  p.captures = {attn};
+  CHECK_THROWS_WITH_AS(run_train_policy(p), doctest::Contains("has no 'hidden'"), kvcal::error);
+  p.recipe = "h2o-label";
+  p.epochs = 1;
+  CHECK_NOTHROW(run_train_policy(p));
+  p.captures = {attn, make_capture(dir, "other", "k,attn", "qwen2", 256)};
+  CHECK_THROWS_WITH_AS(run_train_policy(p), doctest::Contains("different models"), kvcal::error);
+}
