@@ -8,6 +8,7 @@
 #include "kernels/common/error.h"
 #include "presets/preset_pca.h"
 #include "presets/preset_template.h"
+#include "presets/preset_trained.h"
 #include "presets/preset_writer.h"
 #include "runtime/preset.h"
 
@@ -33,11 +34,6 @@ export_result export_preset(const export_params& p) {
   KVCAL_CHECK(p.template_name.empty() != p.recipe_path.empty(),
               "export: give exactly one of a template and a recipe file");
   KVCAL_CHECK(!p.out.empty(), "export: no output path");
-  // The AE / policy file formats belong to train-*; until their readers land nothing can be
-  // loaded from them, and guessing a layout would fix a format by accident.
-  KVCAL_CHECK(p.ae.empty(), "--ae ", p.ae, ": not available in this build (issue #6/#7)");
-  KVCAL_CHECK(p.policy.empty(), "--policy ", p.policy,
-              ": not available in this build (issue #6/#7)");
 
   const std::string config_path = p.model_dir + "/config.json";
   const model_config cfg = read_model_config(config_path);
@@ -53,12 +49,21 @@ export_result export_preset(const export_params& p) {
   preset_pca_tensors pca;
   if (!p.pca.empty())
     pca = apply_pca_file(r.recipe, read_pca_file(p.pca), p.pca, cfg, config_path);
+  // Trained weights (presets/preset_trained.h): AE latents and policy shapes come from the files.
+  preset_trained_tensors ae, policy;
+  if (!p.ae.empty()) ae = apply_ae_file(r.recipe, p.ae, cfg, config_path);
+  if (!p.policy.empty()) policy = apply_policy_file(r.recipe, p.policy, cfg, config_path);
   calibration_needs needs = needs_of(r.recipe);
   needs.pca = needs.pca && p.pca.empty();
+  needs.ae = needs.ae && p.ae.empty();
+  needs.policy = needs.policy && p.policy.empty();
   KVCAL_CHECK(!needs.any(), source, " needs calibrated tensors: ", needs.describe(),
               "; export refuses without them");
-  r.fixed_bytes = pca.bytes;
-  write_preset(p.out, r.recipe, pca.tensors, p.context);
+  r.fixed_bytes = pca.bytes + ae.bytes + policy.bytes;
+  std::vector<tensor_out> tensors = pca.tensors;
+  tensors.insert(tensors.end(), ae.tensors.begin(), ae.tensors.end());
+  tensors.insert(tensors.end(), policy.tensors.begin(), policy.tensors.end());
+  write_preset(p.out, r.recipe, tensors, p.context);
   return r;
 }
 

@@ -19,7 +19,8 @@ struct export_params {
   std::string model_dir;      // needs config.json only
   std::string out;
   std::string pca;          // pca.h5 from kvcal fit-pca (presets/preset_pca.h)
-  std::string ae, policy;   // calibration files (their readers have not landed: refused)
+  std::string ae;           // ae.safetensors from kvcal train-ae (presets/preset_trained.h)
+  std::string policy;       // policy.safetensors from kvcal train-policy
   std::int64_t context = 32768;  // context the stored byte accounting is stated at
 };
 

@@ -11,7 +11,9 @@
 #include "calibrate/pca_fit.h"
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
+#include "presets/preset_export.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/preset.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
 #include "train/ae_train.h"
@@ -59,7 +61,7 @@ std::string make_capture(const test::scratch_dir& dir, const std::string& name,
   return p.out;
 }
 
-ae_train_params ae_params(const test::scratch_dir& dir, const std::string& cap) {
+ae_train_params small_ae(const test::scratch_dir& dir, const std::string& cap) {
   ae_train_params p;
   p.captures = {cap};
   p.out = dir.file("ae.safetensors");
@@ -151,7 +153,7 @@ TEST_CASE("train-ae: a PCA-initialised linear AE starts at PCA's error and never
   run_pca_fit(fp);
   for (const char* pca : {"file", "fitted"}) {
     CAPTURE(pca);
-    ae_train_params p = ae_params(dir, cap);
+    ae_train_params p = small_ae(dir, cap);
     if (std::string(pca) == "file") p.pca = dir.file("pca.h5");
     p.write_report = true;
     const ae_train_result r = run_train_ae(p);
@@ -186,7 +188,7 @@ TEST_CASE("train-ae: a few steps lower the loss (random init, mlp, attn loss, la
   test::scratch_dir dir;
   const std::string cap = make_capture(dir, "cap", "k,v,q");
   {
-    ae_train_params p = ae_params(dir, cap);
+    ae_train_params p = small_ae(dir, cap);
     p.init = "random";
     p.lr = 1e-2;
     p.patience = 0;
@@ -196,7 +198,7 @@ TEST_CASE("train-ae: a few steps lower the loss (random init, mlp, attn loss, la
     CHECK(r.best_val < r.init_val);
   }
   {
-    ae_train_params p = ae_params(dir, cap);
+    ae_train_params p = small_ae(dir, cap);
     p.arch = "mlp";
     p.hidden = 8;
     p.loss = "attn";
@@ -219,7 +221,7 @@ TEST_CASE("train-ae: --resume continues to the same result as an uninterrupted r
   set_log_level(log_level::error);
   test::scratch_dir dir;
   const std::string cap = make_capture(dir, "cap", "k,v");
-  ae_train_params p = ae_params(dir, cap);
+  ae_train_params p = small_ae(dir, cap);
   p.init = "random";
   p.patience = 0;
   p.epochs = 4;
@@ -251,19 +253,19 @@ TEST_CASE("train-ae: bad input is refused clearly") {
   set_log_level(log_level::error);
   test::scratch_dir dir;
   const std::string cap = make_capture(dir, "cap", "k,v");
-  ae_train_params p = ae_params(dir, cap);
+  ae_train_params p = small_ae(dir, cap);
   p.latent = 16;
   CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("head_dim"), kvcal::error);
-  p = ae_params(dir, cap);
+  p = small_ae(dir, cap);
   p.loss = "attn";
   CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("has no 'q'"), kvcal::error);
   // Captures of different models.
   const std::string other = make_capture(dir, "other", "k,v", "qwen2", 256);
-  p = ae_params(dir, cap);
+  p = small_ae(dir, cap);
   p.captures = {cap, other};
   CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("different models"), kvcal::error);
   // Empty capture, NaN in the data.
-  p = ae_params(dir, write_tiny_capture(dir.file("empty.h5"), 0, -1));
+  p = small_ae(dir, write_tiny_capture(dir.file("empty.h5"), 0, -1));
   p.latent = 2;
   CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("empty"), kvcal::error);
   p.captures = {write_tiny_capture(dir.file("nan.h5"), 32, 13)};
@@ -339,4 +341,63 @@ TEST_CASE("train-policy: missing attn / hidden and mixed models are refused") {
   CHECK_NOTHROW(run_train_policy(p));
   p.captures = {attn, make_capture(dir, "other", "k,attn", "qwen2", 256)};
   CHECK_THROWS_WITH_AS(run_train_policy(p), doctest::Contains("different models"), kvcal::error);
+}
+
+TEST_CASE(
+    "export --ae / --policy: trained weights go into a preset that the runtime reader accepts") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  const std::string cap = make_capture(dir, "cap", "k,v,hidden,attn");
+  ae_train_params a = small_ae(dir, cap);
+  a.epochs = 1;
+  run_train_ae(a);
+  // ae-16 asks for latent 16 = head_dim of the tiny model: a recipe leaves the latent to the file.
+  test::write_bytes(
+      dir.file("ae.json"),
+      R"({"name": "ae", "layer": {"k": {"ae": {"latent": 0}}, "v": {"ae": {"latent": 0}}}})");
+  export_params e;
+  e.recipe_path = dir.file("ae.json");
+  e.model_dir = fixture("llama");
+  e.out = dir.file("ae-preset.safetensors");
+  e.ae = a.out;
+  export_result r = export_preset(e);
+  CHECK(r.recipe.layers[1].v.ae.latent == 4);
+  {
+    preset_file pf(e.out);
+    const safetensors_file src(a.out);
+    const tensor_view& x = pf.tensors().at("layers.1.k.heads.1.ae.decoder.weight");
+    CHECK(to_float(x) == to_float(src.at("layers.1.k.heads.1.ae.decoder.weight")));
+  }
+  e.template_name = "ae-16";
+  e.recipe_path.clear();
+  CHECK_THROWS_WITH_AS(export_preset(e), doctest::Contains("needs latent 16"), kvcal::error);
+  e.template_name.clear();
+  e.recipe_path = dir.file("ae.json");
+  a.arch = "mlp";
+  a.out = dir.file("mlp.safetensors");
+  run_train_ae(a);
+  e.ae = a.out;
+  CHECK_THROWS_WITH_AS(export_preset(e), doctest::Contains("cannot hold an MLP"), kvcal::error);
+
+  policy_train_params p;
+  p.captures = {cap};
+  p.out = dir.file("policy.safetensors");
+  p.epochs = 1;
+  p.hidden = {32};
+  p.show_progress = false;
+  p.write_report = false;
+  run_train_policy(p);
+  export_params q;
+  q.template_name = "learned-eviction";
+  q.model_dir = fixture("llama");
+  q.out = dir.file("learned.safetensors");
+  q.policy = p.out;
+  r = export_preset(q);
+  CHECK(r.recipe.layers[0].policy.learned.mlp_hidden == 32);
+  CHECK(preset_file(q.out).tensors().at("layers.1.policy.fc1.weight").shape ==
+        std::vector<std::int64_t>{32, 64});
+  p.recipe = "h2o-label";
+  p.hidden.clear();
+  run_train_policy(p);
+  CHECK_THROWS_WITH_AS(export_preset(q), doctest::Contains("2 hidden layers"), kvcal::error);
 }
