@@ -25,6 +25,8 @@ struct kv_append {
   at::Tensor k_rope;     // [B, n_kv, T, d] keys after RoPE
   at::Tensor v;          // [B, n_kv, T, d]
   at::Tensor positions;  // [T] int64, absolute positions of the new tokens (same for every row)
+  at::Tensor hidden;     // [B, T, hidden] hidden state entering attention (optional; learned
+                         // eviction on hidden-state features reads it)
 };
 
 class kv_cache {

@@ -86,7 +86,7 @@ at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
       a.positions = positions;
       opt.maybe_hook->on_layer(a);
     }
-    cache.append(layer, kv_append{k, k_rope, v, positions});
+    cache.append(layer, kv_append{k, k_rope, v, positions, h});
     at::Tensor attn = cache.attend(layer, q_rope, positions);  // [B, nq, T, d]
     attn = attn.transpose(1, 2).reshape({B, T, nq * d});
     x = x + at::linear(attn, L.w_o, L.b_o);

@@ -54,11 +54,21 @@ void runtime_cache::append(int layer, const kv_append& kv) {
   at::Tensor kc = k.to(at::kCPU, at::kFloat).permute({0, 2, 1, 3}).contiguous();
   at::Tensor vc = kv.v.to(at::kCPU, at::kFloat).permute({0, 2, 1, 3}).contiguous();
   at::Tensor pos = kv.positions.to(at::kCPU, at::kLong).contiguous();
+  at::Tensor hid;  // [B, T, hidden] fp32, when the model passed it
+  if (kv.hidden.defined()) {
+    KVCAL_CHECK(kv.hidden.dim() == 3 && kv.hidden.size(0) == batch() && kv.hidden.size(1) == T,
+                "runtime_cache: hidden must be [", batch(), ", ", T, ", hidden], got ",
+                kv.hidden.sizes());
+    hid = kv.hidden.to(at::kCPU, at::kFloat).contiguous();
+  }
+  const std::int64_t H = hid.defined() ? hid.size(2) : 0;
   const std::int64_t row = T * n_kv_ * d_;
-  for (std::int64_t b = 0; b < batch(); ++b)
+  for (std::int64_t b = 0; b < batch(); ++b) {
+    const float* maybe_hidden = hid.defined() ? hid.data_ptr<float>() + b * T * H : nullptr;
     rows_[static_cast<std::size_t>(b)]->append(layer, kc.data_ptr<float>() + b * row,
                                                vc.data_ptr<float>() + b * row,
-                                               pos.data_ptr<std::int64_t>(), T);
+                                               pos.data_ptr<std::int64_t>(), T, maybe_hidden, H);
+  }
 }
 
 at::Tensor runtime_cache::attend(int layer, const at::Tensor& q_rope, const at::Tensor& positions) {
@@ -81,7 +91,10 @@ at::Tensor runtime_cache::attend(int layer, const at::Tensor& q_rope, const at::
 }
 
 std::int64_t runtime_cache::length() const {
-  return rows_[0]->length(n_layers_ - 1);
+  // The next position: tokens seen, not held (eviction drops tokens, positions go on).
+  const int l = n_layers_ - 1;
+  const compressed_cache& c = *rows_[0];
+  return c.seen(l) == 0 ? 0 : c.first_position(l) + c.seen(l);
 }
 
 void runtime_cache::reset() {

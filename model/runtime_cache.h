@@ -39,7 +39,7 @@ class runtime_cache : public kv_cache {
 
   void append(int layer, const kv_append& kv) override;
   at::Tensor attend(int layer, const at::Tensor& q_rope, const at::Tensor& positions) override;
-  // Tokens held by the last layer.
+  // Tokens seen by the last layer (the next position; under eviction more than it holds).
   std::int64_t length() const override;
   void reset() override;
 

@@ -17,8 +17,8 @@ double retained_tokens(const layer_recipe& l, double L, bool* upper_bound) {
   const token_policy& p = l.policy;
   double budget = L;
   if (l.budget.kind == budget_kind::tokens) budget = static_cast<double>(l.budget.tokens);
-  // Floor: a runtime holding ratio x L tokens keeps whole tokens.
-  if (l.budget.kind == budget_kind::retain) budget = std::floor(l.budget.retain * L);
+  // Floor: a runtime holding ratio x L tokens keeps whole tokens; at least the newest token.
+  if (l.budget.kind == budget_kind::retain) budget = std::max(1.0, std::floor(l.budget.retain * L));
   switch (p.kind) {
     case token_policy_kind::full: return L;
     case token_policy_kind::window:

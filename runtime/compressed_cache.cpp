@@ -8,6 +8,7 @@
 
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
+#include "runtime/eviction/evicting_layer.h"
 #include "runtime/preset.h"
 #include "runtime/rope.h"
 
@@ -25,7 +26,8 @@ struct compressed_cache::stream {
 
 struct compressed_cache::layer_state {
   std::int64_t n = 0, p0 = 0;  // tokens held, position of the first
-  std::vector<stream> k, v;    // [n_kv_heads]
+  std::vector<stream> k, v;    // [n_kv_heads]; empty under eviction
+  std::unique_ptr<evicting_layer> ev;  // token eviction / guard (runtime/eviction/)
 };
 
 namespace {
@@ -75,16 +77,12 @@ compressed_cache::compressed_cache(const preset_recipe& r, const std::vector<ten
   const std::size_t P = static_cast<std::size_t>(opt.page_tokens);
   for (int l = 0; l < dims.n_layers; ++l) {
     const layer_recipe& lr = r.layers[static_cast<std::size_t>(l)];
-    // Eviction (issue 10) plugs in here: policies other than `full`, budgets and the guard need
-    // token scores and an index store; until then they are refused, never silently ignored.
-    KVCAL_CHECK(lr.policy.kind == token_policy_kind::full, source, ": layers[", l,
-                "].policy: token policy '", token_policy_name(lr.policy.kind),
-                "' is not implemented in the runtime yet (eviction); only 'full'");
-    KVCAL_CHECK(lr.budget.kind == budget_kind::none, source, ": layers[", l,
-                "].budget: budgets need eviction, not implemented in the runtime yet");
-    KVCAL_CHECK(lr.guard == 0.0, source, ": layers[", l,
-                "].guard: the high-precision guard needs token scores (eviction), not "
-                "implemented in the runtime yet");
+    // Token policies, budgets and the guard: the layer goes to runtime/eviction/evicting_layer.
+    const bool evicting = lr.policy.kind != token_policy_kind::full ||
+                          lr.budget.kind != budget_kind::none || lr.guard > 0.0;
+    KVCAL_CHECK(!evicting || opt.sinks == 0, source, ": layers[", l,
+                "]: the sinks cache option does not combine with token policy '",
+                token_policy_name(lr.policy.kind), "' / guard (use the window policy's sinks)");
     std::int64_t w = lr.residual;
     if (r.adaptive.enabled) w = std::max(w, r.adaptive.keep_recent);
     layer_window_.push_back(w);
@@ -120,6 +118,24 @@ compressed_cache::compressed_cache(const preset_recipe& r, const std::vector<ten
         streams.push_back(std::move(s));
       }
     }
+    if (evicting) {
+      evicting_layer_params ep;
+      ep.layer = l;
+      ep.n_heads = dims.n_heads;
+      ep.n_kv_heads = dims.n_kv_heads;
+      ep.head_dim = d;
+      ep.window = w;
+      ep.compress_after = r.adaptive.enabled ? r.adaptive.compress_after : -1;
+      ep.sliding_window = dims.sliding_window;
+      ep.page_tokens = opt.page_tokens;
+      std::vector<std::unique_ptr<kv_codec>> kc, vc;
+      for (auto& s : L->k) kc.push_back(std::move(s.codec));
+      for (auto& s : L->v) vc.push_back(std::move(s.codec));
+      L->k.clear();
+      L->v.clear();
+      L->ev = std::make_unique<evicting_layer>(lr, ep, std::move(kc), std::move(vc), tensors,
+                                               &pool_, source);
+    }
     layers_.push_back(std::move(L));
   }
   int max_block = 1;
@@ -143,6 +159,7 @@ void compressed_cache::reserve(std::int64_t max_context, std::int64_t max_step) 
   std::map<std::size_t, std::size_t> pages;  // page bytes -> pages needed
   std::size_t max_rank = 0;
   for (std::size_t l = 0; l < layers_.size(); ++l) {
+    if (layers_[l]->ev) layers_[l]->ev->reserve(max_context, max_step);
     std::int64_t win = layer_window_[l];
     if (recipe_.adaptive.enabled) win = std::max(win, recipe_.adaptive.compress_after);
     for (auto* streams : {&layers_[l]->k, &layers_[l]->v}) {
@@ -177,11 +194,18 @@ void compressed_cache::reserve(std::int64_t max_context, std::int64_t max_step) 
 }
 
 void compressed_cache::append(int layer, const float* k_pre, const float* v,
-                              const std::int64_t* positions, std::int64_t T) {
+                              const std::int64_t* positions, std::int64_t T,
+                              const float* maybe_hidden, std::int64_t hidden_size) {
   KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers, "append: layer ", layer, " out of range [0, ",
               dims_.n_layers, ")");
   KVCAL_CHECK(T >= 1, "append: no tokens");
   layer_state& L = *layers_[static_cast<std::size_t>(layer)];
+  if (L.ev) {
+    L.ev->append(k_pre, v, positions, T, maybe_hidden, hidden_size);
+    L.n = L.ev->max_held();
+    L.p0 = L.ev->first_position();
+    return;
+  }
   if (L.n == 0) {
     KVCAL_CHECK(positions[0] >= 0, "append: negative position ", positions[0]);
     L.p0 = positions[0];
@@ -209,13 +233,9 @@ void compressed_cache::append(int layer, const float* k_pre, const float* v,
   evict(layer);
 }
 
-// Token eviction (issue 10). Under `full` every token stays. The policies will act here, after
-// compression: pick the tokens to drop per KV head from scores (window / sinks by position, H2O
-// and LRU from the attention attend() computes, learned from the preset's scorer), release their
-// records — fp16 window tokens and per-token records drop one by one; per-channel blocks only as a
-// whole, so the policy scores blocks or keeps partial ones — and record the kept positions in an
-// index store (int32 per kept token per KV head, as the byte accounting counts) that
-// decode_stream() and the RoPE tables then follow instead of p0 + t.
+// Token eviction (issue 10) lives in runtime/eviction/evicting_layer.h, which holds every layer
+// with a policy other than `full` (or a guard) and evicts at the end of its attend(); the layers
+// that reach this point keep every token.
 void compressed_cache::evict(int layer) {
   const layer_recipe& lr = recipe_.layers[static_cast<std::size_t>(layer)];
   KVCAL_ASSERT(lr.policy.kind == token_policy_kind::full,
@@ -269,6 +289,7 @@ void compressed_cache::reconstruct(int layer, int kv_head, bool value, float* ou
   KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers && kv_head >= 0 && kv_head < dims_.n_kv_heads,
               "reconstruct: layer ", layer, " / KV head ", kv_head, " out of range");
   layer_state& L = *layers_[static_cast<std::size_t>(layer)];
+  if (L.ev) return L.ev->reconstruct(kv_head, value, out);
   decode_stream((value ? L.v : L.k)[static_cast<std::size_t>(kv_head)], L.n, false, out);
 }
 
@@ -291,6 +312,11 @@ void compressed_cache::attend(int layer, const float* q_rope, const std::int64_t
   if (rope_.type == rope_type::dynamic)  // frequencies follow the sequence length
     attention_scaling_ =
         rope_inv_freq(rope_, d, dims_.max_position_embeddings, max_pos + 1, inv_freq_.data());
+  if (L.ev) {
+    L.ev->attend(q_rope, positions, T, out, inv_freq_.data(), attention_scaling_);
+    L.n = L.ev->max_held();
+    return;
+  }
   float* k = scratch(k_, static_cast<std::size_t>(n) * D);
   float* v = scratch(v_, static_cast<std::size_t>(n) * D);
   float* cs = scratch(cos_, static_cast<std::size_t>(n) * D / 2);
@@ -389,6 +415,17 @@ std::int64_t compressed_cache::length(int layer) const {
   return layers_[static_cast<std::size_t>(layer)]->n;
 }
 
+std::int64_t compressed_cache::seen(int layer) const {
+  KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers, "layer ", layer, " out of range");
+  const layer_state& L = *layers_[static_cast<std::size_t>(layer)];
+  return L.ev ? L.ev->seen() : L.n;
+}
+
+const evicting_layer* compressed_cache::eviction(int layer) const {
+  KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers, "layer ", layer, " out of range");
+  return layers_[static_cast<std::size_t>(layer)]->ev.get();
+}
+
 std::int64_t compressed_cache::first_position(int layer) const {
   KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers, "layer ", layer, " out of range");
   return layers_[static_cast<std::size_t>(layer)]->p0;
@@ -398,6 +435,7 @@ std::int64_t compressed_cache::compressed_tokens(int layer, int kv_head, bool va
   KVCAL_CHECK(layer >= 0 && layer < dims_.n_layers && kv_head >= 0 && kv_head < dims_.n_kv_heads,
               "layer ", layer, " / KV head ", kv_head, " out of range");
   const layer_state& L = *layers_[static_cast<std::size_t>(layer)];
+  if (L.ev) return L.ev->compressed_tokens(kv_head, value);
   return (value ? L.v : L.k)[static_cast<std::size_t>(kv_head)].compressed;
 }
 
@@ -407,6 +445,16 @@ cache_stats compressed_cache::stats() const {
   st.bytes_reserved = pool_.bytes_reserved();
   st.system_allocations = pool_.system_allocations();
   for (const auto& L : layers_) {
+    if (L->ev) {  // tokens: held; fp16_bytes: the context seen (the tokens the cache stands for)
+      const std::size_t held = L->ev->add_stats(st.compressed.data(), st.fp16_window, st.index,
+                                                st.centroids, st.bytes_used, st.bookkeeping_bytes);
+      st.tokens.push_back(L->ev->max_held());
+      st.layer_bytes_held.push_back(held);
+      st.bytes_held += held;
+      st.fp16_bytes +=
+          static_cast<double>(L->ev->seen()) * dims_.n_kv_heads * dims_.head_dim * 2.0 * 2.0;
+      continue;
+    }
     std::size_t layer_held = 0;
     for (const auto* streams : {&L->k, &L->v}) {
       for (const auto& s : *streams) {
@@ -436,6 +484,7 @@ void compressed_cache::reset() {
   rope_valid_ = 0;
   for (auto& L : layers_) {
     L->n = L->p0 = 0;
+    if (L->ev) L->ev->reset();
     for (auto* streams : {&L->k, &L->v}) {
       for (auto& s : *streams) {
         s.sinks.clear();

@@ -21,12 +21,12 @@
 // After reserve(max_context, max_new_tokens) append and attend allocate nothing (the scratch of
 // attention is O(tokens x head_dim) per layer, sized there).
 //
-// Scope: batch 1 (one sequence; the model adapter loops over rows with one cache each); token
-// policy `full` only — eviction (window, h2o, lru, cluster, learned), budgets and the guard come
-// with issue 10, in the private evict() step that runs after each append (a no-op under `full`;
-// compressed_cache.cpp says what it will do). Positions within
-// a layer must be consecutive (a full cache then needs no stored positions, as the byte
-// accounting assumes). Not thread-safe.
+// Token eviction (issue 10): a layer whose recipe has a token policy other than `full` (window,
+// h2o, lru, cluster, learned), a budget or a guard is held by runtime/eviction/evicting_layer.h:
+// per KV head a budget of tokens chosen by the policy from the attention attend() computes,
+// stored positions for RoPE, fp16 guard tokens, cluster centroids; eviction runs at the end of
+// attend(). Appended positions must be consecutive. Batch 1 (one sequence; the model adapter
+// loops over rows with one cache each). Not thread-safe.
 //
 //   kvcal::preset_file p("kivi-2.safetensors");
 //   kvcal::compressed_cache cache(p.recipe(), p.tensors().tensors(), {28, 28, 4, 128, 32768});
@@ -48,6 +48,8 @@
 #include "runtime/preset_recipe.h"
 
 namespace kvcal {
+
+class evicting_layer;
 
 struct cache_dims {
   int n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
@@ -80,7 +82,10 @@ struct cache_stats {
   double fp16_bytes = 0;               // the same tokens as fp16 K+V
   // Compressed records by method (index: kv_method_kind), and the fp16 sinks + windows.
   std::array<method_bytes, 4> compressed{};
-  method_bytes fp16_window;
+  method_bytes fp16_window;  // under eviction: every fp16 row (window, sinks, guard, leftovers)
+  method_bytes index;        // eviction: int32 positions of held tokens (tokens: per KV head)
+  method_bytes centroids;    // cluster policy: fp16 K and V centroids (tokens: centroids)
+  std::size_t bookkeeping_bytes = 0;  // eviction's token tables (scores, places), heap, not pages
   double ratio() const { return bytes_held ? fp16_bytes / static_cast<double>(bytes_held) : 0; }
 };
 
@@ -101,8 +106,10 @@ class compressed_cache {
   void reserve(std::int64_t max_context, std::int64_t max_step);
 
   // k_pre, v: [T, n_kv, d] (keys before RoPE); positions: [T], consecutive, continuing the layer.
+  // maybe_hidden: [T, hidden_size], the hidden state entering attention (learned eviction on
+  // hidden-state features needs it; ignored otherwise).
   void append(int layer, const float* k_pre, const float* v, const std::int64_t* positions,
-              std::int64_t T);
+              std::int64_t T, const float* maybe_hidden = nullptr, std::int64_t hidden_size = 0);
   // q_rope: [n_heads, T, d] (queries after RoPE); positions: [T]; out: [n_heads, T, d].
   // Query t sees the held tokens at positions <= positions[t] (and > positions[t] - window with
   // a sliding window); at least one must be held.
@@ -112,8 +119,14 @@ class compressed_cache {
   // Keys (before RoPE) or values of one KV head as the cache would attend them. out: [length, d].
   void reconstruct(int layer, int kv_head, bool value, float* out);
 
+  // Tokens held by the layer (under eviction: the most any KV head holds).
   std::int64_t length(int layer) const;
+  // Tokens appended to the layer (the next position is first_position + seen).
+  std::int64_t seen(int layer) const;
   std::int64_t first_position(int layer) const;
+  // The layer's eviction state (policies, positions, scores, centroids), null under `full`
+  // without a guard.
+  const evicting_layer* eviction(int layer) const;
   // Tokens of this stream held by its codec (not in sinks or the fp16 window).
   std::int64_t compressed_tokens(int layer, int kv_head, bool value) const;
   cache_stats stats() const;
