@@ -6,6 +6,8 @@
 #include "kernels/common/build_info.h"
 #include "kernels/common/cuda_device.h"
 #include "runtime/preset_recipe.h"
+#include "train/ae_train.h"
+#include "train/policy_train.h"
 
 namespace kvcal::cli {
 
@@ -17,7 +19,11 @@ void print_version(std::ostream& out) {
       << "  " << preset_format_name << "         version " << preset_format_version
       << " read/write (one-file KV compression recipe + tensors)\n"
       << "  " << pca_format_name << "            version " << pca_format_version
-      << " read/write (fit-pca bases, eigenvalues, means, ranks)\n";
+      << " read/write (fit-pca bases, eigenvalues, means, ranks)\n"
+      << "  " << ae_format_name << "             version " << ae_format_version
+      << " write; export reads (train-ae autoencoder weights)\n"
+      << "  " << policy_format_name << "         version " << policy_format_version
+      << " write; export reads (train-policy eviction scorer weights)\n";
   out << "build:   CUDA " << (build_with_cuda() ? "compiled in" : "not compiled") << ", libtorch "
       << build_torch_version() << "\n";
   out << "devices: " << cuda_device_summary() << "\n";
