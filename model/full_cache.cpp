@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <limits>
-#include <mutex>
 
 #include "kernels/common/error.h"
 
@@ -18,16 +17,38 @@ namespace kvcal {
 namespace {
 
 #if KVCAL_HAVE_SDPA
-// torch >= 2.5 may pick the cuDNN SDPA backend, which builds a new execution plan for every new
-// key length: ~50 ms per decode step (measured on an H200 with torch 2.11, against 0.05 ms for
-// flash). Decode changes the key length every step, so that backend is switched off (a
-// process-wide setting of libtorch, done once, the first time attention runs on CUDA).
-void avoid_per_shape_sdpa_backends() {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
-  static std::once_flag once;
-  std::call_once(once, [] { at::globalContext().setSDPUseCuDNN(false); });
+#define KVCAL_HAVE_CUDNN_SDPA_SWITCH 1
 #endif
-}
+// torch >= 2.5 may pick the cuDNN SDPA backend, which builds an execution plan per new shape:
+// ~50 ms per decode step, where the key length grows every step (measured on an H200 with torch
+// 2.11, against 0.05 ms for flash). It stays allowed (if the user allows it) for a prefill that
+// starts a sequence, whose shapes repeat (eval windows, benchmark lengths); every other call runs
+// with it switched off. libtorch's switch is process-wide, so it is restored on scope exit.
+class sdpa_backend_scope {
+ public:
+  explicit sdpa_backend_scope(bool allow_cudnn) {
+#ifdef KVCAL_HAVE_CUDNN_SDPA_SWITCH
+    saved_ = at::globalContext().userEnabledCuDNNSDP();
+    if (!allow_cudnn && saved_) {
+      at::globalContext().setSDPUseCuDNN(false);
+      changed_ = true;
+    }
+#else
+    (void)allow_cudnn;
+#endif
+  }
+  ~sdpa_backend_scope() {
+#ifdef KVCAL_HAVE_CUDNN_SDPA_SWITCH
+    if (changed_) at::globalContext().setSDPUseCuDNN(saved_);
+#endif
+  }
+  sdpa_backend_scope(const sdpa_backend_scope&) = delete;
+  sdpa_backend_scope& operator=(const sdpa_backend_scope&) = delete;
+
+ private:
+  bool saved_ = false, changed_ = false;
+};
 #endif
 
 // [rep T, S] bool: query row (r, t) at position q_start + t may read key j.
@@ -85,7 +106,7 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
 
 #if KVCAL_HAVE_SDPA
   if (q_in.is_cuda()) {
-    avoid_per_shape_sdpa_backends();
+    const sdpa_backend_scope backends(/*allow_cudnn=*/plain_causal && T > 1);
     if (plain_causal && T > 1) {
       // Prefill that starts the sequence: the fused causal kernel over KV heads repeated to the
       // query heads (a copy of this call's K/V, cheap next to the attention itself).

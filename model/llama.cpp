@@ -1,5 +1,7 @@
 #include "model/llama.h"
 
+#include <c10/core/InferenceMode.h>
+
 #include <fstream>
 
 #include "kernels/common/error.h"
@@ -8,9 +10,8 @@ namespace kvcal {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xf = x.to(at::kFloat);
-  at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * at::rsqrt(variance + eps);
-  return weight * xf.to(x.scalar_type());
+  at::Tensor inv_rms = xf.pow(2).mean(-1, /*keepdim=*/true).add_(eps).rsqrt_();
+  return weight * (xf * inv_rms).to(x.scalar_type());
 }
 
 llama_model::llama_model(std::string dir, std::shared_ptr<const model_config> cfg,
@@ -42,6 +43,8 @@ llama_model llama_model::load(const std::string& dir, const model_config& cfg, a
 
 at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
                                 const forward_options& opt) const {
+  // No autograd bookkeeping: fewer dispatcher steps per op (decode is launch-bound).
+  c10::InferenceMode inference;
   const model_config& c = *cfg_;
   KVCAL_CHECK(ids_in.dim() == 2 && ids_in.size(1) > 0,
               "forward: ids must be [B, T] with T > 0, got ", ids_in.sizes());
@@ -69,11 +72,14 @@ at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
     const int layer = static_cast<int>(li);
     at::Tensor h = rms_norm(x, L.input_norm, c.rms_norm_eps);  // [B, T, hidden]
     at::Tensor qkv = at::linear(h, L.w_qkv, L.b_qkv);          // [B, T, (nq + 2 nkv) d]
-    at::Tensor q = qkv.narrow(-1, 0, nq * d).view({B, T, nq, d}).transpose(1, 2);  // [B, nq, T, d]
-    at::Tensor k = qkv.narrow(-1, nq * d, nkv * d).view({B, T, nkv, d}).transpose(1, 2);
+    // q and k heads side by side: one RoPE application for both.
+    at::Tensor qk = qkv.narrow(-1, 0, (nq + nkv) * d).view({B, T, nq + nkv, d});
+    at::Tensor qk_rope = apply_rope_bthd(qk, cs);          // [B, T, nq + nkv, d]
+    at::Tensor q = qk.narrow(2, 0, nq).transpose(1, 2);    // [B, nq, T, d]
+    at::Tensor k = qk.narrow(2, nq, nkv).transpose(1, 2);  // [B, nkv, T, d]
     at::Tensor v = qkv.narrow(-1, (nq + nkv) * d, nkv * d).view({B, T, nkv, d}).transpose(1, 2);
-    at::Tensor q_rope = apply_rope(q, cs);  // [B, nq, T, d]
-    at::Tensor k_rope = apply_rope(k, cs);  // [B, nkv, T, d]
+    at::Tensor q_rope = qk_rope.narrow(2, 0, nq).transpose(1, 2);    // [B, nq, T, d]
+    at::Tensor k_rope = qk_rope.narrow(2, nq, nkv).transpose(1, 2);  // [B, nkv, T, d]
     if (opt.maybe_hook) {
       layer_activations a;
       a.layer = layer;

@@ -51,7 +51,9 @@ class llama_model {
   const std::string& dir() const { return dir_; }
 
   // ids: [B, T] int64. Positions start at cache.length(). Returns logits float32 [B, T, vocab]
-  // (all), [B, 1, vocab] (last) or an undefined tensor (none).
+  // (all), [B, 1, vocab] (last) or an undefined tensor (none). Runs under c10::InferenceMode:
+  // tensors it creates (logits, hook activations, cache buffers allocated meanwhile) are
+  // inference tensors: read them freely, copy them before modifying them in place elsewhere.
   at::Tensor forward(const at::Tensor& ids, kv_cache& cache, const forward_options& opt = {}) const;
 
  private:

@@ -160,14 +160,30 @@ rope_cos_sin rope::cos_sin(const at::Tensor& positions, std::int64_t max_positio
     cos = cos * scaling;
     sin = sin * scaling;
   }
-  return {cos.to(dtype), sin.to(dtype)};
+  const std::int64_t half = cos.size(-1) / 2;
+  at::Tensor sin_rot = at::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1);
+  return {cos.to(dtype), sin.to(dtype), sin_rot.to(dtype)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const rope_cos_sin& cs) {
+namespace {
+
+// x cos + cat(x2, x1) sin_rot == x cos + rotate_half(x) sin  (the signs live in sin_rot).
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin_rot) {
   const std::int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  at::Tensor rotated = at::cat({-x2, x1}, -1);
-  return x * cs.cos + rotated * cs.sin;
+  at::Tensor swapped = at::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  at::Tensor out = x * cos;
+  out.addcmul_(swapped, sin_rot);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor apply_rope(const at::Tensor& x, const rope_cos_sin& cs) {
+  return rotate(x, cs.cos, cs.sin_rot);  // cos/sin [T, d] broadcast over [B, H, T, d]
+}
+
+at::Tensor apply_rope_bthd(const at::Tensor& x, const rope_cos_sin& cs) {
+  return rotate(x, cs.cos.unsqueeze(1), cs.sin_rot.unsqueeze(1));  // [T, 1, d] over [B, T, H, d]
 }
 
 }  // namespace kvcal

@@ -23,8 +23,10 @@
 namespace kvcal {
 
 struct rope_cos_sin {
-  at::Tensor cos;  // [T, d] in the compute dtype, scaled by the attention factor
-  at::Tensor sin;  // [T, d]
+  at::Tensor cos;      // [T, d] in the compute dtype, scaled by the attention factor
+  at::Tensor sin;      // [T, d]
+  at::Tensor sin_rot;  // [T, d] sin with its first half negated: rotate_half(x) sin =
+                       // cat(x2, x1) sin_rot (one op less per application)
 };
 
 // inv_freq [d/2] fp32 on the CPU and the attention scaling, as ROPE_INIT_FUNCTIONS[type](config,
@@ -54,5 +56,7 @@ class rope {
 
 // x: [B, H, T, d]; cos/sin [T, d] (broadcast over B and H). Returns x cos + rotate_half(x) sin.
 at::Tensor apply_rope(const at::Tensor& x, const rope_cos_sin& cs);
+// The same for x in [B, T, H, d] layout (heads of q and k side by side in one projection).
+at::Tensor apply_rope_bthd(const at::Tensor& x, const rope_cos_sin& cs);
 
 }  // namespace kvcal
