@@ -148,7 +148,7 @@ struct cache_case {
 };
 
 cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int group,
-                      const std::vector<int>& lens) {
+                      const std::vector<int>& lens, int vgroup = 0) {
   cache_case c;
   c.B = B;
   c.n_kv = n_kv;
@@ -161,7 +161,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
   const std::size_t D = static_cast<std::size_t>(d);
   if (bits != 16) {
     c.krb = k_record_bytes(d, bits, group);
-    c.vgroup = group <= d ? group : 32;
+    c.vgroup = vgroup > 0 ? vgroup : group <= d ? group : 32;
     c.vrb = v_record_bytes(d, bits, c.vgroup);
     c.k_slot_records = max_n / group + 1;
     c.v_slot_records = max_n;
@@ -454,16 +454,21 @@ TEST_CASE("decode attention over packed K/V + fp16 window matches the CPU refere
           kAttentionBound, ")");
 }
 
-TEST_CASE("decode attention: more than 8 query heads per KV head, RoPE attention scaling") {
+TEST_CASE("decode attention: > 16 query heads per KV head, RoPE attention scaling, V groups 8 / 16") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(13);
-  for (int ratio : {12, 16}) {
+  for (int ratio : {12, 16, 20}) {
     CAPTURE(ratio);
     const cache_case c = build_case(rng, 3, 2, 128, 4, 32, {300, 77, 1});
     CHECK(attention_error(rng, c, ratio, 1.0f) <= kAttentionBound);
   }
   const cache_case c = build_case(rng, 1, 4, 64, 2, 64, {1000});
   CHECK(attention_error(rng, c, 7, 1.25f) <= kAttentionBound);
+  for (int vgroup : {8, 16}) {  // several V scale groups per lane
+    CAPTURE(vgroup);
+    const cache_case cv = build_case(rng, 3, 2, 128, 4, 32, {333, 64, 200}, vgroup);
+    CHECK(attention_error(rng, cv, 4, 1.0f) <= kAttentionBound);
+  }
 }
 
 TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {

@@ -15,21 +15,23 @@ constexpr int kHeadTile = 16;  // query heads per CTA: the 16 rows of the mma ti
 // ---- device helpers --------------------------------------------------------------------------
 
 // NB bytes at p (aligned to min(NB, 16)) as 32-bit words; NB = 2 fills the low half of w[0].
+// Cache bytes are read-only during a launch: read-only loads (ld.global.nc) let the compiler
+// issue the loads of all rounds of a tile before the shared-memory stores of the first.
 template <int NB>
 __device__ __forceinline__ void load_words(const std::uint8_t* p, unsigned* w) {
   if constexpr (NB == 2) {
-    w[0] = *reinterpret_cast<const unsigned short*>(p);
+    w[0] = __ldg(reinterpret_cast<const unsigned short*>(p));
   } else if constexpr (NB == 4) {
-    w[0] = *reinterpret_cast<const unsigned*>(p);
+    w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
   } else if constexpr (NB == 8) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
     w[0] = u.x;
     w[1] = u.y;
   } else {
     static_assert(NB % 16 == 0, "load_words: 2, 4, 8 or a multiple of 16 bytes");
 #pragma unroll
     for (int i = 0; i < NB / 16; ++i) {
-      const uint4 u = reinterpret_cast<const uint4*>(p)[i];
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
       w[4 * i] = u.x;
       w[4 * i + 1] = u.y;
       w[4 * i + 2] = u.z;
@@ -96,94 +98,118 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const __half* p) {
                : "memory");
 }
 
+// A code (< 2^23) as a float without the quarter-rate I2F: 2^23 + code, minus 2^23 (exact).
+__device__ __forceinline__ float code_float(unsigned code) {
+  return __uint_as_float(0x4B000000u | code) - 8388608.0f;
+}
+
 // Up to 8 bytes at a 2-byte (NB = 2) or 4-byte aligned address as 32-bit words.
 template <int NB>
 __device__ __forceinline__ void load_words4(const std::uint8_t* p, unsigned* w) {
   if constexpr (NB == 2) {
-    w[0] = *reinterpret_cast<const unsigned short*>(p);
+    w[0] = __ldg(reinterpret_cast<const unsigned short*>(p));
   } else {
 #pragma unroll
-    for (int i = 0; i < NB / 4; ++i) w[i] = reinterpret_cast<const unsigned*>(p)[i];
+    for (int i = 0; i < NB / 4; ++i) w[i] = __ldg(reinterpret_cast<const unsigned*>(p) + i);
   }
 }
 
+// Layout of the in-tile RoPE rows in smem: pair c of row j at j * RROW + (c / P) * SB + c % P.
+// The skew makes the 16-byte reads of a quarter warp (2 tokens x 4 lanes) hit 8 different bank
+// groups (P = d / 8 pairs per lane).
+template <int D>
+struct rot_layout {
+  static constexpr int P = D / 8;
+  static constexpr int SB = P == 16 ? 24 : 12;
+  static constexpr int RROW = P == 16 ? 4 * SB + 4 : 4 * SB;
+  static __device__ __forceinline__ int at(int j, int c) { return j * RROW + (c / P) * SB + c % P; }
+};
+
 // Writes key t (rotated by its in-tile angle j f, fp16) to row j of the warp's tile in smem:
-// lane s of the token handles pairs [s*P, s*P+P) (channels c and c + d/2).
+// lane s of the token handles pairs [s*P, s*P+P) (channels c and c + d/2), 8 pairs at a time
+// (16-byte loads and conflict-free 16-byte stores). rot: the row j of the skewed RoPE rows.
 template <int D, int BITS, int GROUP>
 __device__ __forceinline__ void key_to_smem(const packed_kv_view& kv, std::int64_t slot, int t,
                                             bool valid, int kc, int s, const float* rcos,
                                             const float* rsin, __half* row_out) {
-  constexpr int P = D / 8, HALF = D / 2;
-  float lo[P], hi[P];
-  if (!valid) {
-#pragma unroll
-    for (int i = 0; i < P; ++i) lo[i] = hi[i] = 0.0f;
-  } else {
-    bool done = false;
-    if constexpr (BITS != 16) {
-      if (t < kc) {
-        constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
-        const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + t / GROUP) * REC;
-        const int row = t % GROUP;
-        unsigned cl[P], ch[P];
-        load_codes<P, BITS>(rec + 4 * D, row * D + s * P, cl);
-        load_codes<P, BITS>(rec + 4 * D, row * D + HALF + s * P, ch);
-        const __half* scales = reinterpret_cast<const __half*>(rec);
-        const __half* zeros = scales + D;
-#pragma unroll
-        for (int i0 = 0; i0 < P; i0 += 4) {
-          float sl[4], sh[4], zl[4], zh[4];
-          load_halves<4>(scales + s * P + i0, sl);
-          load_halves<4>(scales + HALF + s * P + i0, sh);
-          load_halves<4>(zeros + s * P + i0, zl);
-          load_halves<4>(zeros + HALF + s * P + i0, zh);
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            lo[i0 + u] = zl[u] + static_cast<float>(cl[i0 + u]) * sl[u];
-            hi[i0 + u] = zh[u] + static_cast<float>(ch[i0 + u]) * sh[u];
-          }
-        }
-        done = true;
-      }
-    }
-    if (!done) {
-      const __half* src = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
-#pragma unroll
-      for (int i0 = 0; i0 < P; i0 += 4) {
-        load_halves<4>(src + s * P + i0, lo + i0);
-        load_halves<4>(src + HALF + s * P + i0, hi + i0);
-      }
+  constexpr int P = D / 8, HALF = D / 2, SB = rot_layout<D>::SB;
+  // The lane's packed codes stay packed (P * BITS bits per half) until used.
+  constexpr int CB = BITS == 16 ? 4 : P * BITS / 8, NW = CB / 4 > 0 ? CB / 4 : 1;
+  bool quant = false;
+  const std::uint8_t* rec = nullptr;
+  unsigned wl[NW], wh[NW];
+  if constexpr (BITS != 16) {
+    if (valid && t < kc) {
+      constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
+      rec = kv.k_rec + (slot * kv.k_slot_records + t / GROUP) * REC;
+      const int row = t % GROUP;
+      load_words<CB>(rec + 4 * D + (row * D + s * P) * BITS / 8, wl);
+      load_words<CB>(rec + 4 * D + (row * D + HALF + s * P) * BITS / 8, wh);
+      quant = true;
     }
   }
+  const __half* src = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
 #pragma unroll
-  for (int i0 = 0; i0 < P; i0 += 4) {
-    const float4 c = *reinterpret_cast<const float4*>(rcos + s * P + i0);
-    const float4 sn = *reinterpret_cast<const float4*>(rsin + s * P + i0);
-    const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sn.x, sn.y, sn.z, sn.w};
-    float rl[4], rh[4];
+  for (int i0 = 0; i0 < P; i0 += 8) {
+    float lo[8], hi[8];
+    if (!valid) {
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      rl[u] = lo[i0 + u] * cc[u] - hi[i0 + u] * ss[u];
-      rh[u] = hi[i0 + u] * cc[u] + lo[i0 + u] * ss[u];
+      for (int u = 0; u < 8; ++u) lo[u] = hi[u] = 0.0f;
+    } else if (quant) {
+      const __half* scales = reinterpret_cast<const __half*>(rec);
+      const __half* zeros = scales + D;
+      float sl[8], sh[8], zl[8], zh[8];
+      load_halves<8>(scales + s * P + i0, sl);
+      load_halves<8>(scales + HALF + s * P + i0, sh);
+      load_halves<8>(zeros + s * P + i0, zl);
+      load_halves<8>(zeros + HALF + s * P + i0, zh);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        constexpr unsigned mask = BITS == 16 ? 0u : (1u << BITS) - 1u;
+        const int bit = (i0 + u) * BITS;
+        lo[u] = zl[u] + code_float((wl[bit / 32] >> (bit % 32)) & mask) * sl[u];
+        hi[u] = zh[u] + code_float((wh[bit / 32] >> (bit % 32)) & mask) * sh[u];
+      }
+    } else {
+      load_halves<8>(src + s * P + i0, lo);
+      load_halves<8>(src + HALF + s * P + i0, hi);
     }
-    *reinterpret_cast<uint2*>(row_out + s * P + i0) =
-        make_uint2(pack_half2(rl[0], rl[1]), pack_half2(rl[2], rl[3]));
-    *reinterpret_cast<uint2*>(row_out + HALF + s * P + i0) =
-        make_uint2(pack_half2(rh[0], rh[1]), pack_half2(rh[2], rh[3]));
+    float rl[8], rh[8];
+#pragma unroll
+    for (int u4 = 0; u4 < 8; u4 += 4) {
+      const float4 c = *reinterpret_cast<const float4*>(rcos + s * SB + i0 + u4);
+      const float4 sn = *reinterpret_cast<const float4*>(rsin + s * SB + i0 + u4);
+      const float cc[4] = {c.x, c.y, c.z, c.w}, ss[4] = {sn.x, sn.y, sn.z, sn.w};
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        rl[u4 + u] = lo[u4 + u] * cc[u] - hi[u4 + u] * ss[u];
+        rh[u4 + u] = hi[u4 + u] * cc[u] + lo[u4 + u] * ss[u];
+      }
+    }
+    *reinterpret_cast<uint4*>(row_out + s * P + i0) =
+        make_uint4(pack_half2(rl[0], rl[1]), pack_half2(rl[2], rl[3]), pack_half2(rl[4], rl[5]),
+                   pack_half2(rl[6], rl[7]));
+    *reinterpret_cast<uint4*>(row_out + HALF + s * P + i0) =
+        make_uint4(pack_half2(rh[0], rh[1]), pack_half2(rh[2], rh[3]), pack_half2(rh[4], rh[5]),
+                   pack_half2(rh[6], rh[7]));
   }
 }
 
-// Writes value t (fp16) to row j of the warp's tile: lane s of the token handles channels
-// [s*D/4, (s+1)*D/4) in chunks of 8 (vgi[k] = scale group of chunk k, ng groups per record).
+// Chunk k (8 channels) of lane s for values: chunks 2s, 2s+1, 2s+8, 2s+9 (d = 128) or 2s, 2s+1
+// (d = 64), so that the 16-byte stores of a quarter warp land in 8 different bank groups.
+__device__ __forceinline__ int value_chunk(int s, int k) { return 2 * s + (k & 1) + (k >> 1) * 8; }
+
+// Writes value t (fp16) to row j of the warp's tile, the lane's chunks of 8 channels
+// (vgi[k] = scale group of chunk k, ng groups per record).
 template <int D, int BITS>
 __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int64_t slot, int t,
                                               bool valid, int vc, int s, const int* vgi, int ng,
                                               __half* row_out) {
-  constexpr int CH = D / 4, NCH = CH / 8;
+  constexpr int NCH = D / 32;
   if (!valid) {
 #pragma unroll
     for (int k = 0; k < NCH; ++k)
-      *reinterpret_cast<uint4*>(row_out + s * CH + 8 * k) = make_uint4(0u, 0u, 0u, 0u);
+      *reinterpret_cast<uint4*>(row_out + 8 * value_chunk(s, k)) = make_uint4(0u, 0u, 0u, 0u);
     return;
   }
   if constexpr (BITS != 16) {
@@ -192,17 +218,20 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
       const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
       const __half* hs = reinterpret_cast<const __half*>(rec);
       const std::uint8_t* codes = rec + 4 * ng;
+      float sc = 0.0f, ze = 0.0f;
 #pragma unroll
       for (int k = 0; k < NCH; ++k) {
-        const int c0 = s * CH + 8 * k;
-        const float sc = __half2float(hs[vgi[k]]), ze = __half2float(hs[ng + vgi[k]]);
+        const int c0 = 8 * value_chunk(s, k);
+        if (k == 0 || vgi[k] != vgi[k - 1]) {
+          sc = __half2float(__ldg(hs + vgi[k]));
+          ze = __half2float(__ldg(hs + ng + vgi[k]));
+        }
         unsigned w[BITS >= 8 ? 2 : 1];  // 8 codes = BITS bytes
         load_words4<BITS>(codes + c0 * BITS / 8, w);
         float x[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u)
-          x[u] = ze + static_cast<float>((w[u * BITS / 32] >> ((u * BITS) % 32)) &
-                                         ((1u << BITS) - 1u)) * sc;
+          x[u] = ze + code_float((w[u * BITS / 32] >> ((u * BITS) % 32)) & ((1u << BITS) - 1u)) * sc;
         *reinterpret_cast<uint4*>(row_out + c0) =
             make_uint4(pack_half2(x[0], x[1]), pack_half2(x[2], x[3]), pack_half2(x[4], x[5]),
                        pack_half2(x[6], x[7]));
@@ -212,59 +241,19 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
   }
   const __half* src = kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D;
 #pragma unroll
-  for (int k = 0; k < NCH; ++k)
-    *reinterpret_cast<uint4*>(row_out + s * CH + 8 * k) =
-        *reinterpret_cast<const uint4*>(src + s * CH + 8 * k);
-}
-
-__device__ __forceinline__ void prefetch_l2(const void* ptr) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
-}
-
-// Asks L2 for the bytes of the tile at p0 (K and V), so that the loads of the next tile find
-// them there instead of waiting on DRAM one round at a time.
-template <int D, int BITS, int GROUP>
-__device__ __forceinline__ void prefetch_tile(const packed_kv_view& kv, std::int64_t slot, int p0,
-                                              int n, int kc, int vc, int lane) {
-  const int t = p0 + lane;
-  bool k_done = false;
-  if constexpr (BITS != 16) {
-    if (p0 < kc) {
-      constexpr int SZ = 4 * D, CS = 32 * D * BITS / 8, REC = SZ + GROUP * D * BITS / 8;
-      const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
-      for (int i = lane; i < (SZ + CS) / 128; i += 32)
-        prefetch_l2(rec + (i * 128 < SZ ? i * 128 : (p0 % GROUP) * D * BITS / 8 + i * 128));
-      k_done = true;
-    }
+  for (int k = 0; k < NCH; ++k) {
+    const int c0 = 8 * value_chunk(s, k);
+    *reinterpret_cast<uint4*>(row_out + c0) = __ldg(reinterpret_cast<const uint4*>(src + c0));
   }
-  if (t >= n) return;
-  if (!k_done) {
-    const std::uint8_t* row =
-        reinterpret_cast<const std::uint8_t*>(kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D);
-#pragma unroll
-    for (int o = 0; o < D * 2; o += 128) prefetch_l2(row + o);
-  }
-  if constexpr (BITS != 16) {
-    if (t < vc) {
-      const std::int64_t rec_bytes = 4 * (D / kv.v_group) + D * BITS / 8;
-      const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
-      prefetch_l2(rec);
-      prefetch_l2(rec + rec_bytes - 1);
-      return;
-    }
-  }
-  const std::uint8_t* row =
-      reinterpret_cast<const std::uint8_t*>(kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D);
-#pragma unroll
-  for (int o = 0; o < D * 2; o += 128) prefetch_l2(row + o);
 }
 
 template <int D>
 struct smem_plan {
-  static constexpr int HALF = D / 2;
   static constexpr int ROW = D + 8;  // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
-  static constexpr std::size_t q_floats = 16 * D;          // [16][D] scaled queries
-  static constexpr std::size_t rot_floats = 2 * 32 * HALF;  // cos, sin [32][HALF]: rows 0..31
+  static constexpr int QROW = D + 8;      // floats per query row (+8: 2-way, the minimum)
+  static constexpr int RROW = rot_layout<D>::RROW;  // floats per (skewed) RoPE row
+  static constexpr std::size_t q_floats = 16 * QROW;        // [16][QROW] scaled queries
+  static constexpr std::size_t rot_floats = 2 * 32 * RROW;  // cos, sin [32][RROW]: rows 0..31
   static constexpr std::size_t bytes =
       (q_floats + rot_floats) * 4 + static_cast<std::size_t>(kWarps) * 32 * ROW * 2;
 };
@@ -282,10 +271,10 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
   using SP = smem_plan<D>;
   constexpr int HALF = D / 2, ROW = SP::ROW, NKS = D / 16, NNT = D / 8, H = kHeadTile;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* qs = reinterpret_cast<float*>(smem_raw);  // [16][D]
-  float* rcos = qs + SP::q_floats;                   // [32][HALF]
-  float* rsin = rcos + 32 * HALF;
-  __half* tiles = reinterpret_cast<__half*>(rsin + 32 * HALF);  // [kWarps][32][ROW]
+  float* qs = reinterpret_cast<float*>(smem_raw);  // [16][QROW]
+  float* rcos = qs + SP::q_floats;                   // [32][RROW]
+  float* rsin = rcos + 32 * SP::RROW;
+  __half* tiles = reinterpret_cast<__half*>(rsin + 32 * SP::RROW);  // [kWarps][32][ROW]
 
   const packed_kv_view& kv = p.kv;
   const int b = blockIdx.z;
@@ -301,17 +290,37 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
   const int ng = BITS == 16 ? 1 : D / kv.v_group;
   int vgi[D / 32];
 #pragma unroll
-  for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : (s * (D / 4) + 8 * k) / kv.v_group;
+  for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : 8 * value_chunk(s, k) / kv.v_group;
 
+  // Queries (scaled) and RoPE rows 0..31 to smem: all loads first (read-only path), then the
+  // stores, so the loads overlap instead of waiting one by one behind a possibly aliasing store.
   const float qscale = p.softmax_scale * 1.4426950408889634f;
-  for (int i = threadIdx.x; i < H * D; i += blockDim.x) {
-    const int h = i / D, c = i % D;
-    qs[i] = h < nh ? p.q[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c] * qscale
-                   : 0.0f;
-  }
-  for (int i = threadIdx.x; i < 32 * HALF; i += blockDim.x) {
-    rcos[i] = p.rope_cos[i];
-    rsin[i] = p.rope_sin[i];
+  {
+    constexpr int NQ = H * D / (32 * kWarps), NR = 32 * HALF / (32 * kWarps);
+    float qv[NQ], cv[NR], sv[NR];
+#pragma unroll
+    for (int k = 0; k < NQ; ++k) {
+      const int i = threadIdx.x + k * 32 * kWarps, h = i / D, c = i % D;
+      qv[k] = h < nh ? __ldg(p.q + (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c)
+                     : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < NR; ++k) {
+      const int i = threadIdx.x + k * 32 * kWarps;
+      cv[k] = __ldg(p.rope_cos + i);
+      sv[k] = __ldg(p.rope_sin + i);
+    }
+#pragma unroll
+    for (int k = 0; k < NQ; ++k) {
+      const int i = threadIdx.x + k * 32 * kWarps;
+      qs[i / D * SP::QROW + i % D] = qv[k] * qscale;
+    }
+#pragma unroll
+    for (int k = 0; k < NR; ++k) {
+      const int i = threadIdx.x + k * 32 * kWarps;
+      rcos[rot_layout<D>::at(i / HALF, i % HALF)] = cv[k];
+      rsin[rot_layout<D>::at(i / HALF, i % HALF)] = sv[k];
+    }
   }
   __syncthreads();
   __half* tile_s = tiles + warp * 32 * ROW;
@@ -326,13 +335,11 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
   const float inv_as = 1.0f / p.rope_attention_scaling;
   for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
-    if (tile + kWarps < tile_end)
-      prefetch_tile<D, BITS, GROUP>(kv, slot, p0 + kWarps * kTile, n, kc, vc, lane);
     // 1. K tile -> smem.
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * HALF, rsin + j * HALF,
+      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW, rsin + j * SP::RROW,
                                   tile_s + j * ROW);
     }
     __syncwarp();
@@ -352,7 +359,7 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
         const float2 ss = __ldg(reinterpret_cast<const float2*>(sin0 + c));
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-          const float* qrow = qs + (r0 + 8 * rr) * D;
+          const float* qrow = qs + (r0 + 8 * rr) * SP::QROW;
           const float2 x = *reinterpret_cast<const float2*>(qrow + c);
           const float2 y = *reinterpret_cast<const float2*>(qrow + c + HALF);
           alo[rr + 2 * h8] = pack_half2((x.x * cc.x + y.x * ss.x) * inv_as,
@@ -550,7 +557,8 @@ split_plan plan_splits(const decode_attention_params& p) {
   const long ctas = static_cast<long>(p.kv.batch) * n_kv * (n_hg > 0 ? n_hg : 1);
   // One wave of CTAs (3 fit an SM at head_dim 128), each warp with at least one tile; at most
   // 4096 partials per (sequence, head) (the merge keeps their weights in shared memory).
-  const long want = (3L * sm_count() + ctas - 1) / (ctas > 0 ? ctas : 1);
+  long want = 3L * sm_count() / (ctas > 0 ? ctas : 1);
+  if (want < 1) want = 1;
   int tps = static_cast<int>((tiles + want - 1) / (want > 0 ? want : 1));
   if (tps < kWarps) tps = kWarps;
   if ((tiles + tps - 1) / tps > 4096) tps = (tiles + 4095) / 4096;
