@@ -98,11 +98,6 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const __half* p) {
                : "memory");
 }
 
-// A code (< 2^23) as a float without the quarter-rate I2F: 2^23 + code, minus 2^23 (exact).
-__device__ __forceinline__ float code_float(unsigned code) {
-  return __uint_as_float(0x4B000000u | code) - 8388608.0f;
-}
-
 // Up to 8 bytes at a 2-byte (NB = 2) or 4-byte aligned address as 32-bit words.
 template <int NB>
 __device__ __forceinline__ void load_words4(const std::uint8_t* p, unsigned* w) {
@@ -167,8 +162,8 @@ __device__ __forceinline__ void key_to_smem(const packed_kv_view& kv, std::int64
       for (int u = 0; u < 8; ++u) {
         constexpr unsigned mask = BITS == 16 ? 0u : (1u << BITS) - 1u;
         const int bit = (i0 + u) * BITS;
-        lo[u] = zl[u] + code_float((wl[bit / 32] >> (bit % 32)) & mask) * sl[u];
-        hi[u] = zh[u] + code_float((wh[bit / 32] >> (bit % 32)) & mask) * sh[u];
+        lo[u] = zl[u] + static_cast<float>((wl[bit / 32] >> (bit % 32)) & mask) * sl[u];
+        hi[u] = zh[u] + static_cast<float>((wh[bit / 32] >> (bit % 32)) & mask) * sh[u];
       }
     } else {
       load_halves<8>(src + s * P + i0, lo);
@@ -231,7 +226,7 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
         float x[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u)
-          x[u] = ze + code_float((w[u * BITS / 32] >> ((u * BITS) % 32)) & ((1u << BITS) - 1u)) * sc;
+          x[u] = ze + static_cast<float>((w[u * BITS / 32] >> ((u * BITS) % 32)) & ((1u << BITS) - 1u)) * sc;
         *reinterpret_cast<uint4*>(row_out + c0) =
             make_uint4(pack_half2(x[0], x[1]), pack_half2(x[2], x[3]), pack_half2(x[4], x[5]),
                        pack_half2(x[6], x[7]));
