@@ -32,14 +32,14 @@ using namespace kvcal;
 
 namespace {
 
-#define CUDA_OK(x)                                                                          \
-  do {                                                                                      \
-    cudaError_t e_ = (x);                                                                   \
-    if (e_ != cudaSuccess) {                                                                \
+#define CUDA_OK(x)                                                                           \
+  do {                                                                                       \
+    cudaError_t e_ = (x);                                                                    \
+    if (e_ != cudaSuccess) {                                                                 \
       std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, \
-                   __LINE__, last_launch_error().c_str());                                  \
-      std::exit(1);                                                                         \
-    }                                                                                       \
+                   __LINE__, last_launch_error().c_str());                                   \
+      std::exit(1);                                                                          \
+    }                                                                                        \
   } while (0)
 
 std::vector<int> parse_list(const char* s) {
@@ -235,11 +235,11 @@ result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, 
 
   result r;
   r.us = 1000.0 * times[times.size() / 2];
-  const double per_slot =
-      fp16 ? 2.0 * L * d * 2
-           : static_cast<double>(k_done / m.group) * static_cast<double>(krb) +
-                 static_cast<double>(v_done) * static_cast<double>(vrb) +
-                 static_cast<double>(L - k_done) * d * 2 + static_cast<double>(L - v_done) * d * 2;
+  const double per_slot = fp16 ? 2.0 * L * d * 2
+                               : static_cast<double>(k_done / m.group) * static_cast<double>(krb) +
+                                     static_cast<double>(v_done) * static_cast<double>(vrb) +
+                                     static_cast<double>(L - k_done) * d * 2 +
+                                     static_cast<double>(L - v_done) * d * 2;
   const double parts = static_cast<double>(ws) / 4.0 / (d + 2);  // rows of (m, l, acc)
   r.bytes = per_slot * static_cast<double>(slots) + static_cast<double>(q_elems) * 4 * 2 +
             static_cast<double>((L + 31) / 32 + 32) * d * 4 + parts * (d + 2) * 4 * 2;
@@ -276,11 +276,16 @@ int main(int argc, char** argv) {
   std::vector<int> batches{1, 8}, lens{4096, 32768};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (a == "--batch") batches = parse_list(argv[i + 1]);
-    else if (a == "--len") lens = parse_list(argv[i + 1]);
-    else if (a == "--heads") n_heads = std::atoi(argv[i + 1]);
-    else if (a == "--kv") n_kv = std::atoi(argv[i + 1]);
+    if (a == "--reps")
+      reps = std::atoi(argv[i + 1]);
+    else if (a == "--batch")
+      batches = parse_list(argv[i + 1]);
+    else if (a == "--len")
+      lens = parse_list(argv[i + 1]);
+    else if (a == "--heads")
+      n_heads = std::atoi(argv[i + 1]);
+    else if (a == "--kv")
+      n_kv = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "bench_decode: unknown option %s\n", a.c_str());
       return 2;
@@ -295,10 +300,14 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   const std::size_t flush_bytes = 128u << 20;
   float* flush = dalloc<float>(flush_bytes / 4);
-  const method methods[] = {{"fp16 (ours)", 16, 32, 0}, {"kivi-4", 4, 32, 128}, {"kivi-2", 2, 32, 128}};
-  std::printf("decode attention per layer, %s, %d q / %d kv heads, d 128, median of %d, L2 flushed\n\n",
-              prop.name, n_heads, n_kv, reps);
-  std::printf("| method | B | L | time (us) | MB read | TB/s | fp16 MB / MB read | speedup vs fp16 (ours) | append+compress (Mtok/s) |\n");
+  const method methods[] = {
+      {"fp16 (ours)", 16, 32, 0}, {"kivi-4", 4, 32, 128}, {"kivi-2", 2, 32, 128}};
+  std::printf(
+      "decode attention per layer, %s, %d q / %d kv heads, d 128, median of %d, L2 flushed\n\n",
+      prop.name, n_heads, n_kv, reps);
+  std::printf(
+      "| method | B | L | time (us) | MB read | TB/s | fp16 MB / MB read | speedup vs fp16 (ours) "
+      "| append+compress (Mtok/s) |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (int B : batches)
     for (int L : lens) {

@@ -10,6 +10,7 @@
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
 //                   message naming the value, through kvcal::check_launch as kvcal::error
+#include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -19,8 +20,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime.h>
 
 #include "kernels/common/cuda_device.h"
 #include "kernels/common/error.h"
@@ -36,14 +35,16 @@ using namespace kvcal;
 
 namespace {
 
-bool have_gpu() { return cuda_device_count() > 0; }
+bool have_gpu() {
+  return cuda_device_count() > 0;
+}
 
-#define SKIP_WITHOUT_GPU()                              \
-  do {                                                  \
-    if (!have_gpu()) {                                  \
-      MESSAGE("no CUDA device: skipped");               \
-      return;                                           \
-    }                                                   \
+#define SKIP_WITHOUT_GPU()                \
+  do {                                    \
+    if (!have_gpu()) {                    \
+      MESSAGE("no CUDA device: skipped"); \
+      return;                             \
+    }                                     \
   } while (0)
 
 #define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
@@ -71,7 +72,9 @@ struct dbuf {
   }
 };
 
-float fp16_round(float x) { return fp16_to_float(float_to_fp16(x)); }
+float fp16_round(float x) {
+  return fp16_to_float(float_to_fp16(x));
+}
 
 // Random K/V rows [n, d] in [-1, 1] with an outlier channel (per-channel quantization's case).
 std::vector<float> random_rows(std::mt19937& rng, std::size_t n, int d, float outlier) {
@@ -185,19 +188,21 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
       std::vector<float> kr(k.size()), vr(v.size());
       for (int blk = 0; blk < kc / group; ++blk) {
         std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
-                                      static_cast<std::size_t>(blk)) * c.krb];
+                                      static_cast<std::size_t>(blk)) *
+                                     c.krb];
         cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
         cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
       }
       for (int t = 0; t < vc; ++t) {
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
-                                      static_cast<std::size_t>(t)) * c.vrb];
+                                      static_cast<std::size_t>(t)) *
+                                     c.vrb];
         cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, bits, c.vgroup, rec);
         cpu_v_decode(rec, d, bits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
       }
       for (int t = 0; t < n; ++t) {
-        const std::size_t row = (slot * static_cast<std::size_t>(c.cap) +
-                                 static_cast<std::size_t>(t % c.cap)) * D;
+        const std::size_t row =
+            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
         for (std::size_t i = 0; i < D; ++i) {
           const std::size_t at = static_cast<std::size_t>(t) * D + i;
           if (t >= std::min(kc, vc)) {  // still in the window ring
@@ -219,8 +224,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
 std::vector<float> reference_attention(const cache_case& c, int b, int n_heads, const float* q,
                                        const rope_tables& rope) {
   const int n = c.n[static_cast<std::size_t>(b)], d = c.d;
-  const std::size_t D = static_cast<std::size_t>(d), N = static_cast<std::size_t>(n),
-                    H = D / 2;
+  const std::size_t D = static_cast<std::size_t>(d), N = static_cast<std::size_t>(n), H = D / 2;
   std::vector<float> k(static_cast<std::size_t>(c.n_kv) * N * D), v(k.size());
   for (int g = 0; g < c.n_kv; ++g) {
     const auto& kr = c.k_ref[static_cast<std::size_t>(b * c.n_kv + g)];
@@ -248,8 +252,7 @@ struct device_case {
   dbuf<int> n, kc, vc;
   packed_kv_view view;
   explicit device_case(const cache_case& c)
-      : k_rec(c.k_rec), v_rec(c.v_rec), k_win(c.k_win), v_win(c.v_win), n(c.n), kc(c.kc),
-        vc(c.vc) {
+      : k_rec(c.k_rec), v_rec(c.v_rec), k_win(c.k_win), v_win(c.v_win), n(c.n), kc(c.kc), vc(c.vc) {
     view.batch = c.B;
     view.n_kv = c.n_kv;
     view.head_dim = c.d;
@@ -299,8 +302,8 @@ float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float r
   const std::vector<float> out = dout.download();
   float err = 0.0f;
   for (int b = 0; b < c.B; ++b) {
-    const std::vector<float> ref = reference_attention(
-        c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
+    const std::vector<float> ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
     for (std::size_t i = 0; i < ref.size(); ++i) {
       const float g = out[static_cast<std::size_t>(b * n_heads * d) + i];
       REQUIRE(std::isfinite(g));
@@ -337,9 +340,11 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
           CAPTURE(T);
           const std::size_t D = static_cast<std::size_t>(d);
           const std::size_t rows = static_cast<std::size_t>(B * T * n_kv);
-          std::vector<float> k = random_rows(rng, rows, d, 4.0f), v = random_rows(rng, rows, d, 1.0f);
+          std::vector<float> k = random_rows(rng, rows, d, 4.0f),
+                             v = random_rows(rng, rows, d, 1.0f);
           const int kc = std::max(0, T - residual) / group * group, vc = std::max(0, T - residual);
-          const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, vgroup);
+          const std::size_t krb = k_record_bytes(d, bits, group),
+                            vrb = v_record_bytes(d, bits, vgroup);
           const std::int64_t kslot = T / group + 1, vslot = T;
           dbuf<float> dk(k), dv(v);
           dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
@@ -390,9 +395,11 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
                 for (std::size_t i = 0; i < D; ++i) {
                   const std::size_t src =
                       ((static_cast<std::size_t>(b * T + t)) * static_cast<std::size_t>(n_kv) +
-                       static_cast<std::size_t>(g)) * D + i;
-                  const std::size_t dst = (slot * static_cast<std::size_t>(T) +
-                                           static_cast<std::size_t>(t)) * D + i;
+                       static_cast<std::size_t>(g)) *
+                          D +
+                      i;
+                  const std::size_t dst =
+                      (slot * static_cast<std::size_t>(T) + static_cast<std::size_t>(t)) * D + i;
                   bad += hkwin[dst] != float_to_fp16(k[src]);
                   bad += hvwin[dst] != float_to_fp16(v[src]);
                   kf[static_cast<std::size_t>(t) * D + i] = fp16_to_float(float_to_fp16(k[src]));
@@ -402,8 +409,9 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
               for (int blk = 0; blk < kc / group; ++blk) {
                 cpu_k_record(&kf[static_cast<std::size_t>(blk * group) * D], d, bits, group,
                              want.data());
-                const std::uint8_t* got =
-                    &hkrec[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb];
+                const std::uint8_t* got = &hkrec[(slot * static_cast<std::size_t>(kslot) +
+                                                  static_cast<std::size_t>(blk)) *
+                                                 krb];
                 bad += std::memcmp(got, want.data(), krb) != 0;
               }
               for (int t = 0; t < vc; ++t) {
@@ -416,7 +424,8 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
                 std::memcpy(want.data(), sc.data(), 2 * ng);
                 std::memcpy(want.data() + 2 * ng, ze.data(), 2 * ng);
                 const std::uint8_t* got =
-                    &hvrec[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb];
+                    &hvrec[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) *
+                           vrb];
                 bad += std::memcmp(got, want.data(), vrb) != 0;
               }
             }
@@ -454,7 +463,8 @@ TEST_CASE("decode attention over packed K/V + fp16 window matches the CPU refere
           kAttentionBound, ")");
 }
 
-TEST_CASE("decode attention: > 16 query heads per KV head, RoPE attention scaling, V groups 8 / 16") {
+TEST_CASE(
+    "decode attention: > 16 query heads per KV head, RoPE attention scaling, V groups 8 / 16") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(13);
   for (int ratio : {12, 16, 20}) {
@@ -560,11 +570,13 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
       const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
       std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size());
       for (int blk = 0; blk < kc / group; ++blk)
-        cpu_k_decode(&hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb],
-                     d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+        cpu_k_decode(
+            &hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb], d,
+            bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
       for (int t = 0; t < vc; ++t)
-        cpu_v_decode(&hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb],
-                     d, bits, group, &vr[static_cast<std::size_t>(t) * D]);
+        cpu_v_decode(
+            &hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb], d,
+            bits, group, &vr[static_cast<std::size_t>(t) * D]);
       for (int t = 0; t < n; ++t)
         for (std::size_t i = 0; i < D; ++i) {
           const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
@@ -579,7 +591,8 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
       for (int t = 0; t < kc; ++t)
         for (std::size_t i = 0; i < D; ++i) {
           const std::size_t src = ((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i;
-          CHECK(std::fabs(kr[static_cast<std::size_t>(t) * D + i] - k[src]) <= 8.5f / 3.0f / 2.0f + 1e-3f);
+          CHECK(std::fabs(kr[static_cast<std::size_t>(t) * D + i] - k[src]) <=
+                8.5f / 3.0f / 2.0f + 1e-3f);
         }
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
@@ -611,7 +624,8 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   const auto out = dout.download();
   float err = 0.0f;
   for (int b = 0; b < B; ++b) {
-    const auto ref = reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+    const auto ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
     for (std::size_t i = 0; i < ref.size(); ++i)
       err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
   }

@@ -1,8 +1,8 @@
-#include "kernels/cuda/decode_attention.h"
-
 #include <cmath>
 #include <cstdint>
 #include <string>
+
+#include "kernels/cuda/decode_attention.h"
 
 namespace kvcal {
 
@@ -192,7 +192,9 @@ __device__ __forceinline__ void key_to_smem(const packed_kv_view& kv, std::int64
 
 // Chunk k (8 channels) of lane s for values: chunks 2s, 2s+1, 2s+8, 2s+9 (d = 128) or 2s, 2s+1
 // (d = 64), so that the 16-byte stores of a quarter warp land in 8 different bank groups.
-__device__ __forceinline__ int value_chunk(int s, int k) { return 2 * s + (k & 1) + (k >> 1) * 8; }
+__device__ __forceinline__ int value_chunk(int s, int k) {
+  return 2 * s + (k & 1) + (k >> 1) * 8;
+}
 
 // Writes value t (fp16) to row j of the warp's tile, the lane's chunks of 8 channels
 // (vgi[k] = scale group of chunk k, ng groups per record).
@@ -226,7 +228,9 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
         float x[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u)
-          x[u] = ze + static_cast<float>((w[u * BITS / 32] >> ((u * BITS) % 32)) & ((1u << BITS) - 1u)) * sc;
+          x[u] = ze +
+                 static_cast<float>((w[u * BITS / 32] >> ((u * BITS) % 32)) & ((1u << BITS) - 1u)) *
+                     sc;
         *reinterpret_cast<uint4*>(row_out + c0) =
             make_uint4(pack_half2(x[0], x[1]), pack_half2(x[2], x[3]), pack_half2(x[4], x[5]),
                        pack_half2(x[6], x[7]));
@@ -244,9 +248,9 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
 
 template <int D>
 struct smem_plan {
-  static constexpr int ROW = D + 8;  // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
-  static constexpr int QROW = D + 8;      // floats per query row (+8: 2-way, the minimum)
-  static constexpr int RROW = rot_layout<D>::RROW;  // floats per (skewed) RoPE row
+  static constexpr int ROW = D + 8;   // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
+  static constexpr int QROW = D + 8;  // floats per query row (+8: 2-way, the minimum)
+  static constexpr int RROW = rot_layout<D>::RROW;          // floats per (skewed) RoPE row
   static constexpr std::size_t q_floats = 16 * QROW;        // [16][QROW] scaled queries
   static constexpr std::size_t rot_floats = 2 * 32 * RROW;  // cos, sin [32][RROW]: rows 0..31
   static constexpr std::size_t bytes =
@@ -267,7 +271,7 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
   constexpr int HALF = D / 2, ROW = SP::ROW, NKS = D / 16, NNT = D / 8, H = kHeadTile;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* qs = reinterpret_cast<float*>(smem_raw);  // [16][QROW]
-  float* rcos = qs + SP::q_floats;                   // [32][RROW]
+  float* rcos = qs + SP::q_floats;                 // [32][RROW]
   float* rsin = rcos + 32 * SP::RROW;
   __half* tiles = reinterpret_cast<__half*>(rsin + 32 * SP::RROW);  // [kWarps][32][ROW]
 
@@ -334,8 +338,8 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW, rsin + j * SP::RROW,
-                                  tile_s + j * ROW);
+      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
+                                  rsin + j * SP::RROW, tile_s + j * ROW);
     }
     __syncwarp();
     // 2. S = (R_{-p0} q) . K^T, the queries rotated by the tile's base angle on the fly.
@@ -357,10 +361,10 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
           const float* qrow = qs + (r0 + 8 * rr) * SP::QROW;
           const float2 x = *reinterpret_cast<const float2*>(qrow + c);
           const float2 y = *reinterpret_cast<const float2*>(qrow + c + HALF);
-          alo[rr + 2 * h8] = pack_half2((x.x * cc.x + y.x * ss.x) * inv_as,
-                                        (x.y * cc.y + y.y * ss.y) * inv_as);
-          ahi[rr + 2 * h8] = pack_half2((y.x * cc.x - x.x * ss.x) * inv_as,
-                                        (y.y * cc.y - x.y * ss.y) * inv_as);
+          alo[rr + 2 * h8] =
+              pack_half2((x.x * cc.x + y.x * ss.x) * inv_as, (x.y * cc.y + y.y * ss.y) * inv_as);
+          ahi[rr + 2 * h8] =
+              pack_half2((y.x * cc.x - x.x * ss.x) * inv_as, (y.y * cc.y - x.y * ss.y) * inv_as);
         }
       }
 #pragma unroll
@@ -567,9 +571,9 @@ template <int D, int BITS, int GROUP>
 cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeadTile - 1) / kHeadTile;
   constexpr std::size_t smem = smem_plan<D>::bytes;
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      decode_attention_kernel<D, BITS, GROUP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(smem));
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (attr != cudaSuccess) return attr;
   decode_attention_kernel<D, BITS, GROUP>
       <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
@@ -586,12 +590,14 @@ template <int D, int BITS>
 cudaError_t dispatch_group(const decode_attention_params& p, const split_plan& sp,
                            cudaStream_t stream) {
   switch (p.kv.k_group) {
-    case 32: return run<D, BITS, 32>(p, sp, stream);
-    case 64: return run<D, BITS, 64>(p, sp, stream);
-    case 128: return run<D, BITS, 128>(p, sp, stream);
+    case 32:
+      return run<D, BITS, 32>(p, sp, stream);
+    case 64:
+      return run<D, BITS, 64>(p, sp, stream);
+    case 128:
+      return run<D, BITS, 128>(p, sp, stream);
     default:
-      return invalid("K group " + std::to_string(p.kv.k_group) +
-                     " is not supported (32, 64, 128)");
+      return invalid("K group " + std::to_string(p.kv.k_group) + " is not supported (32, 64, 128)");
   }
 }
 
@@ -599,10 +605,14 @@ template <int D>
 cudaError_t dispatch_bits(const decode_attention_params& p, const split_plan& sp,
                           cudaStream_t stream) {
   switch (p.kv.k_bits) {
-    case 2: return dispatch_group<D, 2>(p, sp, stream);
-    case 4: return dispatch_group<D, 4>(p, sp, stream);
-    case 8: return dispatch_group<D, 8>(p, sp, stream);
-    case 16: return run<D, 16, 32>(p, sp, stream);
+    case 2:
+      return dispatch_group<D, 2>(p, sp, stream);
+    case 4:
+      return dispatch_group<D, 4>(p, sp, stream);
+    case 8:
+      return dispatch_group<D, 8>(p, sp, stream);
+    case 16:
+      return run<D, 16, 32>(p, sp, stream);
     default:
       return invalid("bits " + std::to_string(p.kv.k_bits) +
                      " is not supported (2, 4, 8; 16 = fp16)");
@@ -648,8 +658,9 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
       !aligned(kv.v_win, 16) || !aligned(p.workspace, 16))
     return invalid("records, windows and workspace must be 16-byte aligned");
   if (p.max_tokens <= 0 || p.rope_rows < p.max_tokens || p.rope_rows < kTile)
-    return invalid("max_tokens " + std::to_string(p.max_tokens) + " needs RoPE rows for it (and >= " +
-                   std::to_string(kTile) + "), got " + std::to_string(p.rope_rows));
+    return invalid("max_tokens " + std::to_string(p.max_tokens) +
+                   " needs RoPE rows for it (and >= " + std::to_string(kTile) + "), got " +
+                   std::to_string(p.rope_rows));
   if (p.softmax_scale == 0.0f) p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(d));
   if (p.rope_attention_scaling == 0.0f) p.rope_attention_scaling = 1.0f;
   const std::size_t need = decode_attention_workspace_size(p);
@@ -659,9 +670,12 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   set_launch_error("");
   const split_plan sp = plan_splits(p);
   switch (d) {
-    case 64: return dispatch_bits<64>(p, sp, stream);
-    case 128: return dispatch_bits<128>(p, sp, stream);
-    default: return invalid("head_dim " + std::to_string(d) + " is not supported (64, 128)");
+    case 64:
+      return dispatch_bits<64>(p, sp, stream);
+    case 128:
+      return dispatch_bits<128>(p, sp, stream);
+    default:
+      return invalid("head_dim " + std::to_string(d) + " is not supported (64, 128)");
   }
 }
 

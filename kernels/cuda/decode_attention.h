@@ -40,17 +40,17 @@ namespace kvcal {
 
 struct decode_attention_params {
   packed_kv_view kv;
-  int n_heads = 0;                  // query heads, a multiple of kv.n_kv
-  const float* q = nullptr;         // [B, n_heads, d] after RoPE, at position n_tokens[b] - 1
-  const float* rope_cos = nullptr;  // [rope_rows, d / 2] rows of kvcal::rope_cos_sin
-  const float* rope_sin = nullptr;  // [rope_rows, d / 2]
-  int rope_rows = 0;                // >= max_tokens
+  int n_heads = 0;                      // query heads, a multiple of kv.n_kv
+  const float* q = nullptr;             // [B, n_heads, d] after RoPE, at position n_tokens[b] - 1
+  const float* rope_cos = nullptr;      // [rope_rows, d / 2] rows of kvcal::rope_cos_sin
+  const float* rope_sin = nullptr;      // [rope_rows, d / 2]
+  int rope_rows = 0;                    // >= max_tokens
   float rope_attention_scaling = 1.0f;  // the factor already inside the tables (YaRN), else 1
-  int max_tokens = 0;               // upper bound of n_tokens[b]: sizes the grid and the workspace
-  float softmax_scale = 0.0f;       // 0: 1 / sqrt(d)
-  void* workspace = nullptr;        // decode_attention_workspace_size(*this) bytes, 16-aligned
+  int max_tokens = 0;          // upper bound of n_tokens[b]: sizes the grid and the workspace
+  float softmax_scale = 0.0f;  // 0: 1 / sqrt(d)
+  void* workspace = nullptr;   // decode_attention_workspace_size(*this) bytes, 16-aligned
   std::size_t workspace_bytes = 0;
-  float* out = nullptr;             // [B, n_heads, d]; a sequence with no token gets zeros
+  float* out = nullptr;  // [B, n_heads, d]; a sequence with no token gets zeros
 };
 
 // Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).

@@ -3,14 +3,15 @@
 //
 // A slot is one (sequence b, KV head g), slot = b * n_kv + g. Per slot, token t (position t, the
 // `full` policy: consecutive positions from 0, no sinks yet) lives in
-//   K: per-channel record t / k_group  if t < k_compressed[b]   (k_compressed a multiple of k_group)
+//   K: per-channel record t / k_group  if t < k_compressed[b]  (a multiple of k_group)
 //      fp16 window ring row t % win_cap otherwise
 //   V: per-token record t               if t < v_compressed[b]
 //      fp16 window ring row t % win_cap otherwise
 // Records are byte-identical to the CPU reference's (runtime/kv_codec.h, kernels/cpu/quantize.h):
 //   per-channel K record: fp16 scales [d], fp16 zeros [d], codes packed_bytes(group * d, bits),
 //                         token-major (code of (token j, channel c) is stream index j * d + c)
-//   per-token   V record: fp16 scales [d / group], fp16 zeros [d / group], codes packed_bytes(d, bits)
+//   per-token   V record: fp16 scales [d / group], fp16 zeros [d / group],
+//                         codes packed_bytes(d, bits)
 // so a record copied to the host decodes with kvcal::dequantize_per_channel / _per_token.
 // Keys are stored BEFORE RoPE (DESIGN.md §3.1); decode attention rotates them at their position.
 // Only asymmetric quantization runs on the GPU (every shipped KIVI template is asymmetric).
@@ -23,12 +24,12 @@
 //   n_tokens, k_compressed, v_compressed: [B] int32, device memory (graph-safe: no host reads)
 #pragma once
 
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
-
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #ifdef __CUDACC__
 #define KVCAL_HOST_DEVICE __host__ __device__

@@ -1,6 +1,6 @@
-#include "kernels/cuda/quant_append.h"
-
 #include <string>
+
+#include "kernels/cuda/quant_append.h"
 
 namespace kvcal {
 
@@ -88,8 +88,7 @@ __device__ __forceinline__ void store_u16(std::uint8_t* p, unsigned short v) {
 __global__ void kv_window_append_kernel(kv_window_append_params p) {
   const packed_kv_view& kv = p.kv;
   const int i = blockIdx.x, g = blockIdx.y, b = blockIdx.z, c = threadIdx.x, d = kv.head_dim;
-  const std::int64_t src =
-      ((static_cast<std::int64_t>(b) * p.t_new + i) * kv.n_kv + g) * d + c;
+  const std::int64_t src = ((static_cast<std::int64_t>(b) * p.t_new + i) * kv.n_kv + g) * d + c;
   const int t = kv.n_tokens[b] + i;
   const std::int64_t dst =
       ((static_cast<std::int64_t>(b) * kv.n_kv + g) * kv.win_cap + t % kv.win_cap) * d + c;
@@ -119,7 +118,8 @@ __global__ void quant_k_block_kernel(quant_compress_params p) {
     codes[j * d + c] = quant_code(x, q, kv.k_bits);
   }
   const std::size_t rec_bytes = k_record_bytes(d, kv.k_bits, G);
-  std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + t0 / G) * static_cast<std::int64_t>(rec_bytes);
+  std::uint8_t* rec =
+      kv.k_rec + (slot * kv.k_slot_records + t0 / G) * static_cast<std::int64_t>(rec_bytes);
   store_u16(rec + 2 * c, q.scale);
   store_u16(rec + 2 * d + 2 * c, q.zero);
   __syncthreads();
@@ -151,7 +151,8 @@ __global__ void quant_v_token_kernel(quant_compress_params p) {
   codes[c] = quant_code(xs[c], q, kv.v_bits);
   const int n_groups = d / G;
   const std::size_t rec_bytes = v_record_bytes(d, kv.v_bits, G);
-  std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * static_cast<std::int64_t>(rec_bytes);
+  std::uint8_t* rec =
+      kv.v_rec + (slot * kv.v_slot_records + t) * static_cast<std::int64_t>(rec_bytes);
   if (c % G == 0) {
     store_u16(rec + 2 * (c / G), q.scale);
     store_u16(rec + 2 * n_groups + 2 * (c / G), q.zero);
@@ -160,7 +161,9 @@ __global__ void quant_v_token_kernel(quant_compress_params p) {
   pack_codes(codes, d, kv.v_bits, rec + 4 * n_groups);
 }
 
-bool bits_ok(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
+bool bits_ok(int bits) {
+  return bits == 2 || bits == 3 || bits == 4 || bits == 8;
+}
 
 cudaError_t invalid(std::string msg) {
   set_launch_error(std::move(msg));
