@@ -15,6 +15,8 @@
 // so a record copied to the host decodes with kvcal::dequantize_per_channel / _per_token.
 // Keys are stored BEFORE RoPE (DESIGN.md §3.1); decode attention rotates them at their position.
 // Only asymmetric quantization runs on the GPU (every shipped KIVI template is asymmetric).
+// The ring must hold every token not yet in records of both streams: n_tokens[b] -
+// min(k_compressed[b], v_compressed[b]) <= win_cap (e.g. residual + k_group + tokens per step).
 // bits == 16 means the stream is not quantized: every token stays in the fp16 ring (win_cap must
 // then cover the whole context); this is the fp16 baseline.
 //
