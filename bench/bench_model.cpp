@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/common/error.h"
+#include "model/decode_graph.h"
 #include "model/full_cache.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
@@ -160,6 +161,24 @@ int main(int argc, char** argv) {
       const double ms = (now_s() - start) * 1e3 / o.steps;
       row("kvcal", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context), ms,
           "ms/step");
+    }
+    if (device.is_cuda() && decode_graph::available()) {
+      // The same greedy steps replayed from a CUDA graph (model/decode_graph.h).
+      for (std::int64_t B : o.batch) {
+        decode_graph g(m, B, o.context + o.warmup + o.steps);
+        sync(g.prefill(random_ids(B, o.context, c.vocab_size)));
+        at::Tensor next = random_ids(B, 1, c.vocab_size);
+        double start = 0;
+        for (int s = 0; s < o.warmup + o.steps; ++s) {
+          if (s == o.warmup) start = now_s();
+          at::Tensor logits = g.step(next);
+          if (o.greedy) next = logits.argmax(-1).to(at::kCPU);
+          if (s == o.warmup + o.steps - 1) sync(logits);
+        }
+        const double ms = (now_s() - start) * 1e3 / o.steps;
+        row("kvcal graph", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context),
+            ms, "ms/step");
+      }
     }
     const double bound_ms = weight_gb / 3.0e3 * 1e3;  // GB / (3.0 TB/s) in ms
     char shape[64];

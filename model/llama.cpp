@@ -62,8 +62,15 @@ at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
   const std::int64_t pos0 = cache.length();
   const model_weights& w = *w_;
 
-  at::Tensor positions =
-      at::arange(pos0, pos0 + T, at::TensorOptions().dtype(at::kLong).device(device_));
+  at::Tensor positions;  // [T] int64 on the device
+  if (opt.maybe_positions.defined()) {
+    KVCAL_CHECK(opt.maybe_positions.dim() == 1 && opt.maybe_positions.size(0) == T &&
+                    opt.maybe_positions.device() == device_,
+                "forward: maybe_positions must be [", T, "] on ", device_.str());
+    positions = opt.maybe_positions;
+  } else {
+    positions = at::arange(pos0, pos0 + T, at::TensorOptions().dtype(at::kLong).device(device_));
+  }
   const rope_cos_sin cs = rope_->cos_sin(positions, pos0 + T - 1, dtype_);
 
   at::Tensor x = at::embedding(w.embed, ids);  // [B, T, hidden]

@@ -33,6 +33,9 @@ enum class logits_mode { all, last, none };
 struct forward_options {
   logits_mode logits = logits_mode::all;
   layer_hook* maybe_hook = nullptr;  // called per layer with layer_activations (kv_cache.h)
+  // [T] int64 on the model's device: positions of the new tokens, instead of
+  // cache.length() .. cache.length()+T-1 (a CUDA-graph step reads them from a device buffer).
+  at::Tensor maybe_positions = at::Tensor();
 };
 
 class llama_model {

@@ -10,10 +10,12 @@
 #include "cli/app.h"
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
+#include "model/decode_graph.h"
 #include "model/full_cache.h"
 #include "model/llama.h"
 #include "model/perplexity.h"
 #include "model/rope.h"
+#include "model/static_cache.h"
 #include "model/tokenizer.h"
 #include "model/torch_util.h"
 #include "runtime/io/safetensors.h"
@@ -502,4 +504,31 @@ TEST_CASE("RoPE cos/sin equal transformers' LlamaRotaryEmbedding for every scali
     ++cases;
   }
   CHECK(cases >= 5);
+}
+
+TEST_CASE("static_cache (graph-capturable decode) matches the fixtures, with device positions") {
+  for (const std::string name : {"llama", "qwen2", "mistral", "llama3-rope"}) {
+    CAPTURE(name);
+    const llama_model& m = model_of(name);
+    const expected e = load_expected(name);
+    at::Tensor ids = ids_of(e);
+    static_cache cache(m.config(), 1, 40, at::kCPU, at::kFloat);
+    std::vector<at::Tensor> parts{m.forward(ids.narrow(1, 0, 16), cache)};
+    for (int t = 16; t < 24; ++t) {
+      forward_options o;
+      o.maybe_positions = at::full({1}, t, at::TensorOptions().dtype(at::kLong));
+      parts.push_back(m.forward(ids.narrow(1, t, 1), cache, o));
+    }
+    CHECK(cache.length() == 24);
+    CHECK(max_abs_diff(at::cat(parts, 1)[0], e["logits"]) <= 1e-4);
+    // One token at a time from the start (every step through the masked full-capacity path).
+    cache.reset();
+    parts.clear();
+    for (int t = 0; t < 24; ++t) parts.push_back(m.forward(ids.narrow(1, t, 1), cache));
+    CHECK(max_abs_diff(at::cat(parts, 1)[0], e["logits"]) <= 1e-4);
+    CHECK_THROWS_WITH_AS(m.forward(ids, cache), doctest::Contains("capacity 40 exceeded"),
+                         kvcal::error);
+  }
+  if (!decode_graph::available())
+    CHECK_THROWS_AS(decode_graph(model_of("llama"), 1, 8), kvcal::error);
 }

@@ -10,6 +10,7 @@
 //   fp32 GPU vs fp32 CPU and vs the fixture: max abs error <= 2e-4 (TF32 stays off)
 #include <map>
 
+#include "model/decode_graph.h"
 #include "model/full_cache.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
@@ -113,5 +114,32 @@ TEST_CASE("fp32 on CUDA agrees with fp32 on the CPU and with the fixtures") {
     CHECK(
         compare(g.forward(next, gc, {logits_mode::last}), c.forward(next, cc, {logits_mode::last}))
             .max_abs <= 2e-4);
+  }
+}
+
+TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps") {
+  if (!have_gpu()) return;
+  for (const std::string name : {"llama", "qwen2", "mistral", "llama-headdim"}) {
+    CAPTURE(name);
+    const auto e = load_expected(name);
+    at::Tensor ids = e.at("input_ids").unsqueeze(0);
+    for (at::ScalarType dt : {at::kFloat, at::kBFloat16}) {
+      const llama_model m = llama_model::load(fixture_dir(name), cuda, dt);
+      decode_graph g(m, 2, 32);
+      at::Tensor batch = at::stack({ids[0], ids[0].flip(0)});  // [2, 24]
+      std::vector<at::Tensor> got{g.prefill(batch.narrow(1, 0, 16))};
+      for (int t = 16; t < 24; ++t) got.push_back(g.step(batch.narrow(1, t, 1)).clone());
+      CHECK(g.length() == 24);
+      full_cache c(m.config(), 2, cuda, dt);
+      std::vector<at::Tensor> want{m.forward(batch.narrow(1, 0, 16), c, {logits_mode::last})};
+      for (int t = 16; t < 24; ++t) want.push_back(m.forward(batch.narrow(1, t, 1), c));
+      errors err = compare(at::cat(got, 1), at::cat(want, 1));
+      MESSAGE(name, " ", compute_dtype_name(dt), " graph vs eager: max abs ", err.max_abs);
+      CHECK(err.max_abs <= (dt == at::kFloat ? 2e-4 : 0.02 * err.ref_max));
+      if (dt == at::kFloat)
+        CHECK(
+            compare(at::cat(got, 1)[0].narrow(0, 1, 8), e.at("logits").narrow(0, 16, 8)).max_abs <=
+            2e-4);
+    }
   }
 }
