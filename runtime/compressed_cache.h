@@ -4,7 +4,7 @@
 //
 // Per (layer, KV head, K|V) a stream holds its tokens in three parts, in token order:
 //   sinks       the first `sinks` tokens, fp16, never compressed (attention sinks; a cache option
-//               until the window policy of the eviction issue sets it)
+//               of layers without eviction — evicting layers use the window policy's sinks)
 //   compressed  records of the layer's method for that head (runtime/kv_codec.h): quantized
 //               (per-token, or per-channel blocks of `group` tokens), PCA / AE latents, or fp16
 //   window      fp16: the recent `max(residual, adaptive keep_recent)` tokens, plus tokens that

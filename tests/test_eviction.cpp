@@ -19,6 +19,7 @@
 #include "kernels/common/error.h"
 #include "model/llama.h"
 #include "model/runtime_cache.h"
+#include "model/tokenizer.h"
 #include "presets/preset_export.h"
 #include "runtime/byte_accounting.h"
 #include "runtime/compressed_cache.h"
@@ -699,6 +700,15 @@ TEST_CASE("evicted pages go back: bytes held shrink to the budget and pages are 
   for (int t = 0; t < 80; ++t) dr.step(1);
   CHECK(c.stats().system_allocations == allocs);  // steady state: pages come from the pool
   CHECK(double(c.stats().bytes_used) == account_bytes(r, 290).total());
+  // reset(): every page back, a new sequence from position 0 evicts the same way again.
+  const auto kept = c.eviction(1)->positions(1);
+  c.reset();
+  CHECK(c.stats().bytes_held == 0);
+  CHECK(c.seen(0) == 0);
+  driver again{c, s};
+  again.step(200);
+  for (int t = 0; t < 90; ++t) again.step(1);
+  CHECK(c.eviction(1)->positions(1) == kept);
 }
 
 TEST_CASE("adaptive mode: nothing evicted or compressed up to compress_after") {
@@ -863,5 +873,64 @@ TEST_CASE("shipped templates run on the reference model (kvcal-ref-v1)") {
     }
     MESSAGE(name << " at 176 tokens vs fp16: " << st.fp16_bytes / double(st.bytes_used)
                  << "x used, " << st.fp16_bytes / double(st.bytes_held) << "x held");
+  }
+}
+
+// A quality smoke table on the reference model (not run by default: `test_eviction
+// --no-skip -tc="*quality*"`): teacher-forced NLL of decode steps through the cache after a
+// prefill, per policy. The real table is `kvcal eval --preset` (docs/eval.md).
+TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
+  const std::string ref = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
+  const llama_model m = llama_model::load(ref, at::kCPU, at::kFloat);
+  const tokenizer tok = tokenizer::load(ref + "/tokenizer.json");
+  const std::string text = test::read_bytes(std::string(KVCAL_SOURCE_DIR) + "/data/eval.txt");
+  const std::vector<std::int32_t> all = tok.encode(text, true);
+  const std::int64_t W = 1024, prefix = 256, windows = 2;
+  REQUIRE(static_cast<std::int64_t>(all.size()) >= W * windows);
+  test::scratch_dir dir;
+  const std::vector<std::pair<std::string, std::string>> presets = {
+      {"fp16", R"({"name": "fp16", "layer": {"k": "none", "v": "none"}})"},
+      {"window 4+252",
+       R"({"name": "w", "layer": {"k": "none", "v": "none", "policy": {"window": {"sinks": 4, "recent": 252}}}})"},
+      {"window 0+256",
+       R"({"name": "w", "layer": {"k": "none", "v": "none", "policy": {"window": {"sinks": 0, "recent": 256}}}})"},
+      {"h2o 256",
+       R"({"name": "h", "layer": {"k": "none", "v": "none", "policy": {"h2o": {"heavy": 0.5, "recent": 0.5}}}, "budget": {"tokens": 256}})"},
+      {"lru 256",
+       R"({"name": "l", "layer": {"k": "none", "v": "none", "policy": "lru", "residual": 64}, "budget": {"tokens": 256}})"},
+      {"cluster 256 k20",
+       R"({"name": "c", "layer": {"k": "none", "v": "none", "policy": {"cluster": {"k": 20}}, "residual": 128}, "budget": {"tokens": 256}})"},
+      {"h2o 128",
+       R"({"name": "h", "layer": {"k": "none", "v": "none", "policy": {"h2o": {"heavy": 0.5, "recent": 0.5}}}, "budget": {"tokens": 128}})"},
+      {"window 4+124",
+       R"({"name": "w", "layer": {"k": "none", "v": "none", "policy": {"window": {"sinks": 4, "recent": 124}}}})"},
+      {"hybrid 2-bit guard.5 c20 r64 retain .25",
+       R"({"name": "x", "layer": {"k": {"quant": {"bits": 2, "group": 32, "axis": "per-channel"}}, "v": {"quant": {"bits": 2, "group": 32, "axis": "per-token"}}, "policy": {"cluster": {"k": 20}}, "guard": 0.5, "residual": 64}, "budget": {"retain": 0.25}})"}};
+  for (const auto& [label, js] : presets) {
+    export_params p;
+    p.recipe_path = dir.file("r.json");
+    test::write_bytes(p.recipe_path, js);
+    p.model_dir = ref;
+    p.out = dir.file("r.safetensors");
+    export_preset(p);
+    double nll = 0;
+    std::int64_t n = 0;
+    double ratio = 0;
+    for (std::int64_t w = 0; w < windows; ++w) {
+      runtime_cache rc(m.config(), p.out, 1);
+      at::Tensor ids =
+          at::tensor(std::vector<std::int64_t>(all.begin() + w * W, all.begin() + (w + 1) * W))
+              .unsqueeze(0);
+      at::Tensor logits = m.forward(ids.narrow(1, 0, prefix), rc);
+      for (std::int64_t t = prefix; t < W; ++t) {
+        at::Tensor lp = at::log_softmax(logits[0][-1], -1);
+        nll -= lp[ids[0][t].item<std::int64_t>()].item<double>();
+        ++n;
+        if (t + 1 < W) logits = m.forward(ids.narrow(1, t, 1), rc);
+      }
+      const cache_stats st = rc.stats();
+      ratio += st.fp16_bytes / double(st.bytes_used) / windows;
+    }
+    MESSAGE(label << ": decode PPL " << std::exp(nll / double(n)) << ", ratio (used) " << ratio);
   }
 }
