@@ -5,7 +5,8 @@
 //   bench_decode [--reps 50] [--batch 1,8] [--len 4096,32768] [--heads 28] [--kv 4]
 //
 // Methods: fp16 (ours: K/V fp16, RoPE applied to keys in the kernel), kivi-2 and kivi-4
-// (presets/templates: K per-channel, V per-token, group 32, asymmetric, fp16 residual 128).
+// (presets/templates: K per-channel, V per-token, group 32, asymmetric, fp16 residual 128), each
+// also with half_dequant (dequantization and rotation in fp16 arithmetic).
 // The cache is filled on the GPU by the append kernels (random pre-RoPE keys and values), which
 // also gives append + compress throughput. Each timed launch follows an L2 flush (a 128 MiB
 // memset outside the timed region); time = median of --reps cudaEvent-timed launches (attention
@@ -79,6 +80,7 @@ struct method {
   int bits;  // 16 = fp16
   int group;
   int residual;
+  bool half_dequant;  // decode_attention_params::half_dequant
 };
 
 struct result {
@@ -205,6 +207,7 @@ result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, 
   p.rope_rows = L;
   p.max_tokens = L;
   p.out = out;
+  p.half_dequant = m.half_dequant;
   const std::size_t ws = decode_attention_workspace_size(p);
   p.workspace = dalloc<std::uint8_t>(ws);
   p.workspace_bytes = ws;
@@ -300,8 +303,12 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   const std::size_t flush_bytes = 128u << 20;
   float* flush = dalloc<float>(flush_bytes / 4);
-  const method methods[] = {
-      {"fp16 (ours)", 16, 32, 0}, {"kivi-4", 4, 32, 128}, {"kivi-2", 2, 32, 128}};
+  const method methods[] = {{"fp16 (ours)", 16, 32, 0, false},
+                            {"kivi-4", 4, 32, 128, false},
+                            {"kivi-2", 2, 32, 128, false},
+                            {"fp16 (ours, half_dequant)", 16, 32, 0, true},
+                            {"kivi-4 (half_dequant)", 4, 32, 128, true},
+                            {"kivi-2 (half_dequant)", 2, 32, 128, true}};
   std::printf(
       "decode attention per layer, %s, %d q / %d kv heads, d 128, median of %d, L2 flushed\n\n",
       prop.name, n_heads, n_kv, reps);
@@ -314,7 +321,7 @@ int main(int argc, char** argv) {
       double base_us = 0;
       for (const method& m : methods) {
         const result r = run_case(m, B, L, n_heads, n_kv, reps, flush, flush_bytes);
-        if (m.bits == 16) base_us = r.us;
+        if (m.bits == 16 && !m.half_dequant) base_us = r.us;
         std::printf("| %s | %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f |\n", m.name, B, L,
                     r.us, r.bytes / 1e6, r.bytes / (r.us * 1e-6) / 1e12, r.fp16_bytes / r.bytes,
                     base_us / r.us, r.append_tok_s / 1e6);

@@ -246,6 +246,147 @@ __device__ __forceinline__ void value_to_smem(const packed_kv_view& kv, std::int
   }
 }
 
+// ---- fp16-arithmetic dequantization (decode_attention_params::half_dequant) -------------------
+// Codes become fp16 through the 1024 + code bit pattern (0x6400 | code, exact), then
+// x = (h - 1024) * scale + zero in one HFMA2 per 2 channels, and the in-tile rotation runs in
+// half2 too: no I2F, no fp16 -> fp32 conversion of scales, half the FMAs.
+
+__device__ __forceinline__ __half2 as_h2(unsigned v) {
+  return *reinterpret_cast<const __half2*>(&v);
+}
+__device__ __forceinline__ unsigned h2_bits(__half2 h) {
+  return *reinterpret_cast<const unsigned*>(&h);
+}
+
+// Codes 2k, 2k+1 of a chunk of 8 codes (w: the chunk's 8 * BITS bits, LSB first) as half2.
+template <int BITS>
+__device__ __forceinline__ __half2 code_pair(const unsigned* w, int k) {
+  unsigned v;
+  if constexpr (BITS == 2) {
+    const unsigned x = w[0] >> (4 * k);
+    v = (x & 0x3u) | ((x << 14) & 0x30000u) | 0x64006400u;
+  } else if constexpr (BITS == 4) {
+    const unsigned x = w[0] >> (8 * k);
+    v = (x & 0xFu) | ((x << 12) & 0xF0000u) | 0x64006400u;
+  } else {
+    static_assert(BITS == 8, "code_pair: 2, 4 or 8 bits");
+    const unsigned b = (2 * k) % 4;
+    v = __byte_perm(w[k / 2], 0x64646464u, b | (4u << 4) | ((b + 1) << 8) | (4u << 12));
+  }
+  return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+}
+
+template <int D, int BITS, int GROUP>
+__device__ __forceinline__ void key_to_smem_h2(const packed_kv_view& kv, std::int64_t slot, int t,
+                                               bool valid, int kc, int s, const float* rcos,
+                                               const float* rsin, __half* row_out) {
+  constexpr int P = D / 8, HALF = D / 2, SB = rot_layout<D>::SB;
+  constexpr int CB = BITS == 16 ? 4 : P * BITS / 8, NW = CB / 4 > 0 ? CB / 4 : 1;
+  bool quant = false;
+  const std::uint8_t* rec = nullptr;
+  unsigned wl[NW], wh[NW];
+  if constexpr (BITS != 16) {
+    if (valid && t < kc) {
+      constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
+      rec = kv.k_rec + (slot * kv.k_slot_records + t / GROUP) * REC;
+      const int row = t % GROUP;
+      load_words<CB>(rec + 4 * D + (row * D + s * P) * BITS / 8, wl);
+      load_words<CB>(rec + 4 * D + (row * D + HALF + s * P) * BITS / 8, wh);
+      quant = true;
+    }
+  }
+  const __half* src = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
+#pragma unroll
+  for (int i0 = 0; i0 < P; i0 += 8) {
+    __half2 lo[4], hi[4];
+    if (!valid) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) lo[u] = hi[u] = __float2half2_rn(0.0f);
+    } else if (quant) {
+      const __half* scales = reinterpret_cast<const __half*>(rec);
+      const __half* zeros = scales + D;
+      const uint4 sl = __ldg(reinterpret_cast<const uint4*>(scales + s * P + i0));
+      const uint4 sh = __ldg(reinterpret_cast<const uint4*>(scales + HALF + s * P + i0));
+      const uint4 zl = __ldg(reinterpret_cast<const uint4*>(zeros + s * P + i0));
+      const uint4 zh = __ldg(reinterpret_cast<const uint4*>(zeros + HALF + s * P + i0));
+      const unsigned slw[4] = {sl.x, sl.y, sl.z, sl.w}, shw[4] = {sh.x, sh.y, sh.z, sh.w};
+      const unsigned zlw[4] = {zl.x, zl.y, zl.z, zl.w}, zhw[4] = {zh.x, zh.y, zh.z, zh.w};
+      // The chunk's 8 codes: bits [i0 * BITS, (i0 + 8) * BITS) of the lane's words.
+      unsigned cl[BITS == 8 ? 2 : 1], ch[BITS == 8 ? 2 : 1];
+      if constexpr (BITS == 8) {
+        cl[0] = wl[i0 / 4];
+        cl[1] = wl[i0 / 4 + 1];
+        ch[0] = wh[i0 / 4];
+        ch[1] = wh[i0 / 4 + 1];
+      } else if constexpr (BITS != 16) {
+        cl[0] = wl[i0 * BITS / 32] >> ((i0 * BITS) % 32);
+        ch[0] = wh[i0 * BITS / 32] >> ((i0 * BITS) % 32);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if constexpr (BITS != 16) {
+          lo[u] = __hfma2(code_pair<BITS>(cl, u), as_h2(slw[u]), as_h2(zlw[u]));
+          hi[u] = __hfma2(code_pair<BITS>(ch, u), as_h2(shw[u]), as_h2(zhw[u]));
+        }
+      }
+    } else {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(src + s * P + i0));
+      const uint4 c = __ldg(reinterpret_cast<const uint4*>(src + HALF + s * P + i0));
+      lo[0] = as_h2(a.x), lo[1] = as_h2(a.y), lo[2] = as_h2(a.z), lo[3] = as_h2(a.w);
+      hi[0] = as_h2(c.x), hi[1] = as_h2(c.y), hi[2] = as_h2(c.z), hi[3] = as_h2(c.w);
+    }
+    unsigned rl[4], rh[4];
+#pragma unroll
+    for (int u4 = 0; u4 < 8; u4 += 4) {
+      const float4 c = *reinterpret_cast<const float4*>(rcos + s * SB + i0 + u4);
+      const float4 sn = *reinterpret_cast<const float4*>(rsin + s * SB + i0 + u4);
+      const __half2 c01 = __floats2half2_rn(c.x, c.y), c23 = __floats2half2_rn(c.z, c.w);
+      const __half2 s01 = __floats2half2_rn(sn.x, sn.y), s23 = __floats2half2_rn(sn.z, sn.w);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const int u = u4 / 2 + v;
+        const __half2 cc = v == 0 ? c01 : c23, ss = v == 0 ? s01 : s23;
+        rl[u] = h2_bits(__hfma2(lo[u], cc, __hneg2(__hmul2(hi[u], ss))));
+        rh[u] = h2_bits(__hfma2(hi[u], cc, __hmul2(lo[u], ss)));
+      }
+    }
+    *reinterpret_cast<uint4*>(row_out + s * P + i0) = make_uint4(rl[0], rl[1], rl[2], rl[3]);
+    *reinterpret_cast<uint4*>(row_out + HALF + s * P + i0) = make_uint4(rh[0], rh[1], rh[2], rh[3]);
+  }
+}
+
+template <int D, int BITS>
+__device__ __forceinline__ void value_to_smem_h2(const packed_kv_view& kv, std::int64_t slot, int t,
+                                                 bool valid, int vc, int s, const int* vgi, int ng,
+                                                 __half* row_out) {
+  constexpr int NCH = D / 32;
+  if constexpr (BITS != 16) {
+    if (valid && t < vc) {
+      const std::int64_t rec_bytes = 4 * ng + D * BITS / 8;
+      const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rec_bytes;
+      const __half* hs = reinterpret_cast<const __half*>(rec);
+      const std::uint8_t* codes = rec + 4 * ng;
+      __half2 sc = __float2half2_rn(0.0f), ze = sc;
+#pragma unroll
+      for (int k = 0; k < NCH; ++k) {
+        const int c0 = 8 * value_chunk(s, k);
+        if (k == 0 || vgi[k] != vgi[k - 1]) {
+          sc = __half2half2(__ldg(hs + vgi[k]));
+          ze = __half2half2(__ldg(hs + ng + vgi[k]));
+        }
+        unsigned w[BITS >= 8 ? 2 : 1];  // 8 codes = BITS bytes
+        load_words4<BITS>(codes + c0 * BITS / 8, w);
+        unsigned x[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) x[u] = h2_bits(__hfma2(code_pair<BITS>(w, u), sc, ze));
+        *reinterpret_cast<uint4*>(row_out + c0) = make_uint4(x[0], x[1], x[2], x[3]);
+      }
+      return;
+    }
+  }
+  value_to_smem<D, BITS>(kv, slot, t, valid, vc, s, vgi, ng, row_out);  // fp16 window / padding
+}
+
 template <int D>
 struct smem_plan {
   static constexpr int ROW = D + 8;   // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
@@ -264,7 +405,7 @@ struct smem_plan {
 // rotates the queries by the tile's base angle into mma A fragments, S = Q K^T on tensor cores
 // (16 query-head rows x 32 tokens), online softmax on the S fragments, dequantizes V into the
 // same smem, O += P V on tensor cores.
-template <int D, int BITS, int GROUP>
+template <int D, int BITS, int GROUP, bool HM>
 __global__ void __launch_bounds__(32 * kWarps, 3)
     decode_attention_kernel(decode_attention_params p, int tiles_per_split, int n_parts) {
   using SP = smem_plan<D>;
@@ -338,8 +479,12 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
-                                  rsin + j * SP::RROW, tile_s + j * ROW);
+      if constexpr (HM)
+        key_to_smem_h2<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
+                                       rsin + j * SP::RROW, tile_s + j * ROW);
+      else
+        key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
+                                    rsin + j * SP::RROW, tile_s + j * ROW);
     }
     __syncwarp();
     // 2. S = (R_{-p0} q) . K^T, the queries rotated by the tile's base angle on the fly.
@@ -381,7 +526,10 @@ __global__ void __launch_bounds__(32 * kWarps, 3)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      value_to_smem<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
+      if constexpr (HM)
+        value_to_smem_h2<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
+      else
+        value_to_smem<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
     }
     // 4. Online softmax on the fragments: rows r0 (e = 0, 1) and r0 + 8 (e = 2, 3).
 #pragma unroll
@@ -567,15 +715,16 @@ split_plan plan_splits(const decode_attention_params& p) {
   return sp;
 }
 
-template <int D, int BITS, int GROUP>
-cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
+template <int D, int BITS, int GROUP, bool HM>
+cudaError_t run_variant(const decode_attention_params& p, const split_plan& sp,
+                        cudaStream_t stream) {
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeadTile - 1) / kHeadTile;
   constexpr std::size_t smem = smem_plan<D>::bytes;
   static const cudaError_t attr =
-      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP>,
+      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP, HM>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (attr != cudaSuccess) return attr;
-  decode_attention_kernel<D, BITS, GROUP>
+  decode_attention_kernel<D, BITS, GROUP, HM>
       <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
           p, sp.tiles_per_split, sp.n_parts);
   cudaError_t e = cudaGetLastError();
@@ -583,6 +732,12 @@ cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStre
   decode_attention_merge_kernel<D>
       <<<dim3(p.n_heads, p.kv.batch), D, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);
   return cudaGetLastError();
+}
+
+template <int D, int BITS, int GROUP>
+cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
+  return p.half_dequant ? run_variant<D, BITS, GROUP, true>(p, sp, stream)
+                        : run_variant<D, BITS, GROUP, false>(p, sp, stream);
 }
 
 // The one dispatch: head_dim, then bits, then group.

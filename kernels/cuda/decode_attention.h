@@ -51,6 +51,10 @@ struct decode_attention_params {
   void* workspace = nullptr;   // decode_attention_workspace_size(*this) bytes, 16-aligned
   std::size_t workspace_bytes = 0;
   float* out = nullptr;  // [B, n_heads, d]; a sequence with no token gets zeros
+  // Dequantize and rotate keys / values in fp16 arithmetic (HFMA2; codes through the 0x6400 bit
+  // pattern) instead of fp32: fewer instructions, a few more fp16 roundings (tests state both
+  // bounds). Off by default until measured on the GPU machine.
+  bool half_dequant = false;
 };
 
 // Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
