@@ -35,6 +35,7 @@ struct options {
   std::int64_t context = 4096;
   std::vector<std::int64_t> batch = {1, 8};
   int steps = 32, warmup = 4, reps = 3;
+  bool graph = true;   // also time decode replayed from a CUDA graph
   bool greedy = true;  // false: feed fixed tokens, no read-back per step (launch-bound check)
 };
 
@@ -72,10 +73,12 @@ options parse(int argc, char** argv) {
       o.reps = std::stoi(value());
     else if (a == "--no-readback")
       o.greedy = false;
+    else if (a == "--no-graph")
+      o.graph = false;
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
                    "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3] [--no-readback]\n";
+                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -162,23 +165,26 @@ int main(int argc, char** argv) {
       row("kvcal", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context), ms,
           "ms/step");
     }
-    if (device.is_cuda() && decode_graph::available()) {
+    if (o.graph && device.is_cuda() && decode_graph::available()) {
       // The same greedy steps replayed from a CUDA graph (model/decode_graph.h).
-      for (std::int64_t B : o.batch) {
-        decode_graph g(m, B, o.context + o.warmup + o.steps);
-        sync(g.prefill(random_ids(B, o.context, c.vocab_size)));
-        at::Tensor next = random_ids(B, 1, c.vocab_size);
-        double start = 0;
-        for (int s = 0; s < o.warmup + o.steps; ++s) {
-          if (s == o.warmup) start = now_s();
-          at::Tensor logits = g.step(next);
-          if (o.greedy) next = logits.argmax(-1).to(at::kCPU);
-          if (s == o.warmup + o.steps - 1) sync(logits);
+      for (std::int64_t B : o.batch) try {
+          decode_graph g(m, B, o.context + o.warmup + o.steps);
+          sync(g.prefill(random_ids(B, o.context, c.vocab_size)));
+          at::Tensor next = random_ids(B, 1, c.vocab_size);
+          double start = 0;
+          for (int s = 0; s < o.warmup + o.steps; ++s) {
+            if (s == o.warmup) start = now_s();
+            at::Tensor logits = g.step(next);
+            if (o.greedy) next = logits.argmax(-1).to(at::kCPU);
+            if (s == o.warmup + o.steps - 1) sync(logits);
+          }
+          const double ms = (now_s() - start) * 1e3 / o.steps;
+          row("kvcal graph", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context),
+              ms, "ms/step");
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "bench_model: graph decode B%lld failed: %s\n",
+                       static_cast<long long>(B), e.what());
         }
-        const double ms = (now_s() - start) * 1e3 / o.steps;
-        row("kvcal graph", "decode", "B" + std::to_string(B) + " ctx" + std::to_string(o.context),
-            ms, "ms/step");
-      }
     }
     const double bound_ms = weight_gb / 3.0e3 * 1e3;  // GB / (3.0 TB/s) in ms
     char shape[64];

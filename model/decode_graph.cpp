@@ -58,7 +58,8 @@ at::Tensor decode_graph::step(const at::Tensor& ids) {
     o.maybe_positions = p.pos;
     // Capture on a side stream after one eager warm-up there (lazy cuBLAS / allocator setup).
     // Both runs write this step's K/V at `len`, so they are idempotent.
-    cudaDeviceSynchronize();
+    KVCAL_CHECK(cudaDeviceSynchronize() == cudaSuccess, "decode_graph: CUDA error before capture: ",
+                cudaGetErrorString(cudaGetLastError()));
     c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool();
     {
       c10::cuda::CUDAStreamGuard guard(stream);
@@ -71,7 +72,8 @@ at::Tensor decode_graph::step(const at::Tensor& ids) {
       p.graph->capture_end();
       p.cache.set_length(len);
     }
-    cudaDeviceSynchronize();
+    KVCAL_CHECK(cudaDeviceSynchronize() == cudaSuccess,
+                "decode_graph: CUDA error after capture: ", cudaGetErrorString(cudaGetLastError()));
   }
   p.graph->replay();
   p.cache.set_length(len + 1);

@@ -65,7 +65,7 @@ at::Tensor llama_model::forward(const at::Tensor& ids_in, kv_cache& cache,
   at::Tensor positions;  // [T] int64 on the device
   if (opt.maybe_positions.defined()) {
     KVCAL_CHECK(opt.maybe_positions.dim() == 1 && opt.maybe_positions.size(0) == T &&
-                    opt.maybe_positions.device() == device_,
+                    opt.maybe_positions.device().type() == device_.type(),
                 "forward: maybe_positions must be [", T, "] on ", device_.str());
     positions = opt.maybe_positions;
   } else {
