@@ -41,6 +41,8 @@ int run_train_policy(const std::vector<std::string>& args, io& io) {
        "at most this many held-out tokens")
       ("shuffle-buffer", po::value<std::int64_t>(&p.shuffle_buffer)->default_value(16384),
        "tokens shuffled together when streaming the captures")
+      ("cache-mb", po::value<std::int64_t>(&p.cache_mb)->default_value(2048),
+       "MB of training rows kept in memory after their first read (0 = re-read every epoch)")
       ("device", po::value<std::string>(&p.device)->default_value("cpu"), "cpu | cuda | auto")
       ("seed", po::value<std::uint64_t>(&p.seed)->default_value(0), "seed (split, init, order)")
       ("no-report", "do not write <stem>.json");

@@ -190,6 +190,7 @@ void validate_ae_params(const ae_train_params& p) {
   KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
   KVCAL_CHECK(p.val_max_tokens >= 1, "--val-max-tokens must be >= 1");
   KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
+  KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
   KVCAL_CHECK(p.device == "cpu" || p.device == "auto" || p.device.rfind("cuda", 0) == 0,
               "--device: '", p.device, "' is not cpu, cuda or auto");
 }
@@ -245,12 +246,14 @@ ae_train_result run_train_ae(const ae_train_params& p) {
   std::unique_ptr<torch_rope> rope;
   if (have_q) rope = std::make_unique<torch_rope>(h.model_json, d, h.seq_len);
 
-  auto load_rows = [&](const seq_ref& s) {  // [len, F]
+  auto read_rows = [&](const seq_ref& s) {  // [len, F]
     std::vector<at::Tensor> parts;
     for (const auto& t : row_lay.targets)
       for (int l : lay.layers) parts.push_back(cs.read(s, l, t));  // [len, n_kv, d]
     return at::stack(parts, 1).reshape({s.len, row_lay.row_floats()});
   };
+  // Training rows stay in memory after their first read (up to --cache-mb).
+  const row_loader load_rows = cached_loader(read_rows, p.cache_mb << 20);
   auto groups_of = [&](const at::Tensor& rows) {  // [B, F] -> trained [G, B(*n_kv), d]
     at::Tensor all = row_lay.to_groups(rows);
     std::vector<at::Tensor> parts;
@@ -350,7 +353,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
   for (const auto& s : split.val) {
     val_sequence v;
     v.T = s.len;
-    v.rows = load_rows(s).to(dev);
+    v.rows = read_rows(s).to(dev);
     v.pos = cs.positions(s).to(dev);
     if (have_q) v.q = load_q(s, v.pos);
     val.push_back(std::move(v));

@@ -56,6 +56,7 @@ struct ae_train_params {
   double val_fraction = 0.1;
   std::int64_t val_max_tokens = 8192;
   std::int64_t shuffle_buffer = 8192;  // tokens
+  std::int64_t cache_mb = 2048;        // training rows kept in memory after the first read
   std::string device = "cpu";          // cpu | cuda | auto
   std::uint64_t seed = 0;
   bool resume = false;

@@ -76,6 +76,8 @@ void validate_policy_params(const policy_train_params& p) {
   KVCAL_CHECK(p.lr > 0 && std::isfinite(p.lr), "--lr must be positive");
   KVCAL_CHECK(p.patience >= 0, "--patience must be >= 0");
   KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
+  KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
+  KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
 }
 
 policy_train_result run_train_policy(const policy_train_params& p) {
@@ -112,7 +114,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
   res.in_dim = in;
 
   // Row of a token: [L, fin] features then [L, n_kv] targets (label or log attention).
-  auto load_rows = [&](const seq_ref& s) {
+  auto read_rows = [&](const seq_ref& s) {
     std::vector<at::Tensor> feats, tgts;
     for (int l : layers) {
       feats.push_back(cs.read(s, l, key ? "k" : "hidden").reshape({s.len, fin}));
@@ -128,6 +130,8 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                     at::stack(tgts, 1).reshape({s.len, L * n_kv})},
                    1);
   };
+  // Training rows stay in memory after their first read (up to --cache-mb).
+  const row_loader load_rows = cached_loader(read_rows, p.cache_mb << 20);
   const sequence_split split = cs.split(p.val_fraction, p.val_max_tokens, p.seed);
   log_info("train-policy: ", split.train.size(), " training sequence(s) (", split.train_tokens,
            " tokens), ", split.val.size(), " held out (", split.val_tokens, " tokens), ",
@@ -186,7 +190,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                           torch::optim::AdamWOptions(p.lr).weight_decay(p.weight_decay));
 
   std::vector<at::Tensor> val_rows;
-  for (const auto& s : split.val) val_rows.push_back(load_rows(s).to(dev));
+  for (const auto& s : split.val) val_rows.push_back(read_rows(s).to(dev));
   auto evaluate = [&](const policy_net& n) {  // per-layer validation loss [L]
     at::NoGradGuard ng;
     at::Tensor tot = at::zeros({L}, at::kDouble);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "kernels/common/error.h"
@@ -163,6 +164,27 @@ bool row_shuffler::next(at::Tensor& out) {
   out = buf_.narrow(0, buf_pos_, n);
   buf_pos_ += n;
   return true;
+}
+
+row_loader cached_loader(row_loader load, std::int64_t budget_bytes) {
+  if (budget_bytes <= 0) return load;
+  struct state {
+    std::map<std::pair<int, std::int64_t>, at::Tensor> rows;
+    std::int64_t used = 0;
+  };
+  auto st = std::make_shared<state>();
+  return [st, load = std::move(load), budget_bytes](const seq_ref& s) {
+    const auto key = std::make_pair(s.file, s.row0);
+    auto it = st->rows.find(key);
+    if (it != st->rows.end()) return it->second;
+    at::Tensor t = load(s);
+    const std::int64_t bytes = t.numel() * static_cast<std::int64_t>(t.element_size());
+    if (st->used + bytes <= budget_bytes) {
+      st->rows.emplace(key, t);
+      st->used += bytes;
+    }
+    return t;
+  };
 }
 
 std::vector<std::vector<seq_ref>> sequence_batches(std::vector<seq_ref> seqs, std::int64_t batch,

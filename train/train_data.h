@@ -97,6 +97,11 @@ class row_shuffler {
   std::mt19937_64 rng_;
 };
 
+// Wraps `load` with a memory cache: the rows of a sequence are kept (up to `budget_bytes` in all)
+// so later epochs skip the HDF5 reads and decompression. The returned tensors are shared: callers
+// must not modify them in place. budget_bytes 0 = no cache.
+row_loader cached_loader(row_loader load, std::int64_t budget_bytes);
+
 // Groups `seqs` (in a seeded order) into minibatches of whole sequences holding at most `batch`
 // tokens (at least one sequence each): for losses that need every token of a sequence.
 std::vector<std::vector<seq_ref>> sequence_batches(std::vector<seq_ref> seqs, std::int64_t batch,
