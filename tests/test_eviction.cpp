@@ -21,6 +21,7 @@
 #include "model/runtime_cache.h"
 #include "model/tokenizer.h"
 #include "presets/preset_export.h"
+#include "runtime/budget_match.h"
 #include "runtime/byte_accounting.h"
 #include "runtime/compressed_cache.h"
 #include "runtime/eviction/evicting_layer.h"
@@ -933,4 +934,41 @@ TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
     }
     MESSAGE(label << ": decode PPL " << std::exp(nll / double(n)) << ", ratio (used) " << ratio);
   }
+}
+
+TEST_CASE("matched byte budgets: budgets scaled to a target ratio, pyramid shape kept") {
+  preset_recipe r = make_recipe(4, 2, 64);
+  for (std::size_t l = 0; l < 4; ++l) {
+    r.layers[l].policy = cluster_pol(8);
+    r.layers[l].budget = retain_budget(0.4 - 0.1 * double(l));
+    r.layers[l].k = quant_method(2, 32, quant_axis::per_channel);
+    r.layers[l].v = quant_method(2, 32, quant_axis::per_token);
+    r.layers[l].guard = 0.5;
+    r.layers[l].residual = 64;
+  }
+  for (double target : {4.0, 8.0, 12.0}) {
+    CAPTURE(target);
+    const budget_match m = match_ratio(r, 2048, target);
+    CHECK(m.ratio >= target);
+    CHECK(m.ratio < target * 1.02);  // the next larger budget falls below it
+    CHECK(m.ratio == doctest::Approx(account_bytes(m.recipe, 2048).ratio()));
+    const double r0 = m.recipe.layers[0].budget.retain, r3 = m.recipe.layers[3].budget.retain;
+    CHECK(r0 / r3 == doctest::Approx(0.4 / 0.1));  // the shape is kept
+  }
+  preset_recipe h = make_recipe(2, 2, 64);
+  for (auto& l : h.layers) {
+    l.policy = kind_pol(token_policy_kind::h2o);
+    l.budget = tokens_budget(256);
+  }
+  const budget_match m8 = match_ratio(h, 2048, 8.0);
+  CHECK(m8.recipe.layers[0].budget.tokens < 256);
+  CHECK(m8.ratio >= 8.0);
+  token_policy w = window_pol(4, 1020);
+  preset_recipe win = make_recipe(1, 1, 64);
+  win.layers[0].policy = w;
+  CHECK(match_ratio(win, 4096, 16.0).recipe.layers[0].policy.recent == 252);  // 4 + 252 = 256
+  CHECK_THROWS_WITH_AS(match_ratio(make_recipe(1, 1, 64), 2048, 4.0),
+                       doctest::Contains("no token budget"), kvcal::error);
+  CHECK_THROWS_WITH_AS(match_ratio(h, 2048, 1e6), doctest::Contains("reaches at most"),
+                       kvcal::error);
 }
