@@ -257,8 +257,9 @@ int main(int argc, char** argv) {
     float* dx = nullptr;
     CUDA_OK(cudaMalloc(&dx, host.size() * sizeof(float)));
     CUDA_OK(cudaMemcpy(dx, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
-    for (bool pooled : {false}) {
-      cov_accumulator_gpu acc(a.kv, a.d, pooled, a.rows, slots);
+    for (cov_gpu_math math : {cov_gpu_math::fp32, cov_gpu_math::tf32x3}) {
+      const bool pooled = false;
+      cov_accumulator_gpu acc(a.kv, a.d, pooled, a.rows, slots, math);
       for (std::int64_t s = 0; s < slots; ++s) acc.add_device(dx, a.rows, s);  // warm-up
       acc.synchronize();
       const auto t0 = std::chrono::steady_clock::now();
@@ -271,7 +272,8 @@ int main(int argc, char** argv) {
       rows.push_back(
           {"covariance " + std::to_string(slots * a.kv) + " blocks (" + std::to_string(a.layers) +
                " layers x K,V x " + std::to_string(a.kv) + " heads), " + std::to_string(a.rows) +
-               "-token blocks, fp32 GEMM + fp64 merge",
+               "-token blocks, " + (math == cov_gpu_math::fp32 ? "fp32 SGEMM" : "3xTF32 GEMM") +
+               " + fp64 merge",
            fmt("%.2f ms/block", sec * 1e3 / a.reps), fmt("%.2f M tok/s", tok_s / 1e6), ""});
       // Accuracy of one slot vs the CPU on the same data.
       std::vector<cov_stats> cpu(static_cast<size_t>(a.kv), cov_stats(a.d));

@@ -12,7 +12,7 @@ bool covariance_gpu_compiled() {
 }
 
 cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t, std::int64_t, bool, std::int64_t,
-                                         std::int64_t) {
+                                         std::int64_t, cov_gpu_math) {
   KVCAL_FAIL("GPU covariance: this build has no CUDA");
 }
 cov_accumulator_gpu::~cov_accumulator_gpu() = default;

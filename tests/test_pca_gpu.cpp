@@ -56,12 +56,15 @@ TEST_CASE("GPU covariance == CPU covariance (per head and pooled, awkward block 
   }
   const std::int64_t rows = 5003, n_kv = 3, d = 97;
   const std::vector<float> x = random_rows(rows * n_kv, d, 11, 20.0f);
-  for (bool pooled : {false, true}) {
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool pooled = variant % 2 == 1;
+    const cov_gpu_math math = variant < 2 ? cov_gpu_math::fp32 : cov_gpu_math::tf32x3;
     CAPTURE(pooled);
-    cov_accumulator_gpu acc(n_kv, d, pooled, 1024);
+    CAPTURE(variant);
+    cov_accumulator_gpu acc(n_kv, d, pooled, 2500, 1, math);
     std::vector<cov_stats> cpu(pooled ? 1 : n_kv, cov_stats(d));
     for (std::int64_t t = 0; t < rows;) {
-      const std::int64_t b = std::min<std::int64_t>(rows - t, 17 + (t * 13) % 1000);
+      const std::int64_t b = std::min<std::int64_t>(rows - t, 17 + (t * 13) % 2400);
       acc.add_host(x.data() + t * n_kv * d, b);
       accumulate_rows_cpu(cpu, x.data() + t * n_kv * d, b, n_kv, d);
       t += b;
