@@ -9,7 +9,7 @@ OUT=${1:-build-pca-quick}
 mkdir -p "$OUT"
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 EIGEN=$(ls -d /usr/include/eigen3 2>/dev/null || echo /usr/local/include/eigen3)
-COMMON=(-O2 -std=c++17 -arch=sm_90 -I. -I"$EIGEN" -DKVCAL_WITH_CUDA=1)
+COMMON=(-O2 -std=c++17 -arch=sm_90 -I. -I"$EIGEN" -DKVCAL_WITH_CUDA=1 -DKVCAL_PCA_QUICK=1)
 SRCS=(calibrate/covariance.cpp calibrate/eigensolve.cpp calibrate/covariance_gpu.cu
       calibrate/eigensolve_gpu.cu kernels/common/error.cpp kernels/common/log.cpp
       kernels/common/cuda_device.cpp kernels/common/device_check.cu)

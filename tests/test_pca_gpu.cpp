@@ -119,3 +119,69 @@ TEST_CASE("GPU batched eigensolve == CPU (eigenvalues rel <= 1e-5, principal ang
     }
   }
 }
+
+// fit-pca end to end on the GPU vs the CPU (needs HDF5: not in scripts/pca-gpu-quick.sh builds).
+#ifndef KVCAL_PCA_QUICK
+#include <nlohmann/json.hpp>
+
+#include "calibrate/h5_array.h"
+#include "calibrate/pca_fit.h"
+#include "calibrate/pca_format.h"
+#include "tests/test_util.h"
+
+TEST_CASE("fit-pca --device cuda == --device cpu on a synthetic capture") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  kvcal::test::scratch_dir dir;
+  const std::int64_t n_layers = 3, n_kv = 2, d = 64, n = 3000;
+  {
+    h5_file f = h5_file::create(dir.file("cap.h5"));
+    f.set_attr("format", std::string("kvcal.capture"));
+    f.set_attr("version", std::int64_t{1});
+    f.set_attr("model", std::string(R"({"model_type":"llama","n_layers":3})"));
+    f.set_attr("n_layers", n_layers);
+    f.set_attr("n_kv_heads", n_kv);
+    f.set_attr("n_heads", 2 * n_kv);
+    f.set_attr("head_dim", d);
+    f.set_attr("n_tokens", n);
+    f.set_attr("dtype", std::string("float16"));
+    unsigned seed = 1;
+    for (std::int64_t l = 0; l < n_layers; ++l)
+      for (const char* t : {"k", "v"}) {
+        const std::string p = "/layers/" + std::to_string(l) + "/" + t;
+        h5_create_dataset(f, p, h5_dtype::f16, {n, n_kv, d}, 512);
+        const std::vector<float> x = random_rows(n * n_kv, d, ++seed, 4.0f);
+        h5_write_rows(f, p, 0, n, x.data());
+      }
+  }
+  pca_file out[2];
+  for (int g = 0; g < 2; ++g) {
+    pca_fit_params p;
+    p.captures = {dir.file("cap.h5")};
+    p.out = dir.file(g ? "gpu.h5" : "cpu.h5");
+    p.device = g ? "cuda" : "cpu";
+    p.block_rows = 700;
+    p.bytes_per_token = 300;
+    const pca_fit_result r = run_pca_fit(p);
+    CHECK(r.device_used == p.device);
+    out[g] = read_pca_file(p.out);
+  }
+  REQUIRE(out[0].blocks.size() == out[1].blocks.size());
+  for (size_t b = 0; b < out[0].blocks.size(); ++b) {
+    const pca_block &c = out[0].blocks[b], &g = out[1].blocks[b];
+    CHECK(c.count == g.count);
+    double rel = 0;
+    for (std::int64_t j = 0; j < d; ++j)
+      rel = std::max(rel, std::abs(c.eigenvalues[j] - g.eigenvalues[j]) / c.eigenvalues[0]);
+    CHECK(rel <= 1e-5);
+    for (int r : {1, 8, 16}) {
+      if (c.eigenvalues[r - 1] - c.eigenvalues[r] < 1e-3 * c.eigenvalues[0]) continue;
+      CHECK(principal_angle(g.basis, c.basis, static_cast<int>(d), r) <= 1e-3);
+    }
+    // Ranks may differ by one where eigenvalues of two blocks tie to rounding (greedy order).
+    CHECK(std::abs(c.rank - g.rank) <= 1);
+  }
+}
+#endif
