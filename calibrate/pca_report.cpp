@@ -128,27 +128,40 @@ void describe_pca(const pca_file& f, const std::string& path, std::ostream& os) 
        << fixed(spread_sum[ti] / static_cast<double>(f.layers.size()), 1) << "x";
   os << "\n";
   if (f.has_target("k") && f.has_target("k_rope")) {
-    os << "\nPre- vs post-RoPE K: energy kept at the same rank (k's chosen rank)\n"
-       << pad("layer", 5) << pad("rank", 7) << pad("pre", 8) << pad("post", 8) << "\n";
-    double pre_sum = 0, post_sum = 0;
+    // At k's chosen rank and at the probe ranks: a chosen rank of d says nothing by itself.
+    const std::vector<int> probes_k = probe_ranks(f.head_dim);
+    os << "\nPre- vs post-RoPE K: energy kept at the same rank (pre / post)\n"
+       << pad("layer", 5) << pad("rank", 7) << pad("at rank", 16);
+    for (int r : probes_k) os << pad("r=" + std::to_string(r), 16);
+    os << "\n";
+    std::vector<double> pre_sum(probes_k.size() + 1, 0.0), post_sum(probes_k.size() + 1, 0.0);
     for (std::int64_t l : f.layers) {
-      double pre = 0, post = 0, rank = 0;
       const auto ks = blocks_of(f, "k", l);
+      std::vector<double> pre(probes_k.size() + 1, 0.0), post(probes_k.size() + 1, 0.0);
+      double rank = 0;
       for (const auto* b : ks) {
         const pca_block* kr = f.find("k_rope", l, b->head);
-        pre += explained_energy(b->eigenvalues, static_cast<int>(b->rank));
-        post += kr ? explained_energy(kr->eigenvalues, static_cast<int>(b->rank)) : 0;
         rank += static_cast<double>(b->rank);
+        for (size_t k = 0; k <= probes_k.size(); ++k) {
+          const int r = k == 0 ? static_cast<int>(b->rank) : probes_k[k - 1];
+          pre[k] += explained_energy(b->eigenvalues, r);
+          post[k] += kr ? explained_energy(kr->eigenvalues, r) : 0;
+        }
       }
       const double n = static_cast<double>(ks.size());
-      pre_sum += pre / n;
-      post_sum += post / n;
-      os << pad(std::to_string(l), 5) << pad(fixed(rank / n, 1), 7) << pad(fixed(pre / n, 3), 8)
-         << pad(fixed(post / n, 3), 8) << "\n";
+      os << pad(std::to_string(l), 5) << pad(fixed(rank / n, 1), 7);
+      for (size_t k = 0; k <= probes_k.size(); ++k) {
+        pre_sum[k] += pre[k] / n;
+        post_sum[k] += post[k] / n;
+        os << pad(fixed(pre[k] / n, 3) + " / " + fixed(post[k] / n, 3), 16);
+      }
+      os << "\n";
     }
     const double nl = static_cast<double>(f.layers.size());
-    os << "  mean: pre-RoPE " << fixed(pre_sum / nl, 3) << ", post-RoPE " << fixed(post_sum / nl, 3)
-       << "\n";
+    os << pad("mean", 5) << pad("", 7);
+    for (size_t k = 0; k <= probes_k.size(); ++k)
+      os << pad(fixed(pre_sum[k] / nl, 3) + " / " + fixed(post_sum[k] / nl, 3), 16);
+    os << "\n";
   }
 }
 

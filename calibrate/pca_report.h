@@ -5,7 +5,7 @@
 // variance at ranks d/16, d/8, d/4, d/2 (mean over KV heads), the chosen rank and its energy, and
 // the spectrum spread lambda_1 / lambda_median (K vs V: the knlp finding is that post-RoPE K is far
 // more spread than V); when both k and k_rope were fitted, the energy pre-RoPE K vs post-RoPE K
-// keeps at the same rank (k's chosen rank).
+// keeps at the same rank (k's chosen rank, and the probe ranks).
 //
 //   kvcal::describe_pca(kvcal::read_pca_file("pca.h5"), "pca.h5", std::cout);
 //   kvcal::write_pca_svg(file, "pca.svg");
