@@ -3,6 +3,7 @@
 # scripts/build-gpu.sh but builds only kvcal and test_train, runs test_train, captures the
 # reference model on CUDA, then trains on CPU and on CUDA and prints tokens/s of each.
 # Usage: scripts/train-gpu-check.sh [build-dir] [max-tokens]   (default build-gpu, 65536)
+# BENCH7B=1 also builds and runs bench_train (synthetic Qwen2.5-7B-shaped capture, CPU and CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-gpu}
@@ -44,3 +45,8 @@ for dev in cpu cuda; do
   $K train-policy --capture "$W/cap.h5" --out "$W/polh-$dev.safetensors" --recipe h2o-label \
     --epochs 3 --batch 4096 --device $dev -q | head -2
 done
+
+if [ "${BENCH7B:-0}" = 1 ]; then
+  cmake --build "$BUILD" -j "${KVCAL_JOBS:-$(nproc)}" --target bench_train
+  "$BUILD/bench/bench_train" --dir "$W" --devices cuda,cpu
+fi
