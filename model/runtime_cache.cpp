@@ -1,5 +1,7 @@
 #include "model/runtime_cache.h"
 
+#include <utility>
+
 #include "kernels/common/error.h"
 
 namespace kvcal {
@@ -120,9 +122,14 @@ cache_stats runtime_cache::stats() const {
       s.compressed[i].bytes_held += o.compressed[i].bytes_held;
       s.compressed[i].bytes_used += o.compressed[i].bytes_used;
     }
-    s.fp16_window.tokens += o.fp16_window.tokens;
-    s.fp16_window.bytes_held += o.fp16_window.bytes_held;
-    s.fp16_window.bytes_used += o.fp16_window.bytes_used;
+    using parts = std::pair<method_bytes*, const method_bytes*>;
+    for (const parts& p : {parts{&s.fp16_window, &o.fp16_window}, parts{&s.index, &o.index},
+                           parts{&s.centroids, &o.centroids}}) {
+      p.first->tokens += p.second->tokens;
+      p.first->bytes_held += p.second->bytes_held;
+      p.first->bytes_used += p.second->bytes_used;
+    }
+    s.bookkeeping_bytes += o.bookkeeping_bytes;
     for (std::size_t l = 0; l < s.layer_bytes_held.size(); ++l)
       s.layer_bytes_held[l] += o.layer_bytes_held[l];
   }

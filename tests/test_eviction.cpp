@@ -972,3 +972,30 @@ TEST_CASE("matched byte budgets: budgets scaled to a target ratio, pyramid shape
   CHECK_THROWS_WITH_AS(match_ratio(h, 2048, 1e6), doctest::Contains("reaches at most"),
                        kvcal::error);
 }
+
+TEST_CASE("runtime_cache with eviction: batch rows evict independently, stats summed") {
+  const llama_model& m = llama_fixture();
+  const model_config& cfg = m.config();
+  preset_recipe r;
+  r.name = "h2o-batch";
+  r.model = fingerprint_of(cfg);
+  r.layers.resize(sz(cfg.num_hidden_layers));
+  for (auto& lr : r.layers) {
+    lr.policy = cluster_pol(2);
+    lr.budget = tokens_budget(12);
+  }
+  runtime_cache rc(cfg, r, {}, 2);
+  at::Tensor ids = (at::arange(60, at::TensorOptions().dtype(at::kLong)) * 7 + 1)
+                       .remainder(cfg.vocab_size)
+                       .reshape({2, 30});
+  m.forward(ids.narrow(1, 0, 20), rc);
+  for (int t = 20; t < 30; ++t) m.forward(ids.narrow(1, t, 1), rc);
+  CHECK(rc.length() == 30);
+  const cache_stats st = rc.stats();
+  const cache_stats r0 = rc.row(0).stats(), r1 = rc.row(1).stats();
+  CHECK(st.index.bytes_used == r0.index.bytes_used + r1.index.bytes_used);
+  CHECK(st.centroids.bytes_used == r0.centroids.bytes_used + r1.centroids.bytes_used);
+  CHECK(st.bytes_used == r0.bytes_used + r1.bytes_used);
+  CHECK(double(r0.bytes_used) == account_bytes(r, 30).total());
+  for (int b = 0; b < 2; ++b) CHECK(rc.row(b).eviction(0)->held(0) == 12);
+}
