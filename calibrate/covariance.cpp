@@ -1,6 +1,8 @@
 #include "calibrate/covariance.h"
 
 #include <Eigen/Dense>
+#include <future>
+#include <thread>
 
 #include "kernels/common/error.h"
 
@@ -66,8 +68,17 @@ void accumulate_rows_cpu(std::vector<cov_stats>& stats, const float* x, std::int
     return;
   }
   KVCAL_ASSERT(static_cast<std::int64_t>(stats.size()) == n_kv, "one cov_stats per KV head");
-  for (std::int64_t h = 0; h < n_kv; ++h)
+  // Heads are independent: one task each beside this thread (same result as in sequence).
+  const bool parallel =
+      n_kv > 1 && rows * d * d >= (1 << 20) && std::thread::hardware_concurrency() > 1;
+  std::vector<std::future<void>> tasks;
+  for (std::int64_t h = 1; h < n_kv && parallel; ++h)
+    tasks.push_back(std::async(std::launch::async, [&, h] {
+      accumulate_block_cpu(stats[static_cast<size_t>(h)], x + h * d, rows, d, n_kv * d);
+    }));
+  for (std::int64_t h = 0; h < (parallel ? 1 : n_kv); ++h)
     accumulate_block_cpu(stats[static_cast<size_t>(h)], x + h * d, rows, d, n_kv * d);
+  for (auto& t : tasks) t.get();
 }
 
 cov_stats two_pass_stats(const float* x, std::int64_t n, std::int64_t d, std::int64_t stride) {

@@ -89,6 +89,19 @@ TEST_CASE("covariance: per-head and pooled layouts of [rows, n_kv, d]") {
   CHECK(max_rel_diff(pooled[0].m2, ref.m2) < 1e-12);
 }
 
+TEST_CASE("covariance: heads accumulated in parallel == in sequence") {
+  const std::int64_t rows = 1500, n_kv = 4, d = 32;  // rows x d x d >= 2^20: parallel heads
+  const std::vector<float> x = random_rows(rows * n_kv, d, 9, 1.0f);
+  std::vector<cov_stats> par(n_kv, cov_stats(d));
+  accumulate_rows_cpu(par, x.data(), rows, n_kv, d);
+  for (std::int64_t h = 0; h < n_kv; ++h) {
+    cov_stats seq(d);
+    accumulate_block_cpu(seq, x.data() + h * d, rows, d, n_kv * d);
+    CHECK(par[h].m2 == seq.m2);  // bit-identical
+    CHECK(par[h].mean == seq.mean);
+  }
+}
+
 TEST_CASE("eigensolve: known spectrum, descending, deterministic sign") {
   const std::int64_t d = 24;
   std::mt19937 rng(3);
