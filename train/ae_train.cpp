@@ -467,6 +467,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
     step = t[1].item<std::int64_t>();
     bad_epochs = static_cast<int>(t[2].item<std::int64_t>());
     finished = t[3].item<std::int64_t>() != 0;
+    res.epochs_run = epoch0;
     t = get("totals");  // init_val, best_total
     res.init_val = t[0].item<double>();
     best_total = t[1].item<double>();
