@@ -999,3 +999,45 @@ TEST_CASE("runtime_cache with eviction: batch rows evict independently, stats su
   CHECK(double(r0.bytes_used) == account_bytes(r, 30).total());
   for (int b = 0; b < 2; ++b) CHECK(rc.row(b).eviction(0)->held(0) == 12);
 }
+
+TEST_CASE("eviction templates on every fixture architecture (RoPE variants, qwen2 bias, sliding)") {
+  test::scratch_dir dir;
+  for (const std::string fx : {"llama3-rope", "qwen2", "mistral", "llama-headdim"}) {
+    const llama_model m = llama_model::load(fixture_dir(fx), at::kCPU, at::kFloat);
+    for (const std::string name : {"h2o", "streaming-llm"}) {
+      CAPTURE(fx);
+      CAPTURE(name);
+      export_params p;
+      p.template_name = name;
+      p.model_dir = fixture_dir(fx);
+      p.out = dir.file(fx + name + ".safetensors");
+      const export_result ex = export_preset(p);
+      runtime_cache rc(m.config(), p.out, 1);
+      const at::Tensor logits = run_model(m, rc, 48, 64);
+      CHECK(logits.isfinite().all().item<bool>());
+      CHECK(rc.length() == 64);
+      CHECK(double(rc.stats().bytes_used) == account_bytes(ex.recipe, 64).total());
+    }
+  }
+}
+
+TEST_CASE("an evicting layer whose budget never binds gives the fp16 cache's logits") {
+  for (const std::string fx : {"llama", "llama3-rope", "qwen2", "mistral", "llama-headdim"}) {
+    CAPTURE(fx);
+    const llama_model m = llama_model::load(fixture_dir(fx), at::kCPU, at::kFloat);
+    const model_config& cfg = m.config();
+    preset_recipe r;
+    r.name = "fp16";
+    r.model = fingerprint_of(cfg);
+    r.layers.resize(sz(cfg.num_hidden_layers));
+    runtime_cache plain(cfg, r, {}, 1);
+    const at::Tensor want = run_model(m, plain, 20, 40);
+    for (auto& lr : r.layers) {
+      lr.policy = kind_pol(token_policy_kind::h2o);
+      lr.budget = tokens_budget(1000);
+    }
+    runtime_cache ev(cfg, r, {}, 1);
+    const at::Tensor got = run_model(m, ev, 20, 40);
+    CHECK((got - want).abs().max().item<double>() < 1e-4);
+  }
+}
