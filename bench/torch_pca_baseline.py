@@ -100,7 +100,7 @@ def check(a):
     if a.max_tokens:
         n = min(n, a.max_tokens)
     gran = pca.attrs["granularity"]
-    gran = gran.decode() if isinstance(gran, bytes) else gran
+    gran = gran.decode() if isinstance(gran, (bytes, np.bytes_)) else str(gran)
     targets = json.loads(pca.attrs["targets"])
     centered = int(pca.attrs["centered"]) != 0
     worst_rel, worst_ang, blocks = 0.0, 0.0, 0
@@ -139,11 +139,13 @@ def make_capture(a):
              "rope": {"theta": 1000000.0, "type": "default"}, "config_sha256": "0" * 64}
     chunk = 4096
     with h5py.File(a.make_capture, "w") as f:
+        # Strings as fixed-length (np.bytes_): kvcal reads fixed-length string attributes only
+        # (h5py writes a plain str as variable-length).
         for k, v in dict(format="kvcal.capture", version=np.int64(1), model=json.dumps(model),
                          n_layers=np.int64(L), n_kv_heads=np.int64(kv), n_heads=np.int64(7 * kv),
                          head_dim=np.int64(d), n_tokens=np.int64(n), dtype="float16",
                          record=json.dumps(["k", "v"])).items():
-            f.attrs[k] = v
+            f.attrs[k] = np.bytes_(v) if isinstance(v, str) else v
         mix = rng.standard_normal((L, 2, kv, d, d)).astype(np.float32) / np.sqrt(d)
         scale = (0.93 ** np.arange(d)).astype(np.float32) * 4
         for layer in range(L):
