@@ -130,6 +130,7 @@ cache_stats runtime_cache::stats() const {
       p.first->bytes_used += p.second->bytes_used;
     }
     s.bookkeeping_bytes += o.bookkeeping_bytes;
+    s.reencoded += o.reencoded;
     for (std::size_t l = 0; l < s.layer_bytes_held.size(); ++l)
       s.layer_bytes_held[l] += o.layer_bytes_held[l];
   }

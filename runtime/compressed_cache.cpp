@@ -448,6 +448,7 @@ cache_stats compressed_cache::stats() const {
     if (L->ev) {  // tokens: held; fp16_bytes: the context seen (the tokens the cache stands for)
       const std::size_t held = L->ev->add_stats(st.compressed.data(), st.fp16_window, st.index,
                                                 st.centroids, st.bytes_used, st.bookkeeping_bytes);
+      st.reencoded += L->ev->reencoded();
       st.tokens.push_back(L->ev->max_held());
       st.layer_bytes_held.push_back(held);
       st.bytes_held += held;

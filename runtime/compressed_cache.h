@@ -86,6 +86,9 @@ struct cache_stats {
   method_bytes index;        // eviction: int32 positions of held tokens (tokens: per KV head)
   method_bytes centroids;    // cluster policy: fp16 K and V centroids (tokens: centroids)
   std::size_t bookkeeping_bytes = 0;  // eviction's token tables (scores, places), heap, not pages
+  // Eviction, so far: token streams whose record was decoded and stored again (a guard promotion
+  // into fp16, or a per-channel block that lost a member re-quantized) — a second rounding.
+  std::int64_t reencoded = 0;
   double ratio() const { return bytes_held ? fp16_bytes / static_cast<double>(bytes_held) : 0; }
 };
 

@@ -670,6 +670,7 @@ TEST_CASE("guard: the top fraction of kept tokens by score stay fp16, the rest c
       }
     CHECK(double(c.stats().bytes_used) == account_bytes(r, dr.seen).total());
   }
+  CHECK(c.stats().reencoded > 0);  // promotions into the guard, broken K blocks
   CHECK(dr.max_err < 2e-4);
 }
 
@@ -917,6 +918,7 @@ TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
     double nll = 0;
     std::int64_t n = 0;
     double ratio = 0;
+    std::int64_t reencoded = 0;
     for (std::int64_t w = 0; w < windows; ++w) {
       runtime_cache rc(m.config(), p.out, 1);
       at::Tensor ids =
@@ -931,8 +933,10 @@ TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
       }
       const cache_stats st = rc.stats();
       ratio += st.fp16_bytes / double(st.bytes_used) / windows;
+      reencoded += st.reencoded;
     }
-    MESSAGE(label << ": decode PPL " << std::exp(nll / double(n)) << ", ratio (used) " << ratio);
+    MESSAGE(label << ": decode PPL " << std::exp(nll / double(n)) << ", ratio (used) " << ratio
+                  << ", re-encoded token streams " << reencoded);
   }
 }
 

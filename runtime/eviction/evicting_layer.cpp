@@ -301,6 +301,7 @@ void evicting_layer::relayout(int h, int kv, const std::vector<std::int64_t>& ke
     } else {
       row_of(s, L, row_.data());
       encode_fp16_rows(row_.data(), 1, d, dst);
+      ++reencoded_;
     }
     new_loc[j] = static_cast<std::int32_t>(nf.size() - 1);
   };
@@ -333,8 +334,11 @@ void evicting_layer::relayout(int h, int kv, const std::vector<std::int64_t>& ke
   const std::size_t full = waiting.size() / sz(B) * sz(B);
   std::vector<float> blk(sz(B) * sz(d));
   for (std::size_t g = 0; g < full; g += sz(B)) {
-    for (std::size_t i = 0; i < sz(B); ++i)
-      row_of(s, loc[sz(kept[waiting[g + i]])], blk.data() + i * sz(d));
+    for (std::size_t i = 0; i < sz(B); ++i) {
+      const std::int32_t L = loc[sz(kept[waiting[g + i]])];
+      row_of(s, L, blk.data() + i * sz(d));
+      reencoded_ += L < 0;
+    }
     s.codec->encode(blk.data(), nr.append());
     const std::int64_t rec = static_cast<std::int64_t>(nr.size()) - 1;
     for (std::size_t i = 0; i < sz(B); ++i)
@@ -456,7 +460,7 @@ void evicting_layer::reset() {
       s.records.clear();
       s.n_comp = 0;
     }
-  seen_ = p0_ = step_ = 0;
+  seen_ = p0_ = step_ = reencoded_ = 0;
   indexed_ = false;
   cached_stream_ = nullptr;
 }

@@ -77,6 +77,9 @@ class evicting_layer {
   const centroid_set& centroids(int h) const;
   const eviction_policy& policy() const { return *policy_; }
   bool indexed() const { return indexed_; }
+  // Token streams whose compressed record was decoded and stored again, so far (guard promotions
+  // into fp16, survivors of a broken per-channel block re-quantized).
+  std::int64_t reencoded() const { return reencoded_; }
 
   // Adds this layer's pages: records by method kind (index kv_method_kind), fp16 rows, positions,
   // centroids. Returns the bytes held by its pages.
@@ -113,6 +116,7 @@ class evicting_layer {
   std::vector<stream_state> streams_[2];  // [K|V][n_kv]
   std::int64_t seen_ = 0, p0_ = 0, step_ = 0;
   bool indexed_ = false;
+  std::int64_t reencoded_ = 0;
   // Scratch.
   std::vector<float> k_, v_, cbuf_, cs_, sn_, sc_, arow_, acc_, block_, row_;
   std::vector<std::int64_t> pos_;
