@@ -322,6 +322,17 @@ TEST_CASE("train-policy: both recipes beat random on held-out sequences") {
   run_train_policy(p);
   CHECK(safetensors_file(p.out).at("layers.1.policy.weight").shape ==
         std::vector<std::int64_t>{2, 64});
+  CHECK_FALSE(run_train_policy(p).causal_eval);
+  // With q and k captured: the causal evaluation (eviction at the midpoint, recomputed attention).
+  p.captures = {make_capture(dir, "q", "k,q,hidden,attn")};
+  const policy_train_result r = run_train_policy(p);
+  CHECK(r.causal_eval);
+  for (const auto& b : r.budgets) {
+    CAPTURE(b.budget);
+    CHECK(b.random_mass == doctest::Approx(b.budget).epsilon(0.3));
+    CHECK(b.h2o_mass > 0);
+    CHECK(b.learned_mass <= 1.0);
+  }
 }
 
 TEST_CASE("train-policy: missing attn / hidden and mixed models are refused") {

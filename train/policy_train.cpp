@@ -7,6 +7,8 @@
 #include <cmath>
 #include <deque>
 #include <iomanip>
+#include <limits>
+#include <memory>
 #include <sstream>
 
 #include "kernels/common/error.h"
@@ -288,27 +290,61 @@ policy_train_result run_train_policy(const policy_train_params& p) {
       budgets.size(),
       std::vector<std::vector<double>>(static_cast<std::size_t>(L), std::vector<double>(8, 0.0)));
   double units = 0;
+  // With q and k captured the evaluation is causal (eviction at the midpoint of each sequence,
+  // H2O with past attention only); otherwise it ranks whole sequences by the attention statistics.
+  bool split_eval = true;
+  for (std::size_t i = 0; i < cs.n_files(); ++i)
+    split_eval = split_eval && cs.reader(i).header().records(capture_item::q) &&
+                 cs.reader(i).header().records(capture_item::k);
+  std::unique_ptr<torch_rope> rope;
+  if (split_eval) rope = std::make_unique<torch_rope>(h.model_json, d, h.seq_len);
+  res.causal_eval = split_eval;
   at::Generator gen = at::detail::createCPUGenerator(epoch_seed(p.seed, 1000003));
   {
     at::NoGradGuard ng;
     for (std::size_t si = 0; si < split.val.size(); ++si) {
       const seq_ref& s = split.val[si];
+      if (split_eval && s.len < 4) continue;  // nothing to evict before a midpoint
       const at::Tensor& rows = val_rows[si];
       const at::Tensor learned =
           scores_of(best.forward(split_rows(rows).first), s.len).to(at::kCPU);  // [L, T, n_kv]
       const at::Tensor pos = cs.positions(s).to(at::kFloat);
       for (std::int64_t li = 0; li < L; ++li) {
-        const at::Tensor gt_all = cs.read(s, layers[li], "attn_next");  // [T, n_kv]
-        const at::Tensor cum = cs.read(s, layers[li], "attn_cum");
+        // Candidates, ground truth and the H2O score per KV head: [n_kv, n]
+        at::Tensor gt_all, h2o_all, pos_c;
+        std::int64_t n = s.len, first = 0;
+        if (split_eval) {
+          // Eviction at the midpoint t0, from the attention recomputed from q and k: candidates
+          // are the tokens before t0, H2O sees the attention they got before t0, the ground truth
+          // is the attention they get from the queries from t0 on.
+          const std::int64_t T = s.len, t0 = T / 2, rep = h.n_heads / n_kv;
+          at::Tensor pos_d = cs.positions(s).to(dev);
+          at::Tensor q = rope->apply(cs.read(s, layers[li], "q").to(dev).permute({1, 0, 2}), pos_d);
+          at::Tensor k = rope->apply(cs.read(s, layers[li], "k").to(dev).permute({1, 0, 2}), pos_d);
+          at::Tensor sc =
+              at::matmul(q.reshape({n_kv, rep, T, d}), k.unsqueeze(1).transpose(-1, -2)) /
+              std::sqrt(static_cast<double>(d));  // [n_kv, rep, T(query), T(key)]
+          at::Tensor mask =
+              at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).triu(1);
+          at::Tensor A =
+              at::softmax(sc.masked_fill(mask, -std::numeric_limits<float>::infinity()), -1)
+                  .mean(1);  // [n_kv, T, T]
+          h2o_all = A.narrow(1, 0, t0).narrow(2, 0, t0).sum(1).to(at::kCPU);
+          gt_all = A.narrow(1, t0, T - t0).narrow(2, 0, t0).sum(1).to(at::kCPU);
+          n = t0;
+        } else {
+          gt_all = cs.read(s, layers[li], "attn_next").t().contiguous();
+          h2o_all = cs.read(s, layers[li], "attn_cum").t().contiguous();
+        }
+        pos_c = pos.narrow(0, first, n);
         for (std::int64_t g = 0; g < n_kv; ++g) {
-          const at::Tensor gt = gt_all.select(1, g).contiguous();
-          const at::Tensor gt_top = std::get<1>(gt.topk(s.len));
-          const at::Tensor sc[4] = {learned[li].select(1, g).contiguous(),
-                                    cum.select(1, g).contiguous(), pos, at::rand({s.len}, gen)};
+          const at::Tensor gt = gt_all[g].contiguous();
+          const at::Tensor gt_top = std::get<1>(gt.topk(n));
+          const at::Tensor sc[4] = {learned[li].select(1, g).narrow(0, first, n).contiguous(),
+                                    h2o_all[g].contiguous(), pos_c, at::rand({n}, gen)};
           for (std::size_t bi = 0; bi < budgets.size(); ++bi) {
             const std::int64_t k = std::max<std::int64_t>(
-                1,
-                static_cast<std::int64_t>(std::lround(budgets[bi] * static_cast<double>(s.len))));
+                1, static_cast<std::int64_t>(std::lround(budgets[bi] * static_cast<double>(n))));
             for (int m = 0; m < 4; ++m) {
               const auto mr = keep_metrics(sc[m], gt, gt_top, k);
               acc[bi][m] += mr.first;
@@ -352,7 +388,13 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                 {"arch", res.arch},
                 {"hidden", res.hidden},
                 {"target", h2o ? "attn_cum > median" : "log(" + p.target + " + 1e-6)"},
-                {"ground_truth", "attn_next"},
+                {"evaluation",
+                 split_eval ? "causal: eviction at each held-out sequence's midpoint among the "
+                              "tokens before it; ground truth = attention they receive from the "
+                              "later queries (recomputed from q and k); h2o = attention received "
+                              "before the midpoint"
+                            : "whole sequences ranked; ground truth = attn_next; h2o = attn_cum "
+                              "(includes the future attention it is judged on)"},
                 {"attn_window", h.attn_window},
                 {"train_tokens", split.train_tokens},
                 {"val_tokens", split.val_tokens},
@@ -443,7 +485,12 @@ std::string policy_report_table(const policy_train_result& r) {
     cell(b.random_mass, b.random_recall);
     os << "\n";
   }
-  os << "* h2o scores with attn_cum, which includes the future attention it is judged on\n";
+  if (r.causal_eval)
+    os << "* eviction at each held-out sequence's midpoint; h2o = attention received so far; "
+          "truth = attention from the later queries\n";
+  else
+    os << "* h2o scores with attn_cum, which includes the future attention it is judged on "
+          "(capture q and k for the causal evaluation)\n";
   return os.str();
 }
 

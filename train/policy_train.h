@@ -16,13 +16,16 @@
 // training mean / std, folded into the first layer when written, so the file takes raw features.
 // Each layer keeps its best validation weights; early stopping as in train-ae.
 //
-// Evaluation (held-out sequences, per layer and KV head, keep budgets 50 / 25 / 12.5 % of each
-// sequence): the kept tokens are the top-scored ones; the ground truth is attn_next (future
-// attention). Reported per scorer (learned, h2o = attn_cum, recency = position, random):
-//   mass    = sum of attn_next over kept tokens / sum over all tokens
-//   recall  = |kept ∩ the truly top tokens by attn_next| / kept
-// Note: attn_cum includes the attention of the queries attn_next counts, so the H2O column is an
-// oracle-leaning reference (it sees the future the others are judged on).
+// Evaluation (held-out sequences, per layer and KV head, keep budgets 50 / 25 / 12.5 %), scorers
+// learned, h2o, recency (position), random; the kept tokens are the top-scored candidates:
+//   mass    = ground truth summed over the kept tokens / over all candidates
+//   recall  = |kept ∩ the truly top candidates by the ground truth| / kept
+// Causal (the captures have q and k): eviction at each sequence's midpoint t0; candidates are the
+// tokens before t0; the attention is recomputed from q and k (RoPE at the captured positions,
+// causal, query heads of a KV group averaged); ground truth = the attention a candidate receives
+// from the queries at and after t0; h2o = the attention it received before t0 (heavy hitters
+// only, no recent window). Otherwise (no q): whole sequences, ground truth = attn_next, h2o =
+// attn_cum, which includes the attention it is judged on (an oracle-leaning reference).
 //
 //   kvcal::policy_train_params p;
 //   p.captures = {"cap.h5"}; p.out = "policy.safetensors"; p.recipe = "future-attn";
@@ -80,6 +83,7 @@ struct policy_train_result {
   std::vector<double> train_loss;
   double init_val = 0, best_val = 0;
   bool early_stopped = false;
+  bool causal_eval = false;  // midpoint evaluation from q and k (else attention statistics)
   std::string device_used, report_json_path;
   double seconds = 0, samples_per_s = 0;
   nlohmann::json report;
