@@ -45,6 +45,9 @@ int run_train_ae(const std::vector<std::string>& args, io& io) {
        "tokens shuffled together when streaming the captures")
       ("cache-mb", po::value<std::int64_t>(&p.cache_mb)->default_value(2048),
        "MB of training rows kept in memory after their first read (0 = re-read every epoch)")
+      ("precision", po::value<std::string>(&p.precision)->default_value("fp32"),
+       "fp32 | bf16 (mixed precision: bf16 matmuls in the training forward, fp32 weights, "
+       "fp32 validation)")
       ("device", po::value<std::string>(&p.device)->default_value("auto"),
        "auto (CUDA when libtorch sees a GPU) | cpu | cuda")
       ("seed", po::value<std::uint64_t>(&p.seed)->default_value(0), "seed (split, init, order)")

@@ -196,6 +196,11 @@ TEST_CASE("train-ae: a few steps lower the loss (random init, mlp, attn loss, la
     REQUIRE(r.train_loss.size() == 3);
     CHECK(r.train_loss.back() < r.train_loss.front());
     CHECK(r.best_val < r.init_val);
+    // Mixed precision (bf16 matmuls in the training forward) trains too.
+    p.precision = "bf16";
+    const ae_train_result m = run_train_ae(p);
+    CHECK(m.train_loss.back() < m.train_loss.front());
+    CHECK(m.best_val < m.init_val);
   }
   {
     ae_train_params p = small_ae(dir, cap);

@@ -75,16 +75,20 @@ struct ae_net {
     return n;
   }
   // x: [G, B, d] -> x': [G, B, d]
-  at::Tensor forward(const at::Tensor& x) const {
-    at::Tensor z = at::baddbmm(be.unsqueeze(1), x, We.transpose(1, 2));
+  // `compute`: the matmul dtype (bf16 for mixed precision: fp32 master weights are cast, the
+  // result comes back as fp32).
+  at::Tensor forward(const at::Tensor& x_in, at::ScalarType compute = at::kFloat) const {
+    auto c = [&](const at::Tensor& t) { return t.to(compute); };
+    const at::Tensor x = c(x_in);
+    at::Tensor z = at::baddbmm(c(be).unsqueeze(1), x, c(We).transpose(1, 2));
     if (mlp)
-      z = z + at::bmm(at::gelu(at::baddbmm(c1.unsqueeze(1), x, E1.transpose(1, 2))),
-                      E2.transpose(1, 2));
-    at::Tensor y = at::baddbmm(bd.unsqueeze(1), z, Wd.transpose(1, 2));
+      z = z + at::bmm(at::gelu(at::baddbmm(c(c1).unsqueeze(1), x, c(E1).transpose(1, 2))),
+                      c(E2).transpose(1, 2));
+    at::Tensor y = at::baddbmm(c(bd).unsqueeze(1), z, c(Wd).transpose(1, 2));
     if (mlp)
-      y = y + at::bmm(at::gelu(at::baddbmm(c2.unsqueeze(1), z, D1.transpose(1, 2))),
-                      D2.transpose(1, 2));
-    return y;
+      y = y + at::bmm(at::gelu(at::baddbmm(c(c2).unsqueeze(1), z, c(D1).transpose(1, 2))),
+                      c(D2).transpose(1, 2));
+    return y.to(at::kFloat);
   }
 };
 
@@ -109,6 +113,7 @@ ae_net linear_from_pca(const pca_stats& s, std::int64_t r) {
 std::string option_json(const ae_train_params& p, int latent) {
   // What changes the result (resume refuses a checkpoint written with other values).
   nlohmann::json j = {{"captures", p.captures},
+                      {"precision", p.precision},
                       {"target", p.target},
                       {"latent", latent},
                       {"arch", p.arch},
@@ -191,6 +196,8 @@ void validate_ae_params(const ae_train_params& p) {
   KVCAL_CHECK(p.val_max_tokens >= 1, "--val-max-tokens must be >= 1");
   KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
   KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
+  KVCAL_CHECK(p.precision == "fp32" || p.precision == "bf16", "--precision: '", p.precision,
+              "' is not fp32 or bf16");
   KVCAL_CHECK(p.device == "cpu" || p.device == "auto" || p.device.rfind("cuda", 0) == 0,
               "--device: '", p.device, "' is not cpu, cuda or auto");
 }
@@ -216,6 +223,8 @@ ae_train_result run_train_ae(const ae_train_params& p) {
   res.latent = latent;
   const at::Device dev = training_device(p.device);
   res.device_used = dev.str();
+  // Mixed precision: bf16 matmuls in the training forward; validation and selection stay fp32.
+  const at::ScalarType compute = p.precision == "bf16" ? at::kBFloat16 : at::kFloat;
   at::manual_seed(p.seed);
 
   // Streams the rows hold: the trained ones, plus both K and V when the captures have q (the
@@ -537,7 +546,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
         at::Tensor rows;
         while (sh.next(rows)) {
           at::Tensor x = groups_of(rows.to(dev));
-          at::Tensor xr = net.forward(x);
+          at::Tensor xr = net.forward(x, compute);
           at::Tensor loss = ((xr - x).pow(2).mean({1, 2}) / var_dev).mean();
           train_step(loss);
           loss_sum += loss.item<double>();
@@ -557,7 +566,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
           for (const auto& s : mb) {
             at::Tensor rows = load_rows(s).to(dev), pos = cs.positions(s).to(dev);
             at::Tensor q = load_q(s, pos);
-            auto e = attn_error(rows, net.forward(groups_of(rows)), q, pos);
+            auto e = attn_error(rows, net.forward(groups_of(rows), compute), q, pos);
             loss = loss + (e.first / e.second.clamp_min(1e-30)).mean();
             samples += s.len;
           }

@@ -57,6 +57,7 @@ struct ae_train_params {
   std::int64_t val_max_tokens = 8192;
   std::int64_t shuffle_buffer = 8192;  // tokens
   std::int64_t cache_mb = 2048;        // training rows kept in memory after the first read
+  std::string precision = "fp32";      // fp32 | bf16 (mixed: bf16 matmuls in the training forward)
   std::string device = "cpu";          // cpu | cuda | auto
   std::uint64_t seed = 0;
   bool resume = false;

@@ -26,13 +26,14 @@ namespace {
 // Per-layer networks batched along the first dimension: layer i maps [L, B, in] -> [L, B, out].
 struct policy_net {
   std::vector<at::Tensor> W, b;  // W[i]: [L, in_i, out_i], b[i]: [L, out_i]
-  at::Tensor forward(const at::Tensor& x) const {
-    at::Tensor h = x;
+  // `compute`: the matmul dtype (bf16: mixed precision, fp32 master weights; fp32 result).
+  at::Tensor forward(const at::Tensor& x, at::ScalarType compute = at::kFloat) const {
+    at::Tensor h = x.to(compute);
     for (std::size_t i = 0; i < W.size(); ++i) {
-      h = at::baddbmm(b[i].unsqueeze(1), h, W[i]);
+      h = at::baddbmm(b[i].to(compute).unsqueeze(1), h, W[i].to(compute));
       if (i + 1 < W.size()) h = at::relu(h);
     }
-    return h;
+    return h.to(at::kFloat);
   }
   std::vector<at::Tensor> params() const {
     std::vector<at::Tensor> p;
@@ -80,6 +81,8 @@ void validate_policy_params(const policy_train_params& p) {
   KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
   KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
   KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
+  KVCAL_CHECK(p.precision == "fp32" || p.precision == "bf16", "--precision: '", p.precision,
+              "' is not fp32 or bf16");
 }
 
 policy_train_result run_train_policy(const policy_train_params& p) {
@@ -107,6 +110,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
              std::string("--features ") + res.features + " reads it");
   const at::Device dev = training_device(p.device);
   res.device_used = dev.str();
+  const at::ScalarType compute = p.precision == "bf16" ? at::kBFloat16 : at::kFloat;
   at::manual_seed(p.seed);
   const std::vector<int>& layers = cs.layers();
   const std::int64_t L = static_cast<std::int64_t>(layers.size()), n_kv = h.n_kv_heads,
@@ -227,7 +231,8 @@ policy_train_result run_train_policy(const policy_train_params& p) {
       std::int64_t n = 0;
       while (sh.next(rows)) {
         auto xy = split_rows(rows.to(dev));
-        at::Tensor loss = loss_of(scores_of(net.forward(xy.first), rows.size(0)), xy.second).mean();
+        at::Tensor loss =
+            loss_of(scores_of(net.forward(xy.first, compute), rows.size(0)), xy.second).mean();
         KVCAL_CHECK(std::isfinite(loss.item<double>()),
                     "train-policy: the loss is not finite at step ", res.steps, " (lower --lr?)");
         for (auto& g : opt.param_groups())
@@ -453,6 +458,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                            {"lr", p.lr},
                            {"weight_decay", p.weight_decay},
                            {"seed", p.seed},
+                           {"precision", p.precision},
                            {"val_fraction", p.val_fraction}}},
                          {"metrics", res.report}};
   write_safetensors(p.out, tensors, {{"kvcal.policy", meta.dump()}});

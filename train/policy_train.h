@@ -58,7 +58,8 @@ struct policy_train_params {
   double val_fraction = 0.2;
   std::int64_t val_max_tokens = 16384;
   std::int64_t shuffle_buffer = 16384;
-  std::int64_t cache_mb = 2048;  // training rows kept in memory after the first read
+  std::int64_t cache_mb = 2048;    // training rows kept in memory after the first read
+  std::string precision = "fp32";  // fp32 | bf16 (mixed: bf16 matmuls in the training forward)
   std::string device = "cpu";
   std::uint64_t seed = 0;
   bool show_progress = true;
