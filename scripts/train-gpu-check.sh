@@ -40,6 +40,8 @@ for dev in cpu cuda; do
     --pca "$W/pca.h5" --loss attn --epochs 1 --batch 4096 --device $dev -q | head -3
   $K train-ae --capture "$W/cap.h5" --out "$W/ae-mlp-$dev.safetensors" --latent 16 --arch mlp \
     --epochs 3 --batch 2048 --device $dev -q | head -3
+  $K train-ae --capture "$W/cap.h5" --out "$W/ae-mlp-bf16-$dev.safetensors" --latent 16 \
+    --arch mlp --precision bf16 --epochs 3 --batch 2048 --device $dev -q | head -3
   $K train-policy --capture "$W/cap.h5" --out "$W/pol-$dev.safetensors" --epochs 3 \
     --batch 4096 --device $dev -q
   $K train-policy --capture "$W/cap.h5" --out "$W/polh-$dev.safetensors" --recipe h2o-label \
