@@ -25,7 +25,9 @@ int run_export(const std::vector<std::string>& args, io& io) {
       ("ae", po::value<std::string>(&p.ae), "autoencoder weights from kvcal train-ae")
       ("policy", po::value<std::string>(&p.policy), "eviction policy from kvcal train-policy")
       ("context", po::value<std::int64_t>(&p.context)->default_value(32768),
-       "context length the stored byte accounting is stated at");
+       "context length the stored byte accounting is stated at")
+      ("match-ratio", po::value<double>(&p.match_ratio),
+       "scale every layer's token budget to reach this ratio vs fp16 at --context");
   // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;
@@ -35,6 +37,8 @@ int run_export(const std::vector<std::string>& args, io& io) {
   if (p.template_name.empty() == p.recipe_path.empty())
     throw usage_error("give exactly one of --template and --recipe");
   if (p.context < 1) throw usage_error("--context must be >= 1");
+  if (vm.count("match-ratio") && p.match_ratio <= 0)
+    throw usage_error("--match-ratio must be > 0");
   const export_result r = export_preset(p);
   io.out << p.out << ": preset '" << r.recipe.name << "' for " << r.recipe.model.model_type << " ("
          << r.recipe.model.n_layers << " layers)\n";

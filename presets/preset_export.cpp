@@ -10,6 +10,7 @@
 #include "presets/preset_template.h"
 #include "presets/preset_trained.h"
 #include "presets/preset_writer.h"
+#include "runtime/budget_match.h"
 #include "runtime/preset.h"
 
 namespace kvcal {
@@ -59,6 +60,8 @@ export_result export_preset(const export_params& p) {
   needs.policy = needs.policy && p.policy.empty();
   KVCAL_CHECK(!needs.any(), source, " needs calibrated tensors: ", needs.describe(),
               "; export refuses without them");
+  // Budgets matched to a ratio once every method is known (ranks, latents count in the bytes).
+  if (p.match_ratio > 0) r.recipe = match_ratio(r.recipe, p.context, p.match_ratio).recipe;
   r.fixed_bytes = pca.bytes + ae.bytes + policy.bytes;
   std::vector<tensor_out> tensors = pca.tensors;
   tensors.insert(tensors.end(), ae.tensors.begin(), ae.tensors.end());

@@ -22,6 +22,9 @@ struct export_params {
   std::string ae;           // ae.safetensors from kvcal train-ae (presets/preset_trained.h)
   std::string policy;       // policy.safetensors from kvcal train-policy
   std::int64_t context = 32768;  // context the stored byte accounting is stated at
+  // > 0: every layer's token budget scaled by one factor so that the byte accounting at `context`
+  // reaches this ratio vs fp16 (runtime/budget_match.h; the name gets "@<ratio>x").
+  double match_ratio = 0;
 };
 
 struct export_result {

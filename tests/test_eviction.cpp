@@ -1045,3 +1045,27 @@ TEST_CASE("an evicting layer whose budget never binds gives the fp16 cache's log
     CHECK((got - want).abs().max().item<double>() < 1e-4);
   }
 }
+
+TEST_CASE("export --match-ratio: the preset's accounting reaches the ratio at --context") {
+  test::scratch_dir dir;
+  const std::string ref = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
+  if (!std::ifstream(ref + "/config.json")) return;
+  for (const std::string name : {"h2o", "streaming-llm", "mlsys-aggressive"}) {
+    for (double target : {4.0, 8.0, 12.0}) {
+      CAPTURE(name);
+      CAPTURE(target);
+      export_params p;
+      p.template_name = name;
+      p.model_dir = ref;
+      p.out = dir.file("m.safetensors");
+      p.context = 2048;
+      p.match_ratio = target;
+      export_preset(p);
+      const preset_file f(p.out);
+      CHECK(f.recipe().name.find("@") != std::string::npos);
+      const double ratio = account_bytes(f.recipe(), 2048).ratio();
+      CHECK(ratio >= target);
+      CHECK(ratio < target * 1.05);
+    }
+  }
+}
