@@ -9,6 +9,7 @@ int run_capture(const std::vector<std::string>& args, io& io);
 int run_export(const std::vector<std::string>& args, io& io);
 int run_fit_pca(const std::vector<std::string>& args, io& io);
 int run_eval(const std::vector<std::string>& args, io& io);
+int run_generate(const std::vector<std::string>& args, io& io);
 int run_train_ae(const std::vector<std::string>& args, io& io);
 int run_train_policy(const std::vector<std::string>& args, io& io);
 
@@ -25,7 +26,7 @@ const std::vector<command>& commands() {
        nullptr},
       {"eval", "measure quality (PPL, passkey) through a compressed cache", run_eval, nullptr},
       {"bench", "measure decode speed against the uncompressed baseline", nullptr, "issue #11"},
-      {"generate", "generate text with a (compressed) KV cache", nullptr, "issue #9"},
+      {"generate", "generate text with a (compressed) KV cache", run_generate, nullptr},
   };
   return table;
 }

@@ -1,0 +1,305 @@
+// Quality through the compressed cache (model/compressed_eval.h, model/tasks_eval.h,
+// model/generate.h): decode-PPL with an fp16 preset equals the plain cache's, 8-bit stays close,
+// 2-bit is worse on the reference model; the retrieval harness reads, selects and scores task
+// files; generate --greedy is argmax decoding; bad inputs fail naming the file (and line).
+#include <cmath>
+#include <map>
+#include <sstream>
+
+#include "cli/app.h"
+#include "kernels/common/error.h"
+#include "kernels/common/log.h"
+#include "model/compressed_eval.h"
+#include "model/full_cache.h"
+#include "model/generate.h"
+#include "model/runtime_cache.h"
+#include "model/tasks_eval.h"
+#include "model/tokenizer.h"
+#include "presets/preset_export.h"
+#include "runtime/preset_recipe.h"
+#include "tests/test_util.h"
+#include "tests/torch_doctest.h"
+
+using namespace kvcal;
+
+namespace {
+
+const std::string src = KVCAL_SOURCE_DIR;
+std::string fixture_dir(const std::string& name) {
+  return src + "/tests/fixtures/hf/" + name;
+}
+const std::string ref_dir = src + "/data/models/kvcal-ref-v1";
+
+const llama_model& model_of(const std::string& dir) {
+  static std::map<std::string, llama_model> cache;
+  auto it = cache.find(dir);
+  if (it == cache.end())
+    it = cache.emplace(dir, llama_model::load(dir, at::kCPU, at::kFloat)).first;
+  return it->second;
+}
+
+preset_recipe recipe_for(const model_config& cfg, const kv_method& k, const kv_method& v,
+                         std::int64_t residual) {
+  preset_recipe r;
+  r.name = "test";
+  r.model = fingerprint_of(cfg);
+  r.layers.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
+  for (auto& l : r.layers) {
+    l.k = k;
+    l.v = v;
+    l.residual = residual;
+  }
+  return r;
+}
+
+kv_method quant(int bits, int group, quant_axis axis) {
+  kv_method m;
+  m.kind = kv_method_kind::quant;
+  m.quant = {bits, group, axis, false};
+  return m;
+}
+
+// A deterministic pseudo-text stream of fixture token ids.
+std::vector<std::int32_t> stream(std::int64_t n, std::int64_t vocab) {
+  std::vector<std::int32_t> ids;
+  for (std::int64_t i = 0; i < n; ++i)
+    ids.push_back(static_cast<std::int32_t>((i * 37 + i / 5 + 11) % vocab));
+  return ids;
+}
+
+struct cli_result {
+  int code;
+  std::string out, err;
+};
+cli_result kvcal_run(std::vector<std::string> args) {
+  std::ostringstream out, err;
+  const int code = kvcal::cli::run(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+std::string export_template(const std::string& name, const std::string& model_dir,
+                            const std::string& out) {
+  export_params p;
+  p.template_name = name;
+  p.model_dir = model_dir;
+  p.out = out;
+  export_preset(p);
+  return out;
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("decode-PPL: fp16 preset equals the plain cache, 8-bit close, protocol counts") {
+  set_log_level(log_level::warn);
+  const llama_model& m = model_of(fixture_dir("llama"));
+  const model_config& cfg = m.config();
+  const auto ids = stream(200, cfg.vocab_size);
+  decode_ppl_options o;
+  o.context = 96;
+  o.prefill = 40;
+  o.show_progress = false;
+  full_cache plain(cfg, 1, at::kCPU, at::kFloat);
+  const decode_ppl_result base = decode_perplexity(m, ids, plain, o);
+  // Windows of 96, 96, 8: the last is no longer than the prefill and scores nothing.
+  CHECK(base.windows == 2);
+  CHECK(base.predicted == 2 * (96 - 40));
+  // The decode protocol scores the same tokens as the one-forward PPL of those positions.
+  runtime_cache fp(cfg, recipe_for(cfg, kv_method{}, kv_method{}, 0), {}, 1);
+  const decode_ppl_result f = decode_perplexity(m, ids, fp, o, &fp);
+  MESSAGE("baseline ", base.ppl, " fp16 preset ", f.ppl);
+  CHECK(std::abs(f.ppl / base.ppl - 1) <= 1e-3);
+  REQUIRE(f.has_stats);
+  // The last token of a window is scored, never fed: the cache ends holding 95.
+  CHECK(f.cached_tokens == 95);
+  CHECK(f.fp16_bytes ==
+        doctest::Approx(95.0 * 2 * 2 * 16 * 2 * 2));  // tok x layers x kv x d x K,V x 2B
+  CHECK(f.bytes_held > 0);
+
+  const int d = static_cast<int>(cfg.head_dim);
+  runtime_cache q8(cfg,
+                   recipe_for(cfg, quant(8, 16, quant_axis::per_channel),
+                              quant(8, d, quant_axis::per_token), 16),
+                   {}, 1);
+  const decode_ppl_result e = decode_perplexity(m, ids, q8, o, &q8);
+  MESSAGE("8-bit: ", e.ppl, " ratio ", e.ratio());
+  CHECK(std::abs(e.ppl / base.ppl - 1) <= 1e-2);
+  CHECK(e.bytes_held < f.bytes_held);  // (page slack dominates the ratio at 95 tokens)
+
+  o.prefill = 96;
+  CHECK(error_of([&] { decode_perplexity(m, ids, plain, o); }).find("--prefill") !=
+        std::string::npos);
+}
+
+TEST_CASE("run_compressed_eval end to end with an exported fp16 preset; bad presets") {
+  set_log_level(log_level::warn);
+  test::scratch_dir dir;
+  const std::string text = dir.file("t.txt");
+  std::string body;
+  for (int i = 0; i < 40; ++i) body += "the quick brown fox jumps over the lazy dog. ";
+  test::write_bytes(text, body);
+  const std::string fp16 =
+      export_template("fp16", fixture_dir("llama"), dir.file("fp16.safetensors"));
+  compressed_eval_params p;
+  p.base.model_dir = fixture_dir("llama");
+  p.base.text_path = text;
+  p.base.context = 64;
+  p.base.max_tokens = 192;
+  p.base.show_progress = false;
+  p.base.json_out = dir.file("out.json");
+  p.presets = {fp16};
+  const compressed_eval_result r = run_compressed_eval(p);
+  REQUIRE(r.presets.size() == 1);
+  CHECK(r.baseline.prefill == 32);
+  CHECK(std::abs(r.presets[0].ppl.ppl / r.baseline.ppl - 1) <= 1e-3);
+  CHECK(test::read_bytes(dir.file("out.json")).find("delta_ppl_pct") != std::string::npos);
+  CHECK(compressed_eval_report(r).find("| fp16 |") != std::string::npos);
+
+  // A preset for another model: the error names the preset and the model's config.
+  const std::string other =
+      export_template("fp16", fixture_dir("llama-headdim"), dir.file("other.safetensors"));
+  p.presets = {other};
+  const std::string e = error_of([&] { run_compressed_eval(p); });
+  MESSAGE(e);
+  CHECK(e.find("other.safetensors") != std::string::npos);
+  CHECK(e.find(fixture_dir("llama") + "/config.json") != std::string::npos);
+  // The same through the CLI: exit code 1, one line.
+  auto c = kvcal_run({"eval", "--model", fixture_dir("llama"), "--text", text, "--preset", other,
+                      "--context", "64", "--max-tokens", "128"});
+  CHECK(c.code == 1);
+  CHECK(c.err.find("other.safetensors") != std::string::npos);
+}
+
+TEST_CASE("task files: reading, selection, answer rule, bad input names file:line") {
+  test::scratch_dir dir;
+  const std::string f = dir.file("passkey_eval.jsonl");
+  test::write_bytes(f,
+                    "{\"prompt\": \"a\", \"answer\": \" 1\", \"length\": 256, \"depth\": 0.0}\n"
+                    "{\"prompt\": \"b\", \"answer\": \" 2\", \"length\": 256, \"depth\": 0.0}\n"
+                    "\n"
+                    "{\"prompt\": \"c\", \"answer\": \" 3\", \"length\": 256, \"depth\": 0.5}\n"
+                    "{\"prompt\": \"d\", \"answer\": \" 4\", \"length\": 512, \"depth\": 0.0}\n");
+  const auto all = read_task_file(f, "passkey");
+  REQUIRE(all.size() == 4);
+  CHECK(all[2].where == f + ":4");
+  const auto sel = select_tasks(all, {256}, 2);
+  REQUIRE(sel.size() == 2);
+  CHECK(sel[0].prompt == "a");
+  CHECK(sel[1].prompt == "c");  // round-robin over depths
+  CHECK(select_tasks(all, {}, 0).size() == 4);
+
+  CHECK(answer_matches(" 80160.", " 80160"));
+  CHECK(answer_matches(" 80160 is the pass key", "80160"));
+  CHECK_FALSE(answer_matches(" 8016", "80160"));
+  CHECK_FALSE(answer_matches("", "80160"));
+  CHECK_FALSE(answer_matches(" x 80160", "80160"));
+
+  CHECK(error_of([&] {
+          read_task_file(dir.file("missing.jsonl"), "passkey");
+        }).find("missing.jsonl: cannot open") != std::string::npos);
+  const std::string bad = dir.file("bad.jsonl");
+  test::write_bytes(bad,
+                    "{\"prompt\": \"a\", \"answer\": \" 1\", \"length\": 256, \"depth\": 0.0}\n"
+                    "{\"prompt\": \"a\", \"answer\": \n");
+  CHECK(error_of([&] { read_task_file(bad, "passkey"); }).find(bad + ":2:") != std::string::npos);
+  const std::string no_answer = dir.file("noans.jsonl");
+  test::write_bytes(no_answer, "{\"prompt\": \"a\", \"length\": 256}\n");
+  CHECK(error_of([&] { read_task_file(no_answer, "passkey"); }).find(no_answer + ":1:") !=
+        std::string::npos);
+  // Through the CLI: a missing task file is a run-time error naming it.
+  auto c = kvcal_run({"eval", "--model", fixture_dir("llama"), "--no-ppl", "--task-file",
+                      dir.file("nope_eval.jsonl")});
+  CHECK(c.code == 1);
+  CHECK(c.err.find("nope_eval.jsonl") != std::string::npos);
+}
+
+TEST_CASE("generate --greedy is argmax decoding with the plain cache; sampling is seeded") {
+  const llama_model& m = model_of(fixture_dir("llama"));
+  const model_config& cfg = m.config();
+  const std::vector<std::int32_t> prompt = {5, 17, 101, 42, 7, 300, 12};
+  full_cache c(cfg, 1, at::kCPU, at::kFloat);
+  sampling_options g;
+  const auto got = generate_tokens(m, c, prompt, 12, g);
+  // Reference: full re-forward of the whole sequence each step, argmax of the last logits.
+  std::vector<std::int64_t> seq(prompt.begin(), prompt.end());
+  std::vector<std::int32_t> want;
+  for (int s = 0; s < 12; ++s) {
+    full_cache fresh(cfg, 1, at::kCPU, at::kFloat);
+    at::Tensor ids = at::tensor(seq, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+    at::Tensor logits = m.forward(ids, fresh);  // [1, T, V]
+    const auto next = logits[0][logits.size(1) - 1].argmax().item<std::int64_t>();
+    want.push_back(static_cast<std::int32_t>(next));
+    seq.push_back(next);
+  }
+  CHECK(got == want);
+  // fp16 preset: same greedy tokens.
+  runtime_cache rc(cfg, recipe_for(cfg, kv_method{}, kv_method{}, 0), {}, 1);
+  CHECK(generate_tokens(m, rc, prompt, 12, g) == want);
+  // Sampling: same seed, same tokens; top-p tiny = greedy.
+  sampling_options s;
+  s.greedy = false;
+  s.temperature = 0.8;
+  s.top_p = 0.9;
+  s.seed = 7;
+  CHECK(generate_tokens(m, c, prompt, 12, s) == generate_tokens(m, c, prompt, 12, s));
+  s.top_p = 1e-6;
+  CHECK(generate_tokens(m, c, prompt, 12, s) == want);
+
+  // The CLI streams text and prints the rate and the cache's bytes.
+  test::scratch_dir dir;
+  const std::string fp16 =
+      export_template("fp16", fixture_dir("llama"), dir.file("fp16.safetensors"));
+  auto r = kvcal_run({"generate", "--model", fixture_dir("llama"), "--preset", fp16, "--prompt",
+                      "hello world", "--max-new", "5", "--greedy"});
+  CHECK(r.code == 0);
+  CHECK(r.out.find("tokens/s") != std::string::npos);
+  CHECK(r.out.find("cache holds") != std::string::npos);
+  CHECK(kvcal_run({"generate", "--model", fixture_dir("llama"), "--max-new", "5"}).code == 2);
+}
+
+TEST_CASE("reference model: 2-bit worse than baseline, 8-bit close; passkey with the baseline") {
+  set_log_level(log_level::warn);
+  test::scratch_dir dir;
+  const std::string kivi2 = export_template("kivi-2", ref_dir, dir.file("kivi-2.safetensors"));
+  compressed_eval_params p;
+  p.base.model_dir = ref_dir;
+  p.base.text_path = src + "/data/eval.txt";
+  p.base.context = 1024;
+  p.base.max_tokens = 1024;
+  p.prefill = 512;  // then 511 decode steps over a cache of which all but 128 tokens are 2-bit
+  p.base.show_progress = false;
+  const std::string q8_recipe = dir.file("q8.json");
+  test::write_bytes(q8_recipe, R"({"name": "q8", "layer": {
+      "k": {"quant": {"bits": 8, "group": 32, "axis": "per-channel", "symmetric": false}},
+      "v": {"quant": {"bits": 8, "group": 64, "axis": "per-token", "symmetric": false}},
+      "policy": "full", "residual": 128}})");
+  export_params ep;
+  ep.recipe_path = q8_recipe;
+  ep.model_dir = ref_dir;
+  ep.out = dir.file("q8.safetensors");
+  export_preset(ep);
+  p.presets = {kivi2, ep.out};
+  p.task_files = {src + "/data/tasks/passkey_eval.jsonl"};
+  p.task_lengths = {256};
+  p.task_limit = 2;
+  const compressed_eval_result r = run_compressed_eval(p);
+  MESSAGE("baseline ", r.baseline.ppl, " kivi-2 ", r.presets[0].ppl.ppl, " ratio ",
+          r.presets[0].ppl.ratio());
+  CHECK(r.presets[0].ppl.ppl > r.baseline.ppl);
+  MESSAGE("8-bit ", r.presets[1].ppl.ppl, " ratio ", r.presets[1].ppl.ratio());
+  CHECK(std::abs(r.presets[1].ppl.ppl / r.baseline.ppl - 1) <= 2e-3);
+  CHECK(r.presets[1].ppl.ratio() > 1.3);
+  CHECK(r.presets[0].ppl.ratio() > 2.0);
+  REQUIRE(r.task_instances == 2);
+  CHECK(r.accuracy("passkey", 0) == 1.0);
+  MESSAGE("passkey@256 kivi-2: ", r.accuracy("passkey", 1));
+}
