@@ -878,9 +878,45 @@ TEST_CASE("shipped templates run on the reference model (kvcal-ref-v1)") {
   }
 }
 
-// A quality smoke table on the reference model (not run by default: `test_eviction
-// --no-skip -tc="*quality*"`): teacher-forced NLL of decode steps through the cache after a
-// prefill, per policy. The real table is `kvcal eval --preset` (docs/eval.md).
+// Quality smoke tables on the reference model (not run by default: `test_eviction --no-skip
+// -tc="*quality*"`): teacher-forced NLL of the decode steps through the cache after a prefill,
+// per preset. The real table is `kvcal eval --preset` (docs/eval.md); these only check that the
+// policies behave sensibly on a real model.
+namespace {
+
+struct smoke_result {
+  double ppl = 0, ratio = 0;  // ratio: fp16 / bytes used at the end of each window, mean
+  std::int64_t reencoded = 0;
+};
+
+smoke_result decode_smoke(const llama_model& m, const std::vector<std::int32_t>& all,
+                          const std::string& preset, std::int64_t W, std::int64_t prefix,
+                          std::int64_t windows) {
+  double nll = 0;
+  std::int64_t n = 0;
+  smoke_result r;
+  for (std::int64_t w = 0; w < windows; ++w) {
+    runtime_cache rc(m.config(), preset, 1);
+    at::Tensor ids =
+        at::tensor(std::vector<std::int64_t>(all.begin() + w * W, all.begin() + (w + 1) * W))
+            .unsqueeze(0);
+    at::Tensor logits = m.forward(ids.narrow(1, 0, prefix), rc);
+    for (std::int64_t t = prefix; t < W; ++t) {
+      at::Tensor lp = at::log_softmax(logits[0][-1], -1);
+      nll -= lp[ids[0][t].item<std::int64_t>()].item<double>();
+      ++n;
+      if (t + 1 < W) logits = m.forward(ids.narrow(1, t, 1), rc);
+    }
+    const cache_stats st = rc.stats();
+    r.ratio += st.fp16_bytes / double(st.bytes_used) / double(windows);
+    r.reencoded += st.reencoded;
+  }
+  r.ppl = std::exp(nll / double(n));
+  return r;
+}
+
+}  // namespace
+
 TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
   const std::string ref = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
   const llama_model m = llama_model::load(ref, at::kCPU, at::kFloat);
@@ -915,28 +951,44 @@ TEST_CASE("quality smoke table on kvcal-ref-v1" * doctest::skip()) {
     p.model_dir = ref;
     p.out = dir.file("r.safetensors");
     export_preset(p);
-    double nll = 0;
-    std::int64_t n = 0;
-    double ratio = 0;
-    std::int64_t reencoded = 0;
-    for (std::int64_t w = 0; w < windows; ++w) {
-      runtime_cache rc(m.config(), p.out, 1);
-      at::Tensor ids =
-          at::tensor(std::vector<std::int64_t>(all.begin() + w * W, all.begin() + (w + 1) * W))
-              .unsqueeze(0);
-      at::Tensor logits = m.forward(ids.narrow(1, 0, prefix), rc);
-      for (std::int64_t t = prefix; t < W; ++t) {
-        at::Tensor lp = at::log_softmax(logits[0][-1], -1);
-        nll -= lp[ids[0][t].item<std::int64_t>()].item<double>();
-        ++n;
-        if (t + 1 < W) logits = m.forward(ids.narrow(1, t, 1), rc);
-      }
-      const cache_stats st = rc.stats();
-      ratio += st.fp16_bytes / double(st.bytes_used) / windows;
-      reencoded += st.reencoded;
+    const smoke_result r = decode_smoke(m, all, p.out, W, prefix, windows);
+    MESSAGE(label << ": decode PPL " << r.ppl << ", ratio (used) " << r.ratio
+                  << ", re-encoded token streams " << r.reencoded);
+  }
+}
+
+TEST_CASE("quality smoke table at matched bytes on kvcal-ref-v1" * doctest::skip()) {
+  const std::string ref = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
+  const llama_model m = llama_model::load(ref, at::kCPU, at::kFloat);
+  const tokenizer tok = tokenizer::load(ref + "/tokenizer.json");
+  const std::string text = test::read_bytes(std::string(KVCAL_SOURCE_DIR) + "/data/eval.txt");
+  const std::vector<std::int32_t> all = tok.encode(text, true);
+  const std::int64_t W = 1024, prefix = 256, windows = 2;
+  test::scratch_dir dir;
+  const std::vector<std::pair<std::string, std::string>> recipes = {
+      {"lru",
+       R"({"name": "lru", "layer": {"k": "none", "v": "none", "policy": "lru", "residual": 32}, "budget": {"tokens": 256}})"},
+      {"cluster",
+       R"({"name": "cluster", "layer": {"k": "none", "v": "none", "policy": {"cluster": {"k": 20}}, "residual": 32}, "budget": {"tokens": 256}})"}};
+  for (double target : {4.0, 8.0, 12.0}) {
+    for (const std::string name : {"streaming-llm", "h2o", "lru", "cluster", "mlsys-conservative",
+                                   "mlsys-aggressive", "mlsys-extreme"}) {
+      export_params p;
+      for (const auto& [rn, js] : recipes)
+        if (rn == name) {
+          p.recipe_path = dir.file(rn + ".json");
+          test::write_bytes(p.recipe_path, js);
+        }
+      if (p.recipe_path.empty()) p.template_name = name;
+      p.model_dir = ref;
+      p.out = dir.file("m.safetensors");
+      p.context = W;
+      p.match_ratio = target;
+      export_preset(p);
+      const smoke_result r = decode_smoke(m, all, p.out, W, prefix, windows);
+      MESSAGE(name << " @" << target << "x: decode PPL " << r.ppl << ", ratio (used) " << r.ratio
+                   << ", re-encoded " << r.reencoded);
     }
-    MESSAGE(label << ": decode PPL " << std::exp(nll / double(n)) << ", ratio (used) " << ratio
-                  << ", re-encoded token streams " << reencoded);
   }
 }
 
