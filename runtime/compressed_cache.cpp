@@ -25,8 +25,8 @@ struct compressed_cache::stream {
 };
 
 struct compressed_cache::layer_state {
-  std::int64_t n = 0, p0 = 0;  // tokens held, position of the first
-  std::vector<stream> k, v;    // [n_kv_heads]; empty under eviction
+  std::int64_t n = 0, p0 = 0;          // tokens held, position of the first
+  std::vector<stream> k, v;            // [n_kv_heads]; empty under eviction
   std::unique_ptr<evicting_layer> ev;  // token eviction / guard (runtime/eviction/)
 };
 
