@@ -2,6 +2,7 @@
 
 #include <ostream>
 
+#include "calibrate/capture_format.h"
 #include "calibrate/pca_format.h"
 #include "kernels/common/build_info.h"
 #include "kernels/common/cuda_device.h"
@@ -18,6 +19,8 @@ void print_version(std::ostream& out) {
       << "  safetensors          read/write (HF model weights; container of kvcal presets)\n"
       << "  " << preset_format_name << "         version " << preset_format_version
       << " read/write (one-file KV compression recipe + tensors)\n"
+      << "  " << capture_format_name << "        version " << capture_format_version
+      << " read/write (HDF5 KV activations from kvcal capture)\n"
       << "  " << pca_format_name << "            version " << pca_format_version
       << " read/write (fit-pca bases, eigenvalues, means, ranks)\n"
       << "  " << ae_format_name << "             version " << ae_format_version
