@@ -13,6 +13,7 @@
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
 #include "kernels/common/progress.h"
+#include "model/attention_error_probe.h"
 #include "model/full_cache.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
@@ -189,7 +190,9 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       runtime_cache rc(cfg, ps.path, 1);
       rc.reserve(ctx, std::max<std::int64_t>(1, o.prefill > 0 ? o.prefill : ctx / 2));
       o.label = ps.name.empty() ? ps.path : ps.name;
-      ps.ppl = decode_perplexity(model, ids, rc, o, &rc);
+      attention_error_probe probe(rc, cfg, device, dtype, ctx);
+      ps.ppl = decode_perplexity(model, ids, probe, o, &rc);
+      ps.ppl.attn_rel_error = probe.relative_errors();
     }
     r.has_ppl = true;
   }
@@ -249,6 +252,7 @@ nlohmann::json ppl_json(const decode_ppl_result& d) {
     j["fixed_bytes"] = d.fixed_bytes;
     j["cached_tokens"] = d.cached_tokens;
   }
+  if (!d.attn_rel_error.empty()) j["attn_rel_error_per_layer"] = d.attn_rel_error;
   return j;
 }
 
@@ -309,6 +313,21 @@ std::string compressed_eval_report(const compressed_eval_result& r) {
          << fmt("%.4f", s.ppl.ppl) << " | " << fmt("%+.2f", 100.0 * (s.ppl.ppl / b.ppl - 1.0))
          << " | " << fmt("%.1f", s.ppl.seconds) << " |\n";
     os << "(bytes at the end of a " << b.context << "-token window, as allocated)\n";
+    if (!r.presets.empty() && !r.presets.front().ppl.attn_rel_error.empty()) {
+      os << "\nper-layer attention-output relative error vs exact attention over the same inputs "
+            "(every attend call)\n\n| layer |";
+      for (const auto& s : r.presets) os << " " << (s.name.empty() ? s.path : s.name) << " |";
+      os << "\n|---|";
+      for (std::size_t i = 0; i < r.presets.size(); ++i) os << "---|";
+      os << "\n";
+      for (std::size_t l = 0; l < r.presets.front().ppl.attn_rel_error.size(); ++l) {
+        os << "| " << l << " |";
+        for (const auto& s : r.presets)
+          os << " " << fmt("%.4f", l < s.ppl.attn_rel_error.size() ? s.ppl.attn_rel_error[l] : 0.0)
+             << " |";
+        os << "\n";
+      }
+    }
   }
   if (!r.cells.empty()) {
     std::vector<std::string> tasks;

@@ -44,6 +44,9 @@ struct decode_ppl_result {
   double fp16_bytes = 0;       // the same tokens as fp16 K+V
   std::size_t fixed_bytes = 0;
   std::int64_t cached_tokens = 0;
+  // Per layer: relative error of the cache's attention output against exact attention over the
+  // same inputs (model/attention_error_probe.h), over every attend call of the run. Presets only.
+  std::vector<double> attn_rel_error;
   double ratio() const { return bytes_held ? fp16_bytes / static_cast<double>(bytes_held) : 0; }
 };
 

@@ -9,6 +9,7 @@
 #include "cli/app.h"
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
+#include "model/attention_error_probe.h"
 #include "model/compressed_eval.h"
 #include "model/full_cache.h"
 #include "model/generate.h"
@@ -135,6 +136,28 @@ TEST_CASE("decode-PPL: fp16 preset equals the plain cache, 8-bit close, protocol
   CHECK(std::abs(e.ppl / base.ppl - 1) <= 1e-2);
   CHECK(e.bytes_held < f.bytes_held);  // (page slack dominates the ratio at 95 tokens)
 
+  // Per-layer attention error against exact attention over the same inputs: tiny for fp16
+  // storage, clearly larger at 2 bits, and the probe does not change what the model computes.
+  runtime_cache fp2(cfg, recipe_for(cfg, kv_method{}, kv_method{}, 0), {}, 1);
+  attention_error_probe p16(fp2, cfg, at::kCPU, at::kFloat, 96);
+  const decode_ppl_result f2 = decode_perplexity(m, ids, p16, o, &fp2);
+  CHECK(f2.ppl == doctest::Approx(f.ppl).epsilon(1e-9));
+  runtime_cache q2(cfg,
+                   recipe_for(cfg, quant(2, 16, quant_axis::per_channel),
+                              quant(2, d, quant_axis::per_token), 16),
+                   {}, 1);
+  attention_error_probe p2(q2, cfg, at::kCPU, at::kFloat, 96);
+  decode_perplexity(m, ids, p2, o, &q2);
+  const std::vector<double> e16 = p16.relative_errors(), e2 = p2.relative_errors();
+  REQUIRE(e16.size() == static_cast<std::size_t>(cfg.num_hidden_layers));
+  REQUIRE(e2.size() == e16.size());
+  for (std::size_t l = 0; l < e16.size(); ++l) {
+    MESSAGE("layer ", l, ": attention error fp16 ", e16[l], ", 2-bit ", e2[l]);
+    CHECK(e16[l] < 5e-3);
+    CHECK(e2[l] > 0.02);
+    CHECK(e2[l] > 10 * e16[l]);
+  }
+
   o.prefill = 96;
   CHECK(error_of([&] { decode_perplexity(m, ids, plain, o); }).find("--prefill") !=
         std::string::npos);
@@ -163,6 +186,11 @@ TEST_CASE("run_compressed_eval end to end with an exported fp16 preset; bad pres
   CHECK(std::abs(r.presets[0].ppl.ppl / r.baseline.ppl - 1) <= 1e-3);
   CHECK(test::read_bytes(dir.file("out.json")).find("delta_ppl_pct") != std::string::npos);
   CHECK(compressed_eval_report(r).find("| fp16 |") != std::string::npos);
+  CHECK(r.presets[0].ppl.attn_rel_error.size() == 2);  // one per layer of the fixture
+  CHECK(test::read_bytes(dir.file("out.json")).find("attn_rel_error_per_layer") !=
+        std::string::npos);
+  CHECK(compressed_eval_report(r).find("per-layer attention-output relative error") !=
+        std::string::npos);
 
   // A preset for another model: the error names the preset and the model's config.
   const std::string other =
