@@ -229,18 +229,12 @@ void compressed_cache::append(int layer, const float* k_pre, const float* v,
     }
   }
   L.n += T;
+  // Layers reaching this point keep every token: those with a token policy other than `full` (or
+  // a guard) are held by runtime/eviction/evicting_layer.h, which evicts at the end of attend().
+  KVCAL_ASSERT(
+      recipe_.layers[static_cast<std::size_t>(layer)].policy.kind == token_policy_kind::full,
+      "an evicting layer reached the keep-everything path");
   compress(layer);
-  evict(layer);
-}
-
-// Token eviction (issue 10) lives in runtime/eviction/evicting_layer.h, which holds every layer
-// with a policy other than `full` (or a guard) and evicts at the end of its attend(); the layers
-// that reach this point keep every token.
-void compressed_cache::evict(int layer) {
-  const layer_recipe& lr = recipe_.layers[static_cast<std::size_t>(layer)];
-  KVCAL_ASSERT(lr.policy.kind == token_policy_kind::full,
-               "eviction policies are refused at "
-               "construction until implemented");
 }
 
 void compressed_cache::compress(int layer) {

@@ -95,8 +95,8 @@ struct cache_stats {
 class compressed_cache {
  public:
   // Validates the recipe against `dims` (layers, KV heads, head_dim; n_heads a multiple of
-  // n_kv_heads) and `tensors` against the recipe; refuses what is not implemented yet (token
-  // policies other than full, budgets, guard). `source` names the preset in errors.
+  // n_kv_heads) and `tensors` against the recipe (token policies, budgets and guard are handled by
+  // runtime/eviction/). `source` names the preset in errors.
   compressed_cache(const preset_recipe& r, const std::vector<tensor_view>& tensors,
                    const cache_dims& dims, const cache_options& opt = {},
                    const std::string& source = "preset");
@@ -143,7 +143,6 @@ class compressed_cache {
   struct stream;
   struct layer_state;
   void compress(int layer);
-  void evict(int layer);
   void decode_stream(stream& s, std::int64_t n, bool skip_latent, float* out);
   float* scratch(std::vector<float>& v, std::size_t n);
 
