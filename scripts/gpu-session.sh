@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One GPU-machine session of checks and benchmarks, in phases, logs under $OUT (or /tmp/kvcal-gpu):
+#   scripts/gpu-session.sh PHASE...      phases run in the order given:
+#     build      scripts/build-gpu.sh (all targets), then the GPU tests
+#     tests      ctest -L gpu
+#     ckpt       random Qwen2.5-7B-shaped checkpoint in /tmp/qwen7b-random (bench/make_random_checkpoint.py)
+#     model      bench_model (kvcal eager + CUDA graph) and transformers on the same checkpoint
+#     capture    capture of the reference model on CUDA checked with h5py + transformers
+#                (tests/fixtures/check_capture.py), and the capture benchmark on the 7B checkpoint
+#     decode     bench_decode + torch SDPA baseline (bench/sdpa_baseline.py); DEC_ARGS sets shapes
+#     sanitize   compute-sanitizer memcheck + racecheck on test_kernels_gpu (subset)
+#     pca        bench_pca + torch baseline
+#     train      bench_train (7B-shaped synthetic capture, CPU and CUDA)
+# Each phase appends to $OUT/<phase>.log; a failing phase is reported and the next one runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+O=${OUT:-/tmp/kvcal-gpu}
+mkdir -p "$O"
+B=build-gpu
+CK=/tmp/qwen7b-random
+T0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - T0)) s] $*"; }
+
+phase_build() {
+  KVCAL_JOBS=16 scripts/build-gpu.sh "$B" >"$O/build.log" 2>&1 || { grep -E "error|Error" -A3 "$O/build.log" | head -60; return 1; }
+}
+phase_rebuild() { cmake --build "$B" -j 16 >"$O/rebuild.log" 2>&1 || { grep -E "error" -A3 "$O/rebuild.log" | head -40; return 1; }; }
+phase_tests() { (cd "$B" && ctest -L gpu --output-on-failure -j 1) 2>&1 | tee "$O/tests.log" | tail -25; }
+phase_ckpt() { [ -d "$CK" ] || python3 bench/make_random_checkpoint.py "$CK" 2>&1 | grep -v Writing | tail -2; }
+phase_model() {
+  "$B"/bench/bench_model "$CK" 2>&1 | tee "$O/model.log"
+  python3 bench/transformers_model.py "$CK" 2>&1 | grep -v Warning | tee -a "$O/model.log"
+}
+phase_capture() { phase_capture_ref; phase_capture_7b; }
+phase_capture_ref() {
+  local W=/tmp/capw; mkdir -p "$W"
+  "$B"/cli/kvcal capture --model data/models/kvcal-ref-v1 --text data/calib.txt --out "$W/ref.h5" \
+    --seq-len 512 --max-tokens 4096 --batch 4 --device cuda --record k,k_rope,v,q,hidden,attn -q
+  python3 tests/fixtures/check_capture.py "$W/ref.h5" data/models/kvcal-ref-v1 --device cuda 2>&1 | tail -15
+}
+phase_capture_7b() {
+  local W=/tmp/capw; mkdir -p "$W"
+  # 7B-shaped capture throughput: the random checkpoint has no tokenizer; the reference model's
+  # (vocab 6144 < 152064) tokenizes a text of random words
+  cp -n data/models/kvcal-ref-v1/tokenizer.json "$CK"/ 2>/dev/null
+  python3 -c "import random; random.seed(1); w=[''.join(random.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(random.randint(2,9))) for _ in range(60000)]; open('$W/words.txt','w').write(' '.join(random.choice(w) for _ in range(400000)))"
+  for c in off on; do
+    stamp "capture 7B compress=$c"
+    "$B"/cli/kvcal capture --model "$CK" --text "$W/words.txt" --out "$W/cap7b-$c.h5" --seq-len 4096 \
+      --max-tokens 65536 --batch 1 --device cuda --record k,v --compress $c -q 2>&1 | tail -2
+    rm -f "$W/cap7b-$c.h5"
+  done
+}
+DEC_ARGS=${DEC_ARGS:---batch 1,8,32 --len 4096,32768,131072}
+phase_decode() {
+  "$B"/bench/bench_decode $DEC_ARGS 2>&1 | tee "$O/decode.log"
+  python3 bench/sdpa_baseline.py $DEC_ARGS 2>&1 | tee -a "$O/decode.log"
+}
+# compute-sanitizer memcheck and racecheck on the kernel tests (a subset: the sanitizer is ~100x slower)
+phase_sanitize() {
+  for tool in memcheck racecheck; do
+    for tc in "quant append*" "end to end*" "unsupported*"; do
+      stamp "sanitizer $tool: $tc"
+      timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/test_kernels_gpu -tc="$tc" 2>&1 | tail -4
+      echo "rc ${PIPESTATUS[0]}"
+    done
+  done
+}
+phase_pca() {
+  "$B"/bench/bench_pca 2>&1 | tee "$O/pca.log"
+  python3 bench/torch_pca_baseline.py 2>&1 | tee -a "$O/pca.log"
+}
+phase_train() { mkdir -p /tmp/trainw; "$B"/bench/bench_train --dir /tmp/trainw --devices cuda,cpu 2>&1 | tee "$O/train.log"; }
+
+# A carried .deps replaces the one a warm machine had: unpack Boost again where it is missing.
+PREFIX=$PWD/.deps/boost-prefix
+[ -d "$PREFIX/usr" ] || { mkdir -p "$PREFIX"; for d in .deps/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+for ph in "$@"; do
+  stamp "== $ph"
+  "phase_$ph" || echo "PHASE $ph FAILED"
+done
+stamp "done"
