@@ -12,6 +12,7 @@ int run_eval(const std::vector<std::string>& args, io& io);
 int run_generate(const std::vector<std::string>& args, io& io);
 int run_train_ae(const std::vector<std::string>& args, io& io);
 int run_train_policy(const std::vector<std::string>& args, io& io);
+int run_bench(const std::vector<std::string>& args, io& io);
 
 const std::vector<command>& commands() {
   static const std::vector<command> table = {
@@ -25,7 +26,8 @@ const std::vector<command>& commands() {
       {"inspect", "describe a kvcal file (safetensors / preset / capture / pca)", run_inspect,
        nullptr},
       {"eval", "measure quality (PPL, passkey) through a compressed cache", run_eval, nullptr},
-      {"bench", "measure decode speed against the uncompressed baseline", nullptr, "issue #11"},
+      {"bench", "decode attention speed of presets through the CUDA kernels vs torch SDPA",
+       run_bench, nullptr},
       {"generate", "generate text with a (compressed) KV cache", run_generate, nullptr},
   };
   return table;

@@ -7,7 +7,8 @@
 #     model      bench_model (kvcal eager + CUDA graph) and transformers on the same checkpoint
 #     capture    capture of the reference model on CUDA checked with h5py + transformers
 #                (tests/fixtures/check_capture.py), and the capture benchmark on the 7B checkpoint
-#     decode     bench_decode + torch SDPA baseline (bench/sdpa_baseline.py); DEC_ARGS sets shapes
+#     decode     kvcal bench (presets vs torch SDPA in-process) + bench/sdpa_baseline.py; DEC_ARGS
+#     decode_dev bench_decode: fp16 / kivi with fp32 and fp16 dequantization arithmetic
 #     sanitize   compute-sanitizer memcheck + racecheck on test_kernels_gpu (subset)
 #     pca        bench_pca + torch baseline
 #     train      bench_train (7B-shaped synthetic capture, CPU and CUDA)
@@ -53,13 +54,15 @@ phase_capture_7b() {
 }
 DEC_ARGS=${DEC_ARGS:---batch 1,8,32 --len 4096,32768,131072}
 phase_decode() {
-  "$B"/bench/bench_decode $DEC_ARGS 2>&1 | tee "$O/decode.log"
+  "$B"/cli/kvcal bench $DEC_ARGS --preset fp16 kivi-4 kivi-2 knlp-v-pca-int8 mlsys-aggressive \
+    --json "$O/bench-decode.json" 2>&1 | tee "$O/decode.log"
   python3 bench/sdpa_baseline.py $DEC_ARGS 2>&1 | tee -a "$O/decode.log"
 }
+phase_decode_dev() { "$B"/bench/bench_decode $DEC_ARGS 2>&1 | tee "$O/decode_dev.log"; }
 # compute-sanitizer memcheck and racecheck on the kernel tests (a subset: the sanitizer is ~100x slower)
 phase_sanitize() {
   for tool in memcheck racecheck; do
-    for tc in "quant append*" "end to end*" "unsupported*"; do
+    for tc in "quant append*" "end to end*" "unsupported*" "decode attention:*"; do
       stamp "sanitizer $tool: $tc"
       timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/test_kernels_gpu -tc="$tc" 2>&1 | tail -4
       echo "rc ${PIPESTATUS[0]}"

@@ -1,55 +1,31 @@
-// bench_decode: decode attention per layer over the packed KIVI cache (kernels/cuda/) at
-// Qwen2.5-7B shapes (28 query / 4 KV heads, head_dim 128), against our own fp16 kernel in the
-// same run; bench/sdpa_baseline.py prints torch SDPA FP16 at the same shapes in the same format.
-//
-//   bench_decode [--reps 50] [--batch 1,8] [--len 4096,32768] [--heads 28] [--kv 4]
-//
-// Methods: fp16 (ours: K/V fp16, RoPE applied to keys in the kernel), kivi-2 and kivi-4
-// (presets/templates: K per-channel, V per-token, group 32, asymmetric, fp16 residual 128), each
-// also with half_dequant (dequantization and rotation in fp16 arithmetic).
-// The cache is filled on the GPU by the append kernels (random pre-RoPE keys and values), which
-// also gives append + compress throughput. Each timed launch follows an L2 flush (a 128 MiB
-// memset outside the timed region); time = median of --reps cudaEvent-timed launches (attention
-// kernel + merge kernel). "bytes read" counts what the kernels load from memory: packed records
-// + fp16 windows of every (sequence, KV head), the queries, the RoPE table rows (one per 32
-// tokens, once: they are shared by the heads) and the split partials written and read back.
+// The CUDA half of bench/decode_bench.h: fills a packed cache with the append kernels (random
+// pre-RoPE keys with an outlier channel, random values) and times decode attention over it.
+// "bytes read" counts what the kernels load: packed records + fp16 windows of every (sequence,
+// KV head), the queries, the RoPE table rows (one per 32 tokens, shared by the heads) and the
+// split partials written and read back.
+#include "bench/decode_bench.h"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <sstream>
-#include <string>
 #include <vector>
 
+#include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/quant_append.h"
 
-using namespace kvcal;
-
+namespace kvcal {
 namespace {
 
-#define CUDA_OK(x)                                                                           \
-  do {                                                                                       \
-    cudaError_t e_ = (x);                                                                    \
-    if (e_ != cudaSuccess) {                                                                 \
-      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, \
-                   __LINE__, last_launch_error().c_str());                                   \
-      std::exit(1);                                                                          \
-    }                                                                                        \
+#define CUDA_OK(x)                                                                \
+  do {                                                                            \
+    cudaError_t e_ = (x);                                                         \
+    KVCAL_CHECK(e_ == cudaSuccess, "decode bench: CUDA error ", cudaGetErrorString(e_), \
+                " (", #x, ") ", last_launch_error());                             \
   } while (0)
-
-std::vector<int> parse_list(const char* s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(std::atoi(item.c_str()));
-  return v;
-}
 
 // x[i] = uniform-ish in [-1, 1] (+ an outlier offset on channel 3 for keys), from a hash.
 __global__ void fill_random_kernel(float* x, std::int64_t n, int d, std::uint32_t seed,
@@ -75,21 +51,14 @@ T* dalloc(std::size_t n) {
   return p;
 }
 
-struct method {
-  const char* name;
-  int bits;  // 16 = fp16
-  int group;
-  int residual;
-  bool half_dequant;  // decode_attention_params::half_dequant
-};
+}  // namespace
 
-struct result {
-  double us = 0, bytes = 0, fp16_bytes = 0, append_tok_s = 0;
-};
-
-result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, float* flush,
-                std::size_t flush_bytes) {
-  const int d = 128;
+decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
+  KVCAL_CHECK(m.unsupported.empty(), m.name, ": ", m.unsupported);
+  const int B = s.batch, L = s.len, n_heads = s.n_heads, n_kv = s.n_kv, reps = s.reps;
+  const int d = s.head_dim;
+  const std::size_t flush_bytes = 128u << 20;  // > L2 (50-60 MB on H100/H200)
+  float* flush = dalloc<float>(flush_bytes / 4);
   const std::size_t D = static_cast<std::size_t>(d);
   const bool fp16 = m.bits == 16;
   const int chunk = std::min(L, 4096);
@@ -232,11 +201,10 @@ result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, 
   CUDA_OK(cudaMemcpy(h.data(), out, q_elems * 4, cudaMemcpyDeviceToHost));
   for (float x : h)
     if (!std::isfinite(x)) {
-      std::fprintf(stderr, "%s B%d L%d: non-finite output\n", m.name, B, L);
-      std::exit(1);
+      KVCAL_FAIL(m.name, " B", B, " L", L, ": non-finite attention output");
     }
 
-  result r;
+  decode_timing r;
   r.us = 1000.0 * times[times.size() / 2];
   const double per_slot = fp16 ? 2.0 * L * d * 2
                                : static_cast<double>(k_done / m.group) * static_cast<double>(krb) +
@@ -265,6 +233,7 @@ result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, 
   cudaFree(q);
   cudaFree(out);
   cudaFree(p.workspace);
+  cudaFree(flush);
   cudaEventDestroy(a0);
   cudaEventDestroy(a1);
   cudaEventDestroy(e0);
@@ -272,62 +241,5 @@ result run_case(const method& m, int B, int L, int n_heads, int n_kv, int reps, 
   return r;
 }
 
-}  // namespace
 
-int main(int argc, char** argv) {
-  int reps = 50, n_heads = 28, n_kv = 4;
-  std::vector<int> batches{1, 8}, lens{4096, 32768};
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--reps")
-      reps = std::atoi(argv[i + 1]);
-    else if (a == "--batch")
-      batches = parse_list(argv[i + 1]);
-    else if (a == "--len")
-      lens = parse_list(argv[i + 1]);
-    else if (a == "--heads")
-      n_heads = std::atoi(argv[i + 1]);
-    else if (a == "--kv")
-      n_kv = std::atoi(argv[i + 1]);
-    else {
-      std::fprintf(stderr, "bench_decode: unknown option %s\n", a.c_str());
-      return 2;
-    }
-  }
-  int dev_count = 0;
-  if (cudaGetDeviceCount(&dev_count) != cudaSuccess || dev_count == 0) {
-    std::fprintf(stderr, "bench_decode: no CUDA device\n");
-    return 1;
-  }
-  cudaDeviceProp prop;
-  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-  const std::size_t flush_bytes = 128u << 20;
-  float* flush = dalloc<float>(flush_bytes / 4);
-  const method methods[] = {{"fp16 (ours)", 16, 32, 0, false},
-                            {"kivi-4", 4, 32, 128, false},
-                            {"kivi-2", 2, 32, 128, false},
-                            {"fp16 (ours, half_dequant)", 16, 32, 0, true},
-                            {"kivi-4 (half_dequant)", 4, 32, 128, true},
-                            {"kivi-2 (half_dequant)", 2, 32, 128, true}};
-  std::printf(
-      "decode attention per layer, %s, %d q / %d kv heads, d 128, median of %d, L2 flushed\n\n",
-      prop.name, n_heads, n_kv, reps);
-  std::printf(
-      "| method | B | L | time (us) | MB read | TB/s | fp16 MB / MB read | speedup vs fp16 (ours) "
-      "| append+compress (Mtok/s) |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
-  for (int B : batches)
-    for (int L : lens) {
-      double base_us = 0;
-      for (const method& m : methods) {
-        const result r = run_case(m, B, L, n_heads, n_kv, reps, flush, flush_bytes);
-        if (m.bits == 16 && !m.half_dequant) base_us = r.us;
-        std::printf("| %s | %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %.1f |\n", m.name, B, L,
-                    r.us, r.bytes / 1e6, r.bytes / (r.us * 1e-6) / 1e12, r.fp16_bytes / r.bytes,
-                    base_us / r.us, r.append_tok_s / 1e6);
-        std::fflush(stdout);
-      }
-    }
-  cudaFree(flush);
-  return 0;
-}
+}  // namespace kvcal

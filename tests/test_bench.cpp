@@ -1,0 +1,90 @@
+// bench/decode_bench: which kernel configuration each shipped template runs as on the CUDA
+// kernels, and clear refusals (not silent skips) for what the kernels cannot read yet; the table
+// arithmetic; `kvcal bench` on a build or machine without CUDA fails with one clear message.
+#include <doctest/doctest.h>
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/decode_bench.h"
+#include "cli/app.h"
+#include "kernels/common/cuda_device.h"
+#include "presets/preset_template.h"
+#include "runtime/model_config.h"
+
+namespace {
+
+kvcal::model_config ref_config() {
+  return kvcal::read_model_config(std::string(KVCAL_SOURCE_DIR) +
+                                  "/data/models/kvcal-ref-v1/config.json");
+}
+
+kvcal::decode_case case_of(const std::string& name) {
+  const auto r = kvcal::expand_recipe(kvcal::preset_template(name), ref_config(), name,
+                                      kvcal::recipe_parse_options{true});
+  return kvcal::decode_case_of(r, name);
+}
+
+}  // namespace
+
+TEST_CASE("templates map to kernel cases") {
+  const auto fp16 = case_of("fp16");
+  CHECK(fp16.unsupported.empty());
+  CHECK(fp16.bits == 16);
+  for (int bits : {2, 4}) {
+    const auto c = case_of("kivi-" + std::to_string(bits));
+    CHECK_MESSAGE(c.unsupported.empty(), c.unsupported);
+    CHECK(c.bits == bits);
+    CHECK(c.group == 32);
+    CHECK(c.residual == 128);
+  }
+}
+
+TEST_CASE("what the kernels cannot run is refused with the reason") {
+  CHECK(case_of("knlp-v-pca-int8").unsupported.find("PCA") != std::string::npos);
+  CHECK(case_of("ae-16").unsupported.find("autoencoder") != std::string::npos);
+  CHECK(case_of("h2o").unsupported.find("eviction (h2o)") != std::string::npos);
+  CHECK(case_of("streaming-llm").unsupported.find("eviction") != std::string::npos);
+  for (const char* m : {"mlsys-conservative", "mlsys-aggressive", "mlsys-extreme"})
+    CHECK_MESSAGE(!case_of(m).unsupported.empty(), m);
+
+  // Hand-made recipes: K per-token, K/V at different widths.
+  auto r = kvcal::expand_recipe(kvcal::preset_template("kivi-4"), ref_config(), "kivi-4");
+  for (auto& l : r.layers) l.k.quant.axis = kvcal::quant_axis::per_token;
+  CHECK(kvcal::decode_case_of(r, "x").unsupported.find("K quantized per-token") !=
+        std::string::npos);
+  r = kvcal::expand_recipe(kvcal::preset_template("kivi-4"), ref_config(), "kivi-4");
+  for (auto& l : r.layers) l.v.quant.bits = 2;
+  CHECK(kvcal::decode_case_of(r, "x").unsupported.find("different bit widths") !=
+        std::string::npos);
+  r.layers[1].k.quant.bits = 2;
+  CHECK(kvcal::decode_case_of(r, "x").unsupported.find("layers differ") != std::string::npos);
+}
+
+TEST_CASE("table rows: bandwidth and ratios") {
+  kvcal::decode_shape s;
+  s.batch = 8;
+  s.len = 32768;
+  kvcal::decode_timing t;
+  t.us = 100;
+  t.bytes = 2e8;
+  t.fp16_bytes = 6e8;
+  const std::string row = kvcal::decode_table_row("kivi-4", s, t, 200, 150);
+  // 2e8 B / 100 us = 2.00 TB/s; fp16 / read = 3.00; 200/100 = 2.00 vs ours; 150/100 = 1.50 vs SDPA
+  CHECK(row == "| kivi-4 | 8 | 32768 | 100.0 | 200.0 | 2.00 | 3.00 | 2.00 | 1.50 | - |\n");
+}
+
+TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU") {
+  std::ostringstream out, err;
+  CHECK(kvcal::cli::run({"bench", "--preset", "nonexist"}, out, err) == 2);
+  CHECK(err.str().find("no such file, and not a template") != std::string::npos);
+  CHECK(kvcal::cli::run({"bench", "--batch", "0"}, out, err) == 2);
+  CHECK(kvcal::cli::run({"bench", "--len", "x"}, out, err) == 2);
+  if (kvcal::cuda_device_count() == 0) {
+    std::ostringstream o2, e2;
+    CHECK(kvcal::cli::run({"bench", "--batch", "1", "--len", "64", "--reps", "1"}, o2, e2) == 1);
+    CHECK(o2.str().empty());  // no half-printed table
+    CHECK(e2.str().find("CUDA") != std::string::npos);
+  }
+}
