@@ -9,8 +9,12 @@
 //
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
+//       [--kv-cache full,fp16,kivi-4,kivi-2 --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
+//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache)
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -21,6 +25,7 @@
 #include "kernels/common/error.h"
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
+#include "model/gpu_packed_cache.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
 
@@ -37,6 +42,10 @@ struct options {
   int steps = 32, warmup = 4, reps = 3;
   bool graph = true;   // also time decode replayed from a CUDA graph
   bool greedy = true;  // false: feed fixed tokens, no read-back per step (launch-bound check)
+  // End to end through the CUDA kernels' cache (issue 11): "full" = full_cache (SDPA), "fp16" /
+  // "kivi-4" / "kivi-2" = gpu_packed_cache; empty = skip.
+  std::vector<std::string> kv_cache;
+  std::int64_t kv_context = 32768, kv_batch = 8;
 };
 
 std::vector<std::int64_t> parse_list(const std::string& s) {
@@ -75,10 +84,19 @@ options parse(int argc, char** argv) {
       o.greedy = false;
     else if (a == "--no-graph")
       o.graph = false;
+    else if (a == "--kv-cache") {
+      std::stringstream ss(value());
+      std::string item;
+      while (std::getline(ss, item, ',')) o.kv_cache.push_back(item);
+    } else if (a == "--kv-context")
+      o.kv_context = std::stoll(value());
+    else if (a == "--kv-batch")
+      o.kv_batch = std::stoll(value());
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
                    "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n";
+                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
+                   "       [--kv-cache full,fp16,kivi-4,kivi-2] [--kv-context 32768] [--kv-batch 8]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -186,6 +204,63 @@ int main(int argc, char** argv) {
                        static_cast<long long>(B), e.what());
         }
     }
+    // End to end through the compressed GPU cache: TTFT of a B x kv_context prefill (compression
+    // included), TPOT of greedy steps after it, the cache's bytes per sequence, and how many
+    // sequences of kv_context tokens fit next to the weights on an 80 GB / 141 GB card (from the
+    // bytes allocated; 10% of the card kept for activations and the allocator).
+    for (const std::string& kind : o.kv_cache) try {
+        const std::int64_t B = o.kv_batch, L = o.kv_context;
+        const std::int64_t cap = L + o.warmup + o.steps;
+        std::unique_ptr<kv_cache> cache;
+        gpu_packed_cache* packed = nullptr;
+        if (kind == "full") {
+          cache = std::make_unique<full_cache>(c, B, device, dtype, cap);
+        } else {
+          gpu_packed_cache::options po;
+          if (kind == "fp16")
+            po.bits = 16;
+          else if (kind == "kivi-4")
+            po.bits = 4;
+          else if (kind == "kivi-2")
+            po.bits = 2;
+          else
+            KVCAL_FAIL("--kv-cache: unknown kind '", kind, "' (full, fp16, kivi-4, kivi-2)");
+          auto g = std::make_unique<gpu_packed_cache>(c, B, cap, po, device);
+          packed = g.get();
+          cache = std::move(g);
+        }
+        at::Tensor prompt = random_ids(B, L, c.vocab_size).to(device);
+        sync(prompt);
+        const double t_pf = now_s();
+        at::Tensor logits = m.forward(prompt, *cache, {logits_mode::last});
+        at::Tensor next = logits.argmax(-1).to(at::kCPU);
+        const double ttft = now_s() - t_pf;
+        double start = 0;
+        for (int st = 0; st < o.warmup + o.steps; ++st) {
+          if (st == o.warmup) start = now_s();
+          logits = m.forward(next, *cache, {logits_mode::last});
+          next = logits.argmax(-1).to(at::kCPU);
+        }
+        const double ms = (now_s() - start) * 1e3 / o.steps;
+        const double per_seq =
+            packed ? static_cast<double>(packed->bytes_allocated()) / static_cast<double>(B)
+                   : 2.0 * static_cast<double>(c.num_hidden_layers * c.num_key_value_heads * cap *
+                                               c.head_dim) *
+                         2.0;
+        const std::string shape = kind + " B" + std::to_string(B) + " ctx" + std::to_string(L);
+        row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");
+        row("kvcal e2e", "tpot", shape, ms, "ms/step");
+        row("kvcal e2e", "cache", shape + " /seq", per_seq / 1e6, "MB");
+        for (double card : {80.0, 141.0}) {
+          const double fit = (card * 0.9 - weight_gb) * 1e9 / per_seq;
+          char sh[96];
+          std::snprintf(sh, sizeof sh, "%s fits %.0fGB", kind.c_str(), card);
+          row("kvcal e2e", "batch", sh, fit > 0 ? std::floor(fit) : 0.0, "seqs");
+        }
+        std::fflush(stdout);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "bench_model: --kv-cache %s failed: %s\n", kind.c_str(), e.what());
+      }
     const double bound_ms = weight_gb / 3.0e3 * 1e3;  // GB / (3.0 TB/s) in ms
     char shape[64];
     std::snprintf(shape, sizeof shape, "weights %.2f GB", weight_gb);

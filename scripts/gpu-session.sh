@@ -4,6 +4,7 @@
 #     build      scripts/build-gpu.sh (all targets), then the GPU tests
 #     tests      ctest -L gpu
 #     ckpt       random Qwen2.5-7B-shaped checkpoint in /tmp/qwen7b-random (bench/make_random_checkpoint.py)
+#     e2e        bench_model --kv-cache: TTFT / TPOT through full_cache and gpu_packed_cache
 #     model      bench_model (kvcal eager + CUDA graph) and transformers on the same checkpoint
 #     capture    capture of the reference model on CUDA checked with h5py + transformers
 #                (tests/fixtures/check_capture.py), and the capture benchmark on the 7B checkpoint
@@ -31,6 +32,11 @@ phase_ckpt() { [ -d "$CK" ] || python3 bench/make_random_checkpoint.py "$CK" 2>&
 phase_model() {
   "$B"/bench/bench_model "$CK" 2>&1 | tee "$O/model.log"
   python3 bench/transformers_model.py "$CK" 2>&1 | grep -v Warning | tee -a "$O/model.log"
+}
+# End to end through the CUDA kernels' cache (issue 11): TTFT / TPOT at B8 ctx 32k, sequences that fit
+phase_e2e() {
+  "$B"/bench/bench_model "$CK" --prefill 4096 --batch 8 --no-graph --steps 16 \
+    --kv-cache full,fp16,kivi-4,kivi-2 --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"
 }
 phase_capture() { phase_capture_ref; phase_capture_7b; }
 phase_capture_ref() {

@@ -8,10 +8,16 @@
 //   bf16: max abs error <= 0.02 R and mean abs error <= 0.004 R
 //   fp16: max abs error <= 0.004 R
 //   fp32 GPU vs fp32 CPU and vs the fixture: max abs error <= 2e-4 (TF32 stays off)
+#include <algorithm>
 #include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
+#include "model/gpu_packed_cache.h"
+#include "model/runtime_cache.h"
+#include "presets/preset_template.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
 #include "runtime/io/safetensors.h"
@@ -141,5 +147,63 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps") {
             compare(at::cat(got, 1)[0].narrow(0, 1, 8), e.at("logits").narrow(0, 16, 8)).max_abs <=
             2e-4);
     }
+  }
+}
+
+TEST_CASE("gpu_packed_cache: fp16 equals full_cache; kivi-4 / kivi-2 decode equals the CPU runtime") {
+  if (!have_gpu()) return;
+  const std::string dir = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
+  const llama_model g = llama_model::load(dir, cuda, at::kFloat);
+  const llama_model c = llama_model::load(dir, at::kCPU, at::kFloat);
+  const model_config& cfg = g.config();
+  const std::int64_t B = 2, N = 224;  // > residual 128 + several groups of 32 compressed
+  at::manual_seed(7);
+  const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, N}, at::TensorOptions().dtype(at::kLong));
+
+  // fp16 packed cache on the GPU vs the plain cache: prompt of 64, then steps.
+  {
+    gpu_packed_cache::options o;
+    o.bits = 16;
+    gpu_packed_cache pc(cfg, B, N, o, cuda);
+    full_cache fc(cfg, B, cuda, at::kFloat);
+    const at::Tensor prompt = ids.narrow(1, 0, 64).to(cuda);
+    double worst = compare(g.forward(prompt, pc, {logits_mode::last}),
+                           g.forward(prompt, fc, {logits_mode::last}))
+                       .max_abs;
+    for (std::int64_t t = 64; t < N; ++t) {
+      const at::Tensor x = ids.narrow(1, t, 1).to(cuda);
+      worst = std::max(worst, compare(g.forward(x, pc, {logits_mode::last}),
+                                      g.forward(x, fc, {logits_mode::last}))
+                                  .max_abs);
+    }
+    MESSAGE("gpu_packed_cache fp16 vs full_cache (fp32 model, fp16 K/V): max |dlogit| ", worst);
+    CHECK(worst <= 5e-2);  // K/V stored in fp16, the rest fp32
+    CHECK(pc.length() == N);
+  }
+  // kivi: token by token from position 0 through both caches, logits compared every step.
+  for (int bits : {4, 2}) {
+    CAPTURE(bits);
+    const std::string name = "kivi-" + std::to_string(bits);
+    const preset_recipe r = expand_recipe(preset_template(name), cfg, name);
+    runtime_cache rc(cfg, r, {}, B);
+    gpu_packed_cache::options o;
+    o.bits = bits;
+    o.group = r.layers[0].k.quant.group;
+    o.residual = static_cast<int>(r.layers[0].residual);
+    gpu_packed_cache pc(cfg, B, N, o, cuda);
+    full_cache exact(cfg, B, at::kCPU, at::kFloat);
+    double gpu_cpu = 0, quant_err = 0;
+    for (std::int64_t t = 0; t < N; ++t) {
+      const at::Tensor x = ids.narrow(1, t, 1);
+      const at::Tensor lg = g.forward(x.to(cuda), pc, {logits_mode::last}).cpu();
+      const at::Tensor lc = c.forward(x, rc, {logits_mode::last});
+      const at::Tensor le = c.forward(x, exact, {logits_mode::last});
+      gpu_cpu = std::max(gpu_cpu, compare(lg, lc).max_abs);
+      quant_err = std::max(quant_err, compare(lc, le).max_abs);
+    }
+    MESSAGE(name, ": GPU kernels vs CPU runtime max |dlogit| ", gpu_cpu,
+            "; CPU runtime vs exact ", quant_err);
+    CHECK(quant_err > 0);
+    CHECK(gpu_cpu <= 0.25 * quant_err + 2e-2);  // the same quantization, different rounding
   }
 }

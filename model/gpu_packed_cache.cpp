@@ -1,0 +1,271 @@
+#include "model/gpu_packed_cache.h"
+
+#include <algorithm>
+
+#include "kernels/common/error.h"
+#include "kernels/cpu/rope.h"
+#include "model/full_cache.h"
+#include "runtime/rope.h"
+
+#if KVCAL_TORCH_CUDA && KVCAL_WITH_CUDA
+#define KVCAL_GPU_PACKED 1
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/packed_kv.h"
+#include "kernels/cuda/quant_append.h"
+#endif
+
+namespace kvcal {
+
+#ifndef KVCAL_GPU_PACKED
+
+struct gpu_packed_cache::layer_state {};
+
+gpu_packed_cache::gpu_packed_cache(const model_config&, std::int64_t, std::int64_t,
+                                   const options&, at::Device)
+    : batch_(0), capacity_(0), n_kv_(0), n_heads_(0), d_(0), window_(0) {
+  KVCAL_FAIL("gpu_packed_cache: this kvcal was built without CUDA kernels or without libtorch "
+             "CUDA (scripts/build-gpu.sh)");
+}
+gpu_packed_cache::~gpu_packed_cache() = default;
+void gpu_packed_cache::append(int, const kv_append&) {}
+at::Tensor gpu_packed_cache::attend(int, const at::Tensor&, const at::Tensor&) { return {}; }
+std::int64_t gpu_packed_cache::length() const { return 0; }
+void gpu_packed_cache::reset() {}
+std::size_t gpu_packed_cache::bytes_allocated() const { return 0; }
+std::size_t gpu_packed_cache::bytes_used() const { return 0; }
+
+#else
+
+// Counters of one layer on the device, int32 [8][B]: rows below.
+enum ctr_row { n_old, k_from, k_to, v_from, v_to, n_new, kc_new, vc_new, n_rows };
+
+struct gpu_packed_cache::layer_state {
+  at::Tensor k_rec, v_rec, k_win, v_win, ctr;  // ctr: [n_rows * B] int32
+  std::int64_t n = 0, kc = 0, vc = 0;          // host copies (every sequence alike)
+  at::Tensor prompt_k, prompt_v;               // K after RoPE / V of a prompt, for its attend
+  packed_kv_view view;                         // pointers filled, counters per use
+};
+
+gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
+                                   std::int64_t capacity, const options& o, at::Device device)
+    : batch_(batch),
+      capacity_(capacity),
+      n_kv_(cfg.num_key_value_heads),
+      n_heads_(cfg.num_attention_heads),
+      d_(cfg.head_dim),
+      window_(cfg.sliding_window),
+      o_(o) {
+  KVCAL_CHECK(device.is_cuda(), "gpu_packed_cache: needs a CUDA device, got ", device.str());
+  KVCAL_CHECK(batch >= 1 && capacity >= 32, "gpu_packed_cache: batch ", batch, " and capacity ",
+              capacity, " must be >= 1 and >= 32");
+  KVCAL_CHECK(o.bits == 16 || o.bits == 2 || o.bits == 4 || o.bits == 8, "gpu_packed_cache: bits ",
+              o.bits, " (2, 4, 8 or 16)");
+  KVCAL_CHECK(o.bits == 16 || o.group == 32 || o.group == 64 || o.group == 128,
+              "gpu_packed_cache: group ", o.group, " (32, 64, 128)");
+  KVCAL_CHECK(o.residual >= 0 && o.piece >= 1, "gpu_packed_cache: residual and piece");
+  KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
+              window_, ") is shorter than the capacity: not supported by the kernels");
+  const bool fp16 = o.bits == 16;
+  win_cap_ = static_cast<int>(fp16 ? capacity : std::min<std::int64_t>(
+                                                    capacity, o.residual + o.group + o.piece));
+  const int d = static_cast<int>(d_);
+  const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
+  const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
+  const std::int64_t slots = batch * n_kv_;
+  const std::int64_t k_slot = fp16 ? 0 : capacity / o.group + 1, v_slot = fp16 ? 0 : capacity;
+  for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    auto s = std::make_unique<layer_state>();
+    s->k_rec = at::empty({std::max<std::int64_t>(
+                             1, slots * k_slot *
+                                    static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
+                         u8);
+    s->v_rec = at::empty({std::max<std::int64_t>(
+                             1, slots * v_slot *
+                                    static_cast<std::int64_t>(v_record_bytes(d, o.bits, o.group)))},
+                         u8);
+    s->k_win = at::empty({slots, win_cap_, d_}, f16);
+    s->v_win = at::empty({slots, win_cap_, d_}, f16);
+    s->ctr = at::zeros({n_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
+    packed_kv_view& v = s->view;
+    v.batch = static_cast<int>(batch);
+    v.n_kv = static_cast<int>(n_kv_);
+    v.head_dim = d;
+    v.k_bits = v.v_bits = o.bits;
+    v.k_group = v.v_group = fp16 ? 32 : o.group;
+    v.k_rec = s->k_rec.data_ptr<std::uint8_t>();
+    v.v_rec = s->v_rec.data_ptr<std::uint8_t>();
+    v.k_slot_records = k_slot;
+    v.v_slot_records = v_slot;
+    v.k_win = reinterpret_cast<__half*>(s->k_win.data_ptr<at::Half>());
+    v.v_win = reinterpret_cast<__half*>(s->v_win.data_ptr<at::Half>());
+    v.win_cap = win_cap_;
+    layers_.push_back(std::move(s));
+  }
+  // RoPE rows of the CPU reference (the kernel rotates pre-RoPE keys at their positions).
+  const rope_frequencies f =
+      rope_inv_freq(cfg.rope, d, cfg.max_position_embeddings, std::max<std::int64_t>(
+                                                                   capacity, 1));
+  rope_scaling_ = f.attention_scaling;
+  at::Tensor c = at::empty({capacity, d_ / 2}, at::kFloat), sn = at::empty_like(c);
+  for (std::int64_t p = 0; p < capacity; ++p)
+    rope_cos_sin(p, f.inv_freq.data(), d, f.attention_scaling, c.data_ptr<float>() + p * (d / 2),
+                 sn.data_ptr<float>() + p * (d / 2));
+  rope_cos_ = c.to(device);
+  rope_sin_ = sn.to(device);
+  decode_attention_params p;
+  p.kv = layers_[0]->view;
+  p.n_heads = static_cast<int>(n_heads_);
+  p.max_tokens = static_cast<int>(capacity);
+  workspace_ = at::empty({static_cast<std::int64_t>(decode_attention_workspace_size(p)) + 16}, u8);
+}
+
+gpu_packed_cache::~gpu_packed_cache() = default;
+
+void gpu_packed_cache::append(int layer, const kv_append& kv) {
+  KVCAL_CHECK(layer >= 0 && layer < static_cast<int>(layers_.size()), "gpu_packed_cache: layer ",
+              layer, " out of range");
+  layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+  const at::Tensor& k = kv.k_pre;  // [B, n_kv, T, d]
+  KVCAL_CHECK(k.dim() == 4 && k.size(0) == batch_ && k.size(1) == n_kv_ && k.size(3) == d_ &&
+                  k.is_cuda(),
+              "gpu_packed_cache: k_pre must be [", batch_, ", ", n_kv_, ", T, ", d_,
+              "] on CUDA, got ", k.sizes());
+  const std::int64_t T = k.size(2);
+  KVCAL_CHECK(s.n + T <= capacity_, "gpu_packed_cache: capacity ", capacity_, " exceeded (",
+              s.n, " + ", T, " tokens)");
+  if (T > 1) {
+    KVCAL_CHECK(s.n == 0, "gpu_packed_cache: several new tokens need an empty cache (a prompt); ",
+                s.n, " tokens are held");
+    s.prompt_k = kv.k_rope;
+    s.prompt_v = kv.v;
+  }
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(k.device().index());
+  const std::int64_t B = batch_;
+  for (std::int64_t i = 0; i < T; i += o_.piece) {
+    const std::int64_t t = std::min<std::int64_t>(o_.piece, T - i);
+    // [B, t, n_kv, d] fp32: the kernels' token-major input.
+    at::Tensor k32 = k.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
+    at::Tensor v32 = kv.v.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
+    const std::int64_t n2 = s.n + t;
+    const bool quant = o_.bits != 16;
+    const std::int64_t rest = std::max<std::int64_t>(0, n2 - o_.residual);
+    const std::int64_t k2 = quant ? rest / o_.group * o_.group : 0, v2 = quant ? rest : 0;
+    at::Tensor h = at::empty({n_rows * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    int* hp = h.data_ptr<int>();
+    const std::int64_t vals[n_rows] = {s.n, s.kc, k2, s.vc, v2, n2, k2, v2};
+    for (int r = 0; r < n_rows; ++r)
+      for (std::int64_t b = 0; b < B; ++b) hp[r * B + b] = static_cast<int>(vals[r]);
+    s.ctr.copy_(h, /*non_blocking=*/true);
+    const int* ctr = s.ctr.data_ptr<int>();
+    kv_window_append_params ap;
+    ap.kv = s.view;
+    ap.kv.n_tokens = ctr + n_old * B;
+    ap.k_new = k32.data_ptr<float>();
+    ap.v_new = v32.data_ptr<float>();
+    ap.t_new = static_cast<int>(t);
+    check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
+    if (quant && (k2 > s.kc || v2 > s.vc)) {
+      quant_compress_params cp;
+      cp.kv = s.view;
+      cp.kv.n_tokens = ctr + n_new * B;
+      cp.k_from = ctr + k_from * B;
+      cp.k_to = ctr + k_to * B;
+      cp.v_from = ctr + v_from * B;
+      cp.v_to = ctr + v_to * B;
+      cp.max_k_blocks = static_cast<int>((k2 - s.kc) / o_.group);
+      cp.max_v_tokens = static_cast<int>(v2 - s.vc);
+      check_launch(launch_quant_compress(cp, stream), "gpu_packed_cache: compress");
+    }
+    s.n = n2;
+    s.kc = k2;
+    s.vc = v2;
+  }
+}
+
+at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
+                                    const at::Tensor& positions) {
+  layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
+  KVCAL_CHECK(q_rope.dim() == 4 && q_rope.size(0) == batch_ && q_rope.size(1) == n_heads_ &&
+                  q_rope.size(3) == d_,
+              "gpu_packed_cache: q_rope must be [", batch_, ", ", n_heads_, ", T, ", d_, "], got ",
+              q_rope.sizes());
+  const std::int64_t T = q_rope.size(2);
+  (void)positions;
+  if (T > 1) {  // a prompt: exact causal attention over its own K/V
+    KVCAL_CHECK(s.prompt_k.defined() && s.prompt_k.size(2) == T,
+                "gpu_packed_cache: several queries only right after a prompt's append");
+    at::Tensor out = causal_attention(q_rope, s.prompt_k, s.prompt_v, 0, window_);
+    s.prompt_k = at::Tensor();
+    s.prompt_v = at::Tensor();
+    return out;
+  }
+  s.prompt_k = at::Tensor();
+  s.prompt_v = at::Tensor();
+  KVCAL_CHECK(s.n >= 1, "gpu_packed_cache: attend before any append at layer ", layer);
+  at::Tensor q32 = q_rope.select(2, 0).to(at::kFloat).contiguous();  // [B, n_heads, d]
+  at::Tensor out = at::empty_like(q32);
+  const int* ctr = s.ctr.data_ptr<int>();
+  decode_attention_params p;
+  p.kv = s.view;
+  p.kv.n_tokens = ctr + n_new * batch_;
+  p.kv.k_compressed = ctr + kc_new * batch_;
+  p.kv.v_compressed = ctr + vc_new * batch_;
+  p.n_heads = static_cast<int>(n_heads_);
+  p.q = q32.data_ptr<float>();
+  p.rope_cos = rope_cos_.data_ptr<float>();
+  p.rope_sin = rope_sin_.data_ptr<float>();
+  p.rope_rows = static_cast<int>(capacity_);
+  p.rope_attention_scaling = rope_scaling_;
+  p.max_tokens = static_cast<int>(capacity_);
+  p.out = out.data_ptr<float>();
+  // 16-byte aligned start inside the workspace tensor.
+  auto base = reinterpret_cast<std::uintptr_t>(workspace_.data_ptr<std::uint8_t>());
+  p.workspace = reinterpret_cast<void*>((base + 15) / 16 * 16);
+  p.workspace_bytes = static_cast<std::size_t>(workspace_.numel()) - ((base + 15) / 16 * 16 - base);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q_rope.device().index());
+  check_launch(launch_decode_attention(p, stream), "gpu_packed_cache: decode attention");
+  return out.unsqueeze(2).to(q_rope.scalar_type());
+}
+
+std::int64_t gpu_packed_cache::length() const {
+  return layers_.empty() ? 0 : layers_.back()->n;
+}
+
+void gpu_packed_cache::reset() {
+  for (auto& s : layers_) {
+    s->n = s->kc = s->vc = 0;
+    s->prompt_k = at::Tensor();
+    s->prompt_v = at::Tensor();
+  }
+}
+
+std::size_t gpu_packed_cache::bytes_allocated() const {
+  std::size_t n = 0;
+  for (const auto& s : layers_)
+    n += static_cast<std::size_t>(s->k_rec.nbytes() + s->v_rec.nbytes() + s->k_win.nbytes() +
+                                  s->v_win.nbytes());
+  return n;
+}
+
+std::size_t gpu_packed_cache::bytes_used() const {
+  std::size_t n = 0;
+  const int d = static_cast<int>(d_);
+  for (const auto& s : layers_) {
+    const std::size_t slots = static_cast<std::size_t>(batch_ * n_kv_);
+    if (o_.bits == 16) {
+      n += slots * static_cast<std::size_t>(s->n) * static_cast<std::size_t>(d) * 2 * 2;
+      continue;
+    }
+    n += slots * (static_cast<std::size_t>(s->kc / o_.group) * k_record_bytes(d, o_.bits, o_.group) +
+                  static_cast<std::size_t>(s->vc) * v_record_bytes(d, o_.bits, o_.group) +
+                  static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) *
+                      static_cast<std::size_t>(d) * 2);
+  }
+  return n;
+}
+
+#endif
+
+}  // namespace kvcal

@@ -1,0 +1,71 @@
+// The model's KV-cache interface (model/kv_cache.h) on the GPU through the CUDA kernels of
+// kernels/cuda/: a KIVI-style packed cache (K per-channel groups along tokens, V per-token
+// groups, asymmetric 2/4/8-bit, fp16 residual window) or fp16 (bits 16), per layer.
+//
+//   append  keys before RoPE and values -> fp16 window ring (launch_kv_window_append), then the
+//           tokens older than `residual` -> bit-packed records (launch_quant_compress); prompts are
+//           appended in pieces so the ring stays small;
+//   attend  one new token per sequence: the fused decode-attention kernel reads the packed
+//           records and the window directly, rotating keys at their positions
+//           (launch_decode_attention); a prompt (T > 1, empty cache): exact causal attention over
+//           the prompt's own K/V, as KIVI does — the CPU runtime instead attends the prompt
+//           through its compressed tokens (documented difference, docs/runtime.md).
+//
+// Device counters are written by one small host-to-device copy per append; nothing is read
+// back. Capacity is fixed at construction (allocated once). Needs a CUDA build with libtorch
+// CUDA; elsewhere the constructor refuses.
+//
+//   kvcal::gpu_packed_cache::options o;  o.bits = 4;  o.group = 32;  o.residual = 128;
+//   kvcal::gpu_packed_cache cache(model.config(), /*batch=*/8, /*capacity=*/33000, o, at::kCUDA);
+//   model.forward(prompt, cache);  model.forward(next, cache);
+//   cache.bytes_allocated();       // device bytes of records + windows
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/kv_cache.h"
+#include "runtime/model_config.h"
+
+namespace kvcal {
+
+class gpu_packed_cache : public kv_cache {
+ public:
+  struct options {
+    int bits = 16;      // 16 = fp16 (the whole context in the ring); 2 | 4 | 8 = quantized
+    int group = 32;     // K: tokens per record (32 | 64 | 128); V: channels per scale group
+    int residual = 128; // newest tokens kept in fp16
+    int piece = 1024;   // prompt tokens appended per window-append + compress round
+  };
+
+  gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
+                   const options& o, at::Device device);
+  ~gpu_packed_cache() override;
+
+  void append(int layer, const kv_append& kv) override;
+  at::Tensor attend(int layer, const at::Tensor& q_rope, const at::Tensor& positions) override;
+  std::int64_t length() const override;
+  void reset() override;
+
+  // Device bytes allocated for records and windows (every layer).
+  std::size_t bytes_allocated() const;
+  // Bytes the held tokens occupy: records in use + window rows of uncompressed tokens.
+  std::size_t bytes_used() const;
+  std::int64_t capacity() const { return capacity_; }
+
+ private:
+  struct layer_state;
+  std::int64_t batch_, capacity_, n_kv_, n_heads_, d_, window_;
+  options o_;
+  int win_cap_ = 0;
+  std::vector<std::unique_ptr<layer_state>> layers_;
+  at::Tensor rope_cos_, rope_sin_;  // [capacity, d / 2] fp32 on the device
+  float rope_scaling_ = 1.0f;
+  at::Tensor workspace_;
+};
+
+}  // namespace kvcal
