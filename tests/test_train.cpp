@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "calibrate/capture.h"
@@ -65,6 +66,19 @@ std::string make_capture(const test::scratch_dir& dir, const std::string& name,
   return p.out;
 }
 
+// fit-pca (rank 4) of `cap` into dir/pca.h5.
+std::string fit_pca(const test::scratch_dir& dir, const std::string& cap) {
+  pca_fit_params fp;
+  fp.captures = {cap};
+  fp.out = dir.file("pca.h5");
+  fp.rank = 4;
+  fp.write_svg = false;
+  fp.hash_sources = false;
+  fp.device = "cpu";
+  run_pca_fit(fp);
+  return fp.out;
+}
+
 ae_train_params small_ae(const test::scratch_dir& dir, const std::string& cap) {
   ae_train_params p;
   p.captures = {cap};
@@ -89,6 +103,48 @@ void check_same_tensors(const std::string& a, const std::string& b) {
     REQUIRE(u.nbytes == t.nbytes);
     CHECK(std::memcmp(u.data, t.data, t.nbytes) == 0);
   }
+}
+
+// Runs `p` (4 epochs) uninterrupted into full.safetensors, then interrupted after 2 epochs and
+// resumed into resumed.safetensors: the resumed run continues from the same step and ends with
+// the same losses, scores and tensors (bit for bit). Then a checkpoint written with other options
+// (`change` applied) is refused. Returns {full, resumed}.
+template <typename Params, typename Run, typename Change>
+auto check_resume(const test::scratch_dir& dir, Params p, Run run, Change change) {
+  p.epochs = 4;
+  p.patience = 0;
+  p.out = dir.file("full.safetensors");
+  const auto full = run(p);
+  REQUIRE(full.epochs_run == 4);
+  CHECK_FALSE(test::file_exists(p.out + ".ckpt"));
+  Params q = p;
+  q.out = dir.file("resumed.safetensors");
+  q.stop_after_epochs = 2;
+  const auto first = run(q);
+  CHECK(first.interrupted);
+  CHECK(first.epochs_run == 2);
+  CHECK_FALSE(test::file_exists(q.out));
+  CHECK(test::file_exists(q.out + ".ckpt"));
+  q.stop_after_epochs = 0;
+  q.resume = true;
+  const auto second = run(q);
+  CHECK_FALSE(second.interrupted);
+  CHECK(second.epochs_run == 4);
+  CHECK(second.steps == full.steps);  // continued from the same step
+  CHECK(second.train_loss == full.train_loss);
+  CHECK(second.best_val == full.best_val);
+  check_same_tensors(p.out, q.out);
+  CHECK_FALSE(test::file_exists(q.out + ".ckpt"));
+  // A checkpoint written with other options is refused; no checkpoint is an error.
+  q.stop_after_epochs = 1;
+  q.resume = false;
+  run(q);
+  q.resume = true;
+  change(q);
+  CHECK_THROWS_WITH_AS(run(q), doctest::Contains("other options"), kvcal::error);
+  q.out = dir.file("none.safetensors");
+  CHECK_THROWS_WITH_AS(run(q), doctest::Contains("no checkpoint"), kvcal::error);
+  return std::make_pair(full, second);
 }
 
 capture_header tiny_header(const std::string& model_type = "llama") {
@@ -153,18 +209,11 @@ TEST_CASE("train-ae: a PCA-initialised linear AE starts at PCA's error and never
   set_log_level(log_level::error);
   test::scratch_dir dir;
   const std::string cap = make_capture(dir, "cap", "k,v,q");
-  pca_fit_params fp;
-  fp.captures = {cap};
-  fp.out = dir.file("pca.h5");
-  fp.rank = 4;
-  fp.write_svg = false;
-  fp.hash_sources = false;
-  fp.device = "cpu";
-  run_pca_fit(fp);
+  const std::string pca_path = fit_pca(dir, cap);
   for (const char* pca : {"file", "fitted"}) {
     CAPTURE(pca);
     ae_train_params p = small_ae(dir, cap);
-    if (std::string(pca) == "file") p.pca = dir.file("pca.h5");
+    if (std::string(pca) == "file") p.pca = pca_path;
     p.write_report = true;
     const ae_train_result r = run_train_ae(p);
     REQUIRE(r.layers.size() == 2);
@@ -235,36 +284,9 @@ TEST_CASE("train-ae: a few steps lower the loss (random init, mlp, attn loss, la
 TEST_CASE("train-ae: --resume continues to the same result as an uninterrupted run") {
   set_log_level(log_level::error);
   test::scratch_dir dir;
-  const std::string cap = make_capture(dir, "cap", "k,v");
-  ae_train_params p = small_ae(dir, cap);
+  ae_train_params p = small_ae(dir, make_capture(dir, "cap", "k,v"));
   p.init = "random";
-  p.patience = 0;
-  p.epochs = 4;
-  p.out = dir.file("full.safetensors");
-  const ae_train_result full = run_train_ae(p);
-  ae_train_params q = p;
-  q.out = dir.file("resumed.safetensors");
-  q.stop_after_epochs = 2;
-  const ae_train_result first = run_train_ae(q);
-  CHECK(first.interrupted);
-  CHECK_FALSE(test::file_exists(q.out));
-  CHECK(test::file_exists(q.out + ".ckpt"));
-  q.stop_after_epochs = 0;
-  q.resume = true;
-  const ae_train_result second = run_train_ae(q);
-  CHECK_FALSE(second.interrupted);
-  CHECK(second.epochs_run == 4);
-  CHECK(second.steps == full.steps);  // continued from the same step
-  CHECK(second.train_loss == full.train_loss);
-  CHECK(second.best_val == full.best_val);
-  check_same_tensors(p.out, q.out);
-  // A checkpoint written with other options is refused.
-  q.stop_after_epochs = 1;
-  q.resume = false;
-  run_train_ae(q);
-  q.resume = true;
-  q.lr = 0.5;
-  CHECK_THROWS_WITH_AS(run_train_ae(q), doctest::Contains("other options"), kvcal::error);
+  check_resume(dir, p, run_train_ae, [](ae_train_params& q) { q.lr = 0.5; });
 }
 
 TEST_CASE("sequence_attention_probs: causal and sliding-window mask as a naive dense loop") {
@@ -318,23 +340,16 @@ TEST_CASE("train-ae --loss attn: the attention error respects the model's slidin
   // Mistral fixture: sliding window 8, sequences of 32 tokens (the window really cuts).
   const std::string cap = make_capture(dir, "mistral", "k,v,q", "mistral");
   REQUIRE(capture_reader(cap).header().sliding_window == 8);
-  pca_fit_params fp;
-  fp.captures = {cap};
-  fp.out = dir.file("pca.h5");
-  fp.rank = 4;
-  fp.write_svg = false;
-  fp.hash_sources = false;
-  fp.device = "cpu";
-  run_pca_fit(fp);
+  const std::string pca_path = fit_pca(dir, cap);
   ae_train_params p = small_ae(dir, cap);
-  p.pca = fp.out;
+  p.pca = pca_path;
   p.loss = "attn";
   p.epochs = 1;
   const ae_train_result r = run_train_ae(p);
 
   // Reference: PCA reconstruction at latent 4 from pca.h5, RoPE, then the model's own attention
   // (model/full_cache.h causal_attention with the config's window) on the held-out sequences.
-  const pca_file pf = read_pca_file(fp.out);
+  const pca_file pf = read_pca_file(pca_path);
   capture_set cs({cap});
   const capture_header& h = cs.header();
   const std::int64_t n_kv = h.n_kv_heads, d = h.head_dim, r_lat = 4;
@@ -490,48 +505,16 @@ TEST_CASE("train-policy: both recipes beat random on held-out sequences") {
 TEST_CASE("train-policy: --resume continues to the same result as an uninterrupted run") {
   set_log_level(log_level::error);
   test::scratch_dir dir;
-  const std::string cap = make_capture(dir, "cap", "k,hidden,attn");
   policy_train_params p;
-  p.captures = {cap};
-  p.out = dir.file("full.safetensors");
-  p.epochs = 4;
+  p.captures = {make_capture(dir, "cap", "k,hidden,attn")};
   p.batch = 256;
-  p.patience = 0;
   p.hidden = {32};
   p.show_progress = false;
   p.write_report = false;
-  const policy_train_result full = run_train_policy(p);
-  REQUIRE(full.epochs_run == 4);
-  CHECK_FALSE(test::file_exists(p.out + ".ckpt"));
-  policy_train_params q = p;
-  q.out = dir.file("resumed.safetensors");
-  q.stop_after_epochs = 2;
-  const policy_train_result first = run_train_policy(q);
-  CHECK(first.interrupted);
-  CHECK(first.epochs_run == 2);
-  CHECK_FALSE(test::file_exists(q.out));
-  CHECK(test::file_exists(q.out + ".ckpt"));
-  q.stop_after_epochs = 0;
-  q.resume = true;
-  const policy_train_result second = run_train_policy(q);
-  CHECK_FALSE(second.interrupted);
-  CHECK(second.epochs_run == 4);
-  CHECK(second.steps == full.steps);  // continued from the same step
-  CHECK(second.train_loss == full.train_loss);
-  CHECK(second.best_val == full.best_val);
-  check_same_tensors(p.out, q.out);
-  for (std::size_t b = 0; b < full.budgets.size(); ++b)
-    CHECK(second.budgets[b].learned_mass == full.budgets[b].learned_mass);
-  CHECK_FALSE(test::file_exists(q.out + ".ckpt"));
-  // A checkpoint written with other options is refused; no checkpoint is an error.
-  q.stop_after_epochs = 1;
-  q.resume = false;
-  run_train_policy(q);
-  q.resume = true;
-  q.hidden = {16};
-  CHECK_THROWS_WITH_AS(run_train_policy(q), doctest::Contains("other options"), kvcal::error);
-  q.out = dir.file("none.safetensors");
-  CHECK_THROWS_WITH_AS(run_train_policy(q), doctest::Contains("no checkpoint"), kvcal::error);
+  const auto r =
+      check_resume(dir, p, run_train_policy, [](policy_train_params& q) { q.hidden = {16}; });
+  for (std::size_t b = 0; b < r.first.budgets.size(); ++b)  // the same held-out evaluation
+    CHECK(r.second.budgets[b].learned_mass == r.first.budgets[b].learned_mass);
 }
 
 TEST_CASE("train-policy: bad shared options are refused naming the option") {

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <iomanip>
 #include <limits>
 #include <sstream>
@@ -13,7 +12,6 @@
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/io/safetensors.h"
 #include "train/train_common.h"
 #include "train/train_data.h"
 
@@ -412,7 +410,6 @@ ae_train_result run_train_ae(const ae_train_params& p) {
   train_loop loop(p, "train-ae", options, net.params(), best.params(), steps_per_epoch);
   auto validate = [&] { return block_scores(evaluate(net)); };
   loop.begin(validate);
-  res.init_val = loop.init_val();
   const bool done = loop.run(
       [&](int, std::uint64_t seed) {
         if (p.loss == "recon") {
@@ -439,16 +436,8 @@ ae_train_result run_train_ae(const ae_train_params& p) {
         }
       },
       validate);
-  res.epochs_run = loop.epochs_run();
-  res.steps = loop.steps();
-  res.train_loss = loop.train_loss();
-  if (!done) {
-    res.interrupted = true;
-    return res;
-  }
-  res.early_stopped = loop.early_stopped();
-  res.samples_per_s = loop.samples_per_s();
-  res.best_val = loop.best_val();
+  loop.summarise(res);
+  if (!done) return res;
 
   // ---- Report ----------------------------------------------------------------------------------
   const val_scores s_pca = evaluate(pca_net), s_ae = evaluate(best);
@@ -499,16 +488,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
                 {"layers", jl}};
 
   // ---- Output ----------------------------------------------------------------------------------
-  std::deque<std::vector<float>> store;
-  std::vector<tensor_out> tensors;
-  const std::vector<at::Tensor> bp = best.params();
-  auto put = [&](const std::string& name, const at::Tensor& t) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    store.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-    tensor_out o{name, st_dtype::F32, {}, store.back().data()};
-    for (auto s : c.sizes()) o.shape.push_back(s);
-    tensors.push_back(o);
-  };
+  f32_tensor_file file;
   for (std::int64_t li = 0; li < L; ++li)
     for (std::size_t t = 0; t < lay.targets.size(); ++t)
       for (std::int64_t hh = 0; hh < n_kv; ++hh) {
@@ -516,17 +496,17 @@ ae_train_result run_train_ae(const ae_train_params& p) {
             (static_cast<std::int64_t>(t) * L + li) * hpg + (lay.per_head ? hh : 0);
         const std::string pre = "layers." + std::to_string(lay.layers[li]) + "." + lay.targets[t] +
                                 ".heads." + std::to_string(hh) + ".ae.";
-        put(pre + "encoder.weight", best.We[g]);
-        put(pre + "encoder.bias", best.be[g]);
-        put(pre + "decoder.weight", best.Wd[g]);
-        put(pre + "decoder.bias", best.bd[g]);
+        file.add(pre + "encoder.weight", best.We[g]);
+        file.add(pre + "encoder.bias", best.be[g]);
+        file.add(pre + "decoder.weight", best.Wd[g]);
+        file.add(pre + "decoder.bias", best.bd[g]);
         if (best.mlp) {
-          put(pre + "encoder.mlp.fc1.weight", best.E1[g]);
-          put(pre + "encoder.mlp.fc1.bias", best.c1[g]);
-          put(pre + "encoder.mlp.fc2.weight", best.E2[g]);
-          put(pre + "decoder.mlp.fc1.weight", best.D1[g]);
-          put(pre + "decoder.mlp.fc1.bias", best.c2[g]);
-          put(pre + "decoder.mlp.fc2.weight", best.D2[g]);
+          file.add(pre + "encoder.mlp.fc1.weight", best.E1[g]);
+          file.add(pre + "encoder.mlp.fc1.bias", best.c1[g]);
+          file.add(pre + "encoder.mlp.fc2.weight", best.E2[g]);
+          file.add(pre + "decoder.mlp.fc1.weight", best.D1[g]);
+          file.add(pre + "decoder.mlp.fc1.bias", best.c2[g]);
+          file.add(pre + "decoder.mlp.fc2.weight", best.D2[g]);
         }
       }
   nlohmann::json meta = {{"format", ae_format_name},
@@ -542,7 +522,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
                          {"head_dim", d},
                          {"recipe", nlohmann::json::parse(options)},
                          {"metrics", res.report}};
-  write_safetensors(p.out, tensors, {{"kvcal.ae", meta.dump()}});
+  file.write(p.out, {{"kvcal.ae", meta.dump()}});
   loop.remove_checkpoint();
   if (p.write_report) {
     const std::string stem = output_stem(p.out);

@@ -70,17 +70,9 @@ struct ae_layer_metrics {
   double attn_pca = -1, attn_ae = -1;
 };
 
-struct ae_train_result {
+struct ae_train_result : train_result {  // init_val / best_val: mean validation score
   std::vector<ae_layer_metrics> layers;
   int latent = 0;
-  int epochs_run = 0;
-  std::int64_t steps = 0;
-  double init_val = 0, best_val = 0;  // total validation score (mean over blocks)
-  std::vector<double> train_loss;     // mean training loss per epoch
-  bool early_stopped = false, interrupted = false;
-  std::string device_used, report_json_path, svg_path;
-  double seconds = 0, samples_per_s = 0;
-  nlohmann::json report;  // what <stem>.json holds
 };
 
 // Checks params (errors name the option); the CLI calls it before any work.

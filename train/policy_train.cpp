@@ -4,7 +4,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <deque>
 #include <iomanip>
 #include <limits>
 #include <memory>
@@ -13,7 +12,6 @@
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/io/safetensors.h"
 #include "train/train_common.h"
 #include "train/train_data.h"
 
@@ -209,7 +207,6 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                   row_shuffler(split.train, load_rows, p.shuffle_buffer, p.batch, 0).n_batches());
   auto validate = [&] { return evaluate(net); };
   loop.begin(validate);
-  res.init_val = loop.init_val();
   const bool done = loop.run(
       [&](int, std::uint64_t seed) {
         row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, seed);
@@ -222,16 +219,8 @@ policy_train_result run_train_policy(const policy_train_params& p) {
         }
       },
       validate);
-  res.epochs_run = loop.epochs_run();
-  res.steps = loop.steps();
-  res.train_loss = loop.train_loss();
-  if (!done) {
-    res.interrupted = true;
-    return res;
-  }
-  res.early_stopped = loop.early_stopped();
-  res.samples_per_s = loop.samples_per_s();
-  res.best_val = loop.best_val();
+  loop.summarise(res);
+  if (!done) return res;
 
   // ---- Held-out evaluation at keep budgets -----------------------------------------------------
   const std::vector<double> budgets = {0.5, 0.25, 0.125};
@@ -361,15 +350,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                 {"budgets", jb}};
 
   // ---- Output: standardisation folded into the first layer -------------------------------------
-  std::deque<std::vector<float>> store;
-  std::vector<tensor_out> tensors;
-  auto put = [&](const std::string& name, const at::Tensor& t) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    store.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-    tensor_out o{name, st_dtype::F32, {}, store.back().data()};
-    for (auto v : c.sizes()) o.shape.push_back(v);
-    tensors.push_back(o);
-  };
+  f32_tensor_file file;
   std::vector<at::Tensor> W, b;
   for (std::size_t i = 0; i < best.W.size(); ++i)
     W.push_back(best.W[i].detach().to(at::kCPU)), b.push_back(best.b[i].detach().to(at::kCPU));
@@ -379,12 +360,12 @@ policy_train_result run_train_policy(const policy_train_params& p) {
   for (std::int64_t li = 0; li < L; ++li) {
     const std::string pre = "layers." + std::to_string(layers[li]) + ".policy.";
     if (W.size() == 1) {
-      put(pre + "weight", W[0][li].t());  // [n_kv, in]
-      put(pre + "bias", b[0][li]);
+      file.add(pre + "weight", W[0][li].t());  // [n_kv, in]
+      file.add(pre + "bias", b[0][li]);
     } else {
       for (std::size_t i = 0; i < W.size(); ++i) {
-        put(pre + "fc" + std::to_string(i + 1) + ".weight", W[i][li].t());  // [out, in]
-        put(pre + "fc" + std::to_string(i + 1) + ".bias", b[i][li]);
+        file.add(pre + "fc" + std::to_string(i + 1) + ".weight", W[i][li].t());  // [out, in]
+        file.add(pre + "fc" + std::to_string(i + 1) + ".bias", b[i][li]);
       }
     }
   }
@@ -409,7 +390,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                            {"precision", p.precision},
                            {"val_fraction", p.val_fraction}}},
                          {"metrics", res.report}};
-  write_safetensors(p.out, tensors, {{"kvcal.policy", meta.dump()}});
+  file.write(p.out, {{"kvcal.policy", meta.dump()}});
   loop.remove_checkpoint();
   if (p.write_report) {
     const std::string stem = output_stem(p.out);

@@ -63,20 +63,12 @@ struct policy_budget_metrics {
   double learned_recall = 0, h2o_recall = 0, recency_recall = 0, random_recall = 0;
 };
 
-struct policy_train_result {
+struct policy_train_result : train_result {    // init_val / best_val: mean validation loss
   std::vector<policy_budget_metrics> budgets;  // 0.5, 0.25, 0.125
   std::string features, arch;
   std::vector<int> hidden;
   std::int64_t in_dim = 0;
-  int epochs_run = 0;
-  std::int64_t steps = 0;
-  std::vector<double> train_loss;
-  double init_val = 0, best_val = 0;
-  bool early_stopped = false, interrupted = false;
   bool causal_eval = false;  // midpoint evaluation from q and k (else attention statistics)
-  std::string device_used, report_json_path, svg_path;
-  double seconds = 0, samples_per_s = 0;
-  nlohmann::json report;
 };
 
 void validate_policy_params(const policy_train_params& p);

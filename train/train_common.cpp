@@ -146,6 +146,19 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
   return os.str();
 }
 
+void f32_tensor_file::add(const std::string& name, const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  store_.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  tensor_out o{name, st_dtype::F32, {}, store_.back().data()};
+  for (auto v : c.sizes()) o.shape.push_back(v);
+  tensors_.push_back(o);
+}
+
+void f32_tensor_file::write(const std::string& path,
+                            const std::map<std::string, std::string>& metadata) const {
+  write_safetensors(path, tensors_, metadata);
+}
+
 std::string output_stem(const std::string& path) {
   const std::string ext = ".safetensors";
   if (path.size() > ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0)

@@ -11,9 +11,13 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "runtime/io/safetensors.h"
 
 namespace kvcal {
 
@@ -60,6 +64,17 @@ std::string line_chart_svg(const std::string& title, const std::string& x_label,
 // x = layer.
 std::string line_chart_svg(const std::string& title, const std::string& y_label,
                            const std::vector<int>& x, const std::vector<svg_series>& series);
+
+// Output tensors collected as fp32 on the CPU, then written as one safetensors file.
+class f32_tensor_file {
+ public:
+  void add(const std::string& name, const at::Tensor& t);  // any shape, copied
+  void write(const std::string& path, const std::map<std::string, std::string>& metadata) const;
+
+ private:
+  std::deque<std::vector<float>> store_;  // stable addresses for tensors_
+  std::vector<tensor_out> tensors_;
+};
 
 // `path` without a trailing ".safetensors" (for the report files next to it).
 std::string output_stem(const std::string& path);

@@ -201,7 +201,6 @@ bool train_loop::run(const std::function<void(int epoch, std::uint64_t seed)>& e
   progress bar(name_, p_.show_progress ? static_cast<std::uint64_t>(total_steps_ - step_) : 0,
                "step");
   bar_ = p_.show_progress ? &bar : nullptr;
-  bool interrupted = false;
   for (int epoch = epoch0; epoch < p_.epochs && !finished_; ++epoch) {
     epoch_ = epoch;
     epoch_loss_ = 0;
@@ -238,15 +237,26 @@ bool train_loop::run(const std::function<void(int epoch, std::uint64_t seed)>& e
     epochs_done_ = epoch + 1;
     save_checkpoint();
     if (p_.stop_after_epochs > 0 && epoch + 1 - epoch0 >= p_.stop_after_epochs && !finished_) {
-      interrupted = true;
+      interrupted_ = true;
       break;
     }
   }
   bar_ = nullptr;
-  if (!interrupted) bar.finish();
+  if (!interrupted_) bar.finish();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   samples_per_s_ = s > 0 ? static_cast<double>(samples_) / s : 0;
-  return !interrupted;
+  return !interrupted_;
+}
+
+void train_loop::summarise(train_result& r) const {
+  r.epochs_run = epochs_done_;
+  r.steps = step_;
+  r.train_loss = train_loss_;
+  r.init_val = init_val_;
+  r.best_val = best_val();
+  r.early_stopped = early_stopped_;
+  r.interrupted = interrupted_;
+  r.samples_per_s = samples_per_s_;
 }
 
 }  // namespace kvcal

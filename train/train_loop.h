@@ -10,7 +10,8 @@
 //   bool done = loop.run([&](int epoch, std::uint64_t seed) {   // one epoch
 //     for (...) loop.step(loss, rows);                           // one AdamW step per minibatch
 //   }, validate);
-//   if (!done) return;           // interrupted (p.stop_after_epochs, tests): checkpoint kept
+//   loop.summarise(result);
+//   if (!done) return result;    // interrupted (p.stop_after_epochs, tests): checkpoint kept
 //   ... write the output from the best weights ...; loop.remove_checkpoint();
 //
 // Checkpoint (torch archive; format of train-ae's since version 1): "options" (the JSON of every
@@ -58,6 +59,19 @@ struct train_loop_params {
   int stop_after_epochs = 0;
 };
 
+// What every trainer reports about its run (ae_train_result and policy_train_result add theirs).
+struct train_result {
+  int epochs_run = 0;
+  std::int64_t steps = 0;
+  std::vector<double> train_loss;     // mean training loss per epoch
+  double init_val = 0, best_val = 0;  // mean validation score over blocks: start, best per block
+  bool early_stopped = false;
+  bool interrupted = false;  // stopped by stop_after_epochs (checkpoint kept, no output)
+  std::string device_used, report_json_path, svg_path;
+  double seconds = 0, samples_per_s = 0;  // samples: training tokens per second of training
+  nlohmann::json report;                  // what <stem>.json holds
+};
+
 // Checks the shared options (errors name the option); `name` is the subcommand ("train-ae").
 void validate_loop_params(const train_loop_params& p, const std::string& name);
 // The shared options that change the result, for the checkpoint's "options".
@@ -87,6 +101,8 @@ class train_loop {
   // One AdamW step on `loss` (a scalar) at the scheduled learning rate; `samples`: tokens in it.
   void step(const at::Tensor& loss, std::int64_t samples);
   void remove_checkpoint() const;
+  // The run's figures into r (epochs, steps, losses, scores, stop reason, speed).
+  void summarise(train_result& r) const;
 
   std::int64_t steps() const { return step_; }
   int epochs_run() const { return epochs_done_; }
@@ -112,7 +128,7 @@ class train_loop {
   double init_val_ = 0, best_total_ = 0;
   int epochs_done_ = 0, bad_epochs_ = 0;
   std::int64_t step_ = 0, samples_ = 0;
-  bool finished_ = false, early_stopped_ = false;
+  bool finished_ = false, early_stopped_ = false, interrupted_ = false;
   std::vector<double> train_loss_;
   double samples_per_s_ = 0;
   // Within an epoch: the loss sum and steps (for the epoch's mean), the bar.
