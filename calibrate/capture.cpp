@@ -475,6 +475,7 @@ capture_result run_capture(const capture_params& params) {
   h.record = record;
   h.layers = layers;
   h.attn_window = p.attn_window;
+  h.sliding_window = cfg.sliding_window;
   h.compress = p.compress;
   {
     json rec = json::array(), lay = json::array();

@@ -16,6 +16,8 @@
 //   record         string  JSON list of recorded items, e.g. ["k","v","attn"]
 //   layers         string  JSON list of recorded layer indices, e.g. [0,1,2]
 //   attn_window    int64   W of attn_next
+//   sliding_window int64   the model's attention window (0 = none), as applied to the attention
+//                          statistics; absent in captures written before it was recorded
 //   compression    string  "shuffle+deflate1" | "none"
 //   options        string  JSON of every option that changes the content (resume compares it)
 //   kvcal_version, command_line   string
@@ -86,6 +88,7 @@ struct capture_header {
   std::vector<capture_item> record;
   std::vector<int> layers;  // recorded layers, ascending
   std::int64_t attn_window = 0;
+  std::int64_t sliding_window = -1;  // the model's (0 = none); -1 = not recorded (older capture)
   bool compress = true;
   std::string options_json;  // content-changing options (compared on resume)
   std::string kvcal_version, command_line;

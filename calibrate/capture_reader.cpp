@@ -43,6 +43,11 @@ capture_header read_capture_header(const h5_file& f) {
     KVCAL_FAIL(p, ": malformed 'record' / 'layers' attribute: ", e.what());
   }
   h.attn_window = f.get_int_attr("attn_window");
+  // Optional: captures written before it was recorded do not have it.
+  if (f.has_attr("sliding_window")) {
+    h.sliding_window = f.get_int_attr("sliding_window");
+    KVCAL_CHECK(h.sliding_window >= 0, p, ": sliding_window ", h.sliding_window, " is negative");
+  }
   h.compress = f.get_string_attr("compression") != "none";
   h.options_json = f.get_string_attr("options");
   h.kvcal_version = f.get_string_attr("kvcal_version");

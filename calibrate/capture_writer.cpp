@@ -36,6 +36,7 @@ void write_capture_header(h5_file& f, const capture_header& h) {
   f.set_attr("record", record.dump());
   f.set_attr("layers", layers.dump());
   f.set_attr("attn_window", h.attn_window);
+  if (h.sliding_window >= 0) f.set_attr("sliding_window", h.sliding_window);
   f.set_attr("compression", h.compress ? "shuffle+deflate1" : "none");
   f.set_attr("options", h.options_json);
   f.set_attr("kvcal_version", h.kvcal_version);

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cli/command.h"
+#include "cli/train_options.h"
 #include "train/ae_train.h"
 
 namespace kvcal::cli {
@@ -29,31 +30,12 @@ int run_train_ae(const std::vector<std::string>& args, io& io) {
        "recon: relative MSE; attn: attention-output error with the captured queries (needs q)")
       ("pca", po::value<std::string>(&p.pca),
        "pca.h5 from kvcal fit-pca: initialisation and baseline (default: PCA fitted here)")
-      ("init", po::value<std::string>(&p.init)->default_value("pca"), "pca | random")
-      ("epochs", po::value<int>(&p.epochs)->default_value(20), "passes over the training tokens")
-      ("batch", po::value<std::int64_t>(&p.batch)->default_value(512),
-       "tokens per step (attn: whole sequences up to this many tokens)")
-      ("lr", po::value<double>(&p.lr)->default_value(1e-3), "peak AdamW learning rate (cosine)")
-      ("weight-decay", po::value<double>(&p.weight_decay)->default_value(1e-4), "AdamW weight decay")
-      ("patience", po::value<int>(&p.patience)->default_value(3),
-       "stop after this many epochs without validation improvement (0 = never)")
-      ("val-fraction", po::value<double>(&p.val_fraction)->default_value(0.1),
-       "fraction of the sequences held out for validation")
-      ("val-max-tokens", po::value<std::int64_t>(&p.val_max_tokens)->default_value(8192),
-       "at most this many held-out tokens")
-      ("shuffle-buffer", po::value<std::int64_t>(&p.shuffle_buffer)->default_value(8192),
-       "tokens shuffled together when streaming the captures")
-      ("cache-mb", po::value<std::int64_t>(&p.cache_mb)->default_value(2048),
-       "MB of training rows kept in memory after their first read (0 = re-read every epoch)")
-      ("precision", po::value<std::string>(&p.precision)->default_value("fp32"),
-       "fp32 | bf16 (mixed precision: bf16 matmuls in the training forward, fp32 weights, "
-       "fp32 validation)")
-      ("device", po::value<std::string>(&p.device)->default_value("auto"),
-       "auto (CUDA when libtorch sees a GPU) | cpu | cuda")
-      ("seed", po::value<std::uint64_t>(&p.seed)->default_value(0), "seed (split, init, order)")
-      ("resume", "continue from <out>.ckpt (written after every epoch)")
-      ("no-report", "do not write <stem>.json / <stem>.svg");
+      ("init", po::value<std::string>(&p.init)->default_value("pca"), "pca | random");
   // clang-format on
+  add_train_options(opts, p,
+                    {"tokens per step (attn: whole sequences up to this many tokens)",
+                     "fraction of the sequences held out for validation",
+                     "do not write <stem>.json / <stem>.svg"});
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_options("train-ae",
@@ -66,10 +48,7 @@ int run_train_ae(const std::vector<std::string>& args, io& io) {
   if (!vm.count("latent") && !vm.count("ratio")) throw usage_error("give --latent N or --ratio R");
   if (vm.count("latent") && p.latent < 1) throw usage_error("--latent must be >= 1");
   if (vm.count("ratio") && !(p.ratio > 1)) throw usage_error("--ratio must be > 1");
-  p.resume = vm.count("resume") > 0;
-  p.write_report = vm.count("no-report") == 0;
-  p.command_line = "kvcal train-ae";
-  for (const auto& a : args) p.command_line += " " + a;
+  read_train_flags(vm, "train-ae", args, p);
   validate_ae_params(p);
 
   const ae_train_result r = run_train_ae(p);

@@ -136,12 +136,7 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
 
 full_cache::full_cache(const model_config& cfg, std::int64_t batch, at::Device device,
                        at::ScalarType dtype, std::int64_t capacity_hint)
-    : n_layers_(cfg.num_hidden_layers),
-      batch_(batch),
-      n_kv_(cfg.num_key_value_heads),
-      n_heads_(cfg.num_attention_heads),
-      head_dim_(cfg.head_dim),
-      window_(cfg.sliding_window),
+    : cache_shape(cfg, batch),
       device_(device),
       dtype_(dtype),
       k_(static_cast<std::size_t>(cfg.num_hidden_layers)),

@@ -24,12 +24,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/cache_shape.h"
 #include "model/kv_cache.h"
 #include "runtime/model_config.h"
 
 namespace kvcal {
 
-class full_cache : public kv_cache {
+class full_cache : public kv_cache, private cache_shape {
  public:
   // capacity_hint: tokens to preallocate per layer (0 = allocate on first append).
   full_cache(const model_config& cfg, std::int64_t batch, at::Device device, at::ScalarType dtype,
@@ -51,7 +52,6 @@ class full_cache : public kv_cache {
  private:
   void reserve(std::int64_t tokens);
 
-  std::int64_t n_layers_, batch_, n_kv_, n_heads_, head_dim_, window_;
   at::Device device_;
   at::ScalarType dtype_;
   std::int64_t capacity_ = 0;

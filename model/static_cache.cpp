@@ -10,12 +10,7 @@ namespace kvcal {
 
 static_cache::static_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
                            at::Device device, at::ScalarType dtype)
-    : n_layers_(cfg.num_hidden_layers),
-      batch_(batch),
-      n_kv_(cfg.num_key_value_heads),
-      n_heads_(cfg.num_attention_heads),
-      head_dim_(cfg.head_dim),
-      window_(cfg.sliding_window),
+    : cache_shape(cfg, batch),
       capacity_(capacity),
       len_(static_cast<std::size_t>(cfg.num_hidden_layers), 0) {
   KVCAL_CHECK(batch > 0 && capacity > 0, "static_cache: batch and capacity must be positive");

@@ -20,12 +20,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/cache_shape.h"
 #include "model/kv_cache.h"
 #include "runtime/model_config.h"
 
 namespace kvcal {
 
-class static_cache : public kv_cache {
+class static_cache : public kv_cache, private cache_shape {
  public:
   static_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
                at::Device device, at::ScalarType dtype);
@@ -40,7 +41,7 @@ class static_cache : public kv_cache {
   void set_length(std::int64_t n);
 
  private:
-  std::int64_t n_layers_, batch_, n_kv_, n_heads_, head_dim_, window_, capacity_;
+  std::int64_t capacity_;
   std::vector<at::Tensor> k_, v_;  // per layer [B, n_kv, capacity, d], K after RoPE
   std::vector<std::int64_t> len_;
   at::Tensor slots_;  // [capacity] int64: 0 .. capacity-1 (key positions)

@@ -4,13 +4,16 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "calibrate/capture.h"
 #include "calibrate/capture_writer.h"
 #include "calibrate/pca_fit.h"
+#include "calibrate/pca_format.h"
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
+#include "model/full_cache.h"
 #include "presets/preset_export.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/preset.h"
@@ -18,6 +21,8 @@
 #include "tests/torch_doctest.h"
 #include "train/ae_train.h"
 #include "train/policy_train.h"
+#include "train/train_common.h"
+#include "train/train_data.h"
 
 using namespace kvcal;
 
@@ -61,6 +66,19 @@ std::string make_capture(const test::scratch_dir& dir, const std::string& name,
   return p.out;
 }
 
+// fit-pca (rank 4) of `cap` into dir/pca.h5.
+std::string fit_pca(const test::scratch_dir& dir, const std::string& cap) {
+  pca_fit_params fp;
+  fp.captures = {cap};
+  fp.out = dir.file("pca.h5");
+  fp.rank = 4;
+  fp.write_svg = false;
+  fp.hash_sources = false;
+  fp.device = "cpu";
+  run_pca_fit(fp);
+  return fp.out;
+}
+
 ae_train_params small_ae(const test::scratch_dir& dir, const std::string& cap) {
   ae_train_params p;
   p.captures = {cap};
@@ -87,10 +105,52 @@ void check_same_tensors(const std::string& a, const std::string& b) {
   }
 }
 
-capture_header tiny_header() {
+// Runs `p` (4 epochs) uninterrupted into full.safetensors, then interrupted after 2 epochs and
+// resumed into resumed.safetensors: the resumed run continues from the same step and ends with
+// the same losses, scores and tensors (bit for bit). Then a checkpoint written with other options
+// (`change` applied) is refused. Returns {full, resumed}.
+template <typename Params, typename Run, typename Change>
+auto check_resume(const test::scratch_dir& dir, Params p, Run run, Change change) {
+  p.epochs = 4;
+  p.patience = 0;
+  p.out = dir.file("full.safetensors");
+  const auto full = run(p);
+  REQUIRE(full.epochs_run == 4);
+  CHECK_FALSE(test::file_exists(p.out + ".ckpt"));
+  Params q = p;
+  q.out = dir.file("resumed.safetensors");
+  q.stop_after_epochs = 2;
+  const auto first = run(q);
+  CHECK(first.interrupted);
+  CHECK(first.epochs_run == 2);
+  CHECK_FALSE(test::file_exists(q.out));
+  CHECK(test::file_exists(q.out + ".ckpt"));
+  q.stop_after_epochs = 0;
+  q.resume = true;
+  const auto second = run(q);
+  CHECK_FALSE(second.interrupted);
+  CHECK(second.epochs_run == 4);
+  CHECK(second.steps == full.steps);  // continued from the same step
+  CHECK(second.train_loss == full.train_loss);
+  CHECK(second.best_val == full.best_val);
+  check_same_tensors(p.out, q.out);
+  CHECK_FALSE(test::file_exists(q.out + ".ckpt"));
+  // A checkpoint written with other options is refused; no checkpoint is an error.
+  q.stop_after_epochs = 1;
+  q.resume = false;
+  run(q);
+  q.resume = true;
+  change(q);
+  CHECK_THROWS_WITH_AS(run(q), doctest::Contains("other options"), kvcal::error);
+  q.out = dir.file("none.safetensors");
+  CHECK_THROWS_WITH_AS(run(q), doctest::Contains("no checkpoint"), kvcal::error);
+  return std::make_pair(full, second);
+}
+
+capture_header tiny_header(const std::string& model_type = "llama") {
   capture_header h;
-  h.model_json =
-      R"({"model_type":"llama","n_layers":1,"n_kv_heads":2,"head_dim":4,"config_sha256":"00"})";
+  h.model_json = R"({"model_type":")" + model_type +
+                 R"(","n_layers":1,"n_kv_heads":2,"head_dim":4,"config_sha256":"00"})";
   h.tokenizer_sha256 = "00";
   h.inputs_json = "[]";
   h.seq_len = 8;
@@ -111,8 +171,13 @@ capture_header tiny_header() {
 }
 
 // A hand-written capture of 4 sequences of 8 tokens; `nan_at` >= 0 puts a NaN in that row of k.
-std::string write_tiny_capture(const std::string& path, std::int64_t rows, std::int64_t nan_at) {
-  auto w = capture_writer::create(path, tiny_header());
+// Its header has no sliding_window record (as captures written before it existed); `with_q`
+// records q too.
+std::string write_tiny_capture(const std::string& path, std::int64_t rows, std::int64_t nan_at,
+                               const std::string& model_type = "llama", bool with_q = false) {
+  capture_header hd = tiny_header(model_type);
+  if (with_q) hd.record.push_back(capture_item::q);
+  auto w = capture_writer::create(path, hd);
   if (rows > 0) {
     std::vector<std::int32_t> ids(rows), seq(rows), pos(rows);
     std::vector<float> k(rows * 8), v(rows * 8);
@@ -131,6 +196,7 @@ std::string write_tiny_capture(const std::string& path, std::int64_t rows, std::
     w.write(capture_pos_path, pos.data(), rows);
     w.write(capture_layer_path(0, "k"), k.data(), rows);
     w.write(capture_layer_path(0, "v"), v.data(), rows);
+    if (with_q) w.write(capture_layer_path(0, "q"), k.data(), rows);  // n_heads = n_kv_heads
     w.commit(rows, rows / 8);
   }
   w.finish();
@@ -143,18 +209,11 @@ TEST_CASE("train-ae: a PCA-initialised linear AE starts at PCA's error and never
   set_log_level(log_level::error);
   test::scratch_dir dir;
   const std::string cap = make_capture(dir, "cap", "k,v,q");
-  pca_fit_params fp;
-  fp.captures = {cap};
-  fp.out = dir.file("pca.h5");
-  fp.rank = 4;
-  fp.write_svg = false;
-  fp.hash_sources = false;
-  fp.device = "cpu";
-  run_pca_fit(fp);
+  const std::string pca_path = fit_pca(dir, cap);
   for (const char* pca : {"file", "fitted"}) {
     CAPTURE(pca);
     ae_train_params p = small_ae(dir, cap);
-    if (std::string(pca) == "file") p.pca = dir.file("pca.h5");
+    if (std::string(pca) == "file") p.pca = pca_path;
     p.write_report = true;
     const ae_train_result r = run_train_ae(p);
     REQUIRE(r.layers.size() == 2);
@@ -225,33 +284,135 @@ TEST_CASE("train-ae: a few steps lower the loss (random init, mlp, attn loss, la
 TEST_CASE("train-ae: --resume continues to the same result as an uninterrupted run") {
   set_log_level(log_level::error);
   test::scratch_dir dir;
-  const std::string cap = make_capture(dir, "cap", "k,v");
-  ae_train_params p = small_ae(dir, cap);
+  ae_train_params p = small_ae(dir, make_capture(dir, "cap", "k,v"));
   p.init = "random";
-  p.patience = 0;
-  p.epochs = 4;
-  p.out = dir.file("full.safetensors");
-  run_train_ae(p);
-  ae_train_params q = p;
-  q.out = dir.file("resumed.safetensors");
-  q.stop_after_epochs = 2;
-  const ae_train_result first = run_train_ae(q);
-  CHECK(first.interrupted);
-  CHECK_FALSE(test::file_exists(q.out));
-  CHECK(test::file_exists(q.out + ".ckpt"));
-  q.stop_after_epochs = 0;
-  q.resume = true;
-  const ae_train_result second = run_train_ae(q);
-  CHECK_FALSE(second.interrupted);
-  CHECK(second.epochs_run == 4);
-  check_same_tensors(p.out, q.out);
-  // A checkpoint written with other options is refused.
-  q.stop_after_epochs = 1;
-  q.resume = false;
-  run_train_ae(q);
-  q.resume = true;
-  q.lr = 0.5;
-  CHECK_THROWS_WITH_AS(run_train_ae(q), doctest::Contains("other options"), kvcal::error);
+  check_resume(dir, p, run_train_ae, [](ae_train_params& q) { q.lr = 0.5; });
+}
+
+TEST_CASE("sequence_attention_probs: causal and sliding-window mask as a naive dense loop") {
+  // Awkward sizes: T 11, d 5, 2 KV heads of 3 query heads each.
+  const std::int64_t n_kv = 2, rep = 3, T = 11, d = 5;
+  at::manual_seed(3);
+  const at::Tensor q = at::randn({n_kv, rep, T, d}), k = at::randn({n_kv, T, d});
+  const at::Tensor v = at::randn({n_kv, T, d});
+  const at::Tensor pos = at::arange(T, at::kLong);
+  for (std::int64_t window : {0, 1, 4, 20}) {
+    CAPTURE(window);
+    const at::Tensor P = sequence_attention_probs(q, k, pos, window);
+    REQUIRE(P.sizes() == at::IntArrayRef({n_kv, rep, T, T}));
+    auto Pa = P.accessor<float, 4>();
+    auto qa = q.accessor<float, 4>();
+    auto ka = k.accessor<float, 3>();
+    double worst = 0;
+    for (std::int64_t g = 0; g < n_kv; ++g)
+      for (std::int64_t r = 0; r < rep; ++r)
+        for (std::int64_t i = 0; i < T; ++i) {
+          // Softmax over the keys i - window < j <= i (all j <= i without a window).
+          std::vector<double> e(T, 0.0);
+          double mx = -1e300, z = 0;
+          auto seen = [&](std::int64_t j) { return j <= i && (window == 0 || i - j < window); };
+          for (std::int64_t j = 0; j < T; ++j) {
+            if (!seen(j)) continue;
+            double dot = 0;
+            for (std::int64_t c = 0; c < d; ++c) dot += double(qa[g][r][i][c]) * ka[g][j][c];
+            e[j] = dot / std::sqrt(double(d));
+            mx = std::max(mx, e[j]);
+          }
+          for (std::int64_t j = 0; j < T; ++j)
+            if (seen(j)) z += std::exp(e[j] - mx);
+          for (std::int64_t j = 0; j < T; ++j) {
+            const double ref = seen(j) ? std::exp(e[j] - mx) / z : 0.0;
+            worst = std::max(worst, std::abs(ref - Pa[g][r][i][j]));
+          }
+        }
+    CHECK(worst < 1e-6);
+    // The same attention output as the model's cache attention (model/full_cache.h).
+    const at::Tensor o = at::matmul(P, v.unsqueeze(1)).reshape({1, n_kv * rep, T, d});
+    const at::Tensor o_model = causal_attention(q.reshape({1, n_kv * rep, T, d}), k.unsqueeze(0),
+                                                v.unsqueeze(0), 0, window);
+    CHECK((o - o_model).abs().max().item<double>() < 1e-5);
+  }
+}
+
+TEST_CASE("train-ae --loss attn: the attention error respects the model's sliding window") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  // Mistral fixture: sliding window 8, sequences of 32 tokens (the window really cuts).
+  const std::string cap = make_capture(dir, "mistral", "k,v,q", "mistral");
+  REQUIRE(capture_reader(cap).header().sliding_window == 8);
+  const std::string pca_path = fit_pca(dir, cap);
+  ae_train_params p = small_ae(dir, cap);
+  p.pca = pca_path;
+  p.loss = "attn";
+  p.epochs = 1;
+  const ae_train_result r = run_train_ae(p);
+
+  // Reference: PCA reconstruction at latent 4 from pca.h5, RoPE, then the model's own attention
+  // (model/full_cache.h causal_attention with the config's window) on the held-out sequences.
+  const pca_file pf = read_pca_file(pca_path);
+  capture_set cs({cap});
+  const capture_header& h = cs.header();
+  const std::int64_t n_kv = h.n_kv_heads, d = h.head_dim, r_lat = 4;
+  const torch_rope rope(h.model_json, d, h.seq_len);
+  const sequence_split split = cs.split(p.val_fraction, p.val_max_tokens, p.seed);
+  auto recon = [&](const at::Tensor& x, const std::string& t, int layer) {  // x [T, n_kv, d]
+    std::vector<at::Tensor> heads;
+    for (std::int64_t g = 0; g < n_kv; ++g) {
+      const pca_block* b = pf.find(t, layer, g);
+      REQUIRE(b != nullptr);
+      const at::Tensor U = at::tensor(b->basis, at::kDouble).view({d, d}).narrow(1, 0, r_lat);
+      const at::Tensor mu = at::tensor(b->mean, at::kDouble);
+      const at::Tensor xc = x.select(1, g).to(at::kDouble) - mu;
+      heads.push_back((at::matmul(at::matmul(xc, U), U.t()) + mu).to(at::kFloat));
+    }
+    return at::stack(heads, 0);  // [n_kv, T, d]
+  };
+  for (std::size_t li = 0; li < h.layers.size(); ++li) {
+    const int layer = h.layers[li];
+    CAPTURE(layer);
+    double err[2] = {0, 0}, ref[2] = {0, 0};  // with the window, without
+    for (const auto& s : split.val) {
+      const at::Tensor pos = cs.positions(s);
+      const at::Tensor k = cs.read(s, layer, "k"), v = cs.read(s, layer, "v");
+      const at::Tensor q = rope.apply(cs.read(s, layer, "q").permute({1, 0, 2}), pos);  // [H,T,d]
+      const at::Tensor kr = rope.apply(k.permute({1, 0, 2}), pos), vr = v.permute({1, 0, 2});
+      const at::Tensor kp = rope.apply(recon(k, "k", layer), pos), vp = recon(v, "v", layer);
+      for (int w = 0; w < 2; ++w) {
+        const std::int64_t window = w == 0 ? 8 : 0;
+        const at::Tensor o =
+            causal_attention(q.unsqueeze(0), kr.unsqueeze(0), vr.unsqueeze(0), 0, window);
+        const at::Tensor op =
+            causal_attention(q.unsqueeze(0), kp.unsqueeze(0), vp.unsqueeze(0), 0, window);
+        err[w] += (op - o).pow(2).sum().item<double>();
+        ref[w] += o.pow(2).sum().item<double>();
+      }
+    }
+    const double with_window = err[0] / ref[0], without = err[1] / ref[1];
+    CHECK(r.layers[li].attn_pca == doctest::Approx(with_window).epsilon(1e-4));
+    // The window changes the figure by much more than that tolerance (the test can fail).
+    CHECK(std::abs(with_window - without) > 1e-2 * with_window);
+  }
+}
+
+TEST_CASE("captures without the sliding-window record: a Mistral attention loss is refused") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  // Captures written before the record existed (the hand-written ones have none): a Llama has no
+  // window whatever the record says, a Mistral's is unknown.
+  REQUIRE(tiny_header().sliding_window == -1);
+  const std::string llama = write_tiny_capture(dir.file("llama.h5"), 32, -1, "llama", true);
+  CHECK(capture_set({llama}).sliding_window() == 0);
+  const std::string mistral = write_tiny_capture(dir.file("mistral.h5"), 32, -1, "mistral", true);
+  CHECK(capture_set({mistral}).sliding_window() == -1);
+  ae_train_params p = small_ae(dir, mistral);
+  p.latent = 2;
+  p.loss = "attn";
+  CHECK_THROWS_WITH_AS(run_train_ae(p), doctest::Contains("sliding window"), kvcal::error);
+  // The reconstruction loss trains; the attention-output error is left out of the report.
+  p.loss = "recon";
+  const ae_train_result r = run_train_ae(p);
+  CHECK(r.layers.at(0).attn_pca < 0);
+  CHECK(r.layers.at(0).k_pca >= 0);
 }
 
 TEST_CASE("train-ae: bad input is refused clearly") {
@@ -305,6 +466,7 @@ TEST_CASE("train-policy: both recipes beat random on held-out sequences") {
       CHECK(b.learned_mass <= 1.0);
     }
     CHECK(test::file_exists(dir.file("policy.json")));
+    CHECK(test::file_exists(dir.file("policy.svg")));  // the plot of the four scorers
     safetensors_file f(p.out);
     const bool h2o = std::string(recipe) == "h2o-label";
     CHECK(f.metadata().at("kvcal.policy").find("\"format\":\"kvcal.policy\"") != std::string::npos);
@@ -338,6 +500,33 @@ TEST_CASE("train-policy: both recipes beat random on held-out sequences") {
     CHECK(b.h2o_mass > 0);
     CHECK(b.learned_mass <= 1.0);
   }
+}
+
+TEST_CASE("train-policy: --resume continues to the same result as an uninterrupted run") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  policy_train_params p;
+  p.captures = {make_capture(dir, "cap", "k,hidden,attn")};
+  p.batch = 256;
+  p.hidden = {32};
+  p.show_progress = false;
+  p.write_report = false;
+  const auto r =
+      check_resume(dir, p, run_train_policy, [](policy_train_params& q) { q.hidden = {16}; });
+  for (std::size_t b = 0; b < r.first.budgets.size(); ++b)  // the same held-out evaluation
+    CHECK(r.second.budgets[b].learned_mass == r.first.budgets[b].learned_mass);
+}
+
+TEST_CASE("train-policy: bad shared options are refused naming the option") {
+  policy_train_params p;
+  p.captures = {"x.h5"};
+  p.out = "p.safetensors";
+  p.device = "tpu";
+  CHECK_THROWS_WITH_AS(validate_policy_params(p), doctest::Contains("--device"), kvcal::error);
+  p.device = "cpu";
+  p.val_max_tokens = 0;
+  CHECK_THROWS_WITH_AS(validate_policy_params(p), doctest::Contains("--val-max-tokens"),
+                       kvcal::error);
 }
 
 TEST_CASE("train-policy: missing attn / hidden and mixed models are refused") {

@@ -1,13 +1,9 @@
 #include "train/ae_train.h"
 
-#include <torch/optim/adamw.h>
-#include <torch/serialize/archive.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <iomanip>
 #include <limits>
 #include <sstream>
@@ -15,9 +11,7 @@
 #include "calibrate/pca_format.h"
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
-#include "kernels/common/progress.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/io/safetensors.h"
 #include "train/train_common.h"
 #include "train/train_data.h"
 
@@ -112,37 +106,16 @@ ae_net linear_from_pca(const pca_stats& s, std::int64_t r) {
 
 std::string option_json(const ae_train_params& p, int latent) {
   // What changes the result (resume refuses a checkpoint written with other values).
-  nlohmann::json j = {{"captures", p.captures},
-                      {"precision", p.precision},
-                      {"target", p.target},
-                      {"latent", latent},
-                      {"arch", p.arch},
-                      {"hidden", p.hidden},
-                      {"per", p.per},
-                      {"loss", p.loss},
-                      {"pca", p.pca},
-                      {"init", p.init},
-                      {"epochs", p.epochs},
-                      {"batch", p.batch},
-                      {"lr", p.lr},
-                      {"weight_decay", p.weight_decay},
-                      {"patience", p.patience},
-                      {"val_fraction", p.val_fraction},
-                      {"val_max_tokens", p.val_max_tokens},
-                      {"shuffle_buffer", p.shuffle_buffer},
-                      {"seed", p.seed}};
+  nlohmann::json j = loop_options_json(p);
+  j.update({{"target", p.target},
+            {"latent", latent},
+            {"arch", p.arch},
+            {"hidden", p.hidden},
+            {"per", p.per},
+            {"loss", p.loss},
+            {"pca", p.pca},
+            {"init", p.init}});
   return j.dump();
-}
-
-at::Tensor string_tensor(const std::string& s) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(s.size())}, at::kByte);
-  if (!s.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), s.data(), s.size());
-  return t;
-}
-std::string tensor_string(const at::Tensor& t) {
-  at::Tensor c = t.contiguous().to(at::kCPU);
-  return std::string(reinterpret_cast<const char*>(c.data_ptr<std::uint8_t>()),
-                     static_cast<std::size_t>(c.numel()));
 }
 
 struct val_sequence {
@@ -158,25 +131,17 @@ struct val_scores {
 };
 
 // Attention outputs: q [L, n_kv, rep, T, d] after RoPE, k before RoPE and v [L, n_kv, T, d]
-// -> [L, n_kv, rep * T, d] (causal; a model's sliding window is not applied).
+// -> [L, n_kv, rep * T, d], causal and with the model's sliding window (0 = none).
 at::Tensor attend(const torch_rope& rope, const at::Tensor& q, const at::Tensor& k,
-                  const at::Tensor& v, const at::Tensor& pos) {
-  const std::int64_t L = k.size(0), n_kv = k.size(1), T = k.size(2), d = k.size(3), rep = q.size(2);
-  at::Tensor kr = rope.apply(k, pos);
-  at::Tensor qf = q.reshape({L, n_kv, rep * T, d});
-  at::Tensor s = at::matmul(qf, kr.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
-  at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(k.device()))
-                        .triu(1)
-                        .repeat({rep, 1});
-  s = s.masked_fill(mask, -std::numeric_limits<float>::infinity());
-  return at::matmul(at::softmax(s, -1), v);
+                  const at::Tensor& v, const at::Tensor& pos, std::int64_t window) {
+  const at::Tensor probs = sequence_attention_probs(q, rope.apply(k, pos), pos, window);
+  return at::matmul(probs, v.unsqueeze(2)).flatten(2, 3);
 }
 
 }  // namespace
 
 void validate_ae_params(const ae_train_params& p) {
-  KVCAL_CHECK(!p.captures.empty(), "train-ae: no --capture file");
-  KVCAL_CHECK(!p.out.empty(), "train-ae: no --out file");
+  validate_loop_params(p, "train-ae");
   KVCAL_CHECK(p.target == "k" || p.target == "v" || p.target == "kv", "--target: '", p.target,
               "' is not k, v or kv");
   KVCAL_CHECK(p.arch == "linear" || p.arch == "mlp", "--arch: '", p.arch, "' is not linear or mlp");
@@ -187,19 +152,6 @@ void validate_ae_params(const ae_train_params& p) {
   KVCAL_CHECK(p.latent >= 0, "--latent ", p.latent, " must be >= 1");
   KVCAL_CHECK(p.latent > 0 || p.ratio > 1, "give --latent N or --ratio R (R > 1)");
   KVCAL_CHECK(p.hidden >= 0, "--hidden must be >= 0");
-  KVCAL_CHECK(p.epochs >= 1, "--epochs must be >= 1");
-  KVCAL_CHECK(p.batch >= 1, "--batch must be >= 1");
-  KVCAL_CHECK(p.lr > 0 && std::isfinite(p.lr), "--lr must be positive");
-  KVCAL_CHECK(p.weight_decay >= 0, "--weight-decay must be >= 0");
-  KVCAL_CHECK(p.patience >= 0, "--patience must be >= 0");
-  KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
-  KVCAL_CHECK(p.val_max_tokens >= 1, "--val-max-tokens must be >= 1");
-  KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
-  KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
-  KVCAL_CHECK(p.precision == "fp32" || p.precision == "bf16", "--precision: '", p.precision,
-              "' is not fp32 or bf16");
-  KVCAL_CHECK(p.device == "cpu" || p.device == "auto" || p.device.rfind("cuda", 0) == 0,
-              "--device: '", p.device, "' is not cpu, cuda or auto");
 }
 
 ae_train_result run_train_ae(const ae_train_params& p) {
@@ -224,7 +176,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
   const at::Device dev = training_device(p.device);
   res.device_used = dev.str();
   // Mixed precision: bf16 matmuls in the training forward; validation and selection stay fp32.
-  const at::ScalarType compute = p.precision == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType compute = compute_dtype(p);
   at::manual_seed(p.seed);
 
   // Streams the rows hold: the trained ones, plus both K and V when the captures have q (the
@@ -234,6 +186,19 @@ ae_train_result run_train_ae(const ae_train_params& p) {
     const capture_header& hi = cs.reader(i).header();
     have_q = have_q && hi.records(capture_item::q) && hi.records(capture_item::k) &&
              hi.records(capture_item::v);
+  }
+  // The attention error applies the model's sliding window; captures written before it was
+  // recorded leave a Mistral model's window unknown.
+  const std::int64_t window = cs.sliding_window();
+  if (window < 0) {
+    KVCAL_CHECK(p.loss != "attn", cs.reader(0).path(),
+                ": the capture does not record the model's sliding window (written before kvcal "
+                "recorded it) and a Mistral model may have one: capture it again for --loss attn");
+    if (have_q)
+      log_warn("train-ae: ", cs.reader(0).path(),
+               " does not record the model's sliding window: no attention-output error reported "
+               "(capture it again to get it)");
+    have_q = false;
   }
   ae_layout lay;  // the trained blocks
   if (p.target == "k" || p.target == "kv") lay.targets.push_back("k");
@@ -290,9 +255,9 @@ ae_train_result run_train_ae(const ae_train_params& p) {
     at::Tensor o_ref;
     {
       at::NoGradGuard ng;
-      o_ref = attend(*rope, q, k, v, pos);
+      o_ref = attend(*rope, q, k, v, pos, window);
     }
-    at::Tensor o = attend(*rope, q, kh, vh, pos);
+    at::Tensor o = attend(*rope, q, kh, vh, pos, window);
     return std::make_pair((o - o_ref).pow(2).sum({2, 3}), o_ref.pow(2).sum({2, 3}));
   };
 
@@ -433,200 +398,46 @@ ae_train_result run_train_ae(const ae_train_params& p) {
       ps.push_back(t.detach().to(dev).contiguous().set_requires_grad(true));
     net.set_params(ps);
   }
-  torch::optim::AdamW opt(net.params(),
-                          torch::optim::AdamWOptions(p.lr).weight_decay(p.weight_decay));
 
-  // ---- State (fresh or from the checkpoint) ----------------------------------------------------
-  const std::string ckpt = p.out + ".ckpt";
-  const std::string options = option_json(p, latent);
+  // ---- Training (train/train_loop.h: selection, early stopping, checkpoints) ----------------
   ae_net best = net.clone();
-  at::Tensor best_score;  // [G]
-  double best_total = 0;
-  int epoch0 = 0, bad_epochs = 0;
-  std::int64_t step = 0;
-  bool finished = false;
-  if (p.resume) {
-    std::FILE* f = std::fopen(ckpt.c_str(), "rb");
-    KVCAL_CHECK(f != nullptr, "--resume: no checkpoint ", ckpt, " (nothing to resume)");
-    std::fclose(f);
-    torch::serialize::InputArchive ar;
-    ar.load_from(ckpt);
-    // A fresh tensor per key: reading into a defined tensor would set_() it in place.
-    auto get = [&](const std::string& key) {
-      at::Tensor t;
-      ar.read(key, t);
-      return t;
-    };
-    const std::string saved = tensor_string(get("options"));
-    KVCAL_CHECK(saved == options, ckpt,
-                ": written with other options; run without --resume or with the same options:\n  "
-                "checkpoint: ",
-                saved, "\n  now:        ", options);
-    std::vector<at::Tensor> cur = net.params(), bst = best.params();
-    {
-      at::NoGradGuard ng;
-      for (std::size_t i = 0; i < cur.size(); ++i) {
-        cur[i].copy_(get("w." + std::to_string(i)));
-        bst[i].copy_(get("best." + std::to_string(i)));
-      }
-    }
-    best_score = get("best_score");
-    at::Tensor t = get("state");  // epoch, step, bad_epochs, finished
-    epoch0 = static_cast<int>(t[0].item<std::int64_t>());
-    step = t[1].item<std::int64_t>();
-    bad_epochs = static_cast<int>(t[2].item<std::int64_t>());
-    finished = t[3].item<std::int64_t>() != 0;
-    res.epochs_run = epoch0;
-    t = get("totals");  // init_val, best_total
-    res.init_val = t[0].item<double>();
-    best_total = t[1].item<double>();
-    t = get("train_loss");
-    for (std::int64_t i = 0; i < t.numel(); ++i) res.train_loss.push_back(t[i].item<double>());
-    torch::serialize::InputArchive oa;
-    ar.read("optimizer", oa);
-    opt.load(oa);
-    log_info("train-ae: resuming ", ckpt, " after epoch ", epoch0, " (step ", step, ")");
-  } else {
-    best_score = block_scores(evaluate(net));
-    best_total = best_score.mean().item<double>();
-    res.init_val = best_total;
-  }
-  auto save_checkpoint = [&](int epochs_done) {
-    torch::serialize::OutputArchive ar;
-    ar.write("options", string_tensor(options));
-    const std::vector<at::Tensor> cur = net.params(), bst = best.params();
-    for (std::size_t i = 0; i < cur.size(); ++i) {
-      ar.write("w." + std::to_string(i), cur[i].detach().to(at::kCPU));
-      ar.write("best." + std::to_string(i), bst[i].detach().to(at::kCPU));
-    }
-    ar.write("best_score", best_score);
-    ar.write("state", at::tensor(std::vector<std::int64_t>{epochs_done, step, bad_epochs,
-                                                           finished ? 1 : 0}));
-    ar.write("totals", at::tensor(std::vector<double>{res.init_val, best_total}));
-    ar.write(
-        "train_loss",
-        at::tensor(res.train_loss.empty() ? std::vector<double>{} : res.train_loss, at::kDouble));
-    torch::serialize::OutputArchive oa;
-    opt.save(oa);
-    ar.write("optimizer", oa);
-    atomic_output out(ckpt);
-    ar.save_to(out.temp_path());
-    out.commit();
-  };
-
-  // ---- Training --------------------------------------------------------------------------------
   const std::int64_t steps_per_epoch = [&] {
     if (p.loss == "attn")
       return static_cast<std::int64_t>(sequence_batches(split.train, p.batch, 0).size());
     return row_shuffler(split.train, load_rows, p.shuffle_buffer, p.batch, 0).n_batches();
   }();
-  const std::int64_t total_steps = steps_per_epoch * p.epochs;
-  std::int64_t samples = 0;
-  const auto t_train = std::chrono::steady_clock::now();
-  {
-    progress bar("train-ae", p.show_progress ? static_cast<std::uint64_t>(total_steps - step) : 0,
-                 "step");
-    auto train_step = [&](const at::Tensor& loss) {
-      KVCAL_CHECK(std::isfinite(loss.item<double>()), "train-ae: the loss is not finite at step ",
-                  step, " (lower --lr?)");
-      const double lr = cosine_lr(step, total_steps, p.lr);
-      for (auto& g : opt.param_groups())
-        static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      ++step;
-    };
-    for (int epoch = epoch0; epoch < p.epochs && !finished; ++epoch) {
-      const std::uint64_t es = epoch_seed(p.seed, epoch);
-      double loss_sum = 0;
-      std::int64_t n_steps = 0;
-      if (p.loss == "recon") {
-        row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, es);
-        at::Tensor rows;
-        while (sh.next(rows)) {
-          at::Tensor x = groups_of(rows.to(dev));
-          at::Tensor xr = net.forward(x, compute);
-          at::Tensor loss = ((xr - x).pow(2).mean({1, 2}) / var_dev).mean();
-          train_step(loss);
-          loss_sum += loss.item<double>();
-          ++n_steps;
-          samples += rows.size(0);
-          if (p.show_progress) {
-            std::ostringstream note;
-            note << "epoch " << epoch + 1 << "/" << p.epochs << " loss " << std::setprecision(4)
-                 << loss.item<double>();
-            bar.set_note(note.str());
-            bar.advance(1);
+  const std::string options = option_json(p, latent);
+  train_loop loop(p, "train-ae", options, net.params(), best.params(), steps_per_epoch);
+  auto validate = [&] { return block_scores(evaluate(net)); };
+  loop.begin(validate);
+  const bool done = loop.run(
+      [&](int, std::uint64_t seed) {
+        if (p.loss == "recon") {
+          row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, seed);
+          at::Tensor rows;
+          while (sh.next(rows)) {
+            at::Tensor x = groups_of(rows.to(dev));
+            at::Tensor xr = net.forward(x, compute);
+            loop.step(((xr - x).pow(2).mean({1, 2}) / var_dev).mean(), rows.size(0));
           }
+          return;
         }
-      } else {
-        for (const auto& mb : sequence_batches(split.train, p.batch, es)) {
+        for (const auto& mb : sequence_batches(split.train, p.batch, seed)) {
           at::Tensor loss = at::zeros({}, at::TensorOptions().device(dev));
+          std::int64_t n = 0;
           for (const auto& s : mb) {
             at::Tensor rows = load_rows(s).to(dev), pos = cs.positions(s).to(dev);
             at::Tensor q = load_q(s, pos);
             auto e = attn_error(rows, net.forward(groups_of(rows), compute), q, pos);
             loss = loss + (e.first / e.second.clamp_min(1e-30)).mean();
-            samples += s.len;
+            n += s.len;
           }
-          loss = loss / static_cast<double>(mb.size());
-          train_step(loss);
-          loss_sum += loss.item<double>();
-          ++n_steps;
-          if (p.show_progress) {
-            std::ostringstream note;
-            note << "epoch " << epoch + 1 << "/" << p.epochs << " loss " << std::setprecision(4)
-                 << loss.item<double>();
-            bar.set_note(note.str());
-            bar.advance(1);
-          }
+          loop.step(loss / static_cast<double>(mb.size()), n);
         }
-      }
-      res.train_loss.push_back(n_steps > 0 ? loss_sum / static_cast<double>(n_steps) : 0.0);
-      // Keep each block's best weights.
-      const at::Tensor score = block_scores(evaluate(net));
-      const at::Tensor better = (score < best_score).to(dev);
-      {
-        at::NoGradGuard ng;
-        std::vector<at::Tensor> cur = net.params(), bst = best.params();
-        for (std::size_t i = 0; i < cur.size(); ++i) {
-          std::vector<std::int64_t> shp(static_cast<std::size_t>(cur[i].dim()), 1);
-          shp[0] = G;
-          bst[i].copy_(at::where(better.view(shp), cur[i], bst[i]));
-        }
-      }
-      best_score = at::minimum(score, best_score);
-      const double total = score.mean().item<double>();
-      if (total < best_total * (1 - 1e-4)) {
-        best_total = std::min(best_total, total);
-        bad_epochs = 0;
-      } else {
-        ++bad_epochs;
-      }
-      log_info("train-ae: epoch ", epoch + 1, ": train loss ", res.train_loss.back(),
-               ", validation ", total, " (best per block: ", best_score.mean().item<double>(), ")");
-      if (p.patience > 0 && bad_epochs >= p.patience) {
-        finished = res.early_stopped = true;
-        log_info("train-ae: early stop after epoch ", epoch + 1, " (no improvement for ",
-                 p.patience, " epochs)");
-      }
-      if (epoch + 1 == p.epochs) finished = true;
-      save_checkpoint(epoch + 1);
-      res.epochs_run = epoch + 1;
-      if (p.stop_after_epochs > 0 && epoch + 1 - epoch0 >= p.stop_after_epochs && !finished) {
-        res.interrupted = true;
-        res.steps = step;
-        return res;
-      }
-    }
-    bar.finish();
-  }
-  const double train_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-  res.steps = step;
-  res.samples_per_s = train_s > 0 ? static_cast<double>(samples) / train_s : 0;
-  res.best_val = best_score.mean().item<double>();
+      },
+      validate);
+  loop.summarise(res);
+  if (!done) return res;
 
   // ---- Report ----------------------------------------------------------------------------------
   const val_scores s_pca = evaluate(pca_net), s_ae = evaluate(best);
@@ -677,16 +488,7 @@ ae_train_result run_train_ae(const ae_train_params& p) {
                 {"layers", jl}};
 
   // ---- Output ----------------------------------------------------------------------------------
-  std::deque<std::vector<float>> store;
-  std::vector<tensor_out> tensors;
-  const std::vector<at::Tensor> bp = best.params();
-  auto put = [&](const std::string& name, const at::Tensor& t) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    store.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-    tensor_out o{name, st_dtype::F32, {}, store.back().data()};
-    for (auto s : c.sizes()) o.shape.push_back(s);
-    tensors.push_back(o);
-  };
+  f32_tensor_file file;
   for (std::int64_t li = 0; li < L; ++li)
     for (std::size_t t = 0; t < lay.targets.size(); ++t)
       for (std::int64_t hh = 0; hh < n_kv; ++hh) {
@@ -694,17 +496,17 @@ ae_train_result run_train_ae(const ae_train_params& p) {
             (static_cast<std::int64_t>(t) * L + li) * hpg + (lay.per_head ? hh : 0);
         const std::string pre = "layers." + std::to_string(lay.layers[li]) + "." + lay.targets[t] +
                                 ".heads." + std::to_string(hh) + ".ae.";
-        put(pre + "encoder.weight", best.We[g]);
-        put(pre + "encoder.bias", best.be[g]);
-        put(pre + "decoder.weight", best.Wd[g]);
-        put(pre + "decoder.bias", best.bd[g]);
+        file.add(pre + "encoder.weight", best.We[g]);
+        file.add(pre + "encoder.bias", best.be[g]);
+        file.add(pre + "decoder.weight", best.Wd[g]);
+        file.add(pre + "decoder.bias", best.bd[g]);
         if (best.mlp) {
-          put(pre + "encoder.mlp.fc1.weight", best.E1[g]);
-          put(pre + "encoder.mlp.fc1.bias", best.c1[g]);
-          put(pre + "encoder.mlp.fc2.weight", best.E2[g]);
-          put(pre + "decoder.mlp.fc1.weight", best.D1[g]);
-          put(pre + "decoder.mlp.fc1.bias", best.c2[g]);
-          put(pre + "decoder.mlp.fc2.weight", best.D2[g]);
+          file.add(pre + "encoder.mlp.fc1.weight", best.E1[g]);
+          file.add(pre + "encoder.mlp.fc1.bias", best.c1[g]);
+          file.add(pre + "encoder.mlp.fc2.weight", best.E2[g]);
+          file.add(pre + "decoder.mlp.fc1.weight", best.D1[g]);
+          file.add(pre + "decoder.mlp.fc1.bias", best.c2[g]);
+          file.add(pre + "decoder.mlp.fc2.weight", best.D2[g]);
         }
       }
   nlohmann::json meta = {{"format", ae_format_name},
@@ -720,8 +522,8 @@ ae_train_result run_train_ae(const ae_train_params& p) {
                          {"head_dim", d},
                          {"recipe", nlohmann::json::parse(options)},
                          {"metrics", res.report}};
-  write_safetensors(p.out, tensors, {{"kvcal.ae", meta.dump()}});
-  std::remove(ckpt.c_str());
+  file.write(p.out, {{"kvcal.ae", meta.dump()}});
+  loop.remove_checkpoint();
   if (p.write_report) {
     const std::string stem = output_stem(p.out);
     res.report_json_path = stem + ".json";

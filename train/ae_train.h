@@ -13,13 +13,13 @@
 // Losses: recon = MSE / (variance of the block's data) (relative reconstruction error); attn =
 // relative error of the attention output computed from the captured queries with the
 // reconstructed K (RoPE re-applied at the captured positions) and V, against the exact K and V,
-// per (layer, KV head); needs `q` in the captures.
+// per (layer, KV head), causal and with the model's sliding window; needs `q` in the captures.
 // Training: held-out sequences (validation) are evaluated before the first step and after every
 // epoch; each block keeps the weights of its best validation score (so a PCA-initialised block
 // never ends worse on validation than its initialisation); training stops early when the total
 // validation score has not improved for `patience` epochs. AdamW with linear warm-up + cosine
 // decay; the row order depends only on (seed, epoch); a checkpoint (<out>.ckpt) is written after
-// every epoch and `resume` continues from it.
+// every epoch and `resume` continues from it (train/train_loop.h).
 //
 //   kvcal::ae_train_params p;
 //   p.captures = {"cap.h5"}; p.out = "ae.safetensors"; p.latent = 16;
@@ -31,14 +31,14 @@
 #include <string>
 #include <vector>
 
+#include "train/train_loop.h"
+
 namespace kvcal {
 
 inline constexpr const char* ae_format_name = "kvcal.ae";
 inline constexpr int ae_format_version = 1;
 
-struct ae_train_params {
-  std::vector<std::string> captures;
-  std::string out;
+struct ae_train_params : train_loop_params {
   std::string target = "kv";    // k | v | kv  (k is the pre-RoPE key)
   int latent = 0;               // 1 .. head_dim - 1; or from ratio
   double ratio = 0;             // latent = round(head_dim / ratio) when latent == 0
@@ -48,24 +48,16 @@ struct ae_train_params {
   std::string loss = "recon";   // recon | attn
   std::string pca;              // pca.h5 from fit-pca (initialisation and baseline)
   std::string init = "pca";     // pca | random
-  int epochs = 20;
-  std::int64_t batch = 512;  // tokens per step
-  double lr = 1e-3;
-  double weight_decay = 1e-4;
-  int patience = 3;  // epochs without improvement before stopping (0 = never)
-  double val_fraction = 0.1;
-  std::int64_t val_max_tokens = 8192;
-  std::int64_t shuffle_buffer = 8192;  // tokens
-  std::int64_t cache_mb = 2048;        // training rows kept in memory after the first read
-  std::string precision = "fp32";      // fp32 | bf16 (mixed: bf16 matmuls in the training forward)
-  std::string device = "cpu";          // cpu | cuda | auto
-  std::uint64_t seed = 0;
-  bool resume = false;
-  bool show_progress = true;
-  bool write_report = true;  // <stem>.json and <stem>.svg next to out
-  std::string command_line;
-  // Tests: stop (as an interruption would, checkpoint kept) after this many epochs (0 = never).
-  int stop_after_epochs = 0;
+  // The shared options (train/train_loop.h) with train-ae's defaults; write_report: <stem>.json
+  // and <stem>.svg next to out.
+  ae_train_params() {
+    epochs = 20;
+    batch = 512;
+    weight_decay = 1e-4;
+    val_fraction = 0.1;
+    val_max_tokens = 8192;
+    shuffle_buffer = 8192;
+  }
 };
 
 // One row of the report, per layer: relative reconstruction error (sum |x - x'|^2 / sum |x - mu|^2
@@ -78,17 +70,9 @@ struct ae_layer_metrics {
   double attn_pca = -1, attn_ae = -1;
 };
 
-struct ae_train_result {
+struct ae_train_result : train_result {  // init_val / best_val: mean validation score
   std::vector<ae_layer_metrics> layers;
   int latent = 0;
-  int epochs_run = 0;
-  std::int64_t steps = 0;
-  double init_val = 0, best_val = 0;  // total validation score (mean over blocks)
-  std::vector<double> train_loss;     // mean training loss per epoch
-  bool early_stopped = false, interrupted = false;
-  std::string device_used, report_json_path, svg_path;
-  double seconds = 0, samples_per_s = 0;
-  nlohmann::json report;  // what <stem>.json holds
 };
 
 // Checks params (errors name the option); the CLI calls it before any work.

@@ -1,11 +1,9 @@
 #include "train/policy_train.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/optim/adamw.h>
 
 #include <chrono>
 #include <cmath>
-#include <deque>
 #include <iomanip>
 #include <limits>
 #include <memory>
@@ -13,9 +11,7 @@
 
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
-#include "kernels/common/progress.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/io/safetensors.h"
 #include "train/train_common.h"
 #include "train/train_data.h"
 
@@ -63,8 +59,7 @@ std::pair<double, double> keep_metrics(const at::Tensor& score, const at::Tensor
 }  // namespace
 
 void validate_policy_params(const policy_train_params& p) {
-  KVCAL_CHECK(!p.captures.empty(), "train-policy: no --capture file");
-  KVCAL_CHECK(!p.out.empty(), "train-policy: no --out file");
+  validate_loop_params(p, "train-policy");
   KVCAL_CHECK(p.recipe == "h2o-label" || p.recipe == "future-attn", "--recipe: '", p.recipe,
               "' is not h2o-label or future-attn");
   KVCAL_CHECK(p.features.empty() || p.features == "key" || p.features == "hidden", "--features: '",
@@ -74,15 +69,6 @@ void validate_policy_params(const policy_train_params& p) {
   for (int h : p.hidden) KVCAL_CHECK(h >= 1, "--hidden: widths must be >= 1");
   KVCAL_CHECK(p.target == "attn_next" || p.target == "attn_cum", "--target: '", p.target,
               "' is not attn_next or attn_cum");
-  KVCAL_CHECK(p.epochs >= 1, "--epochs must be >= 1");
-  KVCAL_CHECK(p.batch >= 1, "--batch must be >= 1");
-  KVCAL_CHECK(p.lr > 0 && std::isfinite(p.lr), "--lr must be positive");
-  KVCAL_CHECK(p.patience >= 0, "--patience must be >= 0");
-  KVCAL_CHECK(p.val_fraction > 0 && p.val_fraction < 1, "--val-fraction must be in (0, 1)");
-  KVCAL_CHECK(p.shuffle_buffer >= 1, "--shuffle-buffer must be >= 1");
-  KVCAL_CHECK(p.cache_mb >= 0, "--cache-mb must be >= 0");
-  KVCAL_CHECK(p.precision == "fp32" || p.precision == "bf16", "--precision: '", p.precision,
-              "' is not fp32 or bf16");
 }
 
 policy_train_result run_train_policy(const policy_train_params& p) {
@@ -110,7 +96,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
              std::string("--features ") + res.features + " reads it");
   const at::Device dev = training_device(p.device);
   res.device_used = dev.str();
-  const at::ScalarType compute = p.precision == "bf16" ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType compute = compute_dtype(p);
   at::manual_seed(p.seed);
   const std::vector<int>& layers = cs.layers();
   const std::int64_t L = static_cast<std::int64_t>(layers.size()), n_kv = h.n_kv_heads,
@@ -192,9 +178,6 @@ policy_train_result run_train_policy(const policy_train_params& p) {
       net.b.push_back(at::zeros({L, widths[i + 1]}).to(dev).set_requires_grad(true));
     }
   }
-  torch::optim::AdamW opt(net.params(),
-                          torch::optim::AdamWOptions(p.lr).weight_decay(p.weight_decay));
-
   std::vector<at::Tensor> val_rows;
   for (const auto& s : split.val) val_rows.push_back(read_rows(s).to(dev));
   auto evaluate = [&](const policy_net& n) {  // per-layer validation loss [L]
@@ -212,81 +195,32 @@ policy_train_result run_train_policy(const policy_train_params& p) {
     return (tot / cnt).to(at::kFloat);
   };
 
+  // ---- Training (train/train_loop.h: selection, early stopping, checkpoints) ----------------
   policy_net best = net.clone();
-  at::Tensor best_score = evaluate(net);
-  res.init_val = best_score.mean().item<double>();
-  double best_total = res.init_val;
-  int bad = 0;
-  const std::int64_t per_epoch =
-      row_shuffler(split.train, load_rows, p.shuffle_buffer, p.batch, 0).n_batches();
-  const std::int64_t total = per_epoch * p.epochs;
-  std::int64_t samples = 0;
-  const auto t_train = std::chrono::steady_clock::now();
-  {
-    progress bar("train-policy", p.show_progress ? static_cast<std::uint64_t>(total) : 0, "step");
-    for (int epoch = 0; epoch < p.epochs; ++epoch) {
-      row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, epoch_seed(p.seed, epoch));
-      at::Tensor rows;
-      double sum = 0;
-      std::int64_t n = 0;
-      while (sh.next(rows)) {
-        auto xy = split_rows(rows.to(dev));
-        at::Tensor loss =
-            loss_of(scores_of(net.forward(xy.first, compute), rows.size(0)), xy.second).mean();
-        KVCAL_CHECK(std::isfinite(loss.item<double>()),
-                    "train-policy: the loss is not finite at step ", res.steps, " (lower --lr?)");
-        for (auto& g : opt.param_groups())
-          static_cast<torch::optim::AdamWOptions&>(g.options())
-              .lr(cosine_lr(res.steps, total, p.lr));
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        ++res.steps;
-        sum += loss.item<double>();
-        ++n;
-        samples += rows.size(0);
-        if (p.show_progress) {
-          std::ostringstream note;
-          note << "epoch " << epoch + 1 << "/" << p.epochs << " loss " << std::setprecision(4)
-               << loss.item<double>();
-          bar.set_note(note.str());
-          bar.advance(1);
+  nlohmann::json options = loop_options_json(p);
+  options.update({{"recipe", p.recipe},
+                  {"features", res.features},
+                  {"arch", res.arch},
+                  {"hidden", res.hidden},
+                  {"target", p.target}});
+  train_loop loop(p, "train-policy", options.dump(), net.params(), best.params(),
+                  row_shuffler(split.train, load_rows, p.shuffle_buffer, p.batch, 0).n_batches());
+  auto validate = [&] { return evaluate(net); };
+  loop.begin(validate);
+  const bool done = loop.run(
+      [&](int, std::uint64_t seed) {
+        row_shuffler sh(split.train, load_rows, p.shuffle_buffer, p.batch, seed);
+        at::Tensor rows;
+        while (sh.next(rows)) {
+          auto xy = split_rows(rows.to(dev));
+          loop.step(
+              loss_of(scores_of(net.forward(xy.first, compute), rows.size(0)), xy.second).mean(),
+              rows.size(0));
         }
-      }
-      res.train_loss.push_back(n > 0 ? sum / static_cast<double>(n) : 0.0);
-      const at::Tensor score = evaluate(net);
-      const at::Tensor better = (score < best_score).to(dev);
-      {
-        at::NoGradGuard ng;
-        const std::vector<at::Tensor> cur = net.params(), bst = best.params();
-        for (std::size_t i = 0; i < cur.size(); ++i) {
-          std::vector<std::int64_t> shp(static_cast<std::size_t>(cur[i].dim()), 1);
-          shp[0] = L;
-          bst[i].copy_(at::where(better.view(shp), cur[i], bst[i]));
-        }
-      }
-      best_score = at::minimum(score, best_score);
-      const double tot = score.mean().item<double>();
-      if (tot < best_total * (1 - 1e-4)) {
-        best_total = tot;
-        bad = 0;
-      } else {
-        ++bad;
-      }
-      res.epochs_run = epoch + 1;
-      log_info("train-policy: epoch ", epoch + 1, ": train loss ", res.train_loss.back(),
-               ", validation ", tot);
-      if (p.patience > 0 && bad >= p.patience) {
-        res.early_stopped = true;
-        break;
-      }
-    }
-    bar.finish();
-  }
-  const double train_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_train).count();
-  res.samples_per_s = train_s > 0 ? static_cast<double>(samples) / train_s : 0;
-  res.best_val = best_score.mean().item<double>();
+      },
+      validate);
+  loop.summarise(res);
+  if (!done) return res;
 
   // ---- Held-out evaluation at keep budgets -----------------------------------------------------
   const std::vector<double> budgets = {0.5, 0.25, 0.125};
@@ -301,6 +235,15 @@ policy_train_result run_train_policy(const policy_train_params& p) {
   for (std::size_t i = 0; i < cs.n_files(); ++i)
     split_eval = split_eval && cs.reader(i).header().records(capture_item::q) &&
                  cs.reader(i).header().records(capture_item::k);
+  // The recomputed attention applies the model's sliding window; captures written before it was
+  // recorded leave a Mistral model's window unknown: rank by the statistics instead.
+  const std::int64_t window = cs.sliding_window();
+  if (split_eval && window < 0) {
+    log_warn("train-policy: ", cs.reader(0).path(),
+             " does not record the model's sliding window: evaluation from the attention "
+             "statistics instead of the causal one (capture it again to get it)");
+    split_eval = false;
+  }
   std::unique_ptr<torch_rope> rope;
   if (split_eval) rope = std::make_unique<torch_rope>(h.model_json, d, h.seq_len);
   res.causal_eval = split_eval;
@@ -326,14 +269,8 @@ policy_train_result run_train_policy(const policy_train_params& p) {
           at::Tensor pos_d = cs.positions(s).to(dev);
           at::Tensor q = rope->apply(cs.read(s, layers[li], "q").to(dev).permute({1, 0, 2}), pos_d);
           at::Tensor k = rope->apply(cs.read(s, layers[li], "k").to(dev).permute({1, 0, 2}), pos_d);
-          at::Tensor sc =
-              at::matmul(q.reshape({n_kv, rep, T, d}), k.unsqueeze(1).transpose(-1, -2)) /
-              std::sqrt(static_cast<double>(d));  // [n_kv, rep, T(query), T(key)]
-          at::Tensor mask =
-              at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).triu(1);
-          at::Tensor A =
-              at::softmax(sc.masked_fill(mask, -std::numeric_limits<float>::infinity()), -1)
-                  .mean(1);  // [n_kv, T, T]
+          at::Tensor A = sequence_attention_probs(q.reshape({n_kv, rep, T, d}), k, pos_d, window)
+                             .mean(1);  // [n_kv, T(query), T(key)]
           h2o_all = A.narrow(1, 0, t0).narrow(2, 0, t0).sum(1).to(at::kCPU);
           gt_all = A.narrow(1, t0, T - t0).narrow(2, 0, t0).sum(1).to(at::kCPU);
           n = t0;
@@ -413,15 +350,7 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                 {"budgets", jb}};
 
   // ---- Output: standardisation folded into the first layer -------------------------------------
-  std::deque<std::vector<float>> store;
-  std::vector<tensor_out> tensors;
-  auto put = [&](const std::string& name, const at::Tensor& t) {
-    at::Tensor c = t.detach().to(at::kCPU).contiguous();
-    store.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-    tensor_out o{name, st_dtype::F32, {}, store.back().data()};
-    for (auto v : c.sizes()) o.shape.push_back(v);
-    tensors.push_back(o);
-  };
+  f32_tensor_file file;
   std::vector<at::Tensor> W, b;
   for (std::size_t i = 0; i < best.W.size(); ++i)
     W.push_back(best.W[i].detach().to(at::kCPU)), b.push_back(best.b[i].detach().to(at::kCPU));
@@ -431,12 +360,12 @@ policy_train_result run_train_policy(const policy_train_params& p) {
   for (std::int64_t li = 0; li < L; ++li) {
     const std::string pre = "layers." + std::to_string(layers[li]) + ".policy.";
     if (W.size() == 1) {
-      put(pre + "weight", W[0][li].t());  // [n_kv, in]
-      put(pre + "bias", b[0][li]);
+      file.add(pre + "weight", W[0][li].t());  // [n_kv, in]
+      file.add(pre + "bias", b[0][li]);
     } else {
       for (std::size_t i = 0; i < W.size(); ++i) {
-        put(pre + "fc" + std::to_string(i + 1) + ".weight", W[i][li].t());  // [out, in]
-        put(pre + "fc" + std::to_string(i + 1) + ".bias", b[i][li]);
+        file.add(pre + "fc" + std::to_string(i + 1) + ".weight", W[i][li].t());  // [out, in]
+        file.add(pre + "fc" + std::to_string(i + 1) + ".bias", b[i][li]);
       }
     }
   }
@@ -461,10 +390,33 @@ policy_train_result run_train_policy(const policy_train_params& p) {
                            {"precision", p.precision},
                            {"val_fraction", p.val_fraction}}},
                          {"metrics", res.report}};
-  write_safetensors(p.out, tensors, {{"kvcal.policy", meta.dump()}});
+  file.write(p.out, {{"kvcal.policy", meta.dump()}});
+  loop.remove_checkpoint();
   if (p.write_report) {
-    res.report_json_path = output_stem(p.out) + ".json";
+    const std::string stem = output_stem(p.out);
+    res.report_json_path = stem + ".json";
     write_file_atomic(res.report_json_path, res.report.dump(2) + "\n");
+    // Plot: per keep budget, mass retained (solid) and recall (dashed) of each scorer.
+    std::vector<std::string> xs;
+    const char* colors[4] = {"#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"};
+    std::vector<svg_series> ser;
+    for (int i = 0; i < 4; ++i) {
+      ser.push_back({std::string(names[i]) + " mass", colors[i], false, {}});
+      ser.push_back({std::string(names[i]) + " recall", colors[i], true, {}});
+    }
+    for (const auto& b : res.budgets) {
+      std::ostringstream k;
+      k << b.budget * 100 << "%";
+      xs.push_back(k.str());
+      const double v[8] = {b.learned_mass, b.learned_recall, b.h2o_mass,    b.h2o_recall,
+                           b.recency_mass, b.recency_recall, b.random_mass, b.random_recall};
+      for (int i = 0; i < 8; ++i) ser[static_cast<std::size_t>(i)].y.push_back(v[i]);
+    }
+    res.svg_path = stem + ".svg";
+    write_file_atomic(
+        res.svg_path,
+        line_chart_svg("train-policy: held-out eviction (solid: mass retained, dashed: recall)",
+                       "keep budget", "fraction", xs, ser));
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return res;

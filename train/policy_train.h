@@ -14,7 +14,8 @@
 //                linear or MLP(512) (the default).
 // Networks: Linear -> ReLU -> ... -> Linear(n_kv_heads). Inputs are standardised with the
 // training mean / std, folded into the first layer when written, so the file takes raw features.
-// Each layer keeps its best validation weights; early stopping as in train-ae.
+// Each layer keeps its best validation weights; early stopping, a checkpoint (<out>.ckpt) after
+// every epoch and `resume` as in train-ae (train/train_loop.h).
 //
 // Evaluation (held-out sequences, per layer and KV head, keep budgets 50 / 25 / 12.5 %), scorers
 // learned, h2o, recency (position), random; the kept tokens are the top-scored candidates:
@@ -22,10 +23,11 @@
 //   recall  = |kept ∩ the truly top candidates by the ground truth| / kept
 // Causal (the captures have q and k): eviction at each sequence's midpoint t0; candidates are the
 // tokens before t0; the attention is recomputed from q and k (RoPE at the captured positions,
-// causal, query heads of a KV group averaged); ground truth = the attention a candidate receives
-// from the queries at and after t0; h2o = the attention it received before t0 (heavy hitters
-// only, no recent window). Otherwise (no q): whole sequences, ground truth = attn_next, h2o =
-// attn_cum, which includes the attention it is judged on (an oracle-leaning reference).
+// causal and with the model's sliding window, query heads of a KV group averaged); ground truth =
+// the attention a candidate receives from the queries at and after t0; h2o = the attention it
+// received before t0 (heavy hitters only, no recent window). Otherwise (no q): whole sequences,
+// ground truth = attn_next, h2o = attn_cum, which includes the attention it is judged on (an
+// oracle-leaning reference).
 //
 //   kvcal::policy_train_params p;
 //   p.captures = {"cap.h5"}; p.out = "policy.safetensors"; p.recipe = "future-attn";
@@ -37,34 +39,21 @@
 #include <string>
 #include <vector>
 
+#include "train/train_loop.h"
+
 namespace kvcal {
 
 inline constexpr const char* policy_format_name = "kvcal.policy";
 inline constexpr int policy_format_version = 1;
 
-struct policy_train_params {
-  std::vector<std::string> captures;
-  std::string out;
+struct policy_train_params : train_loop_params {
   std::string recipe = "future-attn";  // future-attn | h2o-label
   std::string features;                // hidden | key ("" = the recipe's)
   std::string arch;                    // linear | mlp ("" = mlp)
   std::vector<int> hidden;             // hidden widths (empty = the recipe's: [512] / [128, 64])
   std::string target = "attn_next";    // future-attn: attn_next | attn_cum
-  int epochs = 10;
-  std::int64_t batch = 1024;  // tokens per step
-  double lr = 1e-3;
-  double weight_decay = 1e-2;
-  int patience = 3;
-  double val_fraction = 0.2;
-  std::int64_t val_max_tokens = 16384;
-  std::int64_t shuffle_buffer = 16384;
-  std::int64_t cache_mb = 2048;    // training rows kept in memory after the first read
-  std::string precision = "fp32";  // fp32 | bf16 (mixed: bf16 matmuls in the training forward)
-  std::string device = "cpu";
-  std::uint64_t seed = 0;
-  bool show_progress = true;
-  bool write_report = true;  // <stem>.json
-  std::string command_line;
+  // The shared options (train/train_loop.h) keep their defaults; write_report: <stem>.json and
+  // <stem>.svg next to out.
 };
 
 struct policy_budget_metrics {
@@ -74,20 +63,12 @@ struct policy_budget_metrics {
   double learned_recall = 0, h2o_recall = 0, recency_recall = 0, random_recall = 0;
 };
 
-struct policy_train_result {
+struct policy_train_result : train_result {    // init_val / best_val: mean validation loss
   std::vector<policy_budget_metrics> budgets;  // 0.5, 0.25, 0.125
   std::string features, arch;
   std::vector<int> hidden;
   std::int64_t in_dim = 0;
-  int epochs_run = 0;
-  std::int64_t steps = 0;
-  std::vector<double> train_loss;
-  double init_val = 0, best_val = 0;
-  bool early_stopped = false;
   bool causal_eval = false;  // midpoint evaluation from q and k (else attention statistics)
-  std::string device_used, report_json_path;
-  double seconds = 0, samples_per_s = 0;
-  nlohmann::json report;
 };
 
 void validate_policy_params(const policy_train_params& p);

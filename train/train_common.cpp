@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include "kernels/common/error.h"
@@ -71,8 +72,29 @@ at::Tensor torch_rope::apply(const at::Tensor& x, const at::Tensor& pos) const {
   return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
 }
 
+at::Tensor sequence_attention_probs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& pos,
+                                    std::int64_t window) {
+  const std::int64_t d = q.size(-1);
+  at::Tensor s = at::matmul(q.to(at::kFloat), k.to(at::kFloat).unsqueeze(-3).transpose(-1, -2)) /
+                 std::sqrt(static_cast<double>(d));  // [..., rep, T, T]
+  const at::Tensor p = pos.to(q.device(), at::kLong);
+  const at::Tensor diff = p.unsqueeze(1) - p.unsqueeze(0);  // [T, T]: query - key position
+  at::Tensor seen = diff.ge(0);
+  if (window > 0) seen = seen.logical_and(diff.lt(window));
+  return at::softmax(s.masked_fill(seen.logical_not(), -std::numeric_limits<float>::infinity()),
+                     -1);
+}
+
 std::string line_chart_svg(const std::string& title, const std::string& y_label,
                            const std::vector<int>& x, const std::vector<svg_series>& series) {
+  std::vector<std::string> labels;
+  for (int v : x) labels.push_back(std::to_string(v));
+  return line_chart_svg(title, "layer", y_label, labels, series);
+}
+
+std::string line_chart_svg(const std::string& title, const std::string& x_label,
+                           const std::string& y_label, const std::vector<std::string>& x,
+                           const std::vector<svg_series>& series) {
   const double W = 640, H = 360, L = 60, R = 170, T = 40, B = 50;
   double ymax = 0;
   for (const auto& s : series)
@@ -103,8 +125,8 @@ std::string line_chart_svg(const std::string& title, const std::string& y_label,
   for (std::size_t i = 0; i < n; ++i)
     os << "<text x=\"" << px(i) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\">" << x[i]
        << "</text>\n";
-  os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 12
-     << "\" text-anchor=\"middle\">layer</text>\n<text x=\"14\" y=\"" << (T + H - B) / 2
+  os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 12 << "\" text-anchor=\"middle\">"
+     << x_label << "</text>\n<text x=\"14\" y=\"" << (T + H - B) / 2
      << "\" transform=\"rotate(-90 14 " << (T + H - B) / 2 << ")\" text-anchor=\"middle\">"
      << y_label << "</text>\n";
   for (std::size_t s = 0; s < series.size(); ++s) {
@@ -122,6 +144,19 @@ std::string line_chart_svg(const std::string& title, const std::string& y_label,
   }
   os << "</svg>\n";
   return os.str();
+}
+
+void f32_tensor_file::add(const std::string& name, const at::Tensor& t) {
+  const at::Tensor c = t.detach().to(at::kCPU, at::kFloat).contiguous();
+  store_.emplace_back(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  tensor_out o{name, st_dtype::F32, {}, store_.back().data()};
+  for (auto v : c.sizes()) o.shape.push_back(v);
+  tensors_.push_back(o);
+}
+
+void f32_tensor_file::write(const std::string& path,
+                            const std::map<std::string, std::string>& metadata) const {
+  write_safetensors(path, tensors_, metadata);
 }
 
 std::string output_stem(const std::string& path) {

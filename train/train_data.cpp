@@ -70,6 +70,17 @@ capture_set::capture_set(const std::vector<std::string>& paths) {
   }
 }
 
+std::int64_t capture_set::sliding_window() const {
+  for (const auto& r : readers_)  // same model: any record holds for all
+    if (r->header().sliding_window >= 0) return r->header().sliding_window;
+  // Only Mistral configs give a window (runtime/model_config.cpp).
+  try {
+    return nlohmann::json::parse(model_json()).value("model_type", "") == "mistral" ? -1 : 0;
+  } catch (const nlohmann::json::exception&) {
+    return -1;
+  }
+}
+
 void capture_set::require(capture_item item, const std::string& why) const {
   for (const auto& r : readers_)
     KVCAL_CHECK(r->header().records(item), r->path(), ": the capture has no '",

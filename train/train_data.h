@@ -51,6 +51,9 @@ class capture_set {
   const capture_reader& reader(std::size_t i) const { return *readers_[i]; }
   const std::vector<seq_ref>& sequences() const { return seqs_; }
   std::int64_t n_tokens() const { return n_tokens_; }
+  // The model's sliding attention window (0 = none) as the captures record it; -1 when none of
+  // them records it (written before it was) and the model type can have one (mistral).
+  std::int64_t sliding_window() const;
 
   // Whether every capture recorded `item`; if not, throws "<path>: the capture has no '<item>'
   // (record it with kvcal capture --record ...,<item>): <why>".
