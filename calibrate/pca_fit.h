@@ -45,7 +45,8 @@ struct pca_fit_result {
   std::int64_t bits_per_token = 0, budget_bits = 0;
   double discarded = 0, uniform_discarded = -1;
   int uniform_rank = 0;
-  double seconds_accumulate = 0, seconds_eig = 0, read_bytes = 0;
+  // read_bytes: activation bytes read from the captures (as stored); seconds_total: the whole run.
+  double seconds_accumulate = 0, seconds_eig = 0, seconds_total = 0, read_bytes = 0;
 };
 
 pca_fit_result run_pca_fit(const pca_fit_params& p);

@@ -81,6 +81,10 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
          << (p.granularity == "layer" ? std::int64_t{1} : r.file.n_kv_heads) << " x "
          << r.file.targets.size() << " targets), " << r.file.n_tokens << " tokens on "
          << r.device_used << "\n";
+  // One line with the read bandwidth over the whole run (scripts/pca-gpu-bench.sh parses it).
+  io.out << "  read " << r.read_bytes / 1e9 << " GB in " << r.seconds_total
+         << " s wall: " << (r.seconds_total > 0 ? r.read_bytes / r.seconds_total / 1e9 : 0)
+         << " GB/s\n";
   io.out << "  accumulate " << r.seconds_accumulate << " s ("
          << (r.seconds_accumulate > 0 ? r.read_bytes / r.seconds_accumulate / 1e6 : 0)
          << " MB/s read), eigensolve " << r.seconds_eig * 1e3 << " ms [" << r.eig_solver << "]\n";
