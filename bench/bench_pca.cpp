@@ -206,11 +206,13 @@ struct cov_case {
   cov_gpu_math math;
   const void* dx;  // device [rows, kv, d], float or fp16 bits
   bool half;
+  std::int64_t split_chunk = 0;  // fp16x3 rows per CTA; 0: the accumulator's choice
 };
 
 row time_cov(const args& a, const cov_case& c, const std::vector<cov_stats>& ref) {
   const std::int64_t slots = 2LL * a.layers;  // K and V of every layer
   cov_accumulator_gpu acc(a.kv, a.d, false, a.rows, slots, c.math);
+  acc.set_split_chunk(c.split_chunk);
   auto pass = [&] {
     for (std::int64_t s = 0; s < slots; ++s) {
       if (c.half)
@@ -301,22 +303,31 @@ int main(int argc, char** argv) {
     KVCAL_CUDA_OK(cudaMemcpy(dx, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
     KVCAL_CUDA_OK(cudaMemcpy(dh, host_h.data(), host_h.size() * sizeof(std::uint16_t),
                              cudaMemcpyHostToDevice));
-    // Slot 0 sees reps + 1 blocks of the same rows.
+    // Slot 0 sees reps + 1 copies of the same rows: the mean is that of one copy and M2 is
+    // reps + 1 times its M2 (Chan's merge of identical blocks), so one CPU pass is enough.
     std::vector<cov_stats> ref32(static_cast<size_t>(a.kv), cov_stats(a.d)), ref16 = ref32;
-    for (int r = 0; r < a.reps + 1; ++r) {
-      accumulate_rows_cpu(ref32, host.data(), a.rows, a.kv, a.d);
-      accumulate_rows_cpu(ref16, host_hf.data(), a.rows, a.kv, a.d);
-    }
+    accumulate_rows_cpu(ref32, host.data(), a.rows, a.kv, a.d);
+    accumulate_rows_cpu(ref16, host_hf.data(), a.rows, a.kv, a.d);
+    for (auto* ref : {&ref32, &ref16})
+      for (cov_stats& st : *ref) {
+        st.count *= a.reps + 1;
+        for (double& v : st.m2) v *= a.reps + 1;
+      }
     const bool fused = cov_accumulator_gpu::half_kernel_supports(a.d);
     const std::vector<cov_case> cases = {
         {fused ? "fp16 input, fused fp16x3 tensor-core kernel + fp64 merge"
                : "fp16 input (no fused kernel for this d: converted, fp32 SGEMM)",
          cov_gpu_math::fp32, dh, true},
+        {"fp16 input, fused kernel, 1024-row chunks", cov_gpu_math::fp32, dh, true, 1024},
+        {"fp16 input, fused kernel, 4096-row chunks", cov_gpu_math::fp32, dh, true, 4096},
         {"fp32 input, fp32 SGEMM + fp64 merge (default for fp32)", cov_gpu_math::fp32, dx, false},
         {"fp32 input, 3xTF32 GEMM + fp64 merge", cov_gpu_math::tf32x3, dx, false},
         {"fp32 input, fused fp16x3 kernel + fp64 merge", cov_gpu_math::fp16x3, dx, false},
     };
-    for (const cov_case& c : cases) rows.push_back(time_cov(a, c, c.half ? ref16 : ref32));
+    for (const cov_case& c : cases) {
+      if (c.split_chunk > 0 && !fused) continue;
+      rows.push_back(time_cov(a, c, c.half ? ref16 : ref32));
+    }
     cudaFree(dx);
     cudaFree(dh);
   } catch (const kvcal::error& e) {

@@ -251,8 +251,8 @@ __global__ void sums_reduce_kernel(const double* __restrict__ part, std::int64_t
   sums[i] = s;
 }
 
-// Chan merge of split_gram_kernel's output (see merge_m2_kernel): element (r, c) is read from the
-// stored upper tile, (r, c) or (c, r), and unscaled per chunk.
+// Chan merge of split_gram_kernel's output (see merge_m2_kernel), unscaled per chunk. Only the
+// upper 16x16 tiles of g exist: element (r, c) of an upper tile also updates (c, r).
 __global__ void merge_split_kernel(double* __restrict__ m2, const double* __restrict__ mean,
                                    const float* __restrict__ g, const float* __restrict__ inv_scale,
                                    std::int64_t n_chunks, const double* __restrict__ shift,
@@ -263,22 +263,26 @@ __global__ void merge_split_kernel(double* __restrict__ m2, const double* __rest
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t c = i % d, r = (i / d) % d, b = i / (d * d);
-    const std::int64_t at = r / 16 <= c / 16 ? r * d + c : c * d + r;
+    // Threads of upper tiles do the work (coalesced reads of g) and mirror it below.
+    if (r / 16 > c / 16) continue;
     double gs = 0;
     for (std::int64_t k = 0; k < n_chunks; ++k) {
       const std::int64_t ch = b * n_chunks + k;
       const float* is = inv_scale + ch * d;
-      gs += static_cast<double>(g[ch * d * d + at]) * (static_cast<double>(is[r]) * is[c]);
+      gs += static_cast<double>(g[ch * d * d + r * d + c]) * (static_cast<double>(is[r]) * is[c]);
     }
     const double sr = sums[b * d + r], sc = sums[b * d + c];
     const double dr = shift[b * d + r] + sr / n_b - mean[b * d + r];
     const double dc = shift[b * d + c] + sc / n_b - mean[b * d + c];
-    m2[i] += (gs - sr * sc / n_b) + dr * dc * w;
+    const double v = (gs - sr * sc / n_b) + dr * dc * w;
+    m2[i] += v;
+    if (r / 16 < c / 16) m2[b * d * d + c * d + r] += v;
   }
 }
 
+// d must satisfy cov_accumulator_gpu::half_kernel_supports (else cudaErrorInvalidValue).
 template <typename T>
-void launch_split_gram(const split_params& p, std::int64_t d, cudaStream_t s) {
+cudaError_t launch_split_gram(const split_params& p, std::int64_t d, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(p.n_chunks), static_cast<unsigned>(p.l.n_batch));
   switch (d) {
     case 16:
@@ -294,8 +298,9 @@ void launch_split_gram(const split_params& p, std::int64_t d, cudaStream_t s) {
       split_gram_kernel<T, 8><<<grid, split_threads, 0, s>>>(p);
       break;
     default:
-      KVCAL_FAIL("GPU covariance: fp16x3 kernel has no head_dim ", d);
+      return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
 __global__ void scale_kernel(double* __restrict__ v, std::int64_t n, double f) {
@@ -373,7 +378,8 @@ __global__ void merge_m2_kernel(double* __restrict__ m2, const double* __restric
   }
 }
 
-__global__ void mean_update_kernel(double* __restrict__ mean, const double* __restrict__ shift,
+// shift may alias mean (blocks after the first shift by the running mean): no __restrict__ there.
+__global__ void mean_update_kernel(double* mean, const double* shift,
                                    const double* __restrict__ sums, std::int64_t n, double n_a,
                                    double n_b) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
@@ -405,7 +411,7 @@ bool cov_accumulator_gpu::half_kernel_supports(std::int64_t d) {
 
 struct cov_accumulator_gpu::impl {
   std::int64_t n_kv = 0, d = 0, max_rows = 0, n_batch = 0, n_slots = 1, max_pad = 0;
-  std::int64_t max_split_chunks = 0;
+  std::int64_t max_split_chunks = 0, split_chunk_override = 0;
   int sms = 1;
   bool pooled = false;
   cov_gpu_math math = cov_gpu_math::fp32;
@@ -456,6 +462,7 @@ struct cov_accumulator_gpu::impl {
 
   // Vectors per CTA of split_gram_kernel: about two CTAs per SM, 256..4096 rows, whole tiles.
   std::int64_t split_chunk(std::int64_t nvec) const {
+    if (split_chunk_override > 0) return split_chunk_override;
     const std::int64_t want = (nvec * n_batch + 2 * sms - 1) / (2 * sms);
     const std::int64_t c = (want + split_tile_rows - 1) / split_tile_rows * split_tile_rows;
     return std::max<std::int64_t>(256, std::min<std::int64_t>(4096, c));
@@ -504,8 +511,7 @@ void cov_accumulator_gpu::impl::add_split(const T* d_x, std::int64_t rows, std::
   sp.g = d_g;
   sp.inv_scale = d_inv_scale;
   sp.sums = d_sums_part;
-  launch_split_gram<T>(sp, d, stream);
-  KVCAL_CUDA_OK(cudaGetLastError());
+  KVCAL_CUDA_OK(launch_split_gram<T>(sp, d, stream));
   sums_reduce_kernel<<<static_cast<unsigned>((cols + 127) / 128), 128, 0, stream>>>(
       d_sums_part, sp.n_chunks, l.n_batch, d, d_sums);
   const double n_b = static_cast<double>(l.nvec);
@@ -623,6 +629,16 @@ cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t n_kv, std::int64_t d, bool
 }
 
 cov_accumulator_gpu::~cov_accumulator_gpu() = default;
+
+void cov_accumulator_gpu::set_split_chunk(std::int64_t vectors) {
+  impl& m = *p_;
+  if (vectors <= 0) {
+    m.split_chunk_override = 0;
+    return;
+  }
+  const std::int64_t c = (vectors + split_tile_rows - 1) / split_tile_rows * split_tile_rows;
+  m.split_chunk_override = std::max<std::int64_t>(256, c);
+}
 
 void cov_accumulator_gpu::add_host(const float* x, std::int64_t rows, std::int64_t slot) {
   impl& m = *p_;

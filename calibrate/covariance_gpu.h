@@ -60,6 +60,9 @@ class cov_accumulator_gpu {
   // The same for fp16 data (IEEE binary16 bits, as captures store them).
   void add_host_half(const std::uint16_t* x, std::int64_t rows, std::int64_t slot = 0);
   void add_device_half(const std::uint16_t* d_x, std::int64_t rows, std::int64_t slot = 0);
+  // fp16x3 kernel: vectors per CTA (rounded up to 64, at least 256, at most max_rows x heads);
+  // 0 (default): about two CTAs per SM. For benchmarks.
+  void set_split_chunk(std::int64_t vectors);
   // Whether fp16 input of this head_dim takes the fused tensor-core kernel.
   static bool half_kernel_supports(std::int64_t d);
   void synchronize();

@@ -20,6 +20,7 @@ void cov_accumulator_gpu::add_host(const float*, std::int64_t, std::int64_t) {}
 void cov_accumulator_gpu::add_device(const float*, std::int64_t, std::int64_t) {}
 void cov_accumulator_gpu::add_host_half(const std::uint16_t*, std::int64_t, std::int64_t) {}
 void cov_accumulator_gpu::add_device_half(const std::uint16_t*, std::int64_t, std::int64_t) {}
+void cov_accumulator_gpu::set_split_chunk(std::int64_t) {}
 bool cov_accumulator_gpu::half_kernel_supports(std::int64_t) {
   return false;
 }

@@ -1,4 +1,5 @@
 // kvcal fit-pca: per-(layer, KV head) PCA bases of pre-RoPE K and V from captures -> pca.h5.
+#include <cstdio>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -81,10 +82,11 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
          << (p.granularity == "layer" ? std::int64_t{1} : r.file.n_kv_heads) << " x "
          << r.file.targets.size() << " targets), " << r.file.n_tokens << " tokens on "
          << r.device_used << "\n";
-  // One line with the read bandwidth over the whole run (scripts/pca-gpu-bench.sh parses it).
-  io.out << "  read " << r.read_bytes / 1e9 << " GB in " << r.seconds_total
-         << " s wall: " << (r.seconds_total > 0 ? r.read_bytes / r.seconds_total / 1e9 : 0)
-         << " GB/s\n";
+  // Read bandwidth over the whole run: bytes read / wall seconds (issue #6 benchmark).
+  char line[160];
+  std::snprintf(line, sizeof line, "  read %.3f GB in %.2f s wall: %.3f GB/s\n", r.read_bytes / 1e9,
+                r.seconds_total, r.seconds_total > 0 ? r.read_bytes / r.seconds_total / 1e9 : 0.0);
+  io.out << line;
   io.out << "  accumulate " << r.seconds_accumulate << " s ("
          << (r.seconds_accumulate > 0 ? r.read_bytes / r.seconds_accumulate / 1e6 : 0)
          << " MB/s read), eigensolve " << r.seconds_eig * 1e3 << " ms [" << r.eig_solver << "]\n";

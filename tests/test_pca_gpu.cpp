@@ -185,23 +185,28 @@ TEST_CASE("GPU covariance: add_device_half, one 20000-row block, d 128") {
   std::uint16_t* dx = nullptr;
   REQUIRE(cudaMalloc(&dx, h.size() * 2) == cudaSuccess);
   REQUIRE(cudaMemcpy(dx, h.data(), h.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
-  cov_accumulator_gpu acc(n_kv, d, false, rows);
-  acc.add_device_half(dx, rows);
-  acc.add_device_half(dx, rows);  // the second block shifts by the running mean
   std::vector<cov_stats> cpu(n_kv, cov_stats(d));
   accumulate_rows_cpu(cpu, x.data(), rows, n_kv, d);
   accumulate_rows_cpu(cpu, x.data(), rows, n_kv, d);
-  const std::vector<cov_stats> gpu = acc.download();
+  // Chunks: the default (~2 CTAs per SM), 1000 -> 1024 and 5000 -> 5056 rows per CTA.
+  for (const std::int64_t chunk : {0, 1000, 5000}) {
+    CAPTURE(chunk);
+    cov_accumulator_gpu acc(n_kv, d, false, rows);
+    acc.set_split_chunk(chunk);
+    acc.add_device_half(dx, rows);
+    acc.add_device_half(dx, rows);  // the second block shifts by the running mean
+    const std::vector<cov_stats> gpu = acc.download();
+    for (std::int64_t k = 0; k < n_kv; ++k) {
+      const stat_errors e = compare(gpu[k], cpu[k]);
+      CHECK(e.mean < 1e-10);
+      CHECK(e.m2 < 1e-5);
+      CHECK(e.diag < 1e-5);
+    }
+  }
   std::vector<std::uint16_t> back(h.size());
   REQUIRE(cudaMemcpy(back.data(), dx, h.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
   cudaFree(dx);
   CHECK(back == h);
-  for (std::int64_t k = 0; k < n_kv; ++k) {
-    const stat_errors e = compare(gpu[k], cpu[k]);
-    CHECK(e.mean < 1e-10);
-    CHECK(e.m2 < 1e-5);
-    CHECK(e.diag < 1e-5);
-  }
 }
 
 TEST_CASE("GPU batched eigensolve == CPU (eigenvalues rel <= 1e-5, principal angles <= 1e-3)") {
