@@ -93,7 +93,7 @@ struct split_params {
   const double* shift;    // [n_batch, d]
   float* g;               // [n_batch, n_chunks, d, d] row-major; only upper 16x16 tiles written
   float* inv_scale;       // [n_batch, n_chunks, d]: 2^-e of each column's scale
-  double* sums;           // [n_batch, n_chunks, d]: fp64 sums of x - shift
+  double* sums;           // [n_batch, d]: fp64 sums of x - shift, added to (zero on entry)
 };
 
 // Two adjacent columns (j, j + 1) of one vector as floats.
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(split_threads, 2) split_gram_kernel(split_para
   const int t = threadIdx.x, cp = t % CP, rg = t / CP, j = 2 * cp;
   const T* xb = static_cast<const T*>(p.x) + b * p.l.bstride + j;
   const double c0 = p.shift[b * D + j], c1 = p.shift[b * D + j + 1];
-  const std::int64_t slot = (b * p.n_chunks + k) * D;
+  const std::int64_t chunk_col = (b * p.n_chunks + k) * D;  // [b][k][0] of inv_scale
 
   // Pass 1: per-column max |x - shift| -> scale 2^e with max |y| * 2^e in [2^9, 2^10).
   {
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(split_threads, 2) split_gram_kernel(split_para
       }
       const float scale = m > 0 && isfinite(m) ? ldexpf(1.0f, 10 - e) : 1.0f;
       s_scale[t] = scale;
-      p.inv_scale[slot + t] = 1.0f / scale;  // exact: a power of two
+      p.inv_scale[chunk_col + t] = 1.0f / scale;  // exact: a power of two
     }
     __syncthreads();
   }
@@ -235,28 +235,19 @@ __global__ void __launch_bounds__(split_threads, 2) split_gram_kernel(split_para
   if (t < D) {
     double s = 0;
     for (int r = 0; r < RG; ++r) s += s_sum[r * D + t];
-    p.sums[slot + t] = s;
+    atomicAdd(&p.sums[b * D + t], s);
   }
 }
 
-// sums[b * d + j] = sum over chunks of part[b][c][j].
-__global__ void sums_reduce_kernel(const double* __restrict__ part, std::int64_t n_chunks,
-                                   std::int64_t n_batch, std::int64_t d,
-                                   double* __restrict__ sums) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n_batch * d) return;
-  const std::int64_t b = i / d, j = i % d;
-  double s = 0;
-  for (std::int64_t c = 0; c < n_chunks; ++c) s += part[(b * n_chunks + c) * d + j];
-  sums[i] = s;
-}
-
 // Chan merge of split_gram_kernel's output (see merge_m2_kernel), unscaled per chunk. Only the
-// upper 16x16 tiles of g exist: element (r, c) of an upper tile also updates (c, r).
-__global__ void merge_split_kernel(double* __restrict__ m2, const double* __restrict__ mean,
-                                   const float* __restrict__ g, const float* __restrict__ inv_scale,
-                                   std::int64_t n_chunks, const double* __restrict__ shift,
-                                   const double* __restrict__ sums, std::int64_t n_batch,
+// upper 16x16 tiles of g exist: element (r, c) of an upper tile also updates (c, r). The means go
+// to the other buffer (mean_new) and the diagonal threads zero the next call's sums, so one
+// kernel does what merge_m2 + mean_update + a memset do on the GEMM route. shift may alias mean.
+__global__ void merge_split_kernel(double* __restrict__ m2, const double* mean,
+                                   double* __restrict__ mean_new, const float* __restrict__ g,
+                                   const float* __restrict__ inv_scale, std::int64_t n_chunks,
+                                   const double* shift, const double* __restrict__ sums,
+                                   double* __restrict__ sums_next, std::int64_t n_batch,
                                    std::int64_t d, double n_a, double n_b) {
   const std::int64_t total = n_batch * d * d;
   const double w = n_a * n_b / (n_a + n_b);
@@ -277,6 +268,10 @@ __global__ void merge_split_kernel(double* __restrict__ m2, const double* __rest
     const double v = (gs - sr * sc / n_b) + dr * dc * w;
     m2[i] += v;
     if (r / 16 < c / 16) m2[b * d * d + c * d + r] += v;
+    if (r == c) {
+      mean_new[b * d + r] = mean[b * d + r] + dr * (n_b / (n_a + n_b));
+      sums_next[b * d + r] = 0;
+    }
   }
 }
 
@@ -423,11 +418,13 @@ struct cov_accumulator_gpu::impl {
   float* d_shifted = nullptr;          // [n_batch, max_pad, d] (fp32 / tf32x3)
   float* d_g = nullptr;                // per-chunk Gram matrices of either route
   float* d_inv_scale = nullptr;        // [n_batch, max_split_chunks, d] (fp16x3)
-  double* d_sums_part = nullptr;       // [n_batch, max_split_chunks, d] (fp16x3)
-  double* d_sums = nullptr;            // [n_batch, d]
-  double* d_shift = nullptr;           // [n_batch, d]
-  double* d_mean = nullptr;            // [n_slots, n_batch, d]
-  double* d_m2 = nullptr;              // [n_slots, n_batch, d, d]
+  double* d_split_sums = nullptr;      // [2, n_batch, d] (fp16x3: this call's, the next one's)
+  int split_sums_cur = 0;
+  double* d_sums = nullptr;   // [n_batch, d] (GEMM routes)
+  double* d_shift = nullptr;  // [n_batch, d]
+  double* d_mean = nullptr;   // [2, n_slots, n_batch, d]: mean_cur[slot] picks the half
+  std::vector<int> mean_cur;  // [n_slots]
+  double* d_m2 = nullptr;     // [n_slots, n_batch, d, d]
 
   ~impl() {
     cudaFree(d_in);
@@ -435,13 +432,17 @@ struct cov_accumulator_gpu::impl {
     cudaFree(d_shifted);
     cudaFree(d_g);
     cudaFree(d_inv_scale);
-    cudaFree(d_sums_part);
+    cudaFree(d_split_sums);
     cudaFree(d_sums);
     cudaFree(d_shift);
     cudaFree(d_mean);
     cudaFree(d_m2);
     if (blas) cublasDestroy(blas);
     if (stream) cudaStreamDestroy(stream);
+  }
+
+  double* mean_of(std::int64_t slot, int half) const {
+    return d_mean + (half * n_slots + slot) * n_batch * d;
   }
 
   block_layout layout(std::int64_t rows) const {
@@ -470,7 +471,7 @@ struct cov_accumulator_gpu::impl {
 
   // The shift of this block (step 1): the running mean, or the block's own mean (first block).
   template <typename T>
-  const double* block_shift(const T* d_x, const block_layout& l, double* mean, double count) {
+  const double* block_shift(const T* d_x, const block_layout& l, const double* mean, double count) {
     if (count > 0) return mean;  // aliasing is safe: every kernel reads shift[i] before mean[i]
     const std::int64_t cols = l.n_batch * l.d;
     const int threads = 128;
@@ -497,10 +498,14 @@ template <typename T>
 void cov_accumulator_gpu::impl::add_split(const T* d_x, std::int64_t rows, std::int64_t slot) {
   const block_layout l = layout(rows);
   const std::int64_t cols = l.n_batch * l.d;
-  double* mean = d_mean + slot * cols;
+  int& cur = mean_cur[static_cast<size_t>(slot)];
+  const double* mean = mean_of(slot, cur);
+  double* mean_new = mean_of(slot, 1 - cur);
   double* m2 = d_m2 + slot * cols * d;
   double& cnt = count[static_cast<size_t>(slot)];
   const double* shift = block_shift(d_x, l, mean, cnt);
+  double* sums = d_split_sums + split_sums_cur * cols;
+  double* sums_next = d_split_sums + (1 - split_sums_cur) * cols;
   split_params sp{};
   sp.x = d_x;
   sp.l = l;
@@ -510,16 +515,15 @@ void cov_accumulator_gpu::impl::add_split(const T* d_x, std::int64_t rows, std::
   sp.shift = shift;
   sp.g = d_g;
   sp.inv_scale = d_inv_scale;
-  sp.sums = d_sums_part;
+  sp.sums = sums;
   KVCAL_CUDA_OK(launch_split_gram<T>(sp, d, stream));
-  sums_reduce_kernel<<<static_cast<unsigned>((cols + 127) / 128), 128, 0, stream>>>(
-      d_sums_part, sp.n_chunks, l.n_batch, d, d_sums);
   const double n_b = static_cast<double>(l.nvec);
   merge_split_kernel<<<grid_for(l.n_batch * d * d, 256), 256, 0, stream>>>(
-      m2, mean, d_g, d_inv_scale, sp.n_chunks, shift, d_sums, l.n_batch, d, cnt, n_b);
-  mean_update_kernel<<<static_cast<unsigned>((cols + 255) / 256), 256, 0, stream>>>(
-      mean, shift, d_sums, cols, cnt, n_b);
+      m2, mean, mean_new, d_g, d_inv_scale, sp.n_chunks, shift, sums, sums_next, l.n_batch, d, cnt,
+      n_b);
   KVCAL_CUDA_OK(cudaGetLastError());
+  cur = 1 - cur;
+  split_sums_cur = 1 - split_sums_cur;
   cnt += n_b;
 }
 
@@ -529,7 +533,7 @@ void cov_accumulator_gpu::impl::add_gemm(const float* d_x, std::int64_t rows, st
   const std::int64_t chunk = l.nvec < chunk_rows ? l.nvec : chunk_rows;
   const std::int64_t nvec_pad = n_chunks * chunk;
   const std::int64_t cols = l.n_batch * l.d;
-  double* mean = d_mean + slot * cols;
+  double* mean = mean_of(slot, mean_cur[static_cast<size_t>(slot)]);  // updated in place
   double* m2 = d_m2 + slot * cols * d;
   double& cnt = count[static_cast<size_t>(slot)];
   const int threads = 128;
@@ -597,6 +601,7 @@ cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t n_kv, std::int64_t d, bool
   KVCAL_CUDA_OK(cudaDeviceGetAttribute(&m.sms, cudaDevAttrMultiProcessorCount, dev));
   const std::int64_t w = math == cov_gpu_math::tf32x3 ? 2 : 1;
   m.count.assign(static_cast<size_t>(n_slots), 0.0);
+  m.mean_cur.assign(static_cast<size_t>(n_slots), 0);
   const std::int64_t max_nvec = pooled ? max_rows * n_kv : max_rows;
   m.max_pad = (max_nvec + chunk_rows - 1) / chunk_rows * chunk_rows;
   // fp16x3 chunks are >= 256 vectors.
@@ -618,13 +623,14 @@ cov_accumulator_gpu::cov_accumulator_gpu(std::int64_t n_kv, std::int64_t d, bool
   if (m.max_split_chunks > 0) {
     const size_t n = static_cast<size_t>(m.n_batch * m.max_split_chunks * d);
     KVCAL_CUDA_OK(cudaMalloc(&m.d_inv_scale, n * sizeof(float)));
-    KVCAL_CUDA_OK(cudaMalloc(&m.d_sums_part, n * sizeof(double)));
+    KVCAL_CUDA_OK(cudaMalloc(&m.d_split_sums, 2 * cols * sizeof(double)));
+    KVCAL_CUDA_OK(cudaMemsetAsync(m.d_split_sums, 0, 2 * cols * sizeof(double), m.stream));
   }
   KVCAL_CUDA_OK(cudaMalloc(&m.d_sums, cols * sizeof(double)));
   KVCAL_CUDA_OK(cudaMalloc(&m.d_shift, cols * sizeof(double)));
-  KVCAL_CUDA_OK(cudaMalloc(&m.d_mean, stat_vec * sizeof(double)));
+  KVCAL_CUDA_OK(cudaMalloc(&m.d_mean, 2 * stat_vec * sizeof(double)));
   KVCAL_CUDA_OK(cudaMalloc(&m.d_m2, stat_mat * sizeof(double)));
-  KVCAL_CUDA_OK(cudaMemsetAsync(m.d_mean, 0, stat_vec * sizeof(double), m.stream));
+  KVCAL_CUDA_OK(cudaMemsetAsync(m.d_mean, 0, 2 * stat_vec * sizeof(double), m.stream));
   KVCAL_CUDA_OK(cudaMemsetAsync(m.d_m2, 0, stat_mat * sizeof(double), m.stream));
 }
 
@@ -706,7 +712,8 @@ std::vector<cov_stats> cov_accumulator_gpu::download(std::int64_t slot) {
   for (std::int64_t b = 0; b < m.n_batch; ++b) {
     cov_stats& s = out[static_cast<size_t>(b)];
     s.count = m.count[static_cast<size_t>(slot)];
-    KVCAL_CUDA_OK(cudaMemcpy(s.mean.data(), m.d_mean + slot * cols + b * m.d,
+    KVCAL_CUDA_OK(cudaMemcpy(s.mean.data(),
+                             m.mean_of(slot, m.mean_cur[static_cast<size_t>(slot)]) + b * m.d,
                              static_cast<size_t>(m.d) * sizeof(double), cudaMemcpyDeviceToHost));
     KVCAL_CUDA_OK(cudaMemcpy(s.m2.data(), m.d_m2 + (slot * cols + b * m.d) * m.d,
                              static_cast<size_t>(m.d * m.d) * sizeof(double),
