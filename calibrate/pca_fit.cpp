@@ -211,7 +211,7 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
     read_block b;
     const size_t n = static_cast<size_t>(it.rows * n_kv * d);
     const pca_input& in = *ins[it.capture];
-    if (gpu && in.info().dtype == "float16") {
+    if (gpu && p.gpu_fp16_kernel && in.info().dtype == "float16") {
       // fp16 captures reach the GPU as stored: half the copy, no conversion, fp16 kernel.
       b.half.resize(n);
       in.read_rows_f16(it.layer, p.targets[it.target], it.t0, it.rows, b.half.data());

@@ -35,6 +35,9 @@ struct pca_fit_params {
   std::string device = "auto";  // auto | cpu | cuda (cuda without a GPU: CPU with a warning)
   std::int64_t max_tokens = 0;  // 0 = all
   std::int64_t block_rows = 4096;
+  // GPU and fp16 captures: upload fp16 as stored to the fused kernel (false: convert to fp32 on the
+  // host and take the fp32 SGEMM route).
+  bool gpu_fp16_kernel = true;
   bool write_svg = true;     // <out without .h5>.svg
   bool hash_sources = true;  // sha256 of every capture (streams each file once more)
 };

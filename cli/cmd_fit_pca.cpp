@@ -24,7 +24,7 @@ std::vector<std::string> split_list(const std::string& s) {
 
 int run_fit_pca(const std::vector<std::string>& args, io& io) {
   pca_fit_params p;
-  std::string targets = "k,v", center = "on";
+  std::string targets = "k,v", center = "on", fp16_kernel = "on";
   po::options_description opts("Options");
   // clang-format off
   opts.add_options()
@@ -53,6 +53,9 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
        "use at most this many tokens over all captures (0 = all)")
       ("block-rows", po::value<std::int64_t>(&p.block_rows)->default_value(4096),
        "tokens read and accumulated at a time (bounds memory)")
+      ("fp16-kernel", po::value<std::string>(&fp16_kernel)->default_value("on"),
+       "on: fp16 captures go to the GPU as stored, fused tensor-core kernel; off: converted to "
+       "fp32 on the host, fp32 SGEMM (the reference route)")
       ("no-svg", "do not write the SVG plot")
       ("no-hash", "do not record the captures' sha256 (saves reading them twice)");
   // clang-format on
@@ -71,6 +74,9 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
   if (vm.count("bytes-per-token") && !(p.bytes_per_token > 0))
     throw usage_error("--bytes-per-token must be positive");
   if (center != "on" && center != "off") throw usage_error("--center must be on or off");
+  if (fp16_kernel != "on" && fp16_kernel != "off")
+    throw usage_error("--fp16-kernel must be on or off");
+  p.gpu_fp16_kernel = fp16_kernel == "on";
   p.center = center == "on";
   p.targets = split_list(targets);
   p.write_svg = vm.count("no-svg") == 0;

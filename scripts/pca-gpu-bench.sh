@@ -12,7 +12,8 @@
 # Usage: scripts/pca-gpu-bench.sh [outdir]   (log: outdir/pca-gpu-bench.log)
 # Env: TOKENS (default 1048576), TARGET (k; "k,v" doubles the size: 57 KB/token), CHECK_TOKENS
 #      (65536), WORK (scratch dir for the capture, default /tmp/kvcal-pca-bench; removed at the
-#      end), BUILD (build-gpu), SKIP_BUILD=1 to reuse a build.
+#      end), BUILD (build-gpu), SKIP_BUILD=1 to reuse a build, E2E_COMPARE=1 to also time the
+#      fit with --fp16-kernel off (fp32 route; page cache warm by then).
 # Disk: K of 1M tokens is 28.7 GB (the machine has 64 GB); TOKENS is lowered to fit when needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +77,12 @@ t0=$(date +%s.%N)
   --device cuda --energy 0.99 --block-rows 16384 --no-hash --no-svg
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fit-pca process wall time: %.1f s\n", b - a }'
+
+if [ "${E2E_COMPARE:-0}" = 1 ]; then
+  stamp "kvcal fit-pca --device cuda --fp16-kernel off (fp32 on the host + SGEMM), same capture"
+  "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca_fp32.h5" --target "$TARGET" \
+    --device cuda --energy 0.99 --block-rows 16384 --no-hash --no-svg --fp16-kernel off
+fi
 
 stamp "numpy check of a fit on $CHECK_TOKENS tokens"
 "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca_check.h5" --target "$TARGET" \

@@ -277,32 +277,37 @@ TEST_CASE("fit-pca --device cuda == --device cpu on a synthetic capture") {
         h5_write_rows(f, p, 0, n, x.data());
       }
   }
-  pca_file out[2];
-  for (int g = 0; g < 2; ++g) {
+  // 0: CPU; 1: GPU, fp16 as stored to the fused kernel; 2: GPU, fp32 on the host + SGEMM.
+  pca_file out[3];
+  for (int g = 0; g < 3; ++g) {
     pca_fit_params p;
     p.captures = {dir.file("cap.h5")};
-    p.out = dir.file(g ? "gpu.h5" : "cpu.h5");
+    p.out = dir.file("fit" + std::to_string(g) + ".h5");
     p.device = g ? "cuda" : "cpu";
+    p.gpu_fp16_kernel = g == 1;
     p.block_rows = 700;
     p.bytes_per_token = 300;
     const pca_fit_result r = run_pca_fit(p);
     CHECK(r.device_used == p.device);
     out[g] = read_pca_file(p.out);
   }
-  REQUIRE(out[0].blocks.size() == out[1].blocks.size());
-  for (size_t b = 0; b < out[0].blocks.size(); ++b) {
-    const pca_block &c = out[0].blocks[b], &g = out[1].blocks[b];
-    CHECK(c.count == g.count);
-    double rel = 0;
-    for (std::int64_t j = 0; j < d; ++j)
-      rel = std::max(rel, std::abs(c.eigenvalues[j] - g.eigenvalues[j]) / c.eigenvalues[0]);
-    CHECK(rel <= 1e-5);
-    for (int r : {1, 8, 16}) {
-      if (c.eigenvalues[r - 1] - c.eigenvalues[r] < 1e-3 * c.eigenvalues[0]) continue;
-      CHECK(principal_angle(g.basis, c.basis, static_cast<int>(d), r) <= 1e-3);
+  for (int gi = 1; gi < 3; ++gi) {
+    CAPTURE(gi);
+    REQUIRE(out[0].blocks.size() == out[gi].blocks.size());
+    for (size_t b = 0; b < out[0].blocks.size(); ++b) {
+      const pca_block &c = out[0].blocks[b], &g = out[gi].blocks[b];
+      CHECK(c.count == g.count);
+      double rel = 0;
+      for (std::int64_t j = 0; j < d; ++j)
+        rel = std::max(rel, std::abs(c.eigenvalues[j] - g.eigenvalues[j]) / c.eigenvalues[0]);
+      CHECK(rel <= 1e-5);
+      for (int r : {1, 8, 16}) {
+        if (c.eigenvalues[r - 1] - c.eigenvalues[r] < 1e-3 * c.eigenvalues[0]) continue;
+        CHECK(principal_angle(g.basis, c.basis, static_cast<int>(d), r) <= 1e-3);
+      }
+      // Ranks may differ by one where eigenvalues of two blocks tie to rounding (greedy order).
+      CHECK(std::abs(c.rank - g.rank) <= 1);
     }
-    // Ranks may differ by one where eigenvalues of two blocks tie to rounding (greedy order).
-    CHECK(std::abs(c.rank - g.rank) <= 1);
   }
 }
 #endif
