@@ -45,9 +45,26 @@ for rows in 32768 8192; do
   eig=""
   [ "$rows" = 32768 ] || eig="--no-eig"
   stamp "bench_pca --rows $rows"
-  "$BUILD/bench/bench_pca" --rows "$rows" $eig
+  "$BUILD/bench/bench_pca" --rows "$rows" $eig | tee "$OUTDIR/bench_pca_$rows.md"
   stamp "torch baseline --rows $rows (same session)"
-  "$PY" bench/torch_pca_baseline.py --rows "$rows" $eig
+  "$PY" bench/torch_pca_baseline.py --rows "$rows" $eig | tee "$OUTDIR/torch_pca_$rows.md"
+  # Side by side: every covariance row against the faster torch fp32 bmm row of the same --rows.
+  "$PY" - "$OUTDIR/bench_pca_$rows.md" "$OUTDIR/torch_pca_$rows.md" <<'PYEOF'
+import re, sys
+def rates(path):
+    out = []
+    for line in open(path):
+        m = re.search(r"\| ([\d.]+) M tok/s \|", line)
+        if m and line.startswith("| "):
+            out.append((line.split(" | ")[0][2:], float(m.group(1))))
+    return out
+kv, th = rates(sys.argv[1]), rates(sys.argv[2])
+ref = max((r for n, r in th if "fp32 bmm" in n), default=0.0)
+print(f"\n| covariance route | M tok/s | x torch fp32 bmm ({ref:.2f} M tok/s, best row) |")
+print("|---|---|---|")
+for n, r in kv + th:
+    print(f"| {n} | {r:.2f} | {r / ref if ref else float('nan'):.2f}x |")
+PYEOF
 done
 
 mkdir -p "$WORK"
