@@ -30,6 +30,13 @@ PY=${PYTHON:-python3}
 exec > >(tee "$LOG") 2>&1
 t_start=$SECONDS
 stamp() { echo "== [$((SECONDS - t_start)) s] $*"; }
+# A failing step is recorded and the run goes on (one GPU session should yield every figure).
+failed=()
+step() {
+  local name=$1
+  shift
+  "$@" || { echo "!! $name FAILED (exit $?)"; failed+=("$name"); }
+}
 
 stamp "build"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -39,15 +46,18 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
 stamp "test_pca_gpu"
-"$BUILD/tests/test_pca_gpu"
+step test_pca_gpu "$BUILD/tests/test_pca_gpu"
 
 for rows in 32768 8192; do
   eig=""
   [ "$rows" = 32768 ] || eig="--no-eig"
   stamp "bench_pca --rows $rows"
-  "$BUILD/bench/bench_pca" --rows "$rows" $eig | tee "$OUTDIR/bench_pca_$rows.md"
+  step "bench_pca $rows" "$BUILD/bench/bench_pca" --rows "$rows" $eig \
+    > >(tee "$OUTDIR/bench_pca_$rows.md")
   stamp "torch baseline --rows $rows (same session)"
-  "$PY" bench/torch_pca_baseline.py --rows "$rows" $eig | tee "$OUTDIR/torch_pca_$rows.md"
+  step "torch baseline $rows" "$PY" bench/torch_pca_baseline.py --rows "$rows" $eig \
+    > >(tee "$OUTDIR/torch_pca_$rows.md")
+  sleep 1  # let tee finish
   # Side by side: every covariance row against the faster torch fp32 bmm row of the same --rows.
   "$PY" - "$OUTDIR/bench_pca_$rows.md" "$OUTDIR/torch_pca_$rows.md" <<'PYEOF'
 import re, sys
@@ -90,19 +100,26 @@ fi
 
 stamp "kvcal fit-pca --device cuda on $TOKENS tokens"
 t0=$(date +%s.%N)
-"$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca.h5" --target "$TARGET" \
-  --device cuda --energy 0.99 --block-rows 16384 --no-hash --no-svg
+step "fit-pca e2e" "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca.h5" \
+  --target "$TARGET" --device cuda --energy 0.99 --block-rows 16384 --no-hash --no-svg
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "fit-pca process wall time: %.1f s\n", b - a }'
 
 if [ "${E2E_COMPARE:-0}" = 1 ]; then
   stamp "kvcal fit-pca --device cuda --fp16-kernel off (fp32 on the host + SGEMM), same capture"
-  "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca_fp32.h5" --target "$TARGET" \
-    --device cuda --energy 0.99 --block-rows 16384 --no-hash --no-svg --fp16-kernel off
+  step "fit-pca e2e fp32 route" "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" \
+    --out "$WORK/pca_fp32.h5" --target "$TARGET" --device cuda --energy 0.99 --block-rows 16384 \
+    --no-hash --no-svg --fp16-kernel off
 fi
 
 stamp "numpy check of a fit on $CHECK_TOKENS tokens"
-"$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" --out "$WORK/pca_check.h5" --target "$TARGET" \
-  --device cuda --max-tokens "$CHECK_TOKENS" --no-hash --no-svg
-"$PY" tests/fixtures/check_pca_numpy.py "$WORK/pca_check.h5"
+step "fit-pca check fit" "$BUILD/cli/kvcal" fit-pca --capture "$WORK/cap.h5" \
+  --out "$WORK/pca_check.h5" --target "$TARGET" --device cuda --max-tokens "$CHECK_TOKENS" \
+  --no-hash --no-svg
+step "numpy check" "$PY" tests/fixtures/check_pca_numpy.py "$WORK/pca_check.h5"
 stamp "done"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED steps: ${failed[*]}"
+  exit 1
+fi
+echo "all steps passed"
