@@ -8,10 +8,10 @@
 //        buffer (pad rows 0), then one cublasSgemmStridedBatched over (b, chunk), fp32. tf32x3
 //        instead splits y = hi + lo (hi exact in TF32) and computes [hi]^T [hi | lo] on TF32
 //        tensor cores, G = hi^T hi + hi^T lo + (hi^T lo)^T (lo^T lo, ~2^-22, is dropped);
-//      - fp16x3 (fp16 input too, d 16/32/64/128): split_gram_kernel, one CTA per (chunk, b): reads
-//        its rows twice (per-column max |y| for a power-of-two scale, then the data; the second read
-//        hits L2), stages hi / lo fp16 tiles of 64 rows in shared memory and accumulates the upper
-//        triangle of 16x16 tiles with WMMA (fp16 in, fp32 accumulate);
+//      - fp16x3 (fp16 input too, d 16/32/64/128): split_gram_kernel, one CTA per (chunk, b):
+//        reads its rows twice (per-column max |y| for a power-of-two scale, then the data; the
+//        second read hits L2), stages hi / lo fp16 tiles of 64 rows in shared memory and
+//        accumulates the upper triangle of 16x16 tiles with WMMA (fp16 in, fp32 accumulate);
 //   3. merge (fp64): G_b = sum_c G_bc; M2_block = G_b - s s^T / n_b around the block mean
 //      c_b + s_b / n_b, then Chan's merge into (mean, M2).
 #include <cublas_v2.h>
