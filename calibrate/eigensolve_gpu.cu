@@ -9,24 +9,13 @@
 #include <vector>
 
 #include "calibrate/eigensolve.h"
+#include "kernels/common/cuda_check.h"
 #include "kernels/common/cuda_device.h"
 #include "kernels/common/error.h"
 
 namespace kvcal {
 
 namespace {
-#define KVCAL_CUDA_OK(expr)                                                        \
-  do {                                                                             \
-    cudaError_t e_ = (expr);                                                       \
-    KVCAL_CHECK(e_ == cudaSuccess, "CUDA: ", #expr, ": ", cudaGetErrorString(e_)); \
-  } while (0)
-#define KVCAL_CUSOLVER_OK(expr)                                                  \
-  do {                                                                           \
-    cusolverStatus_t s_ = (expr);                                                \
-    KVCAL_CHECK(s_ == CUSOLVER_STATUS_SUCCESS, "cuSOLVER: ", #expr, ": status ", \
-                static_cast<int>(s_));                                           \
-  } while (0)
-
 enum class route { xsyev_batched, syevj_batched, syevd_loop };
 }  // namespace
 

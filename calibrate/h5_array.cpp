@@ -170,6 +170,22 @@ void h5_read_rows(const h5_file& f, const std::string& path, std::int64_t row0, 
               "' (truncated or corrupt?)");
 }
 
+void h5_read_rows_f16(const h5_file& f, const std::string& path, std::int64_t row0,
+                      std::int64_t n_rows, std::uint16_t* out) {
+  KVCAL_CHECK(h5_dataset_float_type(f, path) == h5_dtype::f16, f.path(), ": '", path,
+              "' is not float16");
+  h5_handle d = open_dataset(f, path);
+  std::vector<hsize_t> mem_dims;
+  h5_handle fspace = row_space(f, path, d.get(), row0, n_rows, &mem_dims);
+  if (n_rows == 0) return;
+  h5_handle mspace(H5Screate_simple(static_cast<int>(mem_dims.size()), mem_dims.data(), nullptr),
+                   H5Sclose);
+  h5_handle t = make_f16_type();
+  KVCAL_CHECK(H5Dread(d.get(), t.get(), mspace.get(), fspace.get(), H5P_DEFAULT, out) >= 0,
+              f.path(), ": cannot read rows [", row0, ", ", row0 + n_rows, ") of '", path,
+              "' (truncated or corrupt?)");
+}
+
 void h5_write_f64(h5_file& f, const std::string& path, const std::vector<std::int64_t>& dims,
                   const double* data) {
   h5_create_dataset(f, path, h5_dtype::f64, dims);

@@ -31,6 +31,9 @@ void h5_write_rows(h5_file& f, const std::string& path, std::int64_t row0, std::
 // soft float16 conversion is slow); f32 / f64 go through HDF5's conversion.
 void h5_read_rows(const h5_file& f, const std::string& path, std::int64_t row0, std::int64_t n_rows,
                   float* out);
+// The same for a float16 dataset, as its raw IEEE binary16 bits (no conversion).
+void h5_read_rows_f16(const h5_file& f, const std::string& path, std::int64_t row0,
+                      std::int64_t n_rows, std::uint16_t* out);
 // Whole datasets, stored as f64 / i64 (scalars: dims empty).
 void h5_write_f64(h5_file& f, const std::string& path, const std::vector<std::int64_t>& dims,
                   const double* data);

@@ -41,7 +41,8 @@ struct work_item {
 };
 
 struct read_block {
-  std::vector<float> data;  // [rows, n_kv, d]
+  std::vector<float> data;          // [rows, n_kv, d] (empty when `half` holds the block)
+  std::vector<std::uint16_t> half;  // [rows, n_kv, d] fp16 bits, for the GPU's fp16 kernel
 };
 
 // Names the first non-finite value: layer, KV head, token and the rows of the block.
@@ -53,6 +54,21 @@ void check_finite(const std::vector<float>& x, std::int64_t rows, std::int64_t n
     const std::int64_t row = static_cast<std::int64_t>(i) / (n_kv * d);
     const std::int64_t head = (static_cast<std::int64_t>(i) / d) % n_kv;
     KVCAL_FAIL(path, ": ", std::isnan(x[i]) ? "NaN" : "Inf", " in ", target, " of layer ", it.layer,
+               ", KV head ", head, ", token ", it.t0 + row, " (block of tokens [", it.t0, ", ",
+               it.t0 + rows, "))");
+  }
+}
+
+// The same for fp16 bits (exponent all ones: Inf, or NaN with a non-zero mantissa).
+void check_finite_f16(const std::vector<std::uint16_t>& x, std::int64_t rows, std::int64_t n_kv,
+                      std::int64_t d, const work_item& it, const std::string& target,
+                      const std::string& path) {
+  const size_t n = static_cast<size_t>(rows * n_kv * d);
+  for (size_t i = 0; i < n; ++i) {
+    if ((x[i] & 0x7c00u) != 0x7c00u) continue;
+    const std::int64_t row = static_cast<std::int64_t>(i) / (n_kv * d);
+    const std::int64_t head = (static_cast<std::int64_t>(i) / d) % n_kv;
+    KVCAL_FAIL(path, ": ", (x[i] & 0x3ffu) ? "NaN" : "Inf", " in ", target, " of layer ", it.layer,
                ", KV head ", head, ", token ", it.t0 + row, " (block of tokens [", it.t0, ", ",
                it.t0 + rows, "))");
   }
@@ -97,6 +113,7 @@ void validate_pca_fit_params(const pca_fit_params& p) {
 
 pca_fit_result run_pca_fit(const pca_fit_params& p) {
   validate_pca_fit_params(p);
+  const auto t_start = clock_type::now();
   pca_fit_result res;
 
   // ---- Inputs: one model, every dataset present ------------------------------------------------
@@ -192,8 +209,16 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
   const double elem_bytes = c0.dtype == "float16" ? 2 : 4;
   auto read = [&](const work_item& it) {
     read_block b;
-    b.data.resize(static_cast<size_t>(it.rows * n_kv * d));
+    const size_t n = static_cast<size_t>(it.rows * n_kv * d);
     const pca_input& in = *ins[it.capture];
+    if (gpu && p.gpu_fp16_kernel && in.info().dtype == "float16") {
+      // fp16 captures reach the GPU as stored: half the copy, no conversion, fp16 kernel.
+      b.half.resize(n);
+      in.read_rows_f16(it.layer, p.targets[it.target], it.t0, it.rows, b.half.data());
+      check_finite_f16(b.half, it.rows, n_kv, d, it, p.targets[it.target], in.info().path);
+      return b;
+    }
+    b.data.resize(n);
     in.read_rows(it.layer, p.targets[it.target], it.t0, it.rows, b.data.data());
     check_finite(b.data, it.rows, n_kv, d, it, p.targets[it.target], in.info().path);
     return b;
@@ -208,7 +233,9 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
       if (i + 1 < items.size()) next = std::async(std::launch::async, read, items[i + 1]);
       const work_item& it = items[i];
       const std::int64_t slot = static_cast<std::int64_t>(it.target) * n_layers + it.li;
-      if (gpu)
+      if (gpu && !cur.half.empty())
+        acc->add_host_half(cur.half.data(), it.rows, slot);
+      else if (gpu)
         acc->add_host(cur.data.data(), it.rows, slot);
       else
         accumulate_rows_cpu(cpu_stats[static_cast<size_t>(slot)], cur.data.data(), it.rows, n_kv,
@@ -326,6 +353,7 @@ pca_fit_result run_pca_fit(const pca_fit_params& p) {
     res.svg_path = base + ".svg";
     write_pca_svg(f, res.svg_path);
   }
+  res.seconds_total = seconds_since(t_start);
   return res;
 }
 

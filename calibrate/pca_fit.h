@@ -35,6 +35,9 @@ struct pca_fit_params {
   std::string device = "auto";  // auto | cpu | cuda (cuda without a GPU: CPU with a warning)
   std::int64_t max_tokens = 0;  // 0 = all
   std::int64_t block_rows = 4096;
+  // GPU and fp16 captures: upload fp16 as stored to the fused kernel (false: convert to fp32 on the
+  // host and take the fp32 SGEMM route).
+  bool gpu_fp16_kernel = true;
   bool write_svg = true;     // <out without .h5>.svg
   bool hash_sources = true;  // sha256 of every capture (streams each file once more)
 };
@@ -45,7 +48,8 @@ struct pca_fit_result {
   std::int64_t bits_per_token = 0, budget_bits = 0;
   double discarded = 0, uniform_discarded = -1;
   int uniform_rank = 0;
-  double seconds_accumulate = 0, seconds_eig = 0, read_bytes = 0;
+  // read_bytes: activation bytes read from the captures (as stored); seconds_total: the whole run.
+  double seconds_accumulate = 0, seconds_eig = 0, seconds_total = 0, read_bytes = 0;
 };
 
 pca_fit_result run_pca_fit(const pca_fit_params& p);

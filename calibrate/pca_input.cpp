@@ -70,4 +70,11 @@ void pca_input::read_rows(std::int64_t layer, const std::string& target, std::in
   h5_read_rows(file_, dataset_path(layer, target), t0, n, out);
 }
 
+void pca_input::read_rows_f16(std::int64_t layer, const std::string& target, std::int64_t t0,
+                              std::int64_t n, std::uint16_t* out) const {
+  KVCAL_CHECK(t0 >= 0 && t0 + n <= info_.n_tokens, info_.path, ": rows [", t0, ", ", t0 + n,
+              ") outside the ", info_.n_tokens, " valid tokens");
+  h5_read_rows_f16(file_, dataset_path(layer, target), t0, n, out);
+}
+
 }  // namespace kvcal

@@ -48,6 +48,10 @@ class pca_input {
   void read_rows(std::int64_t layer, const std::string& target, std::int64_t t0, std::int64_t n,
                  float* out) const;
 
+  // The same as raw fp16 bits; requires the dataset to be stored as float16.
+  void read_rows_f16(std::int64_t layer, const std::string& target, std::int64_t t0, std::int64_t n,
+                     std::uint16_t* out) const;
+
   static std::string dataset_path(std::int64_t layer, const std::string& target);
 
  private:

@@ -1,4 +1,5 @@
 // kvcal fit-pca: per-(layer, KV head) PCA bases of pre-RoPE K and V from captures -> pca.h5.
+#include <cstdio>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -23,7 +24,7 @@ std::vector<std::string> split_list(const std::string& s) {
 
 int run_fit_pca(const std::vector<std::string>& args, io& io) {
   pca_fit_params p;
-  std::string targets = "k,v", center = "on";
+  std::string targets = "k,v", center = "on", fp16_kernel = "on";
   po::options_description opts("Options");
   // clang-format off
   opts.add_options()
@@ -52,6 +53,9 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
        "use at most this many tokens over all captures (0 = all)")
       ("block-rows", po::value<std::int64_t>(&p.block_rows)->default_value(4096),
        "tokens read and accumulated at a time (bounds memory)")
+      ("fp16-kernel", po::value<std::string>(&fp16_kernel)->default_value("on"),
+       "on: fp16 captures go to the GPU as stored, fused tensor-core kernel; off: converted to "
+       "fp32 on the host, fp32 SGEMM (the reference route)")
       ("no-svg", "do not write the SVG plot")
       ("no-hash", "do not record the captures' sha256 (saves reading them twice)");
   // clang-format on
@@ -70,6 +74,9 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
   if (vm.count("bytes-per-token") && !(p.bytes_per_token > 0))
     throw usage_error("--bytes-per-token must be positive");
   if (center != "on" && center != "off") throw usage_error("--center must be on or off");
+  if (fp16_kernel != "on" && fp16_kernel != "off")
+    throw usage_error("--fp16-kernel must be on or off");
+  p.gpu_fp16_kernel = fp16_kernel == "on";
   p.center = center == "on";
   p.targets = split_list(targets);
   p.write_svg = vm.count("no-svg") == 0;
@@ -81,6 +88,11 @@ int run_fit_pca(const std::vector<std::string>& args, io& io) {
          << (p.granularity == "layer" ? std::int64_t{1} : r.file.n_kv_heads) << " x "
          << r.file.targets.size() << " targets), " << r.file.n_tokens << " tokens on "
          << r.device_used << "\n";
+  // Read bandwidth over the whole run: bytes read / wall seconds (issue #6 benchmark).
+  char line[160];
+  std::snprintf(line, sizeof line, "  read %.3f GB in %.2f s wall: %.3f GB/s\n", r.read_bytes / 1e9,
+                r.seconds_total, r.seconds_total > 0 ? r.read_bytes / r.seconds_total / 1e9 : 0.0);
+  io.out << line;
   io.out << "  accumulate " << r.seconds_accumulate << " s ("
          << (r.seconds_accumulate > 0 ? r.read_bytes / r.seconds_accumulate / 1e6 : 0)
          << " MB/s read), eigensolve " << r.seconds_eig * 1e3 << " ms [" << r.eig_solver << "]\n";

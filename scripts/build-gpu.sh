@@ -4,6 +4,7 @@
 #   KVCAL_BOOST_PREFIX=<dir>   an unpacked prefix containing usr/lib/x86_64-linux-gnu/cmake/Boost-*
 #   (default) .deps/debs/*.deb from scripts/fetch-gpu-deps.sh, unpacked into .deps/boost-prefix
 # Usage: scripts/build-gpu.sh [build-dir] [extra cmake args...]; then `cd build-gpu && ctest -L gpu`.
+# KVCAL_TARGETS="kvcal bench_pca" builds only the named targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-gpu}
@@ -28,4 +29,7 @@ cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DBoost_DIR="$BOOST_DIR" \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DTORCH_CUDA_ARCH_LIST=9.0 \
   -DCMAKE_BUILD_RPATH="$PREFIX/usr/lib/x86_64-linux-gnu" "$@"
-cmake --build "$BUILD" -j "${KVCAL_JOBS:-$(nproc)}"
+# KVCAL_TARGETS="a b": build only those targets (default: everything).
+TARGETS=()
+for t in ${KVCAL_TARGETS:-}; do TARGETS+=(--target "$t"); done
+cmake --build "$BUILD" -j "${KVCAL_JOBS:-$(nproc)}" "${TARGETS[@]}"

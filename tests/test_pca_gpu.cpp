@@ -1,4 +1,5 @@
 // fit-pca on the GPU vs the CPU: covariance accumulation and batched eigensolve (label gpu).
+#include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
 #include <Eigen/Dense>
@@ -11,6 +12,7 @@
 #include "calibrate/covariance_gpu.h"
 #include "calibrate/eigensolve.h"
 #include "kernels/common/cuda_device.h"
+#include "kernels/common/half.h"
 
 using namespace kvcal;
 
@@ -47,6 +49,27 @@ double principal_angle(const std::vector<double>& a, const std::vector<double>& 
   return std::acos(smin);
 }
 
+// Max |gpu - cpu| of the means relative to max |mean|, of M2 relative to max |M2|, and the worst
+// relative error of a diagonal entry (each channel's own variance, the strict one).
+struct stat_errors {
+  double mean = 0, m2 = 0, diag = 0;
+};
+
+stat_errors compare(const cov_stats& gpu, const cov_stats& cpu) {
+  const std::int64_t d = cpu.d;
+  double em = 0, ec = 0, sm = 0, sc = 0, ed = 0;
+  for (std::int64_t i = 0; i < d; ++i) {
+    em = std::max(em, std::abs(gpu.mean[i] - cpu.mean[i]));
+    sm = std::max(sm, std::abs(cpu.mean[i]));
+    ed = std::max(ed, std::abs(gpu.m2[i * d + i] - cpu.m2[i * d + i]) / cpu.m2[i * d + i]);
+  }
+  for (std::int64_t i = 0; i < d * d; ++i) {
+    ec = std::max(ec, std::abs(gpu.m2[i] - cpu.m2[i]));
+    sc = std::max(sc, std::abs(cpu.m2[i]));
+  }
+  return {em / std::max(sm, 1e-300), ec / sc, ed};
+}
+
 }  // namespace
 
 TEST_CASE("GPU covariance == CPU covariance (per head and pooled, awkward block sizes)") {
@@ -54,38 +77,136 @@ TEST_CASE("GPU covariance == CPU covariance (per head and pooled, awkward block 
     MESSAGE("no CUDA device: skipped");
     return;
   }
-  const std::int64_t rows = 5003, n_kv = 3, d = 97;
-  const std::vector<float> x = random_rows(rows * n_kv, d, 11, 20.0f);
-  for (int variant = 0; variant < 4; ++variant) {
-    const bool pooled = variant % 2 == 1;
-    const cov_gpu_math math = variant < 2 ? cov_gpu_math::fp32 : cov_gpu_math::tf32x3;
-    CAPTURE(pooled);
-    CAPTURE(variant);
-    cov_accumulator_gpu acc(n_kv, d, pooled, 2500, 1, math);
-    std::vector<cov_stats> cpu(pooled ? 1 : n_kv, cov_stats(d));
-    for (std::int64_t t = 0; t < rows;) {
-      const std::int64_t b = std::min<std::int64_t>(rows - t, 17 + (t * 13) % 2400);
-      acc.add_host(x.data() + t * n_kv * d, b);
-      accumulate_rows_cpu(cpu, x.data() + t * n_kv * d, b, n_kv, d);
-      t += b;
-    }
-    const std::vector<cov_stats> gpu = acc.download();
-    REQUIRE(gpu.size() == cpu.size());
-    for (size_t h = 0; h < gpu.size(); ++h) {
-      CHECK(gpu[h].count == cpu[h].count);
-      double em = 0, ec = 0, sm = 0, sc = 0;
-      for (std::int64_t i = 0; i < d; ++i) {
-        em = std::max(em, std::abs(gpu[h].mean[i] - cpu[h].mean[i]));
-        sm = std::max(sm, std::abs(cpu[h].mean[i]));
+  // d 97: fp16x3 has no kernel for it and takes the fp32 route; d 64: every route is its own.
+  for (const std::int64_t d : {97, 64}) {
+    const std::int64_t rows = 5003, n_kv = 3;
+    const std::vector<float> x = random_rows(rows * n_kv, d, 11, 20.0f);
+    for (int variant = 0; variant < 6; ++variant) {
+      const bool pooled = variant % 2 == 1;
+      const cov_gpu_math math = variant < 2   ? cov_gpu_math::fp32
+                                : variant < 4 ? cov_gpu_math::tf32x3
+                                              : cov_gpu_math::fp16x3;
+      CAPTURE(d);
+      CAPTURE(pooled);
+      CAPTURE(variant);
+      cov_accumulator_gpu acc(n_kv, d, pooled, 2500, 1, math);
+      std::vector<cov_stats> cpu(pooled ? 1 : n_kv, cov_stats(d));
+      for (std::int64_t t = 0; t < rows;) {
+        const std::int64_t b = std::min<std::int64_t>(rows - t, 17 + (t * 13) % 2400);
+        acc.add_host(x.data() + t * n_kv * d, b);
+        accumulate_rows_cpu(cpu, x.data() + t * n_kv * d, b, n_kv, d);
+        t += b;
       }
-      for (std::int64_t i = 0; i < d * d; ++i) {
-        ec = std::max(ec, std::abs(gpu[h].m2[i] - cpu[h].m2[i]));
-        sc = std::max(sc, std::abs(cpu[h].m2[i]));
+      const std::vector<cov_stats> gpu = acc.download();
+      REQUIRE(gpu.size() == cpu.size());
+      for (size_t h = 0; h < gpu.size(); ++h) {
+        CHECK(gpu[h].count == cpu[h].count);
+        double em = 0, ec = 0, sm = 0, sc = 0;
+        for (std::int64_t i = 0; i < d; ++i) {
+          em = std::max(em, std::abs(gpu[h].mean[i] - cpu[h].mean[i]));
+          sm = std::max(sm, std::abs(cpu[h].mean[i]));
+        }
+        for (std::int64_t i = 0; i < d * d; ++i) {
+          ec = std::max(ec, std::abs(gpu[h].m2[i] - cpu[h].m2[i]));
+          sc = std::max(sc, std::abs(cpu[h].m2[i]));
+        }
+        CHECK(em / sm < 1e-10);
+        CHECK(ec / sc < 1e-5);
       }
-      CHECK(em / sm < 1e-10);
-      CHECK(ec / sc < 1e-5);
     }
   }
+}
+
+// fp16 input (what captures store): the GPU reduces the fp16 values themselves; the reference is
+// the CPU's fp64 accumulation of the same values (fp16 -> float is exact). Bound: 1e-5 relative,
+// the same as the fp32 route (fp16 x fp16 products are exact in fp32; y = hi + lo to 2^-24).
+// Three data sets: a large mean (cancellation), tiny values (the per-chunk scale, subnormal
+// fp16 inputs) and one block 40x larger than the rest (a scale that changes between chunks).
+TEST_CASE("GPU covariance of fp16 input == CPU fp64 on the same fp16 values") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  for (const std::int64_t d : {128, 64, 16, 97}) {
+    const std::int64_t rows = 4099, n_kv = 2;
+    for (int data = 0; data < 3; ++data) {
+      std::vector<float> x =
+          random_rows(rows * n_kv, d, 21 + static_cast<unsigned>(data), data == 0 ? 20.0f : 0.5f);
+      if (data == 1)
+        for (auto& v : x) v *= 1e-3f;
+      if (data == 2)
+        for (std::int64_t i = 1000 * n_kv * d; i < 1300 * n_kv * d; ++i) x[i] *= 40.0f;
+      std::vector<std::uint16_t> h(x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        h[i] = float_to_fp16(x[i]);
+        x[i] = fp16_to_float(h[i]);  // the reference sees exactly the fp16 values
+      }
+      for (const bool pooled : {false, true}) {
+        CAPTURE(d);
+        CAPTURE(data);
+        CAPTURE(pooled);
+        cov_accumulator_gpu acc(n_kv, d, pooled, 2100, 2);
+        std::vector<cov_stats> cpu(pooled ? 1 : n_kv, cov_stats(d));
+        for (std::int64_t t = 0; t < rows;) {
+          const std::int64_t b = std::min<std::int64_t>(rows - t, 33 + (t * 7) % 2000);
+          acc.add_host_half(h.data() + t * n_kv * d, b, 1);
+          accumulate_rows_cpu(cpu, x.data() + t * n_kv * d, b, n_kv, d);
+          t += b;
+        }
+        const std::vector<cov_stats> gpu = acc.download(1);
+        REQUIRE(gpu.size() == cpu.size());
+        CHECK(acc.download(0)[0].count == 0);  // the other slot is untouched
+        for (size_t k = 0; k < gpu.size(); ++k) {
+          CHECK(gpu[k].count == cpu[k].count);
+          const stat_errors e = compare(gpu[k], cpu[k]);
+          CHECK(e.mean < 1e-10);
+          CHECK(e.m2 < 1e-5);
+          CHECK(e.diag < 1e-5);
+        }
+      }
+    }
+  }
+}
+
+// The fp16 kernel on data already in device memory, one large block (many CTAs per head), vs the
+// same values reduced on the CPU; also checks add_device_half leaves the caller's data intact.
+TEST_CASE("GPU covariance: add_device_half, one 20000-row block, d 128") {
+  if (cuda_device_count() == 0) {
+    MESSAGE("no CUDA device: skipped");
+    return;
+  }
+  const std::int64_t rows = 20000, n_kv = 4, d = 128;
+  std::vector<float> x = random_rows(rows * n_kv, d, 5, 3.0f);
+  std::vector<std::uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    h[i] = float_to_fp16(x[i]);
+    x[i] = fp16_to_float(h[i]);
+  }
+  std::uint16_t* dx = nullptr;
+  REQUIRE(cudaMalloc(&dx, h.size() * 2) == cudaSuccess);
+  REQUIRE(cudaMemcpy(dx, h.data(), h.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
+  std::vector<cov_stats> cpu(n_kv, cov_stats(d));
+  accumulate_rows_cpu(cpu, x.data(), rows, n_kv, d);
+  accumulate_rows_cpu(cpu, x.data(), rows, n_kv, d);
+  // Chunks: the default (~2 CTAs per SM), 1000 -> 1024 and 5000 -> 5056 rows per CTA.
+  for (const std::int64_t chunk : {0, 1000, 5000}) {
+    CAPTURE(chunk);
+    cov_accumulator_gpu acc(n_kv, d, false, rows);
+    acc.set_split_chunk(chunk);
+    acc.add_device_half(dx, rows);
+    acc.add_device_half(dx, rows);  // the second block shifts by the running mean
+    const std::vector<cov_stats> gpu = acc.download();
+    for (std::int64_t k = 0; k < n_kv; ++k) {
+      const stat_errors e = compare(gpu[k], cpu[k]);
+      CHECK(e.mean < 1e-10);
+      CHECK(e.m2 < 1e-5);
+      CHECK(e.diag < 1e-5);
+    }
+  }
+  std::vector<std::uint16_t> back(h.size());
+  REQUIRE(cudaMemcpy(back.data(), dx, h.size() * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
+  cudaFree(dx);
+  CHECK(back == h);
 }
 
 TEST_CASE("GPU batched eigensolve == CPU (eigenvalues rel <= 1e-5, principal angles <= 1e-3)") {
@@ -156,32 +277,37 @@ TEST_CASE("fit-pca --device cuda == --device cpu on a synthetic capture") {
         h5_write_rows(f, p, 0, n, x.data());
       }
   }
-  pca_file out[2];
-  for (int g = 0; g < 2; ++g) {
+  // 0: CPU; 1: GPU, fp16 as stored to the fused kernel; 2: GPU, fp32 on the host + SGEMM.
+  pca_file out[3];
+  for (int g = 0; g < 3; ++g) {
     pca_fit_params p;
     p.captures = {dir.file("cap.h5")};
-    p.out = dir.file(g ? "gpu.h5" : "cpu.h5");
+    p.out = dir.file("fit" + std::to_string(g) + ".h5");
     p.device = g ? "cuda" : "cpu";
+    p.gpu_fp16_kernel = g == 1;
     p.block_rows = 700;
     p.bytes_per_token = 300;
     const pca_fit_result r = run_pca_fit(p);
     CHECK(r.device_used == p.device);
     out[g] = read_pca_file(p.out);
   }
-  REQUIRE(out[0].blocks.size() == out[1].blocks.size());
-  for (size_t b = 0; b < out[0].blocks.size(); ++b) {
-    const pca_block &c = out[0].blocks[b], &g = out[1].blocks[b];
-    CHECK(c.count == g.count);
-    double rel = 0;
-    for (std::int64_t j = 0; j < d; ++j)
-      rel = std::max(rel, std::abs(c.eigenvalues[j] - g.eigenvalues[j]) / c.eigenvalues[0]);
-    CHECK(rel <= 1e-5);
-    for (int r : {1, 8, 16}) {
-      if (c.eigenvalues[r - 1] - c.eigenvalues[r] < 1e-3 * c.eigenvalues[0]) continue;
-      CHECK(principal_angle(g.basis, c.basis, static_cast<int>(d), r) <= 1e-3);
+  for (int gi = 1; gi < 3; ++gi) {
+    CAPTURE(gi);
+    REQUIRE(out[0].blocks.size() == out[gi].blocks.size());
+    for (size_t b = 0; b < out[0].blocks.size(); ++b) {
+      const pca_block &c = out[0].blocks[b], &g = out[gi].blocks[b];
+      CHECK(c.count == g.count);
+      double rel = 0;
+      for (std::int64_t j = 0; j < d; ++j)
+        rel = std::max(rel, std::abs(c.eigenvalues[j] - g.eigenvalues[j]) / c.eigenvalues[0]);
+      CHECK(rel <= 1e-5);
+      for (int r : {1, 8, 16}) {
+        if (c.eigenvalues[r - 1] - c.eigenvalues[r] < 1e-3 * c.eigenvalues[0]) continue;
+        CHECK(principal_angle(g.basis, c.basis, static_cast<int>(d), r) <= 1e-3);
+      }
+      // Ranks may differ by one where eigenvalues of two blocks tie to rounding (greedy order).
+      CHECK(std::abs(c.rank - g.rank) <= 1);
     }
-    // Ranks may differ by one where eigenvalues of two blocks tie to rounding (greedy order).
-    CHECK(std::abs(c.rank - g.rank) <= 1);
   }
 }
 #endif
