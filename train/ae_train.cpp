@@ -1,5 +1,7 @@
 #include "train/ae_train.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>

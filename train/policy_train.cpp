@@ -1,5 +1,7 @@
 #include "train/policy_train.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>

@@ -1,5 +1,7 @@
 #include "train/train_loop.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <torch/optim/adamw.h>
 #include <torch/serialize/archive.h>
 
