@@ -47,6 +47,7 @@ struct capture_params {
   std::string record = "k,v,attn";
   std::int64_t attn_window = 64;  // W of attn_next
   bool compress = true;           // shuffle + deflate level 1
+  int write_threads = 0;          // chunk compression threads; 0 = hardware threads - 1 (>= 1)
   bool resume = false;
   std::uint64_t seed = 0;  // 0 = sequences in input order
   std::string command_line;
@@ -64,7 +65,14 @@ struct capture_result {
   std::int64_t resumed_from_sequence = 0;
   std::int64_t file_bytes = 0;
   bool complete = false;
-  double seconds = 0.0;
+  double seconds = 0.0;  // the whole run
+  // Where the time went: reading + tokenizing the inputs, loading the model, the capture loop
+  // (first forward to the last commit), and the part of the loop the forward thread spent waiting
+  // for the writer thread (0 when writing keeps up with the model).
+  double tokenize_seconds = 0.0, load_seconds = 0.0, loop_seconds = 0.0, writer_wait_seconds = 0.0;
+  std::int64_t loop_tokens = 0;      // tokens captured by the loop (not those resumed from)
+  std::int64_t loop_file_bytes = 0;  // file growth during the loop
+  int write_threads = 0;
 };
 
 capture_result run_capture(const capture_params& p);
