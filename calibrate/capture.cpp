@@ -647,14 +647,16 @@ capture_result run_capture(const capture_params& params) {
   }
   res.loop_seconds = seconds_since(t_loop);
   res.loop_file_bytes = w->file_bytes() - bytes_before;
+  const auto t_finish = std::chrono::steady_clock::now();
   if (bar) bar->finish();
   if (res.complete) w->finish();
   res.tokens = w->header().n_tokens;
   res.sequences = w->header().n_sequences;
   res.file_bytes = w->file_bytes();
-  w.reset();  // closes the file
-  if (res.complete) out.commit();
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  w.reset();                       // closes the file
+  if (res.complete) out.commit();  // fsync + rename: the page cache reaches the disk here
+  res.finish_seconds = seconds_since(t_finish);
+  res.seconds = seconds_since(t0);
   return res;
 }
 

@@ -69,7 +69,7 @@ int run_capture(const std::vector<std::string>& args, io& io) {
          << " s: " << static_cast<std::int64_t>(r.loop_tokens / loop_s) << " tokens/s, "
          << static_cast<std::int64_t>(r.loop_file_bytes / 1e6 / loop_s) << " MB/s written, "
          << r.writer_wait_seconds << " s waiting for the writer, " << r.write_threads
-         << " write threads)\n";
+         << " write threads; finish " << r.finish_seconds << " s)\n";
   return 0;
 }
 
