@@ -1,6 +1,7 @@
 // calibrate/: kvcal capture — file format (writer / reader round trip, resume cut-back), attention
 // statistics against a naive full attention matrix, and the capture run on the tiny llama.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -331,6 +332,66 @@ TEST_CASE("h5 direct chunk writes: aligned and unaligned appends read back ident
         }
       }
   CHECK_THROWS_WITH_AS(h5_write_blocks({}, 0), doctest::Contains("write threads"), kvcal::error);
+}
+
+TEST_CASE("h5 direct chunk writes read back through h5py (skipped without python3 + h5py)") {
+  // h5py is the reader outside kvcal the format promises; a Python with h5py is looked for on
+  // PATH, then at /usr/bin/python3 (Debian's python3-h5py).
+  std::string py;
+  for (const char* c : {"python3", "/usr/bin/python3"})
+    if (std::system((std::string(c) + " -c 'import h5py' >/dev/null 2>&1").c_str()) == 0) {
+      py = c;
+      break;
+    }
+  if (py.empty()) {
+    MESSAGE("no python3 with h5py: h5py read-back not checked");
+    return;
+  }
+  test::scratch_dir dir;
+  std::string names;
+  {
+    auto f = h5_file::create(dir.file("d.h5"));
+    for (h5_elem e : {h5_elem::f16, h5_elem::f32, h5_elem::i32})
+      for (bool compress : {false, true})
+        for (bool random : {false, true}) {
+          const std::string name = std::string(h5_elem_name(e)) + (compress ? "_z" : "_raw") +
+                                   (random ? "_random" : "_smooth");
+          h5_dataset_options o;
+          o.chunk_rows = 8;
+          o.compress = compress;
+          h5_dataset d = h5_dataset::create(f.id(), "/" + name, e, {3, 5}, o, "d.h5");
+          const auto rows = test_rows(e, 45, random, 3);
+          const std::size_t rb = 15 * h5_elem_size(e);
+          h5_write_blocks({{&d, 0, 20, rows.data()}}, 2);             // 2 chunks + 4 rows
+          d.write_rows(20, 4, rows.data() + 20 * rb);                 // unaligned
+          h5_write_blocks({{&d, 24, 21, rows.data() + 24 * rb}}, 2);  // 2 chunks + 5 rows
+          test::write_bytes(dir.file(name + ".bin"),
+                            std::string(reinterpret_cast<const char*>(rows.data()), rows.size()));
+          names += (names.empty() ? "" : ",") + name;
+        }
+  }
+  const std::string script = R"(
+import sys, h5py, numpy as np
+d, names = sys.argv[1], sys.argv[2].split(",")
+f = h5py.File(d + "/d.h5", "r")
+masked = 0
+for n in names:
+    ds = f[n]
+    want = np.fromfile(d + "/" + n + ".bin", dtype=ds.dtype).reshape(ds.shape)
+    assert np.array_equal(ds[...].view(np.uint8), want.view(np.uint8)), n
+    assert (ds.compression == "gzip" and ds.shuffle) == ("_z" in n), n
+    if "_z" in n:
+        masked += ds.id.read_direct_chunk((0, 0, 0))[0] != 0
+assert masked == 3, masked
+print("h5py-ok")
+)";
+  test::write_bytes(dir.file("check.py"), script);
+  const std::string cmd = py + " '" + dir.file("check.py") + "' '" + dir.path() + "' " + names +
+                          " > '" + dir.file("out.txt") + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO(test::read_bytes(dir.file("out.txt")));
+  CHECK(rc == 0);
+  CHECK(test::read_bytes(dir.file("out.txt")).find("h5py-ok") != std::string::npos);
 }
 
 namespace {
