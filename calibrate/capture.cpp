@@ -247,20 +247,27 @@ class writer_thread {
   // until the next submit() or drain() returns).
   void submit(batch_buffers* b) {
     std::unique_lock<std::mutex> l(m_);
-    cv_.wait(l, [&] { return pending_ == nullptr; });
+    wait(l);
     rethrow();
     pending_ = b;
     cv_.notify_all();
   }
   void drain() {
     std::unique_lock<std::mutex> l(m_);
-    cv_.wait(l, [&] { return pending_ == nullptr; });
+    wait(l);
     rethrow();
   }
+  // Seconds submit() and drain() spent waiting for the previous batch to be committed.
+  double wait_seconds() const { return wait_s_; }
   std::int64_t bytes() const { return bytes_.load(); }
   std::int64_t committed_sequences() const { return committed_.load(); }
 
  private:
+  void wait(std::unique_lock<std::mutex>& l) {
+    const auto t0 = std::chrono::steady_clock::now();
+    cv_.wait(l, [&] { return pending_ == nullptr; });
+    wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   void rethrow() {
     if (err_) {
       auto e = err_;
@@ -290,10 +297,11 @@ class writer_thread {
     }
   }
   void write(const batch_buffers& b) {
-    w_.write(capture_ids_path, b.ids.data(), b.rows);
-    w_.write(capture_seq_path, b.seq.data(), b.rows);
-    w_.write(capture_pos_path, b.pos.data(), b.rows);
-    for (const auto& [path, t] : b.data) w_.write(path, t.data_ptr(), b.rows);
+    std::vector<std::pair<std::string, const void*>> rows = {{capture_ids_path, b.ids.data()},
+                                                             {capture_seq_path, b.seq.data()},
+                                                             {capture_pos_path, b.pos.data()}};
+    for (const auto& [path, t] : b.data) rows.emplace_back(path, t.data_ptr());
+    w_.write(rows, b.rows);
     w_.commit(b.rows, b.sequences);
     bytes_ = w_.file_bytes();
     committed_ = w_.header().n_sequences;
@@ -307,6 +315,7 @@ class writer_thread {
   batch_buffers* pending_ = nullptr;
   bool stop_ = false;
   std::exception_ptr err_;
+  double wait_s_ = 0.0;  // forward thread only
   std::atomic<std::int64_t> bytes_{0}, committed_{0};
   std::thread t_;  // last: starts after the members it uses exist
 };
@@ -432,7 +441,13 @@ capture_result run_capture(const capture_params& params) {
   out.keep_partial_on_failure();
   const std::string partial = out.temp_path();
 
+  capture_result res;
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+
   // Inputs and tokens.
+  const auto t_tok = std::chrono::steady_clock::now();
   tokenizer tok = tokenizer::load(p.model_dir);
   std::vector<input_file> inputs;
   std::vector<std::int32_t> stream;
@@ -449,6 +464,7 @@ capture_result run_capture(const capture_params& params) {
                 " is outside the model's vocabulary (", cfg.vocab_size, ")");
   const std::vector<sequence> seqs =
       cut_sequences(static_cast<std::int64_t>(stream.size()), p.seq_len, p.seed, p.max_tokens);
+  res.tokenize_seconds = seconds_since(t_tok);
   std::int64_t total_tokens = 0;
   for (const auto& s : seqs) total_tokens += s.len;
   log_info("capture: ", inputs.size(), " file(s), ", stream.size(), " tokens; capturing ",
@@ -530,10 +546,15 @@ capture_result run_capture(const capture_params& params) {
   }
 
   // The model (after every check that can fail quickly).
+  const auto t_load = std::chrono::steady_clock::now();
   const llama_model model = llama_model::load(p.model_dir, device, compute);
+  res.load_seconds = seconds_since(t_load);
   if (!w) {
     w.emplace(capture_writer::create(partial, h));
   }
+  KVCAL_CHECK(p.write_threads >= 0, "--write-threads must be >= 0 (0 = automatic)");
+  if (p.write_threads > 0) w->set_write_threads(p.write_threads);
+  res.write_threads = w->write_threads();
 
   // Host buffers: two sets of batch x seq_len rows.
   const bool cuda = device.is_cuda();
@@ -564,8 +585,9 @@ capture_result run_capture(const capture_params& params) {
   for (std::int64_t i = 0; i < first_seq; ++i) done_tokens += seqs[static_cast<std::size_t>(i)].len;
   if (bar) bar->advance(static_cast<std::uint64_t>(done_tokens));
 
-  capture_result res;
   res.resumed_from_sequence = first_seq;
+  const auto t_loop = std::chrono::steady_clock::now();
+  const std::int64_t bytes_before = w->file_bytes();
   {
     writer_thread wt(*w, p.maybe_on_commit);
     int set = 0;
@@ -617,19 +639,25 @@ capture_result run_capture(const capture_params& params) {
                       " MB written");
         bar->advance(static_cast<std::uint64_t>(B * T));
       }
+      res.loop_tokens += B * T;
       i = j;
     }
     wt.drain();
     res.complete = !stopped;
+    res.writer_wait_seconds = wt.wait_seconds();
   }
+  res.loop_seconds = seconds_since(t_loop);
+  res.loop_file_bytes = w->file_bytes() - bytes_before;
+  const auto t_finish = std::chrono::steady_clock::now();
   if (bar) bar->finish();
   if (res.complete) w->finish();
   res.tokens = w->header().n_tokens;
   res.sequences = w->header().n_sequences;
   res.file_bytes = w->file_bytes();
-  w.reset();  // closes the file
-  if (res.complete) out.commit();
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  w.reset();                       // closes the file
+  if (res.complete) out.commit();  // fsync + rename: the page cache reaches the disk here
+  res.finish_seconds = seconds_since(t_finish);
+  res.seconds = seconds_since(t0);
   return res;
 }
 

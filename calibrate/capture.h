@@ -12,8 +12,9 @@
 //   3. batches of `batch` sequences of equal length are run through the model from an empty cache
 //      (positions restart at 0), logits off, with a layer hook that converts what is recorded and
 //      copies it to host buffers (pinned, asynchronous on CUDA); a writer thread writes and commits
-//      a batch while the model computes the next (two buffer sets: memory is bounded by
-//      2 x batch x seq_len tokens whatever max_tokens is);
+//      a batch while the model computes the next, its whole chunks compressed on write_threads
+//      threads and stored directly (calibrate/h5_chunk_writer.h) (two buffer sets: memory is
+//      bounded by 2 x batch x seq_len tokens whatever max_tokens is);
 //   4. the file is written as OUT.partial and renamed to OUT when complete. resume continues an
 //      interrupted OUT.partial after its last complete sequence, refusing (and naming every
 //      difference) when model, tokenizer, inputs or content options differ.
@@ -47,6 +48,7 @@ struct capture_params {
   std::string record = "k,v,attn";
   std::int64_t attn_window = 64;  // W of attn_next
   bool compress = true;           // shuffle + deflate level 1
+  int write_threads = 0;          // chunk compression threads; 0 = hardware threads - 1 (>= 1)
   bool resume = false;
   std::uint64_t seed = 0;  // 0 = sequences in input order
   std::string command_line;
@@ -64,7 +66,15 @@ struct capture_result {
   std::int64_t resumed_from_sequence = 0;
   std::int64_t file_bytes = 0;
   bool complete = false;
-  double seconds = 0.0;
+  double seconds = 0.0;  // the whole run
+  // Where the time went: reading + tokenizing the inputs, loading the model, the capture loop
+  // (first forward to the last commit), closing + fsync + rename (finish), and the part of the
+  // loop the forward thread spent waiting for the writer thread (0 when writing keeps up).
+  double tokenize_seconds = 0.0, load_seconds = 0.0, loop_seconds = 0.0, finish_seconds = 0.0,
+         writer_wait_seconds = 0.0;
+  std::int64_t loop_tokens = 0;      // tokens captured by the loop (not those resumed from)
+  std::int64_t loop_file_bytes = 0;  // file growth during the loop
+  int write_threads = 0;
 };
 
 capture_result run_capture(const capture_params& p);

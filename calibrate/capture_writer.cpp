@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "calibrate/capture_reader.h"
+#include "calibrate/h5_chunk_writer.h"
 #include "kernels/common/error.h"
 
 namespace kvcal {
@@ -16,6 +17,9 @@ std::int64_t capture_chunk_rows(std::int64_t seq_len, std::int64_t row_bytes) {
   // Only tiny divisors (e.g. a prime seq_len): one chunk per sequence beats 1-row chunks.
   return best * 16 < seq_len && best < 64 ? seq_len : best;
 }
+
+capture_writer::capture_writer(h5_file f, capture_header h)
+    : f_(std::move(f)), h_(std::move(h)), threads_(h5_default_write_threads()) {}
 
 void write_capture_header(h5_file& f, const capture_header& h) {
   nlohmann::json record = nlohmann::json::array(), layers = nlohmann::json::array();
@@ -111,6 +115,22 @@ void capture_writer::write(const std::string& dataset, const void* data, std::in
   auto it = ds_.find(dataset);
   KVCAL_ASSERT(it != ds_.end(), "capture_writer: no dataset ", dataset);
   it->second.write_rows(h_.n_tokens, n, data);
+}
+
+void capture_writer::write(const std::vector<std::pair<std::string, const void*>>& data,
+                           std::int64_t n) {
+  std::vector<h5_row_block> blocks;
+  for (const auto& [name, rows] : data) {
+    auto it = ds_.find(name);
+    KVCAL_ASSERT(it != ds_.end(), "capture_writer: no dataset ", name);
+    blocks.push_back({&it->second, h_.n_tokens, n, rows});
+  }
+  h5_write_blocks(blocks, threads_);
+}
+
+void capture_writer::set_write_threads(int n) {
+  KVCAL_CHECK(n >= 1, "write threads must be >= 1, not ", n);
+  threads_ = n;
 }
 
 void capture_writer::commit(std::int64_t n, std::int64_t sequences) {

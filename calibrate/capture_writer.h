@@ -18,6 +18,8 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "calibrate/capture_format.h"
 #include "calibrate/h5.h"
@@ -45,17 +47,23 @@ class capture_writer {
   // `data` is int32 for /tokens/*, float32 for attention statistics, else header().dtype (float16
   // as its 16 bits).
   void write(const std::string& dataset, const void* data, std::int64_t n);
+  // The same rows of several datasets at once: whole chunks are compressed on
+  // write_threads() threads and stored directly (calibrate/h5_chunk_writer.h).
+  void write(const std::vector<std::pair<std::string, const void*>>& data, std::int64_t n);
+  void set_write_threads(int n);  // >= 1; default h5_default_write_threads()
+  int write_threads() const { return threads_; }
   // Makes the n rows just written part of the file: every dataset must have received them.
   void commit(std::int64_t n, std::int64_t sequences);
   void finish();  // complete = 1 (n_tokens rows in every dataset)
   std::int64_t file_bytes() const { return f_.file_size(); }
 
  private:
-  capture_writer(h5_file f, capture_header h) : f_(std::move(f)), h_(std::move(h)) {}
+  capture_writer(h5_file f, capture_header h);
   void open_datasets(bool create);
   h5_file f_;
   capture_header h_;
   std::map<std::string, h5_dataset> ds_;
+  int threads_ = 1;
 };
 
 // Root attributes (everything but the three progress fields, which commit() maintains).

@@ -5,6 +5,10 @@
 #include "kernels/common/error.h"
 #include "kernels/common/half.h"
 
+#if !H5_VERSION_GE(1, 10, 3)
+#error "kvcal needs HDF5 >= 1.10.3 (H5Dwrite_chunk)"
+#endif
+
 namespace kvcal {
 namespace {
 
@@ -98,6 +102,7 @@ h5_dataset h5_dataset::create(hid_t loc, const std::string& path, h5_elem dtype,
   d.where_ = where;
   d.dtype_ = dtype;
   d.inner_ = inner;
+  d.init_layout();
   return d;
 }
 
@@ -132,6 +137,7 @@ h5_dataset h5_dataset::open(hid_t loc, const std::string& path, const std::strin
   std::vector<hsize_t> dims(rank);
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
   for (int i = 1; i < rank; ++i) d.inner_.push_back(static_cast<std::int64_t>(dims[i]));
+  d.init_layout();
   return d;
 }
 
@@ -148,26 +154,15 @@ std::int64_t h5_dataset::row_elems() const {
   return n;
 }
 
-std::int64_t h5_dataset::chunk_rows() const {
+void h5_dataset::init_layout() {
   h5_handle dcpl(H5Dget_create_plist(ds_.get()), H5Pclose);
-  std::vector<hsize_t> chunk(inner_.size() + 1, 0);
-  if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED) return 0;
-  H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
-  return static_cast<std::int64_t>(chunk[0]);
-}
-
-bool h5_dataset::compressed() const {
-  h5_handle dcpl(H5Dget_create_plist(ds_.get()), H5Pclose);
-  const int n = H5Pget_nfilters(dcpl.get());
-  for (int i = 0; i < n; ++i) {
-    unsigned flags = 0, cd[8];
-    std::size_t ncd = 8;
-    char name[64];
-    if (H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &ncd, cd, sizeof name, name,
-                       nullptr) == H5Z_FILTER_DEFLATE)
-      return true;
+  chunk_rows_ = 0;
+  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED) {
+    std::vector<hsize_t> chunk(inner_.size() + 1, 0);
+    H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+    chunk_rows_ = static_cast<std::int64_t>(chunk[0]);
   }
-  return false;
+  filters_ = h5_chunk_filters::of(dcpl.get(), h5_elem_size(dtype_));
 }
 
 std::int64_t h5_dataset::storage_bytes() const {
@@ -198,10 +193,58 @@ std::pair<h5_handle, h5_handle> row_spaces(hid_t ds, std::int64_t row0, std::int
 }
 }  // namespace
 
+namespace {
+bool little_endian_host() {
+  const std::uint16_t one = 1;
+  return *reinterpret_cast<const std::uint8_t*>(&one) == 1;
+}
+}  // namespace
+
+std::size_t h5_dataset::chunk_bytes() const {
+  return static_cast<std::size_t>(chunk_rows_ * row_elems()) * h5_elem_size(dtype_);
+}
+
+std::int64_t h5_dataset::direct_chunks(std::int64_t row0, std::int64_t n) const {
+  // Direct writes store memory bytes as they are: the file types are little-endian.
+  static const bool little = little_endian_host();
+  if (!direct_ || !little || chunk_rows_ <= 0 || !filters_.supported || row0 % chunk_rows_ != 0)
+    return 0;
+  return n / chunk_rows_;
+}
+
+void h5_dataset::write_chunk(std::int64_t row0, const void* bytes, std::size_t size,
+                             std::uint32_t filter_mask) {
+  std::vector<hsize_t> offset(inner_.size() + 1, 0);
+  offset[0] = static_cast<hsize_t>(row0);
+  KVCAL_CHECK(H5Dwrite_chunk(ds_.get(), H5P_DEFAULT, filter_mask, offset.data(), size, bytes) >= 0,
+              where_, ": cannot write the chunk at row ", row0, " of ", path_, " (disk full?)");
+}
+
 void h5_dataset::write_rows(std::int64_t row0, std::int64_t n, const void* data) {
   KVCAL_CHECK(row0 >= 0 && n >= 0, where_, ": ", path_, ": bad row range");
   if (n == 0) return;
   if (row0 + n > rows()) set_rows(row0 + n);
+  const std::int64_t whole = direct_chunks(row0, n);
+  if (whole > 0) {
+    const std::size_t cb = chunk_bytes();
+    std::vector<std::uint8_t> buf;
+    for (std::int64_t c = 0; c < whole; ++c) {
+      const void* src = static_cast<const std::uint8_t*>(data) + static_cast<std::size_t>(c) * cb;
+      const std::int64_t r = row0 + c * chunk_rows_;
+      if (!filters_.any()) {
+        write_chunk(r, src, cb, 0);
+      } else {
+        const std::uint32_t mask = filters_.encode(src, cb, buf);
+        write_chunk(r, buf.data(), buf.size(), mask);
+      }
+    }
+    const std::int64_t done = whole * chunk_rows_;
+    data = static_cast<const std::uint8_t*>(data) +
+           static_cast<std::size_t>(done * row_elems()) * h5_elem_size(dtype_);
+    row0 += done;
+    n -= done;
+    if (n == 0) return;
+  }
   auto [fspace, mspace] = row_spaces(ds_.get(), row0, n, inner_);
   h5_handle type = elem_type(dtype_);
   KVCAL_CHECK(H5Dwrite(ds_.get(), type.get(), mspace.get(), fspace.get(), H5P_DEFAULT, data) >= 0,

@@ -33,6 +33,8 @@ int run_capture(const std::vector<std::string>& args, io& io) {
       ("attn-window", po::value<std::int64_t>(&p.attn_window)->default_value(64),
        "W of attn_next: attention a token receives from the next W queries")
       ("compress", po::value<std::string>(&compress)->default_value("on"), "on (shuffle + deflate 1) | off")
+      ("write-threads", po::value<int>(&p.write_threads)->default_value(0),
+       "threads compressing chunks (0 = hardware threads - 1, at least 1)")
       ("seed", po::value<std::uint64_t>(&p.seed)->default_value(0), "shuffle the order of the sequences (0 = input order)")
       ("resume", po::bool_switch(&p.resume), "continue OUT.partial after its last complete sequence");
   // clang-format on
@@ -55,12 +57,19 @@ int run_capture(const std::vector<std::string>& args, io& io) {
     p.command_line += " " + (quote ? "'" + a + "'" : a);
   }
   const capture_result r = run_capture(p);
+  // Throughput of the capture loop alone (model loading and tokenizing excluded).
+  const double loop_s = r.loop_seconds > 0 ? r.loop_seconds : 1e-9;
   io.out << p.out << ": " << r.tokens << " tokens in " << r.sequences << " sequences, "
          << r.file_bytes / 1000000.0 << " MB"
          << (r.resumed_from_sequence
                  ? " (resumed after sequence " + std::to_string(r.resumed_from_sequence) + ")"
                  : std::string())
-         << ", " << r.seconds << " s\n";
+         << ", " << r.seconds << " s (tokenize " << r.tokenize_seconds << " s, load "
+         << r.load_seconds << " s, capture loop " << r.loop_seconds
+         << " s: " << static_cast<std::int64_t>(r.loop_tokens / loop_s) << " tokens/s, "
+         << static_cast<std::int64_t>(r.loop_file_bytes / 1e6 / loop_s) << " MB/s written, "
+         << r.writer_wait_seconds << " s waiting for the writer, " << r.write_threads
+         << " write threads; finish " << r.finish_seconds << " s)\n";
   return 0;
 }
 

@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake git pkg-config
   libtorch-dev libhdf5-dev libboost-program-options-dev doctest-dev libeigen3-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev zlib1g-dev
   # libtorch's CPU matmuls go through libblas.so.3: without OpenBLAS that is Debian's reference
   # BLAS, ~20x slower (the reference model's eval went from 45 to ~1000 tok/s on 2 cores).
   libopenblas0-pthread

@@ -1,14 +1,19 @@
 // calibrate/: kvcal capture — file format (writer / reader round trip, resume cut-back), attention
 // statistics against a naive full attention matrix, and the capture run on the tiny llama.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "calibrate/attention_stats.h"
 #include "calibrate/capture_format.h"
 #include "calibrate/capture_reader.h"
 #include "calibrate/capture_writer.h"
+#include "calibrate/h5_chunk_filters.h"
+#include "calibrate/h5_chunk_writer.h"
+#include "calibrate/h5_dataset.h"
 #include "kernels/common/error.h"
 #include "kernels/common/half.h"
 #include "tests/test_util.h"
@@ -190,6 +195,205 @@ TEST_CASE("capture chunk rows divide the sequence length") {
   CHECK(capture_chunk_rows(97, 1 << 20) == 97);  // prime: one chunk per sequence
 }
 
+// ---- direct chunk writes (h5_chunk_filters, h5_dataset, h5_chunk_writer) -------------------
+
+namespace {
+
+// Rows of a [rows, 3, 5] dataset as stored: smooth values (compressible) or random bytes (not).
+std::vector<std::uint8_t> test_rows(h5_elem e, std::int64_t rows, bool random, unsigned seed) {
+  const std::int64_t n = rows * 15;
+  std::vector<std::uint8_t> out(static_cast<std::size_t>(n) * h5_elem_size(e));
+  if (random) {
+    std::mt19937 rng(seed);
+    for (auto& b : out) b = static_cast<std::uint8_t>(rng());
+    return out;
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float f = std::round(100 * std::sin(0.01f * static_cast<float>(i + seed))) / 8;
+    std::uint8_t* dst = out.data() + i * h5_elem_size(e);
+    if (e == h5_elem::f16) {
+      const std::uint16_t b = float_to_fp16(f);
+      std::memcpy(dst, &b, 2);
+    } else if (e == h5_elem::f32) {
+      std::memcpy(dst, &f, 4);
+    } else {
+      const auto v = static_cast<std::int32_t>(f);
+      std::memcpy(dst, &v, 4);
+    }
+  }
+  return out;
+}
+
+// The stored (filtered) bytes and filter mask of the chunk that starts at `row0`.
+std::vector<std::uint8_t> raw_chunk(const h5_dataset& d, std::int64_t row0, std::uint32_t* mask) {
+  const hsize_t offset[3] = {static_cast<hsize_t>(row0), 0, 0};
+  hsize_t size = 0;
+  REQUIRE(H5Dget_chunk_storage_size(d.id(), offset, &size) >= 0);
+  std::vector<std::uint8_t> buf(size);
+  REQUIRE(H5Dread_chunk(d.id(), H5P_DEFAULT, offset, mask, buf.data()) >= 0);
+  return buf;
+}
+
+}  // namespace
+
+TEST_CASE("h5 chunk filters: kvcal's shuffle + deflate bytes equal HDF5's own pipeline") {
+  // HDF5 itself is the reference: a chunk written through its filter pipeline (direct writes off)
+  // is read back raw and compared with what h5_chunk_filters::encode makes of the same rows.
+  for (h5_elem e : {h5_elem::f16, h5_elem::f32, h5_elem::i32})
+    for (int level : {1, 6}) {
+      CAPTURE(h5_elem_name(e));
+      CAPTURE(level);
+      test::scratch_dir dir;
+      auto f = h5_file::create(dir.file("x.h5"));
+      h5_dataset_options o;
+      o.chunk_rows = 40;
+      o.deflate_level = level;
+      h5_dataset d = h5_dataset::create(f.id(), "/d", e, {3, 5}, o, "x.h5");
+      REQUIRE(d.filters().supported);
+      CHECK(d.filters().shuffle);
+      CHECK(d.filters().deflate_level == level);
+      CHECK(d.filters().deflate_index == 1);
+      d.set_direct_writes(false);
+      const auto rows = test_rows(e, 40, false, 1);
+      d.write_rows(0, 40, rows.data());
+      std::uint32_t mask = 99;
+      const auto stored = raw_chunk(d, 0, &mask);
+      std::vector<std::uint8_t> mine;
+      CHECK(d.filters().encode(rows.data(), rows.size(), mine) == mask);
+      CHECK(mask == 0);
+      CHECK(stored.size() < rows.size());
+      CHECK(mine == stored);
+      // Shuffle alone, against the definition.
+      std::vector<std::uint8_t> sh(rows.size());
+      h5_shuffle_bytes(rows.data(), rows.size(), h5_elem_size(e), sh.data());
+      const std::size_t es = h5_elem_size(e), n = rows.size() / es;
+      bool same = true;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < es; ++j) same = same && sh[j * n + i] == rows[i * es + j];
+      CHECK(same);
+    }
+}
+
+TEST_CASE("h5 direct chunk writes: aligned and unaligned appends read back identically") {
+  for (h5_elem e : {h5_elem::f16, h5_elem::f32, h5_elem::i32})
+    for (bool compress : {false, true})
+      for (bool random : {false, true}) {
+        CAPTURE(h5_elem_name(e));
+        CAPTURE(compress);
+        CAPTURE(random);
+        test::scratch_dir dir;
+        h5_dataset_options o;
+        o.chunk_rows = 7;
+        o.compress = compress;
+        const auto rows = test_rows(e, 70, random, 2);
+        const std::size_t row_bytes = 15 * h5_elem_size(e);
+        auto at = [&](std::int64_t r) { return rows.data() + r * row_bytes; };
+        // Appends: 3 whole chunks; 1 whole chunk + 3 rows; 11 unaligned rows; 2 chunks + 6 rows,
+        // the last block through h5_write_blocks with 3 threads, the rest through write_rows.
+        struct block {
+          std::int64_t row0, n, direct;
+        };
+        const block blocks[] = {{0, 21, 3}, {21, 10, 1}, {31, 11, 0}, {42, 20, 2}, {62, 8, 0}};
+        {
+          auto f = h5_file::create(dir.file("direct.h5"));
+          h5_dataset d = h5_dataset::create(f.id(), "/d", e, {3, 5}, o, "direct.h5");
+          h5_dataset ref = h5_dataset::create(f.id(), "/ref", e, {3, 5}, o, "direct.h5");
+          ref.set_direct_writes(false);
+          for (const block& b : blocks) {
+            CHECK(d.direct_chunks(b.row0, b.n) == b.direct);
+            if (b.row0 == 42)
+              h5_write_blocks({{&d, b.row0, b.n, at(b.row0)}, {&ref, b.row0, b.n, at(b.row0)}}, 3);
+            else
+              d.write_rows(b.row0, b.n, at(b.row0));
+            if (b.row0 != 42) ref.write_rows(b.row0, b.n, at(b.row0));
+          }
+          CHECK(d.rows() == 70);
+          if (compress && random) {  // deflate did not pay: stored shuffled, deflate skipped
+            std::uint32_t mask = 0;
+            CHECK(raw_chunk(d, 0, &mask).size() == 7 * row_bytes);
+            CHECK(mask == 2u);
+          }
+          if (compress && !random)
+            CHECK(d.storage_bytes() < 70 * static_cast<std::int64_t>(row_bytes));
+        }
+        // Read back through HDF5's read path (filters applied by HDF5), in a fresh open.
+        auto f = h5_file::open_read(dir.file("direct.h5"));
+        for (const char* name : {"/d", "/ref"}) {
+          CAPTURE(name);
+          h5_dataset d = h5_dataset::open(f.id(), name, "direct.h5");
+          CHECK(d.compressed() == compress);
+          CHECK(d.filters().shuffle == compress);
+          std::vector<std::uint8_t> back(rows.size());
+          d.read_rows(0, 70, back.data());
+          CHECK(back == rows);
+          std::vector<std::uint8_t> part(5 * row_bytes);  // rows straddling two chunks
+          d.read_rows(19, 5, part.data());
+          CHECK(std::memcmp(part.data(), at(19), part.size()) == 0);
+        }
+      }
+  CHECK_THROWS_WITH_AS(h5_write_blocks({}, 0), doctest::Contains("write threads"), kvcal::error);
+}
+
+TEST_CASE("h5 direct chunk writes read back through h5py (skipped without python3 + h5py)") {
+  // h5py is the reader outside kvcal the format promises; a Python with h5py is looked for on
+  // PATH, then at /usr/bin/python3 (Debian's python3-h5py).
+  std::string py;
+  for (const char* c : {"python3", "/usr/bin/python3"})
+    if (std::system((std::string(c) + " -c 'import h5py' >/dev/null 2>&1").c_str()) == 0) {
+      py = c;
+      break;
+    }
+  if (py.empty()) {
+    MESSAGE("no python3 with h5py: h5py read-back not checked");
+    return;
+  }
+  test::scratch_dir dir;
+  std::string names;
+  {
+    auto f = h5_file::create(dir.file("d.h5"));
+    for (h5_elem e : {h5_elem::f16, h5_elem::f32, h5_elem::i32})
+      for (bool compress : {false, true})
+        for (bool random : {false, true}) {
+          const std::string name = std::string(h5_elem_name(e)) + (compress ? "_z" : "_raw") +
+                                   (random ? "_random" : "_smooth");
+          h5_dataset_options o;
+          o.chunk_rows = 8;
+          o.compress = compress;
+          h5_dataset d = h5_dataset::create(f.id(), "/" + name, e, {3, 5}, o, "d.h5");
+          const auto rows = test_rows(e, 45, random, 3);
+          const std::size_t rb = 15 * h5_elem_size(e);
+          h5_write_blocks({{&d, 0, 20, rows.data()}}, 2);             // 2 chunks + 4 rows
+          d.write_rows(20, 4, rows.data() + 20 * rb);                 // unaligned
+          h5_write_blocks({{&d, 24, 21, rows.data() + 24 * rb}}, 2);  // 2 chunks + 5 rows
+          test::write_bytes(dir.file(name + ".bin"),
+                            std::string(reinterpret_cast<const char*>(rows.data()), rows.size()));
+          names += (names.empty() ? "" : ",") + name;
+        }
+  }
+  const std::string script = R"(
+import sys, h5py, numpy as np
+d, names = sys.argv[1], sys.argv[2].split(",")
+f = h5py.File(d + "/d.h5", "r")
+masked = 0
+for n in names:
+    ds = f[n]
+    want = np.fromfile(d + "/" + n + ".bin", dtype=ds.dtype).reshape(ds.shape)
+    assert np.array_equal(ds[...].view(np.uint8), want.view(np.uint8)), n
+    assert (ds.compression == "gzip" and ds.shuffle) == ("_z" in n), n
+    if "_z" in n:
+        masked += ds.id.read_direct_chunk((0, 0, 0))[0] != 0
+assert masked == 3, masked
+print("h5py-ok")
+)";
+  test::write_bytes(dir.file("check.py"), script);
+  const std::string cmd = py + " '" + dir.file("check.py") + "' '" + dir.path() + "' " + names +
+                          " > '" + dir.file("out.txt") + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  INFO(test::read_bytes(dir.file("out.txt")));
+  CHECK(rc == 0);
+  CHECK(test::read_bytes(dir.file("out.txt")).find("h5py-ok") != std::string::npos);
+}
+
 namespace {
 // The full [T, T] attention of every head, then the definitions of capture_format.h literally.
 attention_stats naive_stats(const at::Tensor& q, const at::Tensor& k, std::int64_t W,
@@ -350,6 +554,17 @@ TEST_CASE("capture of the tiny llama: K/V/Q/hidden equal the model's hook output
   capture_result res = run_capture(p);
   CHECK(res.complete);
   CHECK_FALSE(test::file_exists(p.out + ".partial"));
+  // The timing breakdown covers the parts of the run.
+  CHECK(res.loop_tokens == res.tokens);
+  CHECK(res.loop_file_bytes > 0);
+  CHECK(res.loop_file_bytes <= res.file_bytes);
+  CHECK(res.load_seconds > 0);
+  CHECK(res.loop_seconds > 0);
+  CHECK(res.writer_wait_seconds <= res.loop_seconds);
+  CHECK(res.finish_seconds > 0);
+  CHECK(res.tokenize_seconds + res.load_seconds + res.loop_seconds + res.finish_seconds <=
+        res.seconds);
+  CHECK(res.write_threads >= 1);
   capture_reader r(p.out);
   const capture_header& h = r.header();
   CHECK(h.n_tokens == res.tokens);
@@ -464,10 +679,12 @@ TEST_CASE("capture: an interrupted capture resumed equals an uninterrupted one")
   p.batch = 1;
   p.record = "k,v,q,attn";
   p.out = dir.file("full.h5");
+  p.write_threads = 3;
   run_capture(p);
 
   capture_params q = p;
   q.out = dir.file("resumed.h5");
+  q.write_threads = 1;  // the thread count changes nothing in the file
   q.stop_after_sequences = 3;
   capture_result first = run_capture(q);
   CHECK_FALSE(first.complete);
