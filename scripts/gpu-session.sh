@@ -51,12 +51,17 @@ phase_capture_7b() {
   # (vocab 6144 < 152064) tokenizes a text of random words
   cp -n data/models/kvcal-ref-v1/tokenizer.json "$CK"/ 2>/dev/null
   python3 -c "import random; random.seed(1); w=[''.join(random.choice('abcdefghijklmnopqrstuvwxyz') for _ in range(random.randint(2,9))) for _ in range(60000)]; open('$W/words.txt','w').write(' '.join(random.choice(w) for _ in range(400000)))"
+  # plain prefill of the same runner, same shapes (B1 L4096), for the capture/prefill ratio
+  "$B"/bench/bench_model "$CK" --prefill 4096 --batch 1 --context 512 --steps 2 --warmup 1 --no-graph \
+    2>&1 | grep -E "prefill"
   for c in off on; do
     stamp "capture 7B compress=$c"
     "$B"/cli/kvcal capture --model "$CK" --text "$W/words.txt" --out "$W/cap7b-$c.h5" --seq-len 4096 \
-      --max-tokens 65536 --batch 1 --device cuda --record k,v --compress $c -q 2>&1 | tail -2
-    rm -f "$W/cap7b-$c.h5"
+      --max-tokens 65536 --batch 1 --device cuda --record k,v --compress $c -q 2>&1 | tail -3
   done
+  python3 -c "import h5py,numpy as np; a=h5py.File('$W/cap7b-off.h5');b=h5py.File('$W/cap7b-on.h5'); print('h5py: compression', b['layers/0/k'].compression, 'shuffle', b['layers/0/k'].shuffle, 'off == on:', all(np.array_equal(a[f'layers/{l}/{x}'][:],b[f'layers/{l}/{x}'][:]) for l in (0,13,27) for x in 'kv'))"
+  rm -f "$W"/cap7b-*.h5
+  "$B"/bench/bench_capture_write --dir "$W" --tokens 65536 --threads 1,4,auto 2>&1 | tail -12
 }
 DEC_ARGS=${DEC_ARGS:---batch 1,8,32 --len 4096,32768,131072}
 phase_decode() {
