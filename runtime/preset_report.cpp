@@ -1,6 +1,7 @@
 #include "runtime/preset_report.h"
 
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
 
@@ -90,7 +91,8 @@ std::string describe_method(const kv_method& m) {
       os << latent_str("pca", m.pca.rank, m.pca.latent_bits);
       break;
     case kv_method_kind::ae:
-      os << latent_str("ae", m.ae.latent, m.ae.latent_bits);
+      os << latent_str(m.ae.hidden > 0 ? "ae-mlp" : "ae", m.ae.latent, m.ae.latent_bits);
+      if (m.ae.hidden > 0) os << " h" << m.ae.hidden;
       break;
   }
   return os.str();
@@ -155,8 +157,10 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
 
 void describe_preset(const std::string& path, std::ostream& out) {
   preset_file p(path);
+  // The file's own version (older versions are read too), not the one this build writes.
+  const nlohmann::json meta = nlohmann::json::parse(p.tensors().metadata().at(preset_metadata_key));
   out << path << ": kvcal preset, format " << preset_format_name << " version "
-      << preset_format_version << ", " << p.tensors().tensors().size() << " tensors\n";
+      << meta.at("version").get<int>() << ", " << p.tensors().tensors().size() << " tensors\n";
   print_recipe(p.recipe(), static_cast<double>(p.fixed_bytes()), {2048, 8192, 32768}, out);
 }
 
