@@ -553,6 +553,23 @@ TEST_CASE("MLP autoencoder: reconstructed, then attended; weights counted; bad s
         static_cast<std::size_t>(2 * (2 * 58 * 6 * 2) + 58 * (4 + 3) * 2 + 58 * (4 + 3) +
                                  58 * 5 * 2));
 
+  // Under eviction (h2o on layer 1) the MLP streams are decoded like any codec's.
+  {
+    auto re = r;
+    re.layers[1].policy.kind = token_policy_kind::h2o;
+    re.layers[1].budget = {budget_kind::tokens, 24, 1.0};
+    compressed_cache ce(re, ts.views, {2, n_heads, n_kv, d, 4096});
+    bool finite = true;
+    run_sequence(ce, s, 13,
+                 [&](compressed_cache&, int, std::int64_t, std::int64_t, const std::vector<float>&,
+                     const std::vector<float>& out) {
+                   for (float o : out) finite = finite && std::isfinite(o);
+                 });
+    CHECK(finite);
+    CHECK(ce.length(1) == 24);
+    CHECK(ce.stats().compressed[static_cast<int>(kv_method_kind::ae)].tokens > 0);
+  }
+
   // A preset file with a wrong MLP tensor shape: the error names the file and the tensor.
   std::vector<tensor_out> outs;
   for (const auto& v : ts.views) {
@@ -573,7 +590,8 @@ TEST_CASE("MLP autoencoder: reconstructed, then attended; weights counted; bad s
   const std::string missing = outs.back().name;
   outs.pop_back();
   write_safetensors(path, outs, {{preset_metadata_key, recipe_to_json(r).dump()}});
-  CHECK_THROWS_WITH_AS(preset_file{path}, doctest::Contains(("'" + missing + "'").c_str()), kvcal::error);
+  CHECK_THROWS_WITH_AS(preset_file{path}, doctest::Contains(("'" + missing + "'").c_str()),
+                       kvcal::error);
 }
 
 TEST_CASE("RoPE scaling from the preset is applied to reconstructed keys") {

@@ -16,6 +16,7 @@
 #include "presets/preset_writer.h"
 #include "runtime/byte_accounting.h"
 #include "runtime/preset.h"
+#include "runtime/preset_report.h"
 #include "tests/test_util.h"
 
 using json = nlohmann::json;
@@ -150,6 +151,26 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
   CHECK(acc.at("context") == 4096);
   CHECK(acc.at("fixed_bytes").get<double>() ==
         doctest::Approx(static_cast<double>(p.fixed_bytes())));
+  CHECK(kvcal::describe_method(p.recipe().layers[3].v) == "ae-mlp 8 fp16 h12");
+  CHECK(kvcal::describe_method(p.recipe().layers[1].k) == "ae 16 int4");
+
+  // A version 1 file (written before MLP autoencoders) is read, and inspect names its version.
+  json v1 = kvcal::recipe_to_json(r);
+  v1["version"] = 1;
+  for (auto& l : v1["layers"])
+    for (const char* kv : {"k", "v"})
+      if (l[kv].is_object() && l[kv].contains("ae")) l[kv]["ae"].erase("hidden");
+  v1["layers"][3]["v"] = "none";
+  std::vector<kvcal::tensor_out> t1;
+  for (const auto& t : tensors)
+    if (t.name.rfind("layers.3.", 0) != 0) t1.push_back(t);
+  const std::string old = dir.file("v1.safetensors");
+  kvcal::write_safetensors(old, t1, {{kvcal::preset_metadata_key, v1.dump()}});
+  kvcal::preset_file p1(old);
+  CHECK(p1.recipe().layers[1].k.ae.hidden == 0);
+  std::ostringstream os;
+  kvcal::describe_preset(old, os);
+  CHECK_MESSAGE(has(os.str(), "kvcal preset, format kvcal.preset version 1"), os.str());
 }
 
 TEST_CASE("every template that needs no calibration exports against llama and Qwen2.5-7B shapes") {
