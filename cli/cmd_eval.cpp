@@ -97,9 +97,10 @@ int run_eval(const std::vector<std::string>& args, io& io) {
         cp.tasks.push_back(t);
     }
     if (!ppl) cp.skip_ppl = true;
-    if (cp.skip_ppl && cp.tasks.empty())
+    if (cp.skip_ppl && cp.tasks.empty() && cp.task_files.empty())
       throw usage_error("--task: nothing to measure (ppl, passkey, recall)");
   }
+  if (p.text_path.empty() && !cp.skip_ppl) throw usage_error("--text: empty path");
   if (vm["model"].defaulted()) check_default_model_dir(p.model_dir);
   cp.tasks_dir = default_tasks_dir();
   cp.presets = split_commas(cp.presets);
