@@ -151,7 +151,7 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
   CHECK(acc.at("context") == 4096);
   CHECK(acc.at("fixed_bytes").get<double>() ==
         doctest::Approx(static_cast<double>(p.fixed_bytes())));
-  CHECK(kvcal::describe_method(p.recipe().layers[3].v) == "ae-mlp 8 fp16 h12");
+  CHECK(kvcal::describe_method(p.recipe().layers[3].v) == "ae 8 fp16 mlp12");
   CHECK(kvcal::describe_method(p.recipe().layers[1].k) == "ae 16 int4");
 
   // A version 1 file (written before MLP autoencoders) is read, and inspect names its version.
