@@ -1,12 +1,15 @@
 // kvcal eval: baseline perplexity of a model over a text with the plain full-precision cache
 // (convention in docs/eval.md); with --preset and/or --tasks, quality through compressed caches
 // (decode-PPL and retrieval, side by side with the baseline: model/compressed_eval.h).
+// Defaults: the reference model and the committed eval sets (cli/data_paths.h).
+#include <algorithm>
 #include <cstdio>
 #include <ostream>
 #include <sstream>
 #include <string>
 
 #include "cli/command.h"
+#include "cli/data_paths.h"
 #include "model/compressed_eval.h"
 #include "model/perplexity.h"
 
@@ -29,14 +32,19 @@ std::vector<std::string> split_commas(const std::vector<std::string>& in) {
 int run_eval(const std::vector<std::string>& args, io& io) {
   eval_params p;
   compressed_eval_params cp;
-  std::vector<std::string> tasks, lengths;
-  po::options_description opts("Options");
+  std::vector<std::string> tasks, parts, lengths;
+  std::int64_t prefix = 0;
+  std::string data_why;
+  const std::string data = data_dir(&data_why);
+  po::options_description opts("Options (data directory: " + data + ", from " + data_why +
+                               "; $KVCAL_DATA_DIR, else ./data, else the source tree's data/)");
   // clang-format off
   opts.add_options()
-      ("model", po::value<std::string>(&p.model_dir)->required(),
-       "Hugging Face model folder (config.json, model*.safetensors, tokenizer.json)")
-      ("text", po::value<std::string>(&p.text_path),
-       "UTF-8 text file to score (required unless --no-ppl)")
+      ("model", po::value<std::string>(&p.model_dir)->default_value(default_model_dir()),
+       "Hugging Face model folder (config.json, model*.safetensors, tokenizer.json); default: "
+       "the reference model")
+      ("text", po::value<std::string>(&p.text_path)->default_value(default_eval_text()),
+       "UTF-8 text file to score (the PPL part); default: the committed eval text")
       ("context", po::value<std::int64_t>(&p.context)->default_value(0),
        "window length in tokens (0 = min(max_position_embeddings, 2048))")
       ("device", po::value<std::string>(&p.device)->default_value("cpu"), "cpu | cuda | cuda:N")
@@ -49,8 +57,11 @@ int run_eval(const std::vector<std::string>& args, io& io) {
        "preset file(s): decode-PPL (and tasks) through each compressed cache vs the baseline")
       ("prefill", po::value<std::int64_t>(&cp.prefill)->default_value(0),
        "with --preset/--tasks: tokens prefilled per window, the rest decoded (0 = context/2)")
+      ("prefix", po::value<std::int64_t>(&prefix), "the same as --prefill")
+      ("task", po::value<std::vector<std::string>>(&parts)->multitoken(),
+       "what to measure: ppl, passkey, recall (repeatable or a comma list; default: ppl)")
       ("tasks", po::value<std::vector<std::string>>(&tasks)->multitoken(),
-       "retrieval tasks, e.g. passkey,recall (files data/tasks/<task>_eval.jsonl)")
+       "retrieval tasks on top of ppl, e.g. passkey,recall (files <data>/tasks/<task>_eval.jsonl)")
       ("task-file", po::value<std::vector<std::string>>(&cp.task_files)->multitoken(),
        "task file(s) (JSON lines; task name = file name up to the first '_')")
       ("task-lengths", po::value<std::vector<std::string>>(&lengths)->multitoken(),
@@ -62,16 +73,36 @@ int run_eval(const std::vector<std::string>& args, io& io) {
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_options("eval",
-                     "--model DIR --text FILE [--context N] [--preset P ...] [--prefill N] "
-                     "[--tasks passkey,recall] [--device cpu|cuda] [--json OUT]",
+                     "[--model DIR] [--text FILE] [--context N] [--preset P ...] [--prefix N] "
+                     "[--task ppl,passkey,recall] [--device cpu|cuda] [--json OUT]",
                      opts, pos, args, vm, io))
     return 0;
   if (p.context < 0 || p.context == 1) throw usage_error("--context must be 0 (default) or >= 2");
   if (p.max_tokens < 0) throw usage_error("--max-tokens must be >= 0");
-  if (p.text_path.empty() && !cp.skip_ppl) throw usage_error("--text is required");
+  if (vm.count("prefix")) {
+    if (!vm["prefill"].defaulted() && cp.prefill != prefix)
+      throw usage_error("--prefix and --prefill are the same option; give one");
+    cp.prefill = prefix;
+  }
   if (cp.prefill < 0) throw usage_error("--prefill must be >= 0");
   if (cp.task_limit < 0) throw usage_error("--task-limit must be >= 0");
   cp.tasks = split_commas(tasks);
+  // --task: ppl is the perplexity part, anything else a retrieval task.
+  if (vm.count("task")) {
+    bool ppl = false;
+    for (const auto& t : split_commas(parts)) {
+      if (t == "ppl")
+        ppl = true;
+      else if (std::find(cp.tasks.begin(), cp.tasks.end(), t) == cp.tasks.end())
+        cp.tasks.push_back(t);
+    }
+    if (!ppl) cp.skip_ppl = true;
+    if (cp.skip_ppl && cp.tasks.empty() && cp.task_files.empty())
+      throw usage_error("--task: nothing to measure (ppl, passkey, recall)");
+  }
+  if (p.text_path.empty() && !cp.skip_ppl) throw usage_error("--text: empty path");
+  if (vm["model"].defaulted()) check_default_model_dir(p.model_dir);
+  cp.tasks_dir = default_tasks_dir();
   cp.presets = split_commas(cp.presets);
   cp.task_files = split_commas(cp.task_files);
   for (const auto& l : split_commas(lengths)) {

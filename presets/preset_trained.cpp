@@ -42,11 +42,18 @@ nlohmann::json read_meta(const safetensors_file& f, const char* key, const char*
   return m;
 }
 
+std::string shape_str(const std::vector<std::int64_t>& s) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + "]";
+}
+
 const tensor_view& take(const safetensors_file& f, const std::string& name,
                         const std::vector<std::int64_t>& shape, preset_trained_tensors& out) {
   const tensor_view* t = f.find(name);
   KVCAL_CHECK(t != nullptr, f.path(), ": no tensor '", name, "' (was this layer / head trained?)");
-  KVCAL_CHECK(t->shape == shape, f.path(), ": tensor '", name, "' has the wrong shape");
+  KVCAL_CHECK(t->shape == shape, f.path(), ": tensor '", name, "' has shape ", shape_str(t->shape),
+              ", expected ", shape_str(shape));
   std::vector<float>& v = out.storage.emplace_back(to_float(*t));
   out.tensors.push_back({name, st_dtype::F32, shape, v.data()});
   out.bytes += static_cast<double>(v.size() * 4);
@@ -60,11 +67,11 @@ preset_trained_tensors apply_ae_file(preset_recipe& r, const std::string& ae_pat
   const safetensors_file f(ae_path);
   const nlohmann::json m = read_meta(f, "kvcal.ae", "kvcal.ae", 1, cfg, config_path);
   const std::string arch = m.value("arch", std::string());
-  KVCAL_CHECK(arch == "linear", ae_path, ": arch '", arch,
-              "': a preset's ae method is the linear autoencoder z = W_e x + b_e, "
-              "x' = W_d z + b_d and cannot hold an MLP autoencoder; train with --arch linear to "
-              "export");
+  KVCAL_CHECK(arch == "linear" || arch == "mlp", ae_path, ": arch '", arch,
+              "' is not linear or mlp");
   const int latent = m.at("latent").get<int>();
+  const int hidden = arch == "mlp" ? m.value("hidden", 0) : 0;
+  KVCAL_CHECK(arch == "linear" || hidden > 0, ae_path, ": arch mlp with hidden width ", hidden);
   const std::int64_t d = r.model.head_dim, H = r.model.n_kv_heads;
   preset_trained_tensors out;
   bool any = false;
@@ -76,7 +83,11 @@ preset_trained_tensors apply_ae_file(preset_recipe& r, const std::string& ae_pat
         if (km.kind != kv_method_kind::ae) return;
         KVCAL_CHECK(km.ae.latent == 0 || km.ae.latent == latent, ae_path, ": ", where,
                     " needs latent ", km.ae.latent, ", the autoencoders have latent ", latent);
+        KVCAL_CHECK(km.ae.hidden == 0 || km.ae.hidden == hidden, ae_path, ": ", where,
+                    " needs an MLP autoencoder of hidden width ", km.ae.hidden, ", the file's are ",
+                    arch, hidden > 0 ? " of width " + std::to_string(hidden) : std::string());
         km.ae.latent = latent;
+        km.ae.hidden = hidden;  // the architecture is the file's
       };
       const std::string where = "layer " + std::to_string(l) + " " + (is_k ? "K" : "V");
       fix(is_k ? lr.k : lr.v, where);
@@ -93,6 +104,14 @@ preset_trained_tensors apply_ae_file(preset_recipe& r, const std::string& ae_pat
         take(f, pre + "encoder.bias", {latent}, out);
         take(f, pre + "decoder.weight", {d, latent}, out);
         take(f, pre + "decoder.bias", {d}, out);
+        if (hidden > 0) {
+          take(f, pre + "encoder.mlp.fc1.weight", {hidden, d}, out);
+          take(f, pre + "encoder.mlp.fc1.bias", {hidden}, out);
+          take(f, pre + "encoder.mlp.fc2.weight", {latent, hidden}, out);
+          take(f, pre + "decoder.mlp.fc1.weight", {hidden, latent}, out);
+          take(f, pre + "decoder.mlp.fc1.bias", {hidden}, out);
+          take(f, pre + "decoder.mlp.fc2.weight", {d, hidden}, out);
+        }
       }
     }
   }

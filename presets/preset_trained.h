@@ -3,9 +3,11 @@
 //
 // AE: every layer / KV head whose K or V method is `ae` takes
 //   layers.<l>.<k|v>.heads.<h>.ae.{encoder,decoder}.{weight,bias}   F32, names as in the preset
-// from the file; a latent left at 0 by the template takes the file's, a latent set by the recipe
-// must equal it. Only linear AEs: the preset's `ae` method is z = W_e x + b_e, x' = W_d z + b_d,
-// so an `--arch mlp` file is refused.
+// from the file, and for an `--arch mlp` file also
+//   layers.<l>.<k|v>.heads.<h>.ae.{encoder,decoder}.mlp.{fc1.weight,fc1.bias,fc2.weight}
+// A latent left at 0 by the template takes the file's, a latent set by the recipe must equal it;
+// the architecture is the file's (ae.hidden = its hidden width, 0 for linear; a recipe that sets
+// hidden must match it).
 // Policy: every layer whose policy is `learned` takes layers.<l>.policy.weight / .bias (linear)
 // or .fc1 / .fc2 (one hidden layer, ReLU); mlp_hidden and in_dim come from the file, the
 // recipe's features must match the file's. Policies with two or more hidden layers (h2o-label's

@@ -32,13 +32,6 @@ struct compressed_cache::layer_state {
 
 namespace {
 
-std::vector<float> tensor_floats(const std::vector<tensor_view>& tensors, const std::string& name,
-                                 const std::string& source) {
-  for (const auto& t : tensors)
-    if (t.name == name) return to_float(t);
-  KVCAL_FAIL(source, ": no tensor '", name, "'");
-}
-
 std::string stream_prefix(int layer, bool value, int head) {
   return "layers." + std::to_string(layer) + (value ? ".v" : ".k") + ".heads." +
          std::to_string(head);
@@ -93,22 +86,9 @@ compressed_cache::compressed_cache(const preset_recipe& r, const std::vector<ten
       for (int h = 0; h < dims.n_kv_heads; ++h) {
         const kv_method& m =
             value ? lr.v_of(static_cast<std::size_t>(h)) : lr.k_of(static_cast<std::size_t>(h));
-        std::optional<linear_maps> maps;
-        const std::string pre = stream_prefix(l, value != 0, h);
-        if (m.kind == kv_method_kind::pca) {
-          auto basis = tensor_floats(tensors, pre + ".pca.basis", source);
-          auto mean = tensor_floats(tensors, pre + ".pca.mean", source);
-          maps = pca_maps(basis.data(), mean.data(), m.pca.rank, d);
-        } else if (m.kind == kv_method_kind::ae) {
-          auto ew = tensor_floats(tensors, pre + ".ae.encoder.weight", source);
-          auto eb = tensor_floats(tensors, pre + ".ae.encoder.bias", source);
-          auto dw = tensor_floats(tensors, pre + ".ae.decoder.weight", source);
-          auto db = tensor_floats(tensors, pre + ".ae.decoder.bias", source);
-          maps = ae_maps(ew.data(), eb.data(), dw.data(), db.data(), m.ae.latent, d);
-        }
-        if (maps) fixed_bytes_ += maps->bytes();
         stream s;
-        s.codec = make_codec(m, d, maps ? &*maps : nullptr);
+        s.codec = make_stream_codec(m, d, tensors, stream_prefix(l, value != 0, h), source,
+                                    &fixed_bytes_);
         const std::size_t fp16_row = static_cast<std::size_t>(d) * 2;
         const std::size_t block = static_cast<std::size_t>(s.codec->block_tokens());
         s.sinks = paged_array(&pool_, fp16_row, P);

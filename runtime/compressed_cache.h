@@ -15,6 +15,7 @@
 // preset's RoPE parameters, runtime/rope.h). V of linear methods (PCA, linear AE) is attended in
 // latent space, out = (P Z) W_d^T + (sum P) b_d (DESIGN.md §3.2); a rotated key does not factor
 // through a fixed basis (R_p depends on the token), so PCA/AE keys are reconstructed, then rotated.
+// MLP autoencoders (ae with hidden > 0) are not linear: K and V are reconstructed, then attended.
 //
 // Memory: paged (runtime/kv_store.h), pages sized in tokens (`page_tokens`); stats() reports
 // bytes held by pages as allocated, bytes used by live records, per method and per layer.

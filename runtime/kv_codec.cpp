@@ -6,6 +6,7 @@
 #include "kernels/common/half.h"
 #include "kernels/cpu/bitpack.h"
 #include "kernels/cpu/quantize.h"
+#include "runtime/ae_mlp.h"
 
 namespace kvcal {
 
@@ -78,18 +79,53 @@ class quant_codec final : public kv_codec {
   std::vector<std::uint16_t> scales_, zeros_;  // scratch: records are unaligned
 };
 
-// Record: fp16 latent [r]; or fp16 scale, fp16 zero, codes packed_bytes(r, bits).
+// Latent record of PCA / AE: fp16 latent [r]; or fp16 scale, fp16 zero, codes
+// packed_bytes(r, bits) (one asymmetric group per token).
+std::size_t latent_record_bytes(int rank, int bits) {
+  return bits == 16 ? static_cast<std::size_t>(rank) * 2
+                    : 4 + packed_bytes(static_cast<std::size_t>(rank), bits);
+}
+
+void store_latent(const float* z, int r, int bits, std::uint8_t* rec) {
+  if (bits == 16) {
+    encode_fp16_rows(z, 1, r, rec);
+    return;
+  }
+  std::uint8_t* codes = rec + 4;
+  std::memset(codes, 0, packed_bytes(static_cast<std::size_t>(r), bits));
+  std::uint16_t s = 0, zero = 0;
+  quantize_group(z, static_cast<std::size_t>(r), 1, bits, false, codes, 0, 1, &s, &zero);
+  std::memcpy(rec, &s, 2);
+  std::memcpy(rec + 2, &zero, 2);
+}
+
+void load_latent(const std::uint8_t* rec, int r, int bits, float* z) {
+  if (bits == 16) {
+    decode_fp16_rows(rec, 1, r, z);
+    return;
+  }
+  std::uint16_t s, zero;
+  std::memcpy(&s, rec, 2);
+  std::memcpy(&zero, rec + 2, 2);
+  const float sf = fp16_to_float(s), zf = fp16_to_float(zero);
+  for (int i = 0; i < r; ++i)
+    z[i] =
+        dequantize_code(get_bits(rec + 4, static_cast<std::size_t>(i), bits), sf, zf, bits, false);
+}
+
+void check_latent_bits(int bits) {
+  KVCAL_CHECK(bits == 16 || bits == 8 || bits == 4, "latent bits ", bits,
+              " is not one of 16, 8, 4");
+}
+
 class linear_codec final : public kv_codec {
  public:
   linear_codec(kv_method_kind kind, int bits, const linear_maps& maps)
-      : kv_codec(kind, maps.d, 1,
-                 bits == 16 ? static_cast<std::size_t>(maps.rank) * 2
-                            : 4 + packed_bytes(static_cast<std::size_t>(maps.rank), bits)),
+      : kv_codec(kind, maps.d, 1, latent_record_bytes(maps.rank, bits)),
         bits_(bits),
         maps_(maps),
         z_(static_cast<std::size_t>(maps.rank)) {
-    KVCAL_CHECK(bits == 16 || bits == 8 || bits == 4, "latent bits ", bits,
-                " is not one of 16, 8, 4");
+    check_latent_bits(bits);
   }
 
   const linear_maps* maps() const override { return &maps_; }
@@ -102,31 +138,11 @@ class linear_codec final : public kv_codec {
       for (int c = 0; c < d; ++c) acc += w[c] * x[c];
       z_[static_cast<std::size_t>(i)] = acc;
     }
-    if (bits_ == 16) {
-      encode_fp16_rows(z_.data(), 1, r, rec);
-      return;
-    }
-    std::uint8_t* codes = rec + 4;
-    std::memset(codes, 0, packed_bytes(static_cast<std::size_t>(r), bits_));
-    std::uint16_t s = 0, zero = 0;
-    quantize_group(z_.data(), static_cast<std::size_t>(r), 1, bits_, false, codes, 0, 1, &s, &zero);
-    std::memcpy(rec, &s, 2);
-    std::memcpy(rec + 2, &zero, 2);
+    store_latent(z_.data(), r, bits_, rec);
   }
 
   void decode_latent(const std::uint8_t* rec, float* z) override {
-    const int r = maps_.rank;
-    if (bits_ == 16) {
-      decode_fp16_rows(rec, 1, r, z);
-      return;
-    }
-    std::uint16_t s, zero;
-    std::memcpy(&s, rec, 2);
-    std::memcpy(&zero, rec + 2, 2);
-    const float sf = fp16_to_float(s), zf = fp16_to_float(zero);
-    for (int i = 0; i < r; ++i)
-      z[i] = dequantize_code(get_bits(rec + 4, static_cast<std::size_t>(i), bits_), sf, zf, bits_,
-                             false);
+    load_latent(rec, maps_.rank, bits_, z);
   }
 
   void decode(const std::uint8_t* rec, float* out) override {
@@ -144,6 +160,37 @@ class linear_codec final : public kv_codec {
   int bits_;
   linear_maps maps_;
   std::vector<float> z_;  // [rank] scratch
+};
+
+// The MLP autoencoder (runtime/ae_mlp.h); record as the linear codecs'. No maps(): the decoder
+// is not linear in z, so the cache reconstructs these tokens before attending.
+class mlp_ae_codec final : public kv_codec {
+ public:
+  mlp_ae_codec(int bits, const ae_mlp_maps& maps)
+      : kv_codec(kv_method_kind::ae, maps.linear.d, 1, latent_record_bytes(maps.linear.rank, bits)),
+        bits_(bits),
+        maps_(maps),
+        z_(static_cast<std::size_t>(maps.linear.rank)),
+        h_(static_cast<std::size_t>(maps.hidden)) {
+    check_latent_bits(bits);
+  }
+
+  void encode(const float* x, std::uint8_t* rec) override {
+    ae_mlp_encode(maps_, x, z_.data(), h_.data());
+    store_latent(z_.data(), maps_.linear.rank, bits_, rec);
+  }
+  void decode_latent(const std::uint8_t* rec, float* z) override {
+    load_latent(rec, maps_.linear.rank, bits_, z);
+  }
+  void decode(const std::uint8_t* rec, float* out) override {
+    decode_latent(rec, z_.data());
+    ae_mlp_decode(maps_, z_.data(), out, h_.data());
+  }
+
+ private:
+  int bits_;
+  ae_mlp_maps maps_;
+  std::vector<float> z_, h_;  // [rank], [hidden] scratch
 };
 
 }  // namespace
@@ -200,7 +247,8 @@ linear_maps ae_maps(const float* enc_w, const float* enc_b, const float* dec_w, 
   return m;
 }
 
-std::unique_ptr<kv_codec> make_codec(const kv_method& m, int d, const linear_maps* maps) {
+std::unique_ptr<kv_codec> make_codec(const kv_method& m, int d, const linear_maps* maps,
+                                     const ae_mlp_maps* mlp) {
   switch (m.kind) {
     case kv_method_kind::none:
       return std::make_unique<fp16_codec>(d);
@@ -210,6 +258,13 @@ std::unique_ptr<kv_codec> make_codec(const kv_method& m, int d, const linear_map
     case kv_method_kind::ae: {
       const bool pca = m.kind == kv_method_kind::pca;
       const int rank = pca ? m.pca.rank : m.ae.latent;
+      if (!pca && m.ae.hidden > 0) {
+        KVCAL_CHECK(
+            mlp && mlp->linear.rank == rank && mlp->linear.d == d && mlp->hidden == m.ae.hidden,
+            "ae: the MLP codec needs weights of latent ", rank, ", dim ", d, " and hidden width ",
+            m.ae.hidden);
+        return std::make_unique<mlp_ae_codec>(m.ae.latent_bits, *mlp);
+      }
       KVCAL_CHECK(maps && maps->rank == rank && maps->d == d, kv_method_name(m.kind),
                   ": the codec needs encoder/decoder tensors of rank ", rank, " and dim ", d);
       return std::make_unique<linear_codec>(m.kind, pca ? m.pca.latent_bits : m.ae.latent_bits,
@@ -217,6 +272,47 @@ std::unique_ptr<kv_codec> make_codec(const kv_method& m, int d, const linear_map
     }
   }
   KVCAL_FAIL("unknown KV method ", static_cast<int>(m.kind));
+}
+
+std::unique_ptr<kv_codec> make_stream_codec(const kv_method& m, int d,
+                                            const std::vector<tensor_view>& tensors,
+                                            const std::string& prefix, const std::string& source,
+                                            std::size_t* maybe_fixed_bytes) {
+  auto get = [&](const std::string& suffix) {
+    const std::string name = prefix + suffix;
+    for (const auto& t : tensors)
+      if (t.name == name) return to_float(t);
+    KVCAL_FAIL(source, ": no tensor '", name, "'");
+  };
+  std::size_t bytes = 0;
+  std::unique_ptr<kv_codec> c;
+  if (m.kind == kv_method_kind::pca) {
+    const auto basis = get(".pca.basis"), mean = get(".pca.mean");
+    const linear_maps maps = pca_maps(basis.data(), mean.data(), m.pca.rank, d);
+    bytes = maps.bytes();
+    c = make_codec(m, d, &maps);
+  } else if (m.kind == kv_method_kind::ae) {
+    const auto ew = get(".ae.encoder.weight"), eb = get(".ae.encoder.bias");
+    const auto dw = get(".ae.decoder.weight"), db = get(".ae.decoder.bias");
+    const linear_maps maps = ae_maps(ew.data(), eb.data(), dw.data(), db.data(), m.ae.latent, d);
+    if (m.ae.hidden > 0) {
+      const auto e1w = get(".ae.encoder.mlp.fc1.weight"), e1b = get(".ae.encoder.mlp.fc1.bias");
+      const auto e2w = get(".ae.encoder.mlp.fc2.weight");
+      const auto d1w = get(".ae.decoder.mlp.fc1.weight"), d1b = get(".ae.decoder.mlp.fc1.bias");
+      const auto d2w = get(".ae.decoder.mlp.fc2.weight");
+      const ae_mlp_maps mlp = ae_mlp_maps_of(maps, m.ae.hidden, e1w.data(), e1b.data(), e2w.data(),
+                                             d1w.data(), d1b.data(), d2w.data());
+      bytes = mlp.bytes();
+      c = make_codec(m, d, nullptr, &mlp);
+    } else {
+      bytes = maps.bytes();
+      c = make_codec(m, d, &maps);
+    }
+  } else {
+    c = make_codec(m, d, nullptr);
+  }
+  if (maybe_fixed_bytes) *maybe_fixed_bytes += bytes;
+  return c;
 }
 
 }  // namespace kvcal

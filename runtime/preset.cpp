@@ -1,7 +1,6 @@
 #include "runtime/preset.h"
 
 #include <map>
-
 #include <nlohmann/json.hpp>
 
 #include "kernels/common/error.h"
@@ -27,6 +26,15 @@ void method_tensors(const kv_method& m, const std::string& prefix, std::int64_t 
     out.push_back({prefix + ".ae.encoder.bias", {z}, "AE encoder bias"});
     out.push_back({prefix + ".ae.decoder.weight", {d, z}, "AE decoder weight"});
     out.push_back({prefix + ".ae.decoder.bias", {d}, "AE decoder bias"});
+    if (m.ae.hidden > 0) {  // MLP autoencoder: a GELU branch on each side (runtime/ae_mlp.h)
+      const std::int64_t h = m.ae.hidden;
+      out.push_back({prefix + ".ae.encoder.mlp.fc1.weight", {h, d}, "AE encoder MLP weight"});
+      out.push_back({prefix + ".ae.encoder.mlp.fc1.bias", {h}, "AE encoder MLP bias"});
+      out.push_back({prefix + ".ae.encoder.mlp.fc2.weight", {z, h}, "AE encoder MLP weight"});
+      out.push_back({prefix + ".ae.decoder.mlp.fc1.weight", {h, z}, "AE decoder MLP weight"});
+      out.push_back({prefix + ".ae.decoder.mlp.fc1.bias", {h}, "AE decoder MLP bias"});
+      out.push_back({prefix + ".ae.decoder.mlp.fc2.weight", {d, h}, "AE decoder MLP weight"});
+    }
   }
 }
 
@@ -95,8 +103,8 @@ void check_preset_tensors(const preset_recipe& r, const std::vector<tensor_view>
                 " (F32, F16 or BF16 expected)");
     by_name.erase(it);
   }
-  KVCAL_CHECK(by_name.empty(), source, ": tensor '",
-              by_name.empty() ? "" : by_name.begin()->first, "' is not used by the recipe");
+  KVCAL_CHECK(by_name.empty(), source, ": tensor '", by_name.empty() ? "" : by_name.begin()->first,
+              "' is not used by the recipe");
 }
 
 bool is_preset_file(const std::string& path) {

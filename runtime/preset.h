@@ -1,7 +1,7 @@
 // A kvcal preset: one safetensors file carrying a whole KV-compression recipe and every tensor it
 // needs. Reader and checks here (no libtorch); the writer is presets/preset_writer.h.
 //
-// Layout (format "kvcal.preset", version 1; docs/formats/preset.md):
+// Layout (format "kvcal.preset", version 2, reads 1; docs/formats/preset.md):
 //   safetensors file
 //     __metadata__["kvcal.preset"]          JSON recipe (runtime/preset_recipe.h): format, version,
 //                                           model fingerprint, adaptive mode, one entry per layer
@@ -14,12 +14,16 @@
 //       layers.<l>.<k|v>.heads.<h>.ae.encoder.bias      [latent]
 //       layers.<l>.<k|v>.heads.<h>.ae.decoder.weight    [d, latent]
 //       layers.<l>.<k|v>.heads.<h>.ae.decoder.bias      [d]
+//       ...ae.encoder.mlp.fc1.weight [hidden, d], .fc1.bias [hidden], .fc2.weight [latent, hidden]
+//       ...ae.decoder.mlp.fc1.weight [hidden, latent], .fc1.bias [hidden], .fc2.weight [d, hidden]
+//                                                       (MLP autoencoder, ae.hidden > 0; v2)
 //       layers.<l>.policy.weight / .bias                [n_kv_heads, in_dim] / [n_kv_heads]
 //                                                       (learned policy, mlp_hidden == 0)
 //       layers.<l>.policy.fc1.weight / .bias            [mlp_hidden, in_dim] / [mlp_hidden]
 //       layers.<l>.policy.fc2.weight / .bias            [n_kv_heads, mlp_hidden] / [n_kv_heads]
-// Versioning: a reader accepts exactly its own version and names both numbers otherwise; new
-// fields get defaults and a version bump; enum values are only appended.
+// Versioning: a reader accepts the versions from preset_format_min_version to its own and names
+// both numbers otherwise; new fields get defaults and a version bump; enum values are only
+// appended.
 //
 //   kvcal::preset_file p("kivi-2.safetensors");      // validates recipe and tensors
 //   p.check_model(kvcal::read_model_config(dir + "/config.json"), dir + "/config.json");

@@ -155,6 +155,7 @@ struct ctx {
   std::int64_t n_kv_heads;
   std::int64_t head_dim;
   bool allow_unset_rank;
+  std::int64_t version;
 };
 
 kv_method parse_method(const json& j, const ctx& c, const std::string& path) {
@@ -181,17 +182,23 @@ kv_method parse_method(const json& j, const ctx& c, const std::string& path) {
                 " (per-token groups run along channels)");
   } else if (kind == "pca" || kind == "ae") {
     reader r(body, c.src, p);
-    const char* size_key = kind == "pca" ? "rank" : "latent";
-    r.only({size_key, "latent_bits"});
+    const bool pca = kind == "pca";
+    const char* size_key = pca ? "rank" : "latent";
+    if (pca)
+      r.only({size_key, "latent_bits"});
+    else
+      r.only({size_key, "latent_bits", "hidden"});
     const std::int64_t lo = c.allow_unset_rank ? 0 : 1;
     int size = static_cast<int>(r.integer(size_key, lo, c.head_dim));
     int bits = r.has("latent_bits") ? r.one_of("latent_bits", {16, 8, 4}) : 16;
-    if (kind == "pca") {
+    if (pca) {
       m.kind = kv_method_kind::pca;
       m.pca = {size, bits};
     } else {
+      KVCAL_CHECK(!r.has("hidden") || c.version >= 2, c.src, ": ", r.at("hidden"),
+                  ": MLP autoencoders need format version 2, the file is version ", c.version);
       m.kind = kv_method_kind::ae;
-      m.ae = {size, bits};
+      m.ae = {size, bits, static_cast<int>(r.integer_or("hidden", 0, 0, 1 << 20))};
     }
   } else {
     KVCAL_FAIL(c.src, ": ", path, ": unknown method '", kind, "' (none, quant, pca, ae)");
@@ -379,7 +386,9 @@ json method_to_json(const kv_method& m) {
     case kv_method_kind::pca:
       return json{{"pca", {{"rank", m.pca.rank}, {"latent_bits", m.pca.latent_bits}}}};
     case kv_method_kind::ae:
-      return json{{"ae", {{"latent", m.ae.latent}, {"latent_bits", m.ae.latent_bits}}}};
+      return json{
+          {"ae",
+           {{"latent", m.ae.latent}, {"latent_bits", m.ae.latent_bits}, {"hidden", m.ae.hidden}}}};
   }
   return nullptr;
 }
@@ -454,8 +463,9 @@ preset_recipe parse_recipe(const json& j, const std::string& source,
   const std::int64_t version = r.integer("version", INT64_MIN, INT64_MAX);
   KVCAL_CHECK(version <= preset_format_version, source, ": version: the file is format version ",
               version, ", newer than this build reads (", preset_format_version, "); update kvcal");
-  KVCAL_CHECK(version >= preset_format_version, source, ": version: the file is format version ",
-              version, ", older than this build reads (", preset_format_version,
+  KVCAL_CHECK(version >= preset_format_min_version, source,
+              ": version: the file is format version ", version,
+              ", older than the oldest this build reads (", preset_format_min_version,
               "); re-export it with this kvcal");
 
   preset_recipe p;
@@ -483,7 +493,7 @@ preset_recipe parse_recipe(const json& j, const std::string& source,
   KVCAL_CHECK(layers.is_array(), source, ": layers: expected an array, got ", layers.type_name());
   KVCAL_CHECK(static_cast<std::int64_t>(layers.size()) == p.model.n_layers, source,
               ": layers: ", layers.size(), " entries, but model.n_layers is ", p.model.n_layers);
-  ctx c{source, p.model.n_kv_heads, p.model.head_dim, opts.allow_unset_rank};
+  ctx c{source, p.model.n_kv_heads, p.model.head_dim, opts.allow_unset_rank, version};
   for (std::size_t i = 0; i < layers.size(); ++i)
     p.layers.push_back(parse_layer_entry(layers[i], c, "layers[" + std::to_string(i) + "]"));
   return p;

@@ -2,36 +2,39 @@
 // tokens are kept, and the model it was made for. Plain structs with defaults, plus the JSON form
 // stored in the preset's `__metadata__` (docs/formats/preset.md describes every field).
 //
-// JSON (format "kvcal.preset", version 1):
-//   { "format": "kvcal.preset", "version": 1, "name": "kivi-2", "description": "...",
+// JSON (format "kvcal.preset", version 2; version 1 files are read too, see below):
+//   { "format": "kvcal.preset", "version": 2, "name": "kivi-2", "description": "...",
 //     "model": { "model_type": "llama", "n_layers": 4, "n_kv_heads": 2, "head_dim": 64,
 //                "rope": {...}, "config_sha256": "..." },
 //     "adaptive": { "compress_after": 512, "keep_recent": 256 },        (optional)
 //     "layers": [ { "k": {"quant": {"bits": 2, "group": 32, "axis": "per-channel",
 //                                   "symmetric": false}},
 //                   "v": {"pca": {"rank": 96, "latent_bits": 8}},       ("none" | {"none": {}})
+//                        | {"ae": {"latent": 16, "latent_bits": 16, "hidden": 64}}
 //                   "heads": [ {"k": ..., "v": ...}, ... ],              (optional per KV head)
 //                   "policy": {"h2o": {"heavy": 0.8, "recent": 0.2}},   ("full" | {"full": {}})
 //                   "budget": {"retain": 0.125} | {"tokens": 256},       (optional)
 //                   "guard": 0.5, "residual": 128 }, ... ] }
+// Versions: 1 = no ae.hidden (every AE linear); 2 adds ae.hidden (MLP autoencoders). Writers
+// write the current version; readers take every version from the oldest to the current.
 //
 //   kvcal::preset_recipe r = kvcal::parse_recipe(json, "preset.safetensors");  // validates
 //   std::string s = kvcal::recipe_to_json(r).dump();
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "runtime/model_config.h"
 
 namespace kvcal {
 
 inline constexpr const char* preset_format_name = "kvcal.preset";
-inline constexpr int preset_format_version = 1;
+inline constexpr int preset_format_version = 2;      // written
+inline constexpr int preset_format_min_version = 1;  // oldest read (same fields, defaults)
 
 // Values only ever appended.
 enum class kv_method_kind { none, quant, pca, ae };
@@ -46,10 +49,10 @@ const char* token_policy_name(token_policy_kind k);
 const char* policy_features_name(policy_features f);
 
 struct quant_params {
-  int bits = 4;                          // 2 | 3 | 4 | 8
-  int group = 32;                        // elements sharing one scale (and zero)
+  int bits = 4;                             // 2 | 3 | 4 | 8
+  int group = 32;                           // elements sharing one scale (and zero)
   quant_axis axis = quant_axis::per_token;  // per-channel: groups run along tokens (KIVI K)
-  bool symmetric = false;                // symmetric: scale only; asymmetric: scale + zero
+  bool symmetric = false;                   // symmetric: scale only; asymmetric: scale + zero
 };
 
 struct pca_params {
@@ -57,10 +60,13 @@ struct pca_params {
   int latent_bits = 16;  // 16 (fp16) | 8 | 4 (per-token asymmetric, fp16 scale + zero)
 };
 
-// Linear autoencoder: z = W_e x + b_e, x' = W_d z + b_d, per (layer, K|V, KV head).
+// Autoencoder per (layer, K|V, KV head). hidden == 0: linear, z = W_e x + b_e, x' = W_d z + b_d;
+// hidden > 0: that plus a GELU branch of width `hidden` on each side (runtime/ae_mlp.h,
+// `kvcal train-ae --arch mlp`). Since format version 2.
 struct ae_params {
   int latent = 0;
   int latent_bits = 16;  // 16 | 8 | 4, as for PCA
+  int hidden = 0;        // MLP hidden width; 0 = linear
 };
 
 struct kv_method {
@@ -104,8 +110,8 @@ struct layer_recipe {
   std::vector<head_methods> heads;  // empty, or one entry per KV head
   token_policy policy;
   token_budget budget;
-  double guard = 0.0;          // fraction of compressed-eligible retained tokens kept in fp16
-  std::int64_t residual = 0;   // full-precision recent window (KIVI residual), tokens
+  double guard = 0.0;         // fraction of compressed-eligible retained tokens kept in fp16
+  std::int64_t residual = 0;  // full-precision recent window (KIVI residual), tokens
 
   const kv_method& k_of(std::size_t head) const;
   const kv_method& v_of(std::size_t head) const;
@@ -141,7 +147,8 @@ struct recipe_parse_options {
 
 // Parses and validates a recipe (format and version included). Errors read
 // "<source>: <json path>: <what is wrong>", e.g. "p.safetensors: layers[3].k.quant.bits: 5 is
-// not one of 2,3,4,8". A version other than preset_format_version is refused naming both.
+// not one of 2,3,4,8". A version outside [preset_format_min_version, preset_format_version] is
+// refused naming both.
 preset_recipe parse_recipe(const nlohmann::json& j, const std::string& source,
                            const recipe_parse_options& opts = {});
 // The stored form (format + version included); parse_recipe(recipe_to_json(r)) == r.

@@ -1,6 +1,7 @@
 #include "runtime/preset_report.h"
 
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
 
@@ -91,6 +92,7 @@ std::string describe_method(const kv_method& m) {
       break;
     case kv_method_kind::ae:
       os << latent_str("ae", m.ae.latent, m.ae.latent_bits);
+      if (m.ae.hidden > 0) os << " mlp" << m.ae.hidden;  // MLP autoencoder of that width
       break;
   }
   return os.str();
@@ -109,7 +111,7 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
   const calibration_needs needs = needs_of(r);
   if (needs.any()) out << "calibrated tensors: " << needs.describe() << "\n";
 
-  out << std::left << std::setw(6) << "layer" << std::setw(16) << "K" << std::setw(16) << "V"
+  out << std::left << std::setw(6) << "layer" << std::setw(18) << "K" << std::setw(18) << "V"
       << std::setw(20) << "policy" << std::setw(9) << "budget" << std::setw(7) << "guard"
       << "residual\n";
   // Consecutive identical layers collapse into one row ("0-27").
@@ -118,7 +120,7 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
     std::size_t j = i + 1;
     const auto row = [&](const layer_recipe& l) {
       std::ostringstream os;
-      os << std::left << std::setw(16) << describe_method(l.k) << std::setw(16)
+      os << std::left << std::setw(18) << describe_method(l.k) << std::setw(18)
          << describe_method(l.v) << std::setw(20) << policy_str(l) << std::setw(9)
          << budget_str(l.budget) << std::setw(7)
          << (std::to_string(static_cast<int>(l.guard * 100 + 0.5)) + "%") << l.residual
@@ -155,8 +157,10 @@ void print_recipe(const preset_recipe& r, double fixed_bytes,
 
 void describe_preset(const std::string& path, std::ostream& out) {
   preset_file p(path);
+  // The file's own version (older versions are read too), not the one this build writes.
+  const nlohmann::json meta = nlohmann::json::parse(p.tensors().metadata().at(preset_metadata_key));
   out << path << ": kvcal preset, format " << preset_format_name << " version "
-      << preset_format_version << ", " << p.tensors().tensors().size() << " tensors\n";
+      << meta.at("version").get<int>() << ", " << p.tensors().tensors().size() << " tensors\n";
   print_recipe(p.recipe(), static_cast<double>(p.fixed_bytes()), {2048, 8192, 32768}, out);
 }
 

@@ -1,8 +1,8 @@
 // runtime: the compressed KV cache (CPU reference) against a naive dense reference — fp16,
-// quantized, PCA and AE streams, latent-space attention, RoPE at original positions, adaptive
-// mode, byte accounting vs the pages actually held, no allocation after warm-up, the C API.
-// This binary replaces the global operator new / delete with counting malloc / free; GCC cannot
-// see that they pair and warns at every inlined deallocation.
+// quantized, PCA, linear and MLP AE streams, latent-space attention, RoPE at original positions,
+// adaptive mode, byte accounting vs the pages actually held, no allocation after warm-up, the C
+// API. This binary replaces the global operator new / delete with counting malloc / free; GCC
+// cannot see that they pair and warns at every inlined deallocation.
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 #include <doctest/doctest.h>
@@ -22,6 +22,7 @@
 #include "kernels/cpu/attention_ref.h"
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/rope.h"
+#include "runtime/ae_mlp.h"
 #include "runtime/byte_accounting.h"
 #include "runtime/compressed_cache.h"
 #include "runtime/io/safetensors.h"
@@ -70,6 +71,12 @@ kv_method ae_method(int latent, int bits) {
   kv_method m;
   m.kind = kv_method_kind::ae;
   m.ae = {latent, bits};
+  return m;
+}
+kv_method ae_mlp_method(int latent, int bits, int hidden) {
+  kv_method m;
+  m.kind = kv_method_kind::ae;
+  m.ae = {latent, bits, hidden};
   return m;
 }
 
@@ -477,6 +484,114 @@ TEST_CASE("PCA at full rank equals no compression; latent-space attention equals
                  });
     CHECK(c.stats().fixed_bytes > 0);
   }
+}
+
+TEST_CASE("MLP autoencoder: reconstructed, then attended; weights counted; bad shapes named") {
+  const int n_heads = 6, n_kv = 2, d = 16;
+  test::scratch_dir dir;
+  auto s = make_sequence(61, n_heads, n_kv, d, 4);
+  // K: MLP AE with an fp16 latent, V: MLP AE with an int4 latent on head 0 and a linear AE on
+  // head 1 (mixed per head), a residual window of 3.
+  auto r = make_recipe(2, n_kv, d, ae_mlp_method(6, 16, 10), ae_mlp_method(5, 4, 7), 3);
+  r.layers[1].heads.resize(2);
+  r.layers[1].heads[1].v = ae_method(5, 16);
+  tensor_store ts;
+  fill_tensors(r, ts, 8);
+  compressed_cache c(r, ts.views, {2, n_heads, n_kv, d, 4096});
+  run_sequence(c, s, 13,
+               [&](compressed_cache& cc, int l, std::int64_t t0, std::int64_t T,
+                   const std::vector<float>& q, const std::vector<float>& out) {
+                 auto ref = dense_attend(held(cc, l, false), held(cc, l, true), q, t0, T, t0 + T,
+                                         n_heads, n_kv, d, r.model.rope);
+                 REQUIRE(max_abs_diff(out, ref) < 2e-5);
+               });
+  CHECK(c.compressed_tokens(0, 1, false) == 58);
+  // Held keys = the MLP AE (runtime/ae_mlp.h) of the fp16 inputs, fp16 latent in between.
+  {
+    auto f = [&](const std::string& n) {
+      for (const auto& v : ts.views)
+        if (v.name == n) return to_float(v);
+      KVCAL_FAIL("no tensor ", n);
+    };
+    const std::string p = "layers.0.k.heads.1.ae.";
+    const auto ew = f(p + "encoder.weight"), eb = f(p + "encoder.bias"),
+               dw = f(p + "decoder.weight"), db = f(p + "decoder.bias");
+    const auto e1w = f(p + "encoder.mlp.fc1.weight"), e1b = f(p + "encoder.mlp.fc1.bias"),
+               e2w = f(p + "encoder.mlp.fc2.weight"), d1w = f(p + "decoder.mlp.fc1.weight"),
+               d1b = f(p + "decoder.mlp.fc1.bias"), d2w = f(p + "decoder.mlp.fc2.weight");
+    const ae_mlp_maps m =
+        ae_mlp_maps_of(ae_maps(ew.data(), eb.data(), dw.data(), db.data(), 6, d), 10, e1w.data(),
+                       e1b.data(), e2w.data(), d1w.data(), d1b.data(), d2w.data());
+    const auto kh = held(c, 0, false), kf = per_head(s.k, 61, n_kv, d, true);
+    std::vector<float> z(6), y(d), h(10);
+    double err = 0, lin = 0;
+    for (std::int64_t t = 0; t < 58; ++t) {
+      const float* x = &kf[static_cast<std::size_t>((61 + t) * d)];  // head 1
+      ae_mlp_encode(m, x, z.data(), h.data());
+      for (auto& zi : z) zi = fp16_to_float(float_to_fp16(zi));
+      ae_mlp_decode(m, z.data(), y.data(), h.data());
+      for (int i = 0; i < d; ++i) {
+        err =
+            std::max(err, std::fabs(double(y[i]) - kh[static_cast<std::size_t>((61 + t) * d + i)]));
+        // The branch changes the output (so the comparison could fail): the linear path alone.
+        double yl = db[static_cast<std::size_t>(i)];
+        for (int j = 0; j < 6; ++j)
+          yl += dw[static_cast<std::size_t>(i * 6 + j)] * z[static_cast<std::size_t>(j)];
+        lin = std::max(lin, std::fabs(yl - y[i]));
+      }
+    }
+    CHECK(err < 1e-5);
+    CHECK(lin > 1e-2);
+  }
+  // Weights are fixed bytes: per layer K 2 heads, V 2 heads (layer 1 V head 1 linear).
+  const std::size_t k_mlp = (2 * 6 * d + 6 + d + 10 * d + 10 + 6 * 10 + 10 * 6 + 10 + d * 10) * 4;
+  const std::size_t v_mlp = (2 * 5 * d + 5 + d + 7 * d + 7 + 5 * 7 + 7 * 5 + 7 + d * 7) * 4;
+  const std::size_t v_lin = (2 * 5 * d + 5 + d) * 4;
+  CHECK(c.stats().fixed_bytes == 2 * (2 * k_mlp) + 2 * v_mlp + v_mlp + v_lin);
+  // Byte accounting as a linear AE of the same latent (the record is the latent).
+  CHECK(c.stats().compressed[static_cast<int>(kv_method_kind::ae)].bytes_used ==
+        static_cast<std::size_t>(2 * (2 * 58 * 6 * 2) + 58 * (4 + 3) * 2 + 58 * (4 + 3) +
+                                 58 * 5 * 2));
+
+  // Under eviction (h2o on layer 1) the MLP streams are decoded like any codec's.
+  {
+    auto re = r;
+    re.layers[1].policy.kind = token_policy_kind::h2o;
+    re.layers[1].budget = {budget_kind::tokens, 24, 1.0};
+    compressed_cache ce(re, ts.views, {2, n_heads, n_kv, d, 4096});
+    bool finite = true;
+    run_sequence(ce, s, 13,
+                 [&](compressed_cache&, int, std::int64_t, std::int64_t, const std::vector<float>&,
+                     const std::vector<float>& out) {
+                   for (float o : out) finite = finite && std::isfinite(o);
+                 });
+    CHECK(finite);
+    CHECK(ce.length(1) == 24);
+    CHECK(ce.stats().compressed[static_cast<int>(kv_method_kind::ae)].tokens > 0);
+  }
+
+  // A preset file with a wrong MLP tensor shape: the error names the file and the tensor.
+  std::vector<tensor_out> outs;
+  for (const auto& v : ts.views) {
+    tensor_out o{v.name, v.dtype, v.shape, v.data};
+    if (v.name == "layers.1.v.heads.0.ae.decoder.mlp.fc2.weight") o.shape = {7, 16};
+    outs.push_back(o);
+  }
+  const std::string path = dir.file("mlp.safetensors");
+  write_safetensors(path, outs, {{preset_metadata_key, recipe_to_json(r).dump()}});
+  CHECK_THROWS_WITH_AS(preset_file{path},
+                       doctest::Contains("mlp.safetensors: tensor "
+                                         "'layers.1.v.heads.0.ae.decoder.mlp.fc2.weight': shape "
+                                         "[7, 16], the recipe needs [16, 7]"),
+                       kvcal::error);
+  // A missing branch tensor, too.
+  outs.pop_back();
+  while (outs.back().name.find("mlp") == std::string::npos) outs.pop_back();
+  const std::string missing = outs.back().name;
+  outs.pop_back();
+  write_safetensors(path, outs, {{preset_metadata_key, recipe_to_json(r).dump()}});
+  CHECK_THROWS_WITH_AS(preset_file{path}, doctest::Contains(("'" + missing + "'").c_str()),
+                       kvcal::error);
 }
 
 TEST_CASE("RoPE scaling from the preset is applied to reconstructed keys") {

@@ -16,6 +16,7 @@
 #include "presets/preset_writer.h"
 #include "runtime/byte_accounting.h"
 #include "runtime/preset.h"
+#include "runtime/preset_report.h"
 #include "tests/test_util.h"
 
 using json = nlohmann::json;
@@ -100,7 +101,7 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
   json layer2{
       {"k", "none"}, {"v", "none"}, {"policy", {{"window", {{"sinks", 4}, {"recent", 60}}}}}};
   json layer3{{"k", "none"},
-              {"v", "none"},
+              {"v", {{"ae", {{"latent", 8}, {"hidden", 12}}}}},  // MLP autoencoder (version 2)
               {"policy", {{"cluster", {{"k", 7}}}}},
               {"budget", {{"retain", 0.5}}}};
   json t{{"name", "mixed"},
@@ -112,8 +113,10 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
 
   const auto req = kvcal::required_tensors(r);
   // layer 0: PCA for V of 2 heads (2 tensors each); layer 1: AE for K of 2 heads (4 each) and an
-  // MLP policy (4 tensors).
-  REQUIRE(req.size() == 2 * 2 + 2 * 4 + 4);
+  // MLP policy (4 tensors); layer 3: MLP AE for V of 2 heads (4 + 6 each).
+  REQUIRE(req.size() == 2 * 2 + 2 * 4 + 4 + 2 * 10);
+  CHECK(r.layers[3].v.ae.hidden == 12);
+  CHECK(r.layers[1].k.ae.hidden == 0);
   std::vector<std::vector<float>> data;
   std::vector<kvcal::tensor_out> tensors;
   float x = 0.5f;
@@ -148,6 +151,26 @@ TEST_CASE("recipe round trip: write -> read gives the identical recipe and tenso
   CHECK(acc.at("context") == 4096);
   CHECK(acc.at("fixed_bytes").get<double>() ==
         doctest::Approx(static_cast<double>(p.fixed_bytes())));
+  CHECK(kvcal::describe_method(p.recipe().layers[3].v) == "ae 8 fp16 mlp12");
+  CHECK(kvcal::describe_method(p.recipe().layers[1].k) == "ae 16 int4");
+
+  // A version 1 file (written before MLP autoencoders) is read, and inspect names its version.
+  json v1 = kvcal::recipe_to_json(r);
+  v1["version"] = 1;
+  for (auto& l : v1["layers"])
+    for (const char* kv : {"k", "v"})
+      if (l[kv].is_object() && l[kv].contains("ae")) l[kv]["ae"].erase("hidden");
+  v1["layers"][3]["v"] = "none";
+  std::vector<kvcal::tensor_out> t1;
+  for (const auto& t : tensors)
+    if (t.name.rfind("layers.3.", 0) != 0) t1.push_back(t);
+  const std::string old = dir.file("v1.safetensors");
+  kvcal::write_safetensors(old, t1, {{kvcal::preset_metadata_key, v1.dump()}});
+  kvcal::preset_file p1(old);
+  CHECK(p1.recipe().layers[1].k.ae.hidden == 0);
+  std::ostringstream os;
+  kvcal::describe_preset(old, os);
+  CHECK_MESSAGE(has(os.str(), "kvcal preset, format kvcal.preset version 1"), os.str());
 }
 
 TEST_CASE("every template that needs no calibration exports against llama and Qwen2.5-7B shapes") {
@@ -267,12 +290,30 @@ TEST_CASE("schema errors: one clear message naming the field") {
   CHECK_MESSAGE(has(e, "format: 'gguf' is not 'kvcal.preset'"), e);
 
   // Version: both numbers, and which way.
-  e = err([](json& j) { j["version"] = 2; });
-  CHECK_MESSAGE(e == "preset.safetensors: version: the file is format version 2, newer than this "
-                     "build reads (1); update kvcal",
+  CHECK(good.at("version") == 2);
+  e = err([](json& j) { j["version"] = 3; });
+  CHECK_MESSAGE(e == "preset.safetensors: version: the file is format version 3, newer than this "
+                     "build reads (2); update kvcal",
                 e);
   e = err([](json& j) { j["version"] = 0; });
-  CHECK_MESSAGE(has(e, "format version 0, older than this build reads (1)"), e);
+  CHECK_MESSAGE(has(e, "format version 0, older than the oldest this build reads (1)"), e);
+  // Version 1 (before MLP autoencoders) is still read; ae.hidden needs version 2.
+  e = err([](json& j) {
+    j["version"] = 1;
+    j["layers"][2]["v"] = {{"ae", {{"latent", 8}, {"latent_bits", 16}}}};
+  });
+  CHECK_MESSAGE(e == "(no error)", e);
+  e = err([](json& j) {
+    j["version"] = 1;
+    j["layers"][2]["v"] = {{"ae", {{"latent", 8}, {"hidden", 16}}}};
+  });
+  CHECK_MESSAGE(e == "preset.safetensors: layers[2].v.ae.hidden: MLP autoencoders need format "
+                     "version 2, the file is version 1",
+                e);
+  e = err([](json& j) { j["layers"][2]["v"] = {{"ae", {{"latent", 8}, {"hidden", -1}}}}; });
+  CHECK_MESSAGE(has(e, "layers[2].v.ae.hidden: -1 is outside [0, 1048576]"), e);
+  e = err([](json& j) { j["layers"][2]["v"] = {{"pca", {{"rank", 8}, {"hidden", 16}}}}; });
+  CHECK_MESSAGE(has(e, "layers[2].v.pca.hidden: unknown field"), e);
 
   // Template / recipe-file level.
   e = error_of([&] { kvcal::expand_recipe(json{{"name", "x"}}, cfg, "r.json"); });
@@ -454,7 +495,7 @@ TEST_CASE("kvcal export and kvcal inspect: per-layer table and ratios at 2k / 8k
     }
     r = kvcal_run({"inspect", out});
     REQUIRE_MESSAGE(r.code == 0, r.err);
-    CHECK(has(r.out, "kvcal preset, format kvcal.preset version 1"));
+    CHECK(has(r.out, "kvcal preset, format kvcal.preset version 2"));
     CHECK(has(r.out, "recipe: " + name));
     CHECK(has(r.out, "bytes/token"));
     for (const char* ctx : {"     2048", "     8192", "    32768"}) CHECK(has(r.out, ctx));
@@ -481,5 +522,5 @@ TEST_CASE("kvcal export and kvcal inspect: per-layer table and ratios at 2k / 8k
   r = kvcal_run({"inspect", dir.file("plain.safetensors")});
   CHECK(has(r.out, "safetensors,"));
   r = kvcal_run({"--version"});
-  CHECK(has(r.out, "kvcal.preset         version 1"));
+  CHECK(has(r.out, "kvcal.preset         version 2 read/write, reads 1 to 2"));
 }

@@ -1,7 +1,12 @@
 // train/: train-ae and train-policy on tiny captures of the tiny llama fixture — PCA-initialised
 // linear AEs never end worse than PCA, training lowers the loss, resume equals an uninterrupted
-// run, the learned policy beats random on held-out data, and bad input is refused clearly.
+// run, the learned policy beats random on held-out data, and bad input is refused clearly. MLP
+// autoencoders: the runtime's loops (runtime/ae_mlp.h) equal train/'s libtorch module, and an
+// exported MLP preset reconstructs through the compressed cache what training measured.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <limits>
 #include <string>
 #include <utility>
@@ -12,13 +17,19 @@
 #include "calibrate/pca_fit.h"
 #include "calibrate/pca_format.h"
 #include "kernels/common/error.h"
+#include "kernels/common/half.h"
 #include "kernels/common/log.h"
 #include "model/full_cache.h"
 #include "presets/preset_export.h"
+#include "runtime/ae_mlp.h"
+#include "runtime/compressed_cache.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/kv_codec.h"
+#include "runtime/model_config.h"
 #include "runtime/preset.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
+#include "train/ae_net.h"
 #include "train/ae_train.h"
 #include "train/policy_train.h"
 #include "train/train_common.h"
@@ -579,10 +590,22 @@ TEST_CASE(
   e.template_name.clear();
   e.recipe_path = dir.file("ae.json");
   a.arch = "mlp";
+  a.hidden = 8;
   a.out = dir.file("mlp.safetensors");
   run_train_ae(a);
   e.ae = a.out;
-  CHECK_THROWS_WITH_AS(export_preset(e), doctest::Contains("cannot hold an MLP"), kvcal::error);
+  r = export_preset(e);  // the MLP branch goes into the preset, not dropped
+  CHECK(r.recipe.layers[0].k.ae.hidden == 8);
+  CHECK(preset_file(e.out).tensors().at("layers.1.v.heads.0.ae.decoder.mlp.fc2.weight").shape ==
+        std::vector<std::int64_t>{16, 8});
+  // A recipe asking for another hidden width is refused, naming both.
+  test::write_bytes(dir.file("ae-h4.json"),
+                    R"({"name": "ae", "layer": {"k": {"ae": {"latent": 0, "hidden": 4}},)"
+                    R"( "v": {"ae": {"latent": 0}}}})");
+  e.recipe_path = dir.file("ae-h4.json");
+  CHECK_THROWS_WITH_AS(export_preset(e),
+                       doctest::Contains("hidden width 4, the file's are mlp of width 8"),
+                       kvcal::error);
 
   policy_train_params p;
   p.captures = {cap};
@@ -605,4 +628,224 @@ TEST_CASE(
   p.hidden.clear();
   run_train_policy(p);
   CHECK_THROWS_WITH_AS(export_preset(q), doctest::Contains("2 hidden layers"), kvcal::error);
+}
+
+namespace {
+
+std::vector<float> floats_of(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+// Tensor views (as a preset's) over owned float vectors.
+struct view_store {
+  std::deque<std::vector<float>> data;
+  std::vector<tensor_view> views;
+  void add(const std::string& name, const at::Tensor& t) {
+    data.push_back(floats_of(t));
+    tensor_view v;
+    v.name = name;
+    v.dtype = st_dtype::F32;
+    for (auto s : t.sizes()) v.shape.push_back(s);
+    v.data = reinterpret_cast<const std::uint8_t*>(data.back().data());
+    v.nbytes = data.back().size() * sizeof(float);
+    views.push_back(v);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("runtime MLP autoencoder equals train/'s libtorch module (erf GELU, fp32)") {
+  const int d = 24, r = 7, h = 13;  // awkward sizes
+  at::manual_seed(11);
+  ae_net n;
+  n.mlp = true;
+  n.We = at::randn({1, r, d}) / std::sqrt(d);
+  n.be = at::randn({1, r}) * 0.3;
+  n.Wd = at::randn({1, d, r}) / std::sqrt(r);
+  n.bd = at::randn({1, d}) * 0.3;
+  // Pre-activations spread over a few units, where erf and tanh GELU differ.
+  n.E1 = at::randn({1, h, d}) * (1.5 / std::sqrt(d));
+  n.c1 = at::randn({1, h});
+  n.E2 = at::randn({1, r, h}) / std::sqrt(h);
+  n.D1 = at::randn({1, h, r}) * (1.5 / std::sqrt(r));
+  n.c2 = at::randn({1, h});
+  n.D2 = at::randn({1, d, h}) / std::sqrt(h);
+  const std::int64_t B = 37;
+  const at::Tensor x = at::randn({1, B, d}) * 2.0;
+  const at::Tensor z_ref = n.encode(x);  // [1, B, r]
+  const at::Tensor y_ref = n.decode(z_ref);
+
+  const auto v = [](const at::Tensor& t) { return floats_of(t[0]); };
+  const auto We = v(n.We), be = v(n.be), Wd = v(n.Wd), bd = v(n.bd), E1 = v(n.E1), c1 = v(n.c1),
+             E2 = v(n.E2), D1 = v(n.D1), c2 = v(n.c2), D2 = v(n.D2);
+  const ae_mlp_maps m =
+      ae_mlp_maps_of(ae_maps(We.data(), be.data(), Wd.data(), bd.data(), r, d), h, E1.data(),
+                     c1.data(), E2.data(), D1.data(), c2.data(), D2.data());
+  const auto xs = floats_of(x[0]), zs = floats_of(z_ref[0]), ys = floats_of(y_ref[0]);
+  std::vector<float> z(r), y(d), hb(h);
+  double max_z = 0, max_y = 0;
+  for (std::int64_t t = 0; t < B; ++t) {
+    ae_mlp_encode(m, &xs[static_cast<std::size_t>(t * d)], z.data(), hb.data());
+    for (int i = 0; i < r; ++i)
+      max_z = std::max(max_z, std::abs(static_cast<double>(z[i]) - zs[t * r + i]));
+    ae_mlp_decode(m, &zs[static_cast<std::size_t>(t * r)], y.data(), hb.data());
+    for (int c = 0; c < d; ++c)
+      max_y = std::max(max_y, std::abs(static_cast<double>(y[c]) - ys[t * d + c]));
+  }
+  CHECK(max_z < 2e-5);
+  CHECK(max_y < 2e-5);
+  // The test can tell the GELUs apart: tanh-approximate GELU is off by far more than the bound.
+  {
+    const at::Tensor xx = x;
+    at::Tensor zt =
+        at::baddbmm(n.be.unsqueeze(1), xx, n.We.transpose(1, 2)) +
+        at::bmm(at::gelu(at::baddbmm(n.c1.unsqueeze(1), xx, n.E1.transpose(1, 2)), "tanh"),
+                n.E2.transpose(1, 2));
+    CHECK((zt - z_ref).abs().max().item<double>() > 1e-4);
+  }
+
+  // The codec of a preset stream (fp16 latent record): latent = fp16(z), decode = module(fp16 z).
+  kv_method meth;
+  meth.kind = kv_method_kind::ae;
+  meth.ae = {r, 16, h};
+  view_store vs;
+  const std::string pre = "layers.0.k.heads.0.ae.";
+  vs.add(pre + "encoder.weight", n.We[0]);
+  vs.add(pre + "encoder.bias", n.be[0]);
+  vs.add(pre + "decoder.weight", n.Wd[0]);
+  vs.add(pre + "decoder.bias", n.bd[0]);
+  vs.add(pre + "encoder.mlp.fc1.weight", n.E1[0]);
+  vs.add(pre + "encoder.mlp.fc1.bias", n.c1[0]);
+  vs.add(pre + "encoder.mlp.fc2.weight", n.E2[0]);
+  vs.add(pre + "decoder.mlp.fc1.weight", n.D1[0]);
+  vs.add(pre + "decoder.mlp.fc1.bias", n.c2[0]);
+  vs.add(pre + "decoder.mlp.fc2.weight", n.D2[0]);
+  std::size_t fixed = 0;
+  auto codec = make_stream_codec(meth, d, vs.views, "layers.0.k.heads.0", "test", &fixed);
+  CHECK(fixed == (2 * r * d + r + d + h * d + h + r * h + h * r + h + d * h) * sizeof(float));
+  CHECK(codec->maps() == nullptr);  // not linear: never attended in latent space
+  CHECK(codec->record_bytes() == static_cast<std::size_t>(r) * 2);
+  const at::Tensor z16 = z_ref.to(at::kHalf).to(at::kFloat);
+  const auto y16 = floats_of(n.decode(z16)[0]), z16s = floats_of(z16[0]);
+  std::vector<std::uint8_t> rec(codec->record_bytes());
+  double max_lat = 0, max_dec = 0;
+  for (std::int64_t t = 0; t < B; ++t) {
+    codec->encode(&xs[static_cast<std::size_t>(t * d)], rec.data());
+    codec->decode_latent(rec.data(), z.data());
+    for (int i = 0; i < r; ++i)  // at most one fp16 rounding step apart
+      max_lat = std::max(max_lat, std::abs(static_cast<double>(z[i]) - z16s[t * r + i]) /
+                                      (std::abs(z16s[t * r + i]) + 1e-3));
+    std::vector<std::uint8_t> rref(codec->record_bytes());
+    encode_fp16_rows(&z16s[static_cast<std::size_t>(t * r)], 1, r, rref.data());
+    codec->decode(rref.data(), y.data());
+    for (int c = 0; c < d; ++c)
+      max_dec = std::max(max_dec, std::abs(static_cast<double>(y[c]) - y16[t * d + c]));
+  }
+  CHECK(max_lat < 1.1e-3);
+  CHECK(max_dec < 2e-5);
+}
+
+TEST_CASE("MLP AE preset: the compressed cache reconstructs with the error training measured") {
+  set_log_level(log_level::error);
+  test::scratch_dir dir;
+  const std::string cap = make_capture(dir, "cap", "k,v");
+  pca_fit_params fp;
+  fp.captures = {cap};
+  fp.out = dir.file("pca.h5");
+  fp.rank = 4;
+  fp.write_svg = false;
+  fp.hash_sources = false;
+  fp.device = "cpu";
+  run_pca_fit(fp);
+  ae_train_params a = small_ae(dir, cap);
+  a.pca = fp.out;  // the report's error is relative to this file's means
+  a.arch = "mlp";
+  a.hidden = 16;
+  a.epochs = 4;
+  a.lr = 1e-2;
+  a.patience = 0;
+  const ae_train_result res = run_train_ae(a);
+  test::write_bytes(dir.file("mlp.json"),
+                    R"({"name": "ae-mlp", "layer": {"k": {"ae": {"latent": 0}},)"
+                    R"( "v": {"ae": {"latent": 0}}}})");
+  export_params e;
+  e.recipe_path = dir.file("mlp.json");
+  e.model_dir = fixture("llama");
+  e.out = dir.file("mlp-preset.safetensors");
+  e.ae = a.out;
+  const export_result er = export_preset(e);
+  REQUIRE(er.recipe.layers[1].v.ae.hidden == 16);
+
+  const preset_file pf(e.out);
+  const model_config cfg = read_model_config(fixture("llama") + "/config.json");
+  cache_dims dims;
+  dims.n_layers = static_cast<int>(cfg.num_hidden_layers);
+  dims.n_heads = static_cast<int>(cfg.num_attention_heads);
+  dims.n_kv_heads = static_cast<int>(cfg.num_key_value_heads);
+  dims.head_dim = static_cast<int>(cfg.head_dim);
+  dims.max_position_embeddings = cfg.max_position_embeddings;
+  compressed_cache cache(pf.recipe(), pf.tensors().tensors(), dims, {}, e.out);
+  const pca_file pca = read_pca_file(fp.out);
+  const safetensors_file ae_file(a.out);
+
+  // The held-out sequences of training (same split), through the cache; per layer and stream:
+  // the runtime's error, the libtorch module's (fp32), and the linear path alone.
+  const capture_set cs({cap});
+  const sequence_split split = cs.split(a.val_fraction, a.val_max_tokens, a.seed);
+  const int H = dims.n_kv_heads, d = dims.head_dim;
+  REQUIRE(res.layers.size() == 2);
+  for (int l = 0; l < 2; ++l) {
+    for (int value = 0; value < 2; ++value) {
+      CAPTURE(l);
+      CAPTURE(value);
+      const char* target = value ? "v" : "k";
+      double err_rt = 0, err_torch = 0, err_lin = 0, den = 0, max_tok = 0;
+      for (const auto& s : split.val) {
+        cache.reset();
+        const at::Tensor k = cs.read(s, l, "k").contiguous(), v = cs.read(s, l, "v").contiguous();
+        std::vector<std::int64_t> pos(static_cast<std::size_t>(s.len));
+        for (std::int64_t i = 0; i < s.len; ++i) pos[static_cast<std::size_t>(i)] = i;
+        cache.append(l, k.data_ptr<float>(), v.data_ptr<float>(), pos.data(), s.len);
+        const at::Tensor x_all = value ? v : k;  // [len, n_kv, d]
+        for (int h = 0; h < H; ++h) {
+          REQUIRE(cache.compressed_tokens(l, h, value != 0) == s.len);  // no fp16 window
+          std::vector<float> out(static_cast<std::size_t>(s.len * d));
+          cache.reconstruct(l, h, value != 0, out.data());
+          const at::Tensor xr = at::from_blob(out.data(), {s.len, d}, at::kFloat).clone();
+          const at::Tensor x = x_all.select(1, h).contiguous();  // [len, d]
+          const pca_block* b = pca.find(target, l, h);
+          REQUIRE(b != nullptr);
+          const at::Tensor mu = at::tensor(b->mean, at::kDouble).to(at::kFloat);
+          ae_net net = ae_net_from_file(ae_file, "layers." + std::to_string(l) + "." + target +
+                                                     ".heads." + std::to_string(h) + ".ae.");
+          REQUIRE(net.mlp);
+          const at::Tensor xt = net.forward(x.unsqueeze(0))[0];
+          // The cache's input is the fp16 window: compare per token against the module on it.
+          const at::Tensor x16 = x.to(at::kHalf).to(at::kFloat);
+          const at::Tensor xt16 = net.forward(x16.unsqueeze(0))[0];
+          max_tok =
+              std::max(max_tok, ((xr - xt16).norm(2, 1) / (xt16 - mu).norm(2, 1).clamp_min(1e-6))
+                                    .max()
+                                    .item<double>());
+          net.mlp = false;
+          const at::Tensor xl = net.forward(x.unsqueeze(0))[0];
+          err_rt += (xr - x).pow(2).sum().item<double>();
+          err_torch += (xt - x).pow(2).sum().item<double>();
+          err_lin += (xl - x).pow(2).sum().item<double>();
+          den += (x - mu).pow(2).sum().item<double>();
+        }
+      }
+      const double want = value ? res.layers[static_cast<std::size_t>(l)].v_ae
+                                : res.layers[static_cast<std::size_t>(l)].k_ae;
+      MESSAGE("layer ", l, " ", std::string(target), ": trained ", want, ", runtime ", err_rt / den,
+              ", libtorch ", err_torch / den, ", linear path only ", err_lin / den,
+              ", max per-token deviation ", max_tok);
+      CHECK(err_torch / den == doctest::Approx(want).epsilon(1e-4));  // the metric, as defined
+      CHECK(err_rt / den == doctest::Approx(want).epsilon(2e-3));     // fp16 window + latent
+      CHECK(max_tok < 5e-3);
+      // The MLP branch matters here: dropping it is off by more than the tolerance above.
+      CHECK(std::abs(err_lin - err_torch) / err_torch > 0.02);
+    }
+  }
 }

@@ -14,6 +14,8 @@
 #include "kernels/common/error.h"
 #include "kernels/common/log.h"
 #include "runtime/io/atomic_file.h"
+#include "runtime/io/safetensors.h"
+#include "train/ae_net.h"
 #include "train/train_common.h"
 #include "train/train_data.h"
 
@@ -45,46 +47,6 @@ struct ae_layout {
     at::Tensor s = xg.narrow(0, t * per_target(), per_target());
     if (per_head) return s.reshape({L, n_kv, T, d});
     return s.reshape({L, T, n_kv, d}).permute({0, 2, 1, 3});
-  }
-};
-
-// The weights of every block, batched along the first dimension.
-struct ae_net {
-  bool mlp = false;
-  at::Tensor We, be, Wd, bd;          // [G, r, d], [G, r], [G, d, r], [G, d]
-  at::Tensor E1, c1, E2, D1, c2, D2;  // mlp: [G,h,d], [G,h], [G,r,h], [G,h,r], [G,h], [G,d,h]
-
-  std::vector<at::Tensor> params() const {
-    std::vector<at::Tensor> p = {We, be, Wd, bd};
-    if (mlp) p.insert(p.end(), {E1, c1, E2, D1, c2, D2});
-    return p;
-  }
-  void set_params(const std::vector<at::Tensor>& p) {
-    We = p[0], be = p[1], Wd = p[2], bd = p[3];
-    if (mlp) E1 = p[4], c1 = p[5], E2 = p[6], D1 = p[7], c2 = p[8], D2 = p[9];
-  }
-  ae_net clone() const {
-    ae_net n = *this;
-    std::vector<at::Tensor> p;
-    for (const auto& t : params()) p.push_back(t.detach().clone());
-    n.set_params(p);
-    return n;
-  }
-  // x: [G, B, d] -> x': [G, B, d]
-  // `compute`: the matmul dtype (bf16 for mixed precision: fp32 master weights are cast, the
-  // result comes back as fp32).
-  at::Tensor forward(const at::Tensor& x_in, at::ScalarType compute = at::kFloat) const {
-    auto c = [&](const at::Tensor& t) { return t.to(compute); };
-    const at::Tensor x = c(x_in);
-    at::Tensor z = at::baddbmm(c(be).unsqueeze(1), x, c(We).transpose(1, 2));
-    if (mlp)
-      z = z + at::bmm(at::gelu(at::baddbmm(c(c1).unsqueeze(1), x, c(E1).transpose(1, 2))),
-                      c(E2).transpose(1, 2));
-    at::Tensor y = at::baddbmm(c(bd).unsqueeze(1), z, c(Wd).transpose(1, 2));
-    if (mlp)
-      y = y + at::bmm(at::gelu(at::baddbmm(c(c2).unsqueeze(1), z, c(D1).transpose(1, 2))),
-                      c(D2).transpose(1, 2));
-    return y.to(at::kFloat);
   }
 };
 
