@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "bench/decode_bench.h"
+#include "runtime/packed_support.h"
 
 namespace kvcal {
 
@@ -17,65 +18,16 @@ std::vector<decode_case> builtin_decode_cases() {
   return v;
 }
 
-namespace {
-
-// Why one K or V method is not what the kernels read (empty: it is).
-std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
-  if (m.kind == kv_method_kind::pca) return std::string(what) + " PCA latent: no CUDA kernel yet";
-  if (m.kind == kv_method_kind::ae) return std::string(what) + " autoencoder: no CUDA kernel yet";
-  if (m.kind != kv_method_kind::quant) return "";
-  std::ostringstream s;
-  if (m.quant.axis != want)
-    s << what << " quantized " << quant_axis_name(m.quant.axis) << " (the kernels read "
-      << quant_axis_name(want) << ")";
-  else if (m.quant.symmetric)
-    s << what << " symmetric quantization (the kernels read asymmetric records)";
-  else if (m.quant.bits != 2 && m.quant.bits != 4 && m.quant.bits != 8)
-    s << what << " " << m.quant.bits << "-bit (the kernels read 2, 4 or 8)";
-  return s.str();
-}
-
-}  // namespace
-
 decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
   decode_case c;
   c.name = name;
-  auto fail = [&](const std::string& why) {
-    c.unsupported = why;
-    return c;
-  };
-  if (r.layers.empty()) return fail("the recipe has no layers");
-  const layer_recipe& l0 = r.layers[0];
-  for (const auto& l : r.layers) {
-    if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
-    if (l.policy.kind != token_policy_kind::full)
-      return fail(std::string("eviction (") + token_policy_name(l.policy.kind) +
-                  "): no CUDA kernel yet");
-    if (l.guard > 0) return fail("high-precision guard: no CUDA kernel yet");
-    if (l.k.kind != l0.k.kind || l.v.kind != l0.v.kind || l.residual != l0.residual ||
-        (l.k.kind == kv_method_kind::quant &&
-         (l.k.quant.bits != l0.k.quant.bits || l.k.quant.group != l0.k.quant.group)) ||
-        (l.v.kind == kv_method_kind::quant &&
-         (l.v.quant.bits != l0.v.quant.bits || l.v.quant.group != l0.v.quant.group)))
-      return fail("layers differ (mixed precision per layer): the benchmark times one layer shape");
+  packed_config pc;
+  c.unsupported = packed_config_of(r, &pc);
+  if (c.unsupported.empty()) {
+    c.bits = pc.bits;
+    c.group = pc.group;
+    c.residual = pc.residual;
   }
-  if (auto g = quant_gap(l0.k, quant_axis::per_channel, "K"); !g.empty()) return fail(g);
-  if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);
-  const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
-  if (!kq && !vq) {  // fp16 K and V
-    c.bits = 16;
-    return c;
-  }
-  if (kq != vq) return fail("only one of K / V quantized: the kernels quantize both");
-  if (l0.k.quant.bits != l0.v.quant.bits)
-    return fail("K and V at different bit widths: the kernels use one width");
-  if (l0.k.quant.group != l0.v.quant.group)
-    return fail("K and V with different groups: the kernels use one group size");
-  const int g = l0.k.quant.group;
-  if (g != 32 && g != 64 && g != 128) return fail("group " + std::to_string(g) + " (32, 64, 128)");
-  c.bits = l0.k.quant.bits;
-  c.group = g;
-  c.residual = static_cast<int>(l0.residual);
   return c;
 }
 

@@ -68,7 +68,10 @@ int run_eval(const std::vector<std::string>& args, io& io) {
        "only task instances of these lengths, e.g. 512,2048")
       ("task-limit", po::value<std::int64_t>(&cp.task_limit)->default_value(0),
        "at most N instances per task and length, spread over depths (0 = all)")
-      ("no-ppl", po::bool_switch(&cp.skip_ppl), "with --tasks: skip the PPL part");
+      ("no-ppl", po::bool_switch(&cp.skip_ppl), "with --tasks: skip the PPL part")
+      ("gpu-kernels", po::bool_switch(&cp.gpu_kernels),
+       "run the presets through the CUDA kernels (needs --device cuda; KIVI-style / fp16 "
+       "presets) instead of the CPU runtime");
   // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;

@@ -15,10 +15,12 @@
 #include "kernels/common/progress.h"
 #include "model/attention_error_probe.h"
 #include "model/full_cache.h"
+#include "model/gpu_packed_cache.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
 #include "model/torch_util.h"
 #include "runtime/io/atomic_file.h"
+#include "runtime/packed_support.h"
 #include "runtime/preset.h"
 
 namespace kvcal {
@@ -122,6 +124,22 @@ double compressed_eval_result::accuracy(const std::string& task, std::size_t col
   return n ? static_cast<double>(ok) / static_cast<double>(n) : 0.0;
 }
 
+namespace {
+
+gpu_packed_cache::options gpu_options_of(const std::string& preset_path) {
+  const preset_file f(preset_path);
+  packed_config pc;
+  const std::string why = packed_config_of(f.recipe(), &pc);
+  KVCAL_CHECK(why.empty(), preset_path, ": the CUDA kernels cannot run this preset: ", why);
+  gpu_packed_cache::options o;
+  o.bits = pc.bits;
+  o.group = pc.group;
+  o.residual = pc.residual;
+  return o;
+}
+
+}  // namespace
+
 compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
   const eval_params& b = p.base;
   const at::Device device = parse_device(b.device);
@@ -141,7 +159,15 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     preset_file f(path);
     check_fingerprint(f.recipe().model, cfg, path, config_path);  // names both files
     presets.push_back({path, f.recipe().name, {}});
+    if (p.gpu_kernels) {
+      packed_config pc;
+      const std::string why = packed_config_of(f.recipe(), &pc);
+      KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
+                  " (drop --gpu-kernels to use the CPU runtime)");
+    }
   }
+  KVCAL_CHECK(!p.gpu_kernels || parse_device(b.device).is_cuda(),
+              "--gpu-kernels needs --device cuda");
   std::vector<task_instance> insts;
   std::vector<std::string> files = p.task_files;
   for (const auto& t : p.tasks) {
@@ -187,6 +213,18 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     o.label = "baseline";
     r.baseline = decode_perplexity(model, ids, plain, o);
     for (auto& ps : r.presets) {
+      if (p.gpu_kernels) {
+        gpu_packed_cache gc(cfg, 1, ctx + 1, gpu_options_of(ps.path), device);
+        o.label = ps.name.empty() ? ps.path : ps.name;
+        ps.ppl = decode_perplexity(model, ids, gc, o);
+        ps.ppl.has_stats = true;
+        ps.ppl.bytes_held = gc.bytes_used();
+        ps.ppl.cached_tokens = gc.length();
+        ps.ppl.fp16_bytes = static_cast<double>(gc.length() * cfg.num_hidden_layers *
+                                                cfg.num_key_value_heads * cfg.head_dim * 2 * 2);
+        ps.ppl.fixed_bytes = 0;
+        continue;
+      }
       runtime_cache rc(cfg, ps.path, 1);
       rc.reserve(ctx, std::max<std::int64_t>(1, o.prefill > 0 ? o.prefill : ctx / 2));
       o.label = ps.name.empty() ? ps.path : ps.name;
@@ -201,9 +239,15 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     const auto t0 = std::chrono::steady_clock::now();
     std::map<std::tuple<std::string, std::int64_t, double>, task_cell> cells;
     full_cache plain(cfg, 1, device, dtype);
-    std::vector<std::unique_ptr<runtime_cache>> rcs;
-    for (const auto& ps : r.presets)
-      rcs.push_back(std::make_unique<runtime_cache>(cfg, ps.path, 1));
+    std::vector<std::unique_ptr<kv_cache>> rcs;
+    for (const auto& ps : r.presets) {
+      if (p.gpu_kernels)
+        rcs.push_back(std::make_unique<gpu_packed_cache>(
+            cfg, 1, std::max<std::int64_t>(cfg.max_position_embeddings, 4096),
+            gpu_options_of(ps.path), device));
+      else
+        rcs.push_back(std::make_unique<runtime_cache>(cfg, ps.path, 1));
+    }
     std::unique_ptr<progress> bar;
     if (b.show_progress)
       bar = std::make_unique<progress>("tasks", insts.size() * (1 + rcs.size()), "run");

@@ -66,6 +66,10 @@ struct compressed_eval_params {
   std::vector<std::int64_t> task_lengths;  // empty = all
   std::int64_t task_limit = 0;             // per task and length; 0 = all
   bool skip_ppl = false;
+  // Presets through the CUDA kernels (model/gpu_packed_cache.h) instead of the CPU runtime: needs
+  // a CUDA device and presets the kernels run (runtime/packed_support.h); no per-layer attention
+  // error probe; bytes are the GPU cache's at the end of the last window.
+  bool gpu_kernels = false;
 };
 
 // Accuracy of one (task, length, depth) cell; correct[0] = baseline, correct[1 + i] = preset i.

@@ -1,0 +1,69 @@
+#include "runtime/packed_support.h"
+
+#include <sstream>
+
+namespace kvcal {
+
+namespace {
+
+// Why one K or V method is not what the kernels read (empty: it is).
+std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
+  if (m.kind == kv_method_kind::pca) return std::string(what) + " PCA latent: no CUDA kernel yet";
+  if (m.kind == kv_method_kind::ae) return std::string(what) + " autoencoder: no CUDA kernel yet";
+  if (m.kind != kv_method_kind::quant) return "";
+  std::ostringstream s;
+  if (m.quant.axis != want)
+    s << what << " quantized " << quant_axis_name(m.quant.axis) << " (the kernels read "
+      << quant_axis_name(want) << ")";
+  else if (m.quant.symmetric)
+    s << what << " symmetric quantization (the kernels read asymmetric records)";
+  else if (m.quant.bits != 2 && m.quant.bits != 4 && m.quant.bits != 8)
+    s << what << " " << m.quant.bits << "-bit (the kernels read 2, 4 or 8)";
+  return s.str();
+}
+
+}  // namespace
+
+std::string packed_config_of(const preset_recipe& r, packed_config* out) {
+  packed_config c;
+  auto fail = [](const std::string& why) { return why; };
+  if (r.layers.empty()) return fail("the recipe has no layers");
+  if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
+  const layer_recipe& l0 = r.layers[0];
+  for (const auto& l : r.layers) {
+    if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
+    if (l.policy.kind != token_policy_kind::full)
+      return fail(std::string("eviction (") + token_policy_name(l.policy.kind) +
+                  "): no CUDA kernel yet");
+    if (l.guard > 0) return fail("high-precision guard: no CUDA kernel yet");
+    if (l.budget.kind != budget_kind::none) return fail("token budget: no CUDA eviction yet");
+    if (l.k.kind != l0.k.kind || l.v.kind != l0.v.kind || l.residual != l0.residual ||
+        (l.k.kind == kv_method_kind::quant &&
+         (l.k.quant.bits != l0.k.quant.bits || l.k.quant.group != l0.k.quant.group)) ||
+        (l.v.kind == kv_method_kind::quant &&
+         (l.v.quant.bits != l0.v.quant.bits || l.v.quant.group != l0.v.quant.group)))
+      return fail("layers differ (mixed precision per layer): the kernels take one configuration for all");
+  }
+  if (auto g = quant_gap(l0.k, quant_axis::per_channel, "K"); !g.empty()) return fail(g);
+  if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);
+  const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
+  if (!kq && !vq) {  // fp16 K and V
+    c.bits = 16;
+    *out = c;
+    return "";
+  }
+  if (kq != vq) return fail("only one of K / V quantized: the kernels quantize both");
+  if (l0.k.quant.bits != l0.v.quant.bits)
+    return fail("K and V at different bit widths: the kernels use one width");
+  if (l0.k.quant.group != l0.v.quant.group)
+    return fail("K and V with different groups: the kernels use one group size");
+  const int g = l0.k.quant.group;
+  if (g != 32 && g != 64 && g != 128) return fail("group " + std::to_string(g) + " (32, 64, 128)");
+  c.bits = l0.k.quant.bits;
+  c.group = g;
+  c.residual = static_cast<int>(l0.residual);
+  *out = c;
+  return "";
+}
+
+}  // namespace kvcal

@@ -1,0 +1,26 @@
+// Which presets the CUDA kernels (kernels/cuda/packed_kv.h) can run, and as what: every layer the
+// same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
+// asymmetric, one bit width and group for K and V, an fp16 residual) or fp16, no eviction, no
+// guard, no per-head methods, no PCA / AE latents. Used by the GPU cache (model/gpu_packed_cache.h)
+// and `kvcal bench`, which name the reason for anything else instead of skipping it silently.
+//
+//   kvcal::packed_config c;
+//   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
+#pragma once
+
+#include <string>
+
+#include "runtime/preset_recipe.h"
+
+namespace kvcal {
+
+struct packed_config {
+  int bits = 16;     // 16 = fp16 K/V; 2 | 4 | 8 = quantized records
+  int group = 32;    // K: tokens per record; V: channels per scale group
+  int residual = 0;  // fp16 recent window (tokens) before records are made
+};
+
+// Empty when the kernels can run `r` (then *out is its configuration), else the reason.
+std::string packed_config_of(const preset_recipe& r, packed_config* out);
+
+}  // namespace kvcal
