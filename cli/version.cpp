@@ -18,7 +18,8 @@ void print_version(std::ostream& out) {
   out << "formats:\n"
       << "  safetensors          read/write (HF model weights; container of kvcal presets)\n"
       << "  " << preset_format_name << "         version " << preset_format_version
-      << " read/write (one-file KV compression recipe + tensors)\n"
+      << " read/write (also reads " << preset_format_min_version
+      << "; one-file KV compression recipe + tensors)\n"
       << "  " << capture_format_name << "        version " << capture_format_version
       << " read/write (HDF5 KV activations from kvcal capture)\n"
       << "  " << pca_format_name << "            version " << pca_format_version

@@ -2,8 +2,8 @@
 // tokens are kept, and the model it was made for. Plain structs with defaults, plus the JSON form
 // stored in the preset's `__metadata__` (docs/formats/preset.md describes every field).
 //
-// JSON (format "kvcal.preset", version 1):
-//   { "format": "kvcal.preset", "version": 1, "name": "kivi-2", "description": "...",
+// JSON (format "kvcal.preset", version 2; version 1 files, without head_budgets, still read):
+//   { "format": "kvcal.preset", "version": 2, "name": "kivi-2", "description": "...",
 //     "model": { "model_type": "llama", "n_layers": 4, "n_kv_heads": 2, "head_dim": 64,
 //                "rope": {...}, "config_sha256": "..." },
 //     "adaptive": { "compress_after": 512, "keep_recent": 256 },        (optional)
@@ -13,6 +13,7 @@
 //                   "heads": [ {"k": ..., "v": ...}, ... ],              (optional per KV head)
 //                   "policy": {"h2o": {"heavy": 0.8, "recent": 0.2}},   ("full" | {"full": {}})
 //                   "budget": {"retain": 0.125} | {"tokens": 256},       (optional)
+//                   "head_budgets": [{"retain": 0.2}, {"tokens": 40}],  (optional, v2, per KV head)
 //                   "guard": 0.5, "residual": 128 }, ... ] }
 //
 //   kvcal::preset_recipe r = kvcal::parse_recipe(json, "preset.safetensors");  // validates
@@ -20,18 +21,19 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "runtime/model_config.h"
 
 namespace kvcal {
 
 inline constexpr const char* preset_format_name = "kvcal.preset";
-inline constexpr int preset_format_version = 1;
+inline constexpr int preset_format_version = 2;
+// Oldest version still read (older versions lack fields that have defaults).
+inline constexpr int preset_format_min_version = 1;
 
 // Values only ever appended.
 enum class kv_method_kind { none, quant, pca, ae };
@@ -46,10 +48,10 @@ const char* token_policy_name(token_policy_kind k);
 const char* policy_features_name(policy_features f);
 
 struct quant_params {
-  int bits = 4;                          // 2 | 3 | 4 | 8
-  int group = 32;                        // elements sharing one scale (and zero)
+  int bits = 4;                             // 2 | 3 | 4 | 8
+  int group = 32;                           // elements sharing one scale (and zero)
   quant_axis axis = quant_axis::per_token;  // per-channel: groups run along tokens (KIVI K)
-  bool symmetric = false;                // symmetric: scale only; asymmetric: scale + zero
+  bool symmetric = false;                   // symmetric: scale only; asymmetric: scale + zero
 };
 
 struct pca_params {
@@ -104,11 +106,15 @@ struct layer_recipe {
   std::vector<head_methods> heads;  // empty, or one entry per KV head
   token_policy policy;
   token_budget budget;
-  double guard = 0.0;          // fraction of compressed-eligible retained tokens kept in fp16
-  std::int64_t residual = 0;   // full-precision recent window (KIVI residual), tokens
+  // Empty, or one budget per KV head replacing `budget` for that head (evicting policies that
+  // take a budget: h2o, lru, cluster, learned). Format version >= 2.
+  std::vector<token_budget> head_budgets;
+  double guard = 0.0;         // fraction of compressed-eligible retained tokens kept in fp16
+  std::int64_t residual = 0;  // full-precision recent window (KIVI residual), tokens
 
   const kv_method& k_of(std::size_t head) const;
   const kv_method& v_of(std::size_t head) const;
+  const token_budget& budget_of(std::size_t head) const;
 };
 
 struct adaptive_config {
@@ -141,7 +147,8 @@ struct recipe_parse_options {
 
 // Parses and validates a recipe (format and version included). Errors read
 // "<source>: <json path>: <what is wrong>", e.g. "p.safetensors: layers[3].k.quant.bits: 5 is
-// not one of 2,3,4,8". A version other than preset_format_version is refused naming both.
+// not one of 2,3,4,8". A version outside [preset_format_min_version, preset_format_version] is
+// refused naming both.
 preset_recipe parse_recipe(const nlohmann::json& j, const std::string& source,
                            const recipe_parse_options& opts = {});
 // The stored form (format + version included); parse_recipe(recipe_to_json(r)) == r.

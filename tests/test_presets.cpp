@@ -267,9 +267,9 @@ TEST_CASE("schema errors: one clear message naming the field") {
   CHECK_MESSAGE(has(e, "format: 'gguf' is not 'kvcal.preset'"), e);
 
   // Version: both numbers, and which way.
-  e = err([](json& j) { j["version"] = 2; });
-  CHECK_MESSAGE(e == "preset.safetensors: version: the file is format version 2, newer than this "
-                     "build reads (1); update kvcal",
+  e = err([](json& j) { j["version"] = 3; });
+  CHECK_MESSAGE(e == "preset.safetensors: version: the file is format version 3, newer than this "
+                     "build reads (2); update kvcal",
                 e);
   e = err([](json& j) { j["version"] = 0; });
   CHECK_MESSAGE(has(e, "format version 0, older than this build reads (1)"), e);
@@ -454,7 +454,7 @@ TEST_CASE("kvcal export and kvcal inspect: per-layer table and ratios at 2k / 8k
     }
     r = kvcal_run({"inspect", out});
     REQUIRE_MESSAGE(r.code == 0, r.err);
-    CHECK(has(r.out, "kvcal preset, format kvcal.preset version 1"));
+    CHECK(has(r.out, "kvcal preset, format kvcal.preset version 2"));
     CHECK(has(r.out, "recipe: " + name));
     CHECK(has(r.out, "bytes/token"));
     for (const char* ctx : {"     2048", "     8192", "    32768"}) CHECK(has(r.out, ctx));
@@ -481,5 +481,5 @@ TEST_CASE("kvcal export and kvcal inspect: per-layer table and ratios at 2k / 8k
   r = kvcal_run({"inspect", dir.file("plain.safetensors")});
   CHECK(has(r.out, "safetensors,"));
   r = kvcal_run({"--version"});
-  CHECK(has(r.out, "kvcal.preset         version 1"));
+  CHECK(has(r.out, "kvcal.preset         version 2 read/write (also reads 1;"));
 }
