@@ -1,5 +1,5 @@
 // runtime/eviction: token eviction in the compressed KV cache (CPU reference) — every policy
-// keeps exactly its budget per layer and KV head, H2O scores equal those of a naive full
+// keeps exactly its budget per layer and KV head (per-head budgets of format v2 included), H2O scores equal those of a naive full
 // attention matrix, window / sinks keep exactly the right tokens, attention after eviction
 // equals a naive attention over what is held (RoPE at the stored positions, centroids with
 // log(count)), clustering keeps the attention mass of merged tokens within its bound, learned
