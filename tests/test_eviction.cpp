@@ -1,11 +1,11 @@
 // runtime/eviction: token eviction in the compressed KV cache (CPU reference) — every policy
-// keeps exactly its budget per layer and KV head (per-head budgets of format v2 included), H2O scores equal those of a naive full
-// attention matrix, window / sinks keep exactly the right tokens, attention after eviction
-// equals a naive attention over what is held (RoPE at the stored positions, centroids with
-// log(count)), clustering keeps the attention mass of merged tokens within its bound, learned
-// scores equal a hand-computed linear / MLP, the guard's precision assignment is exact, the
-// current token and the window are never evicted, bytes held shrink and equal the byte
-// accounting; the shipped templates run end to end through the model.
+// keeps exactly its budget per layer and KV head (per-head budgets of format v2 included), H2O
+// scores equal those of a naive full attention matrix, window / sinks keep exactly the right
+// tokens, attention after eviction equals a naive attention over what is held (RoPE at the stored
+// positions, centroids with log(count)), clustering keeps the attention mass of merged tokens
+// within its bound, learned scores equal a hand-computed linear / MLP, the guard's precision
+// assignment is exact, the current token and the window are never evicted, bytes held shrink and
+// equal the byte accounting; the shipped templates run end to end through the model.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
