@@ -24,6 +24,10 @@ int run_export(const std::vector<std::string>& args, io& io) {
       ("pca", po::value<std::string>(&p.pca), "PCA bases from kvcal fit-pca")
       ("ae", po::value<std::string>(&p.ae), "autoencoder weights from kvcal train-ae")
       ("policy", po::value<std::string>(&p.policy), "eviction policy from kvcal train-policy")
+      ("head-budgets", po::value<std::string>(&p.head_budgets),
+       "entropy | effective: split each layer's token budget over its KV heads by their "
+       "attention entropy measured on --capture")
+      ("capture", po::value<std::string>(&p.capture), "capture with attn, for --head-budgets")
       ("context", po::value<std::int64_t>(&p.context)->default_value(32768),
        "context length the stored byte accounting is stated at")
       ("match-ratio", po::value<double>(&p.match_ratio),
@@ -37,8 +41,9 @@ int run_export(const std::vector<std::string>& args, io& io) {
   if (p.template_name.empty() == p.recipe_path.empty())
     throw usage_error("give exactly one of --template and --recipe");
   if (p.context < 1) throw usage_error("--context must be >= 1");
-  if (vm.count("match-ratio") && p.match_ratio <= 0)
-    throw usage_error("--match-ratio must be > 0");
+  if (p.head_budgets.empty() != p.capture.empty())
+    throw usage_error("--head-budgets and --capture go together");
+  if (vm.count("match-ratio") && p.match_ratio <= 0) throw usage_error("--match-ratio must be > 0");
   const export_result r = export_preset(p);
   io.out << p.out << ": preset '" << r.recipe.name << "' for " << r.recipe.model.model_type << " ("
          << r.recipe.model.n_layers << " layers)\n";

@@ -1,11 +1,12 @@
 #include "presets/preset_export.h"
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
+#include "calibrate/attention_entropy.h"
 #include "kernels/common/error.h"
+#include "presets/preset_head_budgets.h"
 #include "presets/preset_pca.h"
 #include "presets/preset_template.h"
 #include "presets/preset_trained.h"
@@ -48,8 +49,7 @@ export_result export_preset(const export_params& p) {
   r.recipe = expand_recipe(j, cfg, source, lenient);
   // PCA bases from kvcal fit-pca (presets/preset_pca.h): fills ranks left at 0 by the template.
   preset_pca_tensors pca;
-  if (!p.pca.empty())
-    pca = apply_pca_file(r.recipe, read_pca_file(p.pca), p.pca, cfg, config_path);
+  if (!p.pca.empty()) pca = apply_pca_file(r.recipe, read_pca_file(p.pca), p.pca, cfg, config_path);
   // Trained weights (presets/preset_trained.h): AE latents and policy shapes come from the files.
   preset_trained_tensors ae, policy;
   if (!p.ae.empty()) ae = apply_ae_file(r.recipe, p.ae, cfg, config_path);
@@ -60,6 +60,12 @@ export_result export_preset(const export_params& p) {
   needs.policy = needs.policy && p.policy.empty();
   KVCAL_CHECK(!needs.any(), source, " needs calibrated tensors: ", needs.describe(),
               "; export refuses without them");
+  // Per-head budgets split each layer's total by the heads' attention entropy.
+  KVCAL_CHECK(p.head_budgets.empty() == p.capture.empty(),
+              "export: --head-budgets and --capture go together");
+  if (!p.head_budgets.empty())
+    split_head_budgets(r.recipe, attention_entropy(capture_reader(p.capture)),
+                       parse_head_budget_rule(p.head_budgets), p.capture);
   // Budgets matched to a ratio once every method is known (ranks, latents count in the bytes).
   if (p.match_ratio > 0) r.recipe = match_ratio(r.recipe, p.context, p.match_ratio).recipe;
   r.fixed_bytes = pca.bytes + ae.bytes + policy.bytes;

@@ -16,11 +16,15 @@ namespace kvcal {
 struct export_params {
   std::string template_name;  // one of template_name / recipe_path
   std::string recipe_path;
-  std::string model_dir;      // needs config.json only
+  std::string model_dir;  // needs config.json only
   std::string out;
-  std::string pca;          // pca.h5 from kvcal fit-pca (presets/preset_pca.h)
-  std::string ae;           // ae.safetensors from kvcal train-ae (presets/preset_trained.h)
-  std::string policy;       // policy.safetensors from kvcal train-policy
+  std::string pca;     // pca.h5 from kvcal fit-pca (presets/preset_pca.h)
+  std::string ae;      // ae.safetensors from kvcal train-ae (presets/preset_trained.h)
+  std::string policy;  // policy.safetensors from kvcal train-policy
+  // Per-KV-head budgets from a capture's attention entropy (presets/preset_head_budgets.h):
+  // rule "entropy" | "effective" (empty: none) and the capture (recorded with attn).
+  std::string head_budgets;
+  std::string capture;
   std::int64_t context = 32768;  // context the stored byte accounting is stated at
   // > 0: every layer's token budget scaled by one factor so that the byte accounting at `context`
   // reaches this ratio vs fp16 (runtime/budget_match.h; the name gets "@<ratio>x").

@@ -15,13 +15,17 @@ bool scalable(const layer_recipe& l) {
   return l.budget.kind != budget_kind::none || l.policy.kind == token_policy_kind::window;
 }
 
+void scale_budget(token_budget& b, double s) {
+  if (b.kind == budget_kind::retain) b.retain = std::min(1.0, s * b.retain);
+  if (b.kind == budget_kind::tokens)
+    b.tokens = std::max<std::int64_t>(1, std::llround(s * static_cast<double>(b.tokens)));
+}
+
 preset_recipe scaled(const preset_recipe& r, double s) {
   preset_recipe o = r;
   for (auto& l : o.layers) {
-    if (l.budget.kind == budget_kind::retain) l.budget.retain = std::min(1.0, s * l.budget.retain);
-    if (l.budget.kind == budget_kind::tokens)
-      l.budget.tokens =
-          std::max<std::int64_t>(1, std::llround(s * static_cast<double>(l.budget.tokens)));
+    scale_budget(l.budget, s);
+    for (auto& b : l.head_budgets) scale_budget(b, s);  // the heads keep their proportions
     if (l.policy.kind == token_policy_kind::window)
       l.policy.recent =
           std::max<std::int64_t>(1, std::llround(s * static_cast<double>(l.policy.recent)));

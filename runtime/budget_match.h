@@ -3,7 +3,8 @@
 // to compare eviction policies and hybrids "at 4x, 8x, 12x" on equal terms (issue 10's table).
 //
 // One factor s scales every layer's budget, keeping a pyramid's shape: `retain` r -> min(1, s r),
-// `tokens` n -> max(1, round(s n)), a window policy's `recent` likewise (sinks kept). The ratio
+// `tokens` n -> max(1, round(s n)), per-head budgets likewise, a window policy's `recent` likewise
+// (sinks kept). The ratio
 // grows as s shrinks; s is found by bisection on account_bytes(recipe(s), context).ratio(), and
 // the result is the largest budget whose ratio is >= the target (so at least the target).
 //

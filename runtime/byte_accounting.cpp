@@ -9,27 +9,31 @@ namespace kvcal {
 
 namespace {
 
-constexpr double fp16 = 2.0;  // bytes per fp16 element (also per fp16 scale / zero)
+constexpr double fp16 = 2.0;      // bytes per fp16 element (also per fp16 scale / zero)
 constexpr double position = 4.0;  // int32 index per kept token
 
-// How many tokens of `context` each policy keeps per KV head.
-double retained_tokens(const layer_recipe& l, double L, bool* upper_bound) {
+// How many tokens of `context` each policy keeps for KV head `head` (its head_budgets entry or
+// the layer's budget).
+double retained_tokens(const layer_recipe& l, std::size_t head, double L, bool* upper_bound) {
   const token_policy& p = l.policy;
+  const token_budget& b = l.budget_of(head);
   double budget = L;
-  if (l.budget.kind == budget_kind::tokens) budget = static_cast<double>(l.budget.tokens);
+  if (b.kind == budget_kind::tokens) budget = static_cast<double>(b.tokens);
   // Floor: a runtime holding ratio x L tokens keeps whole tokens; at least the newest token.
-  if (l.budget.kind == budget_kind::retain) budget = std::max(1.0, std::floor(l.budget.retain * L));
+  if (b.kind == budget_kind::retain) budget = std::max(1.0, std::floor(b.retain * L));
   switch (p.kind) {
-    case token_policy_kind::full: return L;
+    case token_policy_kind::full:
+      return L;
     case token_policy_kind::window:
       return std::min(L, static_cast<double>(p.sinks + p.recent));
     case token_policy_kind::learned:
-      if (l.budget.kind == budget_kind::none) {
+      if (b.kind == budget_kind::none) {
         *upper_bound = true;  // a threshold keeps an unknown number of tokens
         return L;
       }
       return std::min(L, budget);
-    default: return std::min(L, budget);
+    default:
+      return std::min(L, budget);
   }
 }
 
@@ -37,7 +41,9 @@ double retained_tokens(const layer_recipe& l, double L, bool* upper_bound) {
 // not yet filling a group) are fp16, as in KIVI's residual.
 void compressed(const kv_method& m, double c, double d, stream_bytes& s) {
   switch (m.kind) {
-    case kv_method_kind::none: s.full_precision += c * d * fp16; break;
+    case kv_method_kind::none:
+      s.full_precision += c * d * fp16;
+      break;
     case kv_method_kind::quant: {
       const auto& q = m.quant;
       const double per_group = q.symmetric ? fp16 : 2 * fp16;
@@ -98,23 +104,24 @@ byte_accounting account_bytes(const preset_recipe& r, std::int64_t context, doub
       a.layers.push_back(lb);
       continue;
     }
-    const double R = retained_tokens(l, L, &a.upper_bound);
-    lb.retained = R;
     // Full-precision tokens inside the retained set: sinks + the recent window (KIVI residual or
     // adaptive keep_recent, whichever is longer), then the guard share of the rest.
-    const double sinks = l.policy.kind == token_policy_kind::window
-                             ? static_cast<double>(l.policy.sinks) : 0.0;
+    const double sinks =
+        l.policy.kind == token_policy_kind::window ? static_cast<double>(l.policy.sinks) : 0.0;
     double recent = static_cast<double>(l.residual);
     if (r.adaptive.enabled) recent = std::max(recent, static_cast<double>(r.adaptive.keep_recent));
-    const double window = std::min(R, sinks + recent);
-    const double guard = std::floor(l.guard * (R - window));
-    const double comp = R - window - guard;
-    // Centroids of evicted tokens (cluster policy): fp16 K and V vectors.
-    const double centroids = l.policy.kind == token_policy_kind::cluster
-                                 ? std::min(static_cast<double>(l.policy.clusters), L - R) : 0.0;
-    const bool evicts = R < L && l.policy.kind != token_policy_kind::full &&
-                        l.policy.kind != token_policy_kind::window;
-    for (std::size_t h = 0; h < H; ++h) {
+    for (std::size_t h = 0; h < H; ++h) {  // heads may keep different budgets (head_budgets)
+      const double R = retained_tokens(l, h, L, &a.upper_bound);
+      lb.retained += R;  // summed here, the mean over heads below
+      const double window = std::min(R, sinks + recent);
+      const double guard = std::floor(l.guard * (R - window));
+      const double comp = R - window - guard;
+      // Centroids of evicted tokens (cluster policy): fp16 K and V vectors.
+      const double centroids = l.policy.kind == token_policy_kind::cluster
+                                   ? std::min(static_cast<double>(l.policy.clusters), L - R)
+                                   : 0.0;
+      const bool evicts = R < L && l.policy.kind != token_policy_kind::full &&
+                          l.policy.kind != token_policy_kind::window;
       for (int kv = 0; kv < 2; ++kv) {
         const kv_method& m = kv == 0 ? l.k_of(h) : l.v_of(h);
         stream_bytes& s = kv == 0 ? lb.k : lb.v;
@@ -125,6 +132,7 @@ byte_accounting account_bytes(const preset_recipe& r, std::int64_t context, doub
       // windows and full caches imply them.
       if (evicts) lb.indices += R * position;
     }
+    lb.retained /= static_cast<double>(H);
     a.layers.push_back(lb);
   }
   return a;

@@ -24,7 +24,7 @@ struct stream_bytes {
 };
 
 struct layer_bytes {
-  double retained = 0;  // tokens kept per KV head (centroids not included)
+  double retained = 0;  // tokens kept per KV head, mean over heads (centroids not included)
   stream_bytes k, v;
   double indices = 0;  // int32 positions of kept tokens, per KV head (shared by K and V)
   double total() const { return k.total() + v.total() + indices; }

@@ -28,7 +28,6 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   packed_config c;
   auto fail = [](const std::string& why) { return why; };
   if (r.layers.empty()) return fail("the recipe has no layers");
-  if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
   const layer_recipe& l0 = r.layers[0];
   for (const auto& l : r.layers) {
     if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
@@ -46,6 +45,7 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   }
   if (auto g = quant_gap(l0.k, quant_axis::per_channel, "K"); !g.empty()) return fail(g);
   if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);
+  if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
   const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;

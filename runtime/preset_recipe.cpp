@@ -57,6 +57,9 @@ const kv_method& layer_recipe::k_of(std::size_t head) const {
 const kv_method& layer_recipe::v_of(std::size_t head) const {
   return head < heads.size() && heads[head].v ? *heads[head].v : v;
 }
+const token_budget& layer_recipe::budget_of(std::size_t head) const {
+  return head < head_budgets.size() ? head_budgets[head] : budget;
+}
 
 namespace {
 
@@ -155,7 +158,7 @@ struct ctx {
   std::int64_t n_kv_heads;
   std::int64_t head_dim;
   bool allow_unset_rank;
-  std::int64_t version;
+  std::int64_t version = preset_format_version;
 };
 
 kv_method parse_method(const json& j, const ctx& c, const std::string& path) {
@@ -269,7 +272,7 @@ token_budget parse_budget(const json& j, const ctx& c, const std::string& path) 
 
 layer_recipe parse_layer_entry(const json& j, const ctx& c, const std::string& path) {
   reader r(j, c.src, path);
-  r.only({"k", "v", "heads", "policy", "budget", "guard", "residual"});
+  r.only({"k", "v", "heads", "policy", "budget", "head_budgets", "guard", "residual"});
   layer_recipe l;
   l.k = parse_method(r.raw("k"), c, r.at("k"));
   l.v = parse_method(r.raw("v"), c, r.at("v"));
@@ -290,6 +293,17 @@ layer_recipe parse_layer_entry(const json& j, const ctx& c, const std::string& p
   }
   l.policy = r.has("policy") ? parse_policy(r.raw("policy"), c, r.at("policy")) : token_policy{};
   if (r.has("budget")) l.budget = parse_budget(r.raw("budget"), c, r.at("budget"));
+  if (r.has("head_budgets")) {
+    const json& h = r.raw("head_budgets");
+    KVCAL_CHECK(c.version >= 2, c.src, ": ", r.at("head_budgets"), ": not part of format version ",
+                c.version, " (added in version 2)");
+    KVCAL_CHECK(h.is_array() && static_cast<std::int64_t>(h.size()) == c.n_kv_heads, c.src, ": ",
+                r.at("head_budgets"), ": expected an array of n_kv_heads = ", c.n_kv_heads,
+                " budgets, got ", h.is_array() ? std::to_string(h.size()) + " entries" : h.dump());
+    for (std::size_t i = 0; i < h.size(); ++i)
+      l.head_budgets.push_back(
+          parse_budget(h[i], c, r.at("head_budgets") + "[" + std::to_string(i) + "]"));
+  }
   l.guard = r.number_or("guard", 0.0, 0.0, 1.0);
   l.residual = r.integer_or("residual", 0, 0, INT64_C(1) << 40);
 
@@ -303,6 +317,14 @@ layer_recipe parse_layer_entry(const json& j, const ctx& c, const std::string& p
               k == token_policy_kind::learned ? "; or give learned.threshold" : "", ")");
   KVCAL_CHECK(l.budget.kind == budget_kind::none || k != token_policy_kind::full, c.src, ": ",
               r.at("budget"), ": a budget needs an evicting policy (policy is 'full')");
+  // Per-head budgets replace the layer's: only for policies that keep a budget of tokens.
+  if (!l.head_budgets.empty()) {
+    KVCAL_CHECK(k != token_policy_kind::full && k != token_policy_kind::window, c.src, ": ",
+                r.at("head_budgets"), ": policy '", token_policy_name(k),
+                "' takes no budget (h2o, lru, cluster and learned do)");
+    KVCAL_CHECK(l.budget.kind != budget_kind::none, c.src, ": ", r.at("head_budgets"),
+                ": needs the layer's \"budget\" too (the layer's total they split)");
+  }
   if (k == token_policy_kind::learned && l.policy.learned.features == policy_features::key)
     KVCAL_CHECK(l.policy.learned.in_dim == c.head_dim, c.src, ": ", r.at("policy"),
                 ".learned.in_dim: ", l.policy.learned.in_dim, " must equal head_dim ", c.head_dim,
@@ -431,6 +453,13 @@ json layer_json(const layer_recipe& l) {
   j["policy"] = policy_to_json(l.policy);
   if (l.budget.kind == budget_kind::tokens) j["budget"] = {{"tokens", l.budget.tokens}};
   if (l.budget.kind == budget_kind::retain) j["budget"] = {{"retain", l.budget.retain}};
+  if (!l.head_budgets.empty()) {
+    json hb = json::array();
+    for (const auto& b : l.head_budgets)
+      hb.push_back(b.kind == budget_kind::tokens ? json{{"tokens", b.tokens}}
+                                                 : json{{"retain", b.retain}});
+    j["head_budgets"] = hb;
+  }
   j["guard"] = l.guard;
   j["residual"] = l.residual;
   return j;

@@ -2,7 +2,8 @@
 // tokens are kept, and the model it was made for. Plain structs with defaults, plus the JSON form
 // stored in the preset's `__metadata__` (docs/formats/preset.md describes every field).
 //
-// JSON (format "kvcal.preset", version 2; version 1 files are read too, see below):
+// JSON (format "kvcal.preset", version 2; version 1 files, without the v2 fields ae.hidden
+// and head_budgets, still read):
 //   { "format": "kvcal.preset", "version": 2, "name": "kivi-2", "description": "...",
 //     "model": { "model_type": "llama", "n_layers": 4, "n_kv_heads": 2, "head_dim": 64,
 //                "rope": {...}, "config_sha256": "..." },
@@ -14,6 +15,7 @@
 //                   "heads": [ {"k": ..., "v": ...}, ... ],              (optional per KV head)
 //                   "policy": {"h2o": {"heavy": 0.8, "recent": 0.2}},   ("full" | {"full": {}})
 //                   "budget": {"retain": 0.125} | {"tokens": 256},       (optional)
+//                   "head_budgets": [{"retain": 0.2}, {"tokens": 40}],  (optional, v2, per KV head)
 //                   "guard": 0.5, "residual": 128 }, ... ] }
 // Versions: 1 = no ae.hidden (every AE linear); 2 adds ae.hidden (MLP autoencoders). Writers
 // write the current version; readers take every version from the oldest to the current.
@@ -110,11 +112,15 @@ struct layer_recipe {
   std::vector<head_methods> heads;  // empty, or one entry per KV head
   token_policy policy;
   token_budget budget;
+  // Empty, or one budget per KV head replacing `budget` for that head (evicting policies that
+  // take a budget: h2o, lru, cluster, learned). Format version >= 2.
+  std::vector<token_budget> head_budgets;
   double guard = 0.0;         // fraction of compressed-eligible retained tokens kept in fp16
   std::int64_t residual = 0;  // full-precision recent window (KIVI residual), tokens
 
   const kv_method& k_of(std::size_t head) const;
   const kv_method& v_of(std::size_t head) const;
+  const token_budget& budget_of(std::size_t head) const;
 };
 
 struct adaptive_config {

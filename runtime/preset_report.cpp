@@ -72,6 +72,10 @@ std::string head_overrides(const layer_recipe& l) {
     if (l.heads[h].k) os << " h" << h << ".k=" << describe_method(*l.heads[h].k);
     if (l.heads[h].v) os << " h" << h << ".v=" << describe_method(*l.heads[h].v);
   }
+  if (!l.head_budgets.empty()) {
+    os << " head budgets";
+    for (const auto& b : l.head_budgets) os << " " << budget_str(b);
+  }
   return os.str();
 }
 

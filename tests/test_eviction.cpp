@@ -1,11 +1,11 @@
 // runtime/eviction: token eviction in the compressed KV cache (CPU reference) — every policy
-// keeps exactly its budget per layer and KV head, H2O scores equal those of a naive full
-// attention matrix, window / sinks keep exactly the right tokens, attention after eviction
-// equals a naive attention over what is held (RoPE at the stored positions, centroids with
-// log(count)), clustering keeps the attention mass of merged tokens within its bound, learned
-// scores equal a hand-computed linear / MLP, the guard's precision assignment is exact, the
-// current token and the window are never evicted, bytes held shrink and equal the byte
-// accounting; the shipped templates run end to end through the model.
+// keeps exactly its budget per layer and KV head (per-head budgets of format v2 included), H2O
+// scores equal those of a naive full attention matrix, window / sinks keep exactly the right
+// tokens, attention after eviction equals a naive attention over what is held (RoPE at the stored
+// positions, centroids with log(count)), clustering keeps the attention mass of merged tokens
+// within its bound, learned scores equal a hand-computed linear / MLP, the guard's precision
+// assignment is exact, the current token and the window are never evicted, bytes held shrink and
+// equal the byte accounting; the shipped templates run end to end through the model.
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -311,8 +311,7 @@ TEST_CASE("every policy keeps exactly its budget per layer and KV head; accounti
         for (int l = 0; l < 3; ++l) {
           const evicting_layer* ev = c.eviction(l);
           REQUIRE(ev != nullptr);
-          const std::int64_t R = ev->policy().retained(dr.seen);
-          for (int h = 0; h < 2; ++h) CHECK(ev->held(h) == R);
+          for (int h = 0; h < 2; ++h) CHECK(ev->held(h) == ev->policy().retained(dr.seen, h));
         }
         const cache_stats st = c.stats();
         CHECK(double(st.bytes_used) == account_bytes(r, dr.seen).total());
@@ -334,6 +333,206 @@ TEST_CASE("every policy keeps exactly its budget per layer and KV head; accounti
       }
     }
   }
+}
+
+namespace {
+
+// Naive budget of one head (the preset format's rule, written out here): min(seen, max(1, b)).
+std::int64_t naive_budget(const token_budget& b, std::int64_t seen) {
+  const std::int64_t n = b.kind == budget_kind::tokens
+                             ? b.tokens
+                             : static_cast<std::int64_t>(std::floor(b.retain * double(seen)));
+  return std::min(seen, std::max<std::int64_t>(1, n));
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "per-KV-head budgets: every policy keeps exactly its head's budget; bytes == accounting") {
+  token_policy learned = kind_pol(token_policy_kind::learned);
+  learned.learned.features = policy_features::key;
+  learned.learned.in_dim = 16;
+  const std::vector<std::pair<std::string, token_policy>> cases = {
+      {"h2o", kind_pol(token_policy_kind::h2o)},
+      {"lru", kind_pol(token_policy_kind::lru)},
+      {"cluster", cluster_pol(3)},
+      {"learned", learned}};
+  const int H = 3, d = 16;
+  // [layer][head]: tokens and retain mixed, heads far apart.
+  const std::vector<std::vector<token_budget>> hb = {
+      {tokens_budget(5), retain_budget(0.5), tokens_budget(12)},
+      {retain_budget(0.1), retain_budget(0.3), tokens_budget(20)}};
+  for (const auto& pc : cases) {
+    for (int variant = 0; variant < 2; ++variant) {  // fp16, then the hybrid layout
+      CAPTURE(pc.first);
+      CAPTURE(variant);
+      preset_recipe r = make_recipe(2, H, d);
+      for (std::size_t l = 0; l < 2; ++l) {
+        auto& lr = r.layers[l];
+        lr.policy = pc.second;
+        lr.budget = retain_budget(0.3);  // replaced per head
+        lr.head_budgets = hb[l];
+        if (variant == 1) {
+          lr.k = quant_method(2, 8, quant_axis::per_channel);
+          lr.v = quant_method(2, 8, quant_axis::per_token);
+          lr.guard = 0.5;
+          lr.residual = 3;
+        }
+      }
+      // The recipe round-trips through its stored form, head budgets included.
+      CHECK(parse_recipe(recipe_to_json(r), "t") == r);
+      tensor_store ts;
+      for (int l = 0; l < 2; ++l) {
+        ts.add("layers." + std::to_string(l) + ".policy.weight", {H, d}, randn(H * d, 7u + l));
+        ts.add("layers." + std::to_string(l) + ".policy.bias", {H}, randn(H, 9u + l));
+      }
+      const bool learned_case = pc.second.kind == token_policy_kind::learned;
+      compressed_cache c(r, learned_case ? ts.views : std::vector<tensor_view>{}, dims_of(r, 6),
+                         {});
+      const sequence s = make_sequence(70, 6, H, d, 13);
+      driver dr{c, s};
+      auto check = [&] {
+        double naive_bytes = 0;  // fp16 variant: every held token is 2 fp16 rows
+        for (int l = 0; l < 2; ++l) {
+          const evicting_layer* ev = c.eviction(l);
+          REQUIRE(ev != nullptr);
+          for (int h = 0; h < H; ++h) {
+            const std::int64_t R = naive_budget(hb[sz(l)][sz(h)], dr.seen);
+            CHECK(ev->held(h) == R);
+            CHECK(std::int64_t(ev->positions(h).size()) == R);
+            const double cen = pc.second.kind == token_policy_kind::cluster
+                                   ? double(std::min<std::int64_t>(3, dr.seen - R))
+                                   : 0.0;
+            naive_bytes += (double(R) + cen) * d * 2 * 2 + (R < dr.seen ? 4.0 * double(R) : 0.0);
+          }
+        }
+        const cache_stats st = c.stats();
+        CHECK(double(st.bytes_used) == account_bytes(r, dr.seen).total());
+        if (variant == 0) CHECK(double(st.bytes_used) == naive_bytes);
+        CHECK(double(st.bytes_held) >= double(st.bytes_used));
+        CHECK(double(st.bytes_held) <= double(st.bytes_used) + page_slack(c, 64));
+      };
+      dr.step(40);
+      check();
+      for (int t = 0; t < 30; ++t) {
+        dr.step(1);
+        check();
+      }
+      CHECK(dr.max_err < 2e-4);
+      if (pc.second.kind == token_policy_kind::learned) {
+        // Static scores and a fixed budget in tokens: each head keeps its newest token (and the
+        // window) and the best others up to its own budget — recomputed by hand from the scorer.
+        // (A retain budget grows with the context: tokens evicted earlier stay gone.)
+        const auto w = randn(H * d, 7u), b = randn(H, 9u);
+        for (int h : {0, 2}) {
+          const std::int64_t R = naive_budget(hb[0][sz(h)], 70);
+          const std::int64_t keep_new = variant == 1 ? 3 : 1;  // residual 3, else the newest
+          std::vector<double> sc(70);
+          for (int i = 0; i < 70; ++i) {
+            double x = b[sz(h)];
+            for (int cc = 0; cc < d; ++cc)
+              x +=
+                  double(w[sz(h) * sz(d) + sz(cc)]) * s.k[(sz(i) * sz(H) + sz(h)) * sz(d) + sz(cc)];
+            sc[sz(i)] = x;
+          }
+          std::vector<int> older(sz(70 - keep_new));
+          for (int i = 0; i < 70 - keep_new; ++i) older[sz(i)] = i;
+          std::sort(older.begin(), older.end(),
+                    [&](int a, int bb) { return sc[sz(a)] > sc[sz(bb)]; });
+          std::set<std::int64_t> expect(older.begin(), older.begin() + (R - keep_new));
+          for (std::int64_t p = 70 - keep_new; p < 70; ++p) expect.insert(p);
+          const auto pos = c.eviction(0)->positions(h);
+          CHECK(std::set<std::int64_t>(pos.begin(), pos.end()) == expect);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "per-KV-head budgets: H2O after prefill keeps each head's own top set of a naive matrix") {
+  const int H = 2, rep = 3, d = 16, N = 40;
+  const std::vector<std::int64_t> budget = {6, 17};
+  preset_recipe r = make_recipe(1, H, d);
+  r.layers[0].policy = kind_pol(token_policy_kind::h2o);
+  r.layers[0].policy.heavy = 0.5;
+  r.layers[0].policy.recent_fraction = 0.5;
+  r.layers[0].budget = tokens_budget(8);
+  r.layers[0].head_budgets = {tokens_budget(budget[0]), tokens_budget(budget[1])};
+  preset_recipe all = r;  // keeps everything: its stored keys feed the naive matrix
+  all.layers[0].budget = tokens_budget(1000);
+  all.layers[0].head_budgets.clear();
+  compressed_cache c(r, {}, dims_of(r, H * rep), {}), ref(all, {}, dims_of(all, H * rep), {});
+  const sequence s = make_sequence(N, H * rep, H, d, 29);
+  driver dr{c, s}, dref{ref, s};
+  dr.step(N);  // one prefill: eviction from the prefill's attention
+  dref.step(N);
+  float scaling = 1;
+  const auto inv = inv_freq_of(r, &scaling);
+  for (int h = 0; h < H; ++h) {
+    std::vector<float> k(sz(N) * sz(d));
+    ref.reconstruct(0, h, false, k.data());
+    for (int i = 0; i < N; ++i) rotate(k.data() + i * d, d, i, inv, scaling);
+    std::vector<double> cum(sz(N), 0.0);
+    for (int i = 0; i < N; ++i)
+      for (int rr = 0; rr < rep; ++rr) {
+        const float* q = s.q.data() + (sz(i) * sz(H * rep) + sz(h * rep + rr)) * sz(d);
+        std::vector<double> p(sz(i + 1));
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (int cc = 0; cc < d; ++cc) dot += double(q[cc]) * k[sz(j) * sz(d) + sz(cc)];
+          mx = std::max(mx, p[sz(j)] = dot / 4.0);
+        }
+        for (auto& x : p) sum += (x = std::exp(x - mx));
+        for (int j = 0; j <= i; ++j) cum[sz(j)] += p[sz(j)] / sum / rep;
+      }
+    // Recent share R - floor(0.5 R), then the best-scored of the older ones.
+    const std::int64_t R = budget[sz(h)], recent = R - R / 2;
+    std::vector<int> older(sz(N - recent));
+    for (int i = 0; i < N - recent; ++i) older[sz(i)] = i;
+    std::sort(older.begin(), older.end(), [&](int a, int b) { return cum[sz(a)] > cum[sz(b)]; });
+    std::vector<std::int64_t> expect(older.begin(), older.begin() + (R - recent));
+    for (std::int64_t p = N - recent; p < N; ++p) expect.push_back(p);
+    std::sort(expect.begin(), expect.end());
+    CHECK(c.eviction(0)->positions(h) == expect);
+  }
+  CHECK(c.eviction(0)->held(0) == 6);
+  CHECK(c.eviction(0)->held(1) == 17);
+}
+
+TEST_CASE("head_budgets: format version 2; version 1 files still read; bad entries refused") {
+  preset_recipe r = make_recipe(1, 2, 16);
+  r.layers[0].policy = kind_pol(token_policy_kind::h2o);
+  r.layers[0].budget = retain_budget(0.25);
+  nlohmann::json j = recipe_to_json(r);
+  CHECK(j["version"] == 2);
+  j["version"] = 1;  // an older preset (no head budgets) still reads
+  CHECK(parse_recipe(j, "old.safetensors") == r);
+  auto err = [&](nlohmann::json x) {
+    try {
+      parse_recipe(x, "p.safetensors");
+    } catch (const kvcal::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  j["layers"][0]["head_budgets"] = {{{"tokens", 4}}, {{"retain", 0.5}}};
+  CHECK_MESSAGE(contains(err(j), "layers[0].head_budgets: not part of format version 1"), err(j));
+  j["version"] = 2;
+  CHECK(parse_recipe(j, "p").layers[0].budget_of(1).retain == 0.5);
+  j["layers"][0]["head_budgets"] = {{{"tokens", 4}}};
+  CHECK_MESSAGE(contains(err(j), "layers[0].head_budgets: expected an array of n_kv_heads = 2"),
+                err(j));
+  j["layers"][0]["head_budgets"] = {{{"tokens", 4}}, {{"tokens", 0}}};
+  CHECK_MESSAGE(contains(err(j), "layers[0].head_budgets[1].tokens"), err(j));
+  j["layers"][0]["policy"] = {{"window", {{"recent", 8}}}};
+  j["layers"][0]["head_budgets"] = {{{"tokens", 4}}, {{"tokens", 3}}};
+  CHECK_MESSAGE(contains(err(j), "policy 'window' takes no budget"), err(j));
 }
 
 TEST_CASE("H2O scores equal the cumulative attention of a naive full attention matrix") {

@@ -355,7 +355,6 @@ void evicting_layer::relayout(int h, int kv, const std::vector<std::int64_t>& ke
 
 void evicting_layer::evict() {
   const bool dormant = p_.compress_after >= 0 && seen_ <= p_.compress_after;
-  const std::int64_t R = dormant ? seen_ : policy_->retained(seen_);
   const int H = p_.n_kv_heads, d = p_.head_dim;
   // Pass 1: what each head keeps.
   std::vector<std::vector<std::uint8_t>> keep(sz(H));
@@ -364,6 +363,7 @@ void evicting_layer::evict() {
     const std::int64_t n = held(h);
     keep[sz(h)].assign(sz(n), 1);
     if (!dormant) {
+      const std::int64_t R = policy_->retained(seen_, h);  // this head's budget
       const std::int64_t m =
           select_kept(*policy_, heads_[sz(h)].score.data(), n, R, keep[sz(h)].data());
       evicts = evicts || m < n;
@@ -431,7 +431,9 @@ void evicting_layer::evict() {
 }
 
 void evicting_layer::reserve(std::int64_t max_context, std::int64_t max_step) {
-  const std::int64_t R = std::min(max_context, policy_->retained(max_context) + max_step);
+  std::int64_t R = 0;  // the largest head's
+  for (int h = 0; h < p_.n_kv_heads; ++h)
+    R = std::max(R, std::min(max_context, policy_->retained(max_context, h) + max_step));
   const std::size_t D = sz(p_.head_dim);
   const std::size_t rows = sz(R + lr_.policy.clusters);
   if (k_.size() < rows * D) k_.resize(rows * D);
@@ -439,10 +441,12 @@ void evicting_layer::reserve(std::int64_t max_context, std::int64_t max_step) {
   if (sc_.size() < rows) sc_.resize(rows);
   if (arow_.size() < rows) arow_.resize(rows);
   pos_.reserve(rows);
-  for (auto& hs : heads_) {
-    hs.score.reserve(sz(R));
-    hs.loc[0].reserve(sz(R));
-    hs.loc[1].reserve(sz(R));
+  for (int h = 0; h < p_.n_kv_heads; ++h) {  // token tables sized to each head's own budget
+    const auto Rh = sz(std::min(max_context, policy_->retained(max_context, h) + max_step));
+    head_state& hs = heads_[sz(h)];
+    hs.score.reserve(Rh);
+    hs.loc[0].reserve(Rh);
+    hs.loc[1].reserve(Rh);
   }
 }
 

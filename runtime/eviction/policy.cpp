@@ -15,14 +15,15 @@ namespace kvcal {
 eviction_policy::eviction_policy(const layer_recipe& lr, std::int64_t window)
     : lr_(lr), window_(window) {}
 
-std::int64_t eviction_policy::retained(std::int64_t seen) const {
+std::int64_t eviction_policy::retained(std::int64_t seen, int head) const {
   const token_policy& p = lr_.policy;
   if (p.kind == token_policy_kind::full) return seen;
   if (p.kind == token_policy_kind::window) return std::min(seen, p.sinks + p.recent);
-  if (lr_.budget.kind == budget_kind::none) return seen;  // learned with a threshold only
-  std::int64_t budget = lr_.budget.tokens;
-  if (lr_.budget.kind == budget_kind::retain)  // floor, as the byte accounting
-    budget = static_cast<std::int64_t>(std::floor(lr_.budget.retain * static_cast<double>(seen)));
+  const token_budget& b = lr_.budget_of(static_cast<std::size_t>(head));
+  if (b.kind == budget_kind::none) return seen;  // learned with a threshold only
+  std::int64_t budget = b.tokens;
+  if (b.kind == budget_kind::retain)  // floor, as the byte accounting
+    budget = static_cast<std::int64_t>(std::floor(b.retain * static_cast<double>(seen)));
   return std::min(seen, std::max<std::int64_t>(1, budget));
 }
 

@@ -17,7 +17,7 @@
 // the newest token, within R.
 //
 //   auto p = kvcal::make_policy(layer_recipe, layer, window, tensors, n_kv, d, "preset");
-//   std::int64_t R = p->retained(seen);
+//   std::int64_t R = p->retained(seen, head);
 #pragma once
 
 #include <cstdint>
@@ -38,10 +38,11 @@ class eviction_policy {
   virtual ~eviction_policy() = default;
 
   token_policy_kind kind() const { return lr_.policy.kind; }
-  // Tokens kept per KV head once the layer has seen `seen` tokens: full: seen; window:
-  // min(seen, sinks + recent); others: min(seen, max(1, budget)), budget = `tokens` or
-  // floor(retain x seen); learned with only a threshold: seen (the threshold decides).
-  std::int64_t retained(std::int64_t seen) const;
+  // Tokens KV head `head` keeps once the layer has seen `seen` tokens: full: seen; window:
+  // min(seen, sinks + recent); others: min(seen, max(1, budget)), budget = the head's
+  // (head_budgets) or the layer's `tokens` or floor(retain x seen); learned with only a
+  // threshold: seen (the threshold decides).
+  std::int64_t retained(std::int64_t seen, int head) const;
   // Oldest tokens always kept (window policy's sinks).
   std::int64_t sinks() const;
   // Newest tokens always kept when R are retained: at least the newest token and the fp16
