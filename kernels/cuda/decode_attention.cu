@@ -405,8 +405,11 @@ struct smem_plan {
 // rotates the queries by the tile's base angle into mma A fragments, S = Q K^T on tensor cores
 // (16 query-head rows x 32 tokens), online softmax on the S fragments, dequantizes V into the
 // same smem, O += P V on tensor cores.
+#ifndef KVCAL_DA_MIN_BLOCKS
+#define KVCAL_DA_MIN_BLOCKS 3  // CTAs per SM the compiler budgets registers for
+#endif
 template <int D, int BITS, int GROUP, bool HM>
-__global__ void __launch_bounds__(32 * kWarps, 3)
+__global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     decode_attention_kernel(decode_attention_params p, int tiles_per_split, int n_parts) {
   using SP = smem_plan<D>;
   constexpr int HALF = D / 2, ROW = SP::ROW, NKS = D / 16, NNT = D / 8, H = kHeadTile;
@@ -704,7 +707,7 @@ split_plan plan_splits(const decode_attention_params& p) {
   const long ctas = static_cast<long>(p.kv.batch) * n_kv * (n_hg > 0 ? n_hg : 1);
   // One wave of CTAs (3 fit an SM at head_dim 128), each warp with at least one tile; at most
   // 4096 partials per (sequence, head) (the merge keeps their weights in shared memory).
-  long want = 3L * sm_count() / (ctas > 0 ? ctas : 1);
+  long want = static_cast<long>(KVCAL_DA_MIN_BLOCKS) * sm_count() / (ctas > 0 ? ctas : 1);
   if (want < 1) want = 1;
   int tps = static_cast<int>((tiles + want - 1) / (want > 0 ? want : 1));
   if (tps < kWarps) tps = kWarps;
