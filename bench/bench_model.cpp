@@ -14,10 +14,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <memory>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -93,10 +93,11 @@ options parse(int argc, char** argv) {
     else if (a == "--kv-batch")
       o.kv_batch = std::stoll(value());
     else if (a == "-h" || a == "--help") {
-      std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
-                   "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
-                   "       [--kv-cache full,fp16,kivi-4,kivi-2] [--kv-context 32768] [--kv-batch 8]\n";
+      std::cout
+          << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
+             "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
+             "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
+             "       [--kv-cache full,fp16,kivi-4,kivi-2] [--kv-context 32768] [--kv-batch 8]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -244,8 +245,9 @@ int main(int argc, char** argv) {
         const double ms = (now_s() - start) * 1e3 / o.steps;
         const double per_seq =
             packed ? static_cast<double>(packed->bytes_allocated()) / static_cast<double>(B)
-                   : 2.0 * static_cast<double>(c.num_hidden_layers * c.num_key_value_heads * cap *
-                                               c.head_dim) *
+                   : 2.0 *
+                         static_cast<double>(c.num_hidden_layers * c.num_key_value_heads * cap *
+                                             c.head_dim) *
                          2.0;
         const std::string shape = kind + " B" + std::to_string(B) + " ctx" + std::to_string(L);
         row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");

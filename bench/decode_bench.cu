@@ -3,8 +3,6 @@
 // "bytes read" counts what the kernels load: packed records + fp16 windows of every (sequence,
 // KV head), the queries, the RoPE table rows (one per 32 tokens, shared by the heads) and the
 // split partials written and read back.
-#include "bench/decode_bench.h"
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "bench/decode_bench.h"
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
@@ -20,11 +19,11 @@
 namespace kvcal {
 namespace {
 
-#define CUDA_OK(x)                                                                \
-  do {                                                                            \
-    cudaError_t e_ = (x);                                                         \
-    KVCAL_CHECK(e_ == cudaSuccess, "decode bench: CUDA error ", cudaGetErrorString(e_), \
-                " (", #x, ") ", last_launch_error());                             \
+#define CUDA_OK(x)                                                                                \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    KVCAL_CHECK(e_ == cudaSuccess, "decode bench: CUDA error ", cudaGetErrorString(e_), " (", #x, \
+                ") ", last_launch_error());                                                       \
   } while (0)
 
 // x[i] = uniform-ish in [-1, 1] (+ an outlier offset on channel 3 for keys), from a hash.
@@ -240,6 +239,5 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   cudaEventDestroy(e1);
   return r;
 }
-
 
 }  // namespace kvcal

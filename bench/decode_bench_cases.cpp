@@ -32,7 +32,8 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
 }
 
 std::string decode_table_header() {
-  return "| method | B | L | time (us) | MB read | TB/s | fp16 bytes / bytes read | speedup vs fp16 "
+  return "| method | B | L | time (us) | MB read | TB/s | fp16 bytes / bytes read | speedup vs "
+         "fp16 "
          "(ours) | speedup vs SDPA | append+compress (Mtok/s) |\n"
          "|---|---|---|---|---|---|---|---|---|---|\n";
 }

@@ -11,7 +11,8 @@
 #include "bench/decode_bench.h"
 #include "kernels/common/error.h"
 
-#if KVCAL_TORCH_CUDA && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
+#if KVCAL_TORCH_CUDA && \
+    (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5))
 #define KVCAL_SDPA_BASELINE 1
 #include <ATen/cuda/CUDAContext.h>
 #include <cuda_runtime.h>
@@ -21,8 +22,9 @@ namespace kvcal {
 
 #ifndef KVCAL_SDPA_BASELINE
 decode_timing time_sdpa_fp16(const decode_shape&) {
-  KVCAL_FAIL("torch SDPA baseline: this kvcal's libtorch has no CUDA or no SDPA with GQA "
-             "(torch >= 2.5 with CUDA: scripts/build-gpu.sh)");
+  KVCAL_FAIL(
+      "torch SDPA baseline: this kvcal's libtorch has no CUDA or no SDPA with GQA "
+      "(torch >= 2.5 with CUDA: scripts/build-gpu.sh)");
 }
 #else
 decode_timing time_sdpa_fp16(const decode_shape& s) {

@@ -5,8 +5,9 @@
 namespace kvcal {
 
 decode_timing time_decode_case(const decode_case& c, const decode_shape&) {
-  KVCAL_FAIL(c.name, ": this kvcal was built without CUDA (decode benchmarks need a GPU build: "
-                     "scripts/build-gpu.sh)");
+  KVCAL_FAIL(c.name,
+             ": this kvcal was built without CUDA (decode benchmarks need a GPU build: "
+             "scripts/build-gpu.sh)");
 }
 
 }  // namespace kvcal

@@ -3,11 +3,10 @@
 // Presets the kernels cannot run yet are listed with the reason instead of a time.
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "bench/decode_bench.h"
 #include "cli/command.h"
@@ -107,8 +106,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       r = f.recipe();
       if (r.model.n_kv_heads != s.n_kv || r.model.head_dim != s.head_dim)
         io.err << "kvcal bench: note: " << p << " was made for " << r.model.n_kv_heads
-               << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv
-               << " x " << s.head_dim << "\n";
+               << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv << " x "
+               << s.head_dim << "\n";
     } else {
       const auto known = preset_template_names();
       if (std::find(known.begin(), known.end(), p) == known.end()) {
@@ -161,8 +160,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       for (const auto& c : cases) {
         if (c.bits == 16 && c.unsupported.empty()) continue;  // the fp16 row above
         if (!c.unsupported.empty()) {
-          io.out << "| " << c.name << " | " << B << " | " << L << " | unsupported: "
-                 << c.unsupported << " | | | | | | |\n";
+          io.out << "| " << c.name << " | " << B << " | " << L
+                 << " | unsupported: " << c.unsupported << " | | | | | | |\n";
           add(c.name, {}, c.unsupported);
           continue;
         }
@@ -183,8 +182,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
         << "\n";
       KVCAL_CHECK(f.good(), json_out, ": write failed");
     }
-    KVCAL_CHECK(std::rename(tmp.c_str(), json_out.c_str()) == 0, json_out, ": cannot rename ",
-                tmp);
+    KVCAL_CHECK(std::rename(tmp.c_str(), json_out.c_str()) == 0, json_out, ": cannot rename ", tmp);
   }
   return 0;
 }

@@ -22,19 +22,28 @@ namespace kvcal {
 
 struct gpu_packed_cache::layer_state {};
 
-gpu_packed_cache::gpu_packed_cache(const model_config&, std::int64_t, std::int64_t,
-                                   const options&, at::Device)
+gpu_packed_cache::gpu_packed_cache(const model_config&, std::int64_t, std::int64_t, const options&,
+                                   at::Device)
     : batch_(0), capacity_(0), n_kv_(0), n_heads_(0), d_(0), window_(0) {
-  KVCAL_FAIL("gpu_packed_cache: this kvcal was built without CUDA kernels or without libtorch "
-             "CUDA (scripts/build-gpu.sh)");
+  KVCAL_FAIL(
+      "gpu_packed_cache: this kvcal was built without CUDA kernels or without libtorch "
+      "CUDA (scripts/build-gpu.sh)");
 }
 gpu_packed_cache::~gpu_packed_cache() = default;
 void gpu_packed_cache::append(int, const kv_append&) {}
-at::Tensor gpu_packed_cache::attend(int, const at::Tensor&, const at::Tensor&) { return {}; }
-std::int64_t gpu_packed_cache::length() const { return 0; }
+at::Tensor gpu_packed_cache::attend(int, const at::Tensor&, const at::Tensor&) {
+  return {};
+}
+std::int64_t gpu_packed_cache::length() const {
+  return 0;
+}
 void gpu_packed_cache::reset() {}
-std::size_t gpu_packed_cache::bytes_allocated() const { return 0; }
-std::size_t gpu_packed_cache::bytes_used() const { return 0; }
+std::size_t gpu_packed_cache::bytes_allocated() const {
+  return 0;
+}
+std::size_t gpu_packed_cache::bytes_used() const {
+  return 0;
+}
 
 #else
 
@@ -68,8 +77,8 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
               window_, ") is shorter than the capacity: not supported by the kernels");
   const bool fp16 = o.bits == 16;
-  win_cap_ = static_cast<int>(fp16 ? capacity : std::min<std::int64_t>(
-                                                    capacity, o.residual + o.group + o.piece));
+  win_cap_ = static_cast<int>(
+      fp16 ? capacity : std::min<std::int64_t>(capacity, o.residual + o.group + o.piece));
   const int d = static_cast<int>(d_);
   const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
@@ -77,14 +86,14 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   const std::int64_t k_slot = fp16 ? 0 : capacity / o.group + 1, v_slot = fp16 ? 0 : capacity;
   for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     auto s = std::make_unique<layer_state>();
-    s->k_rec = at::empty({std::max<std::int64_t>(
-                             1, slots * k_slot *
-                                    static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
-                         u8);
-    s->v_rec = at::empty({std::max<std::int64_t>(
-                             1, slots * v_slot *
-                                    static_cast<std::int64_t>(v_record_bytes(d, o.bits, o.group)))},
-                         u8);
+    s->k_rec = at::empty(
+        {std::max<std::int64_t>(
+            1, slots * k_slot * static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
+        u8);
+    s->v_rec = at::empty(
+        {std::max<std::int64_t>(
+            1, slots * v_slot * static_cast<std::int64_t>(v_record_bytes(d, o.bits, o.group)))},
+        u8);
     s->k_win = at::empty({slots, win_cap_, d_}, f16);
     s->v_win = at::empty({slots, win_cap_, d_}, f16);
     s->ctr = at::zeros({n_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
@@ -105,8 +114,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   }
   // RoPE rows of the CPU reference (the kernel rotates pre-RoPE keys at their positions).
   const rope_frequencies f =
-      rope_inv_freq(cfg.rope, d, cfg.max_position_embeddings, std::max<std::int64_t>(
-                                                                   capacity, 1));
+      rope_inv_freq(cfg.rope, d, cfg.max_position_embeddings, std::max<std::int64_t>(capacity, 1));
   rope_scaling_ = f.attention_scaling;
   at::Tensor c = at::empty({capacity, d_ / 2}, at::kFloat), sn = at::empty_like(c);
   for (std::int64_t p = 0; p < capacity; ++p)
@@ -128,13 +136,13 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
               layer, " out of range");
   layer_state& s = *layers_[static_cast<std::size_t>(layer)];
   const at::Tensor& k = kv.k_pre;  // [B, n_kv, T, d]
-  KVCAL_CHECK(k.dim() == 4 && k.size(0) == batch_ && k.size(1) == n_kv_ && k.size(3) == d_ &&
-                  k.is_cuda(),
-              "gpu_packed_cache: k_pre must be [", batch_, ", ", n_kv_, ", T, ", d_,
-              "] on CUDA, got ", k.sizes());
+  KVCAL_CHECK(
+      k.dim() == 4 && k.size(0) == batch_ && k.size(1) == n_kv_ && k.size(3) == d_ && k.is_cuda(),
+      "gpu_packed_cache: k_pre must be [", batch_, ", ", n_kv_, ", T, ", d_, "] on CUDA, got ",
+      k.sizes());
   const std::int64_t T = k.size(2);
-  KVCAL_CHECK(s.n + T <= capacity_, "gpu_packed_cache: capacity ", capacity_, " exceeded (",
-              s.n, " + ", T, " tokens)");
+  KVCAL_CHECK(s.n + T <= capacity_, "gpu_packed_cache: capacity ", capacity_, " exceeded (", s.n,
+              " + ", T, " tokens)");
   if (T > 1) {
     KVCAL_CHECK(s.n == 0, "gpu_packed_cache: several new tokens need an empty cache (a prompt); ",
                 s.n, " tokens are held");
@@ -258,10 +266,10 @@ std::size_t gpu_packed_cache::bytes_used() const {
       n += slots * static_cast<std::size_t>(s->n) * static_cast<std::size_t>(d) * 2 * 2;
       continue;
     }
-    n += slots * (static_cast<std::size_t>(s->kc / o_.group) * k_record_bytes(d, o_.bits, o_.group) +
-                  static_cast<std::size_t>(s->vc) * v_record_bytes(d, o_.bits, o_.group) +
-                  static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) *
-                      static_cast<std::size_t>(d) * 2);
+    n += slots *
+         (static_cast<std::size_t>(s->kc / o_.group) * k_record_bytes(d, o_.bits, o_.group) +
+          static_cast<std::size_t>(s->vc) * v_record_bytes(d, o_.bits, o_.group) +
+          static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) * static_cast<std::size_t>(d) * 2);
   }
   return n;
 }

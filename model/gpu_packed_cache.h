@@ -36,10 +36,10 @@ namespace kvcal {
 class gpu_packed_cache : public kv_cache {
  public:
   struct options {
-    int bits = 16;      // 16 = fp16 (the whole context in the ring); 2 | 4 | 8 = quantized
-    int group = 32;     // K: tokens per record (32 | 64 | 128); V: channels per scale group
-    int residual = 128; // newest tokens kept in fp16
-    int piece = 1024;   // prompt tokens appended per window-append + compress round
+    int bits = 16;       // 16 = fp16 (the whole context in the ring); 2 | 4 | 8 = quantized
+    int group = 32;      // K: tokens per record (32 | 64 | 128); V: channels per scale group
+    int residual = 128;  // newest tokens kept in fp16
+    int piece = 1024;    // prompt tokens appended per window-append + compress round
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,

@@ -41,7 +41,8 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
          (l.k.quant.bits != l0.k.quant.bits || l.k.quant.group != l0.k.quant.group)) ||
         (l.v.kind == kv_method_kind::quant &&
          (l.v.quant.bits != l0.v.quant.bits || l.v.quant.group != l0.v.quant.group)))
-      return fail("layers differ (mixed precision per layer): the kernels take one configuration for all");
+      return fail(
+          "layers differ (mixed precision per layer): the kernels take one configuration for all");
   }
   if (auto g = quant_gap(l0.k, quant_axis::per_channel, "K"); !g.empty()) return fail(g);
   if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);

@@ -3,9 +3,8 @@
 // arithmetic; `kvcal bench` on a build or machine without CUDA fails with one clear message.
 #include <doctest/doctest.h>
 
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "bench/decode_bench.h"
 #include "cli/app.h"

@@ -11,19 +11,18 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <sstream>
 #include <map>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/app.h"
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
 #include "model/gpu_packed_cache.h"
-#include "model/runtime_cache.h"
-#include "presets/preset_template.h"
 #include "model/llama.h"
+#include "model/runtime_cache.h"
 #include "model/torch_util.h"
+#include "presets/preset_template.h"
 #include "runtime/io/safetensors.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
@@ -155,7 +154,8 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps") {
   }
 }
 
-TEST_CASE("gpu_packed_cache: fp16 equals full_cache; kivi-4 / kivi-2 decode equals the CPU runtime") {
+TEST_CASE(
+    "gpu_packed_cache: fp16 equals full_cache; kivi-4 / kivi-2 decode equals the CPU runtime") {
   if (!have_gpu()) return;
   const std::string dir = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
   const llama_model g = llama_model::load(dir, cuda, at::kFloat);
@@ -163,7 +163,8 @@ TEST_CASE("gpu_packed_cache: fp16 equals full_cache; kivi-4 / kivi-2 decode equa
   const model_config& cfg = g.config();
   const std::int64_t B = 2, N = 224;  // > residual 128 + several groups of 32 compressed
   at::manual_seed(7);
-  const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, N}, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor ids =
+      at::randint(0, cfg.vocab_size, {B, N}, at::TensorOptions().dtype(at::kLong));
 
   // fp16 packed cache on the GPU vs the plain cache: prompt of 64, then steps.
   {
@@ -206,14 +207,15 @@ TEST_CASE("gpu_packed_cache: fp16 equals full_cache; kivi-4 / kivi-2 decode equa
       gpu_cpu = std::max(gpu_cpu, compare(lg, lc).max_abs);
       quant_err = std::max(quant_err, compare(lc, le).max_abs);
     }
-    MESSAGE(name, ": GPU kernels vs CPU runtime max |dlogit| ", gpu_cpu,
-            "; CPU runtime vs exact ", quant_err);
+    MESSAGE(name, ": GPU kernels vs CPU runtime max |dlogit| ", gpu_cpu, "; CPU runtime vs exact ",
+            quant_err);
     CHECK(quant_err > 0);
     CHECK(gpu_cpu <= 0.25 * quant_err + 2e-2);  // the same quantization, different rounding
   }
 }
 
-TEST_CASE("kvcal eval --gpu-kernels: decode-PPL through the CUDA kernels equals the CPU runtime's") {
+TEST_CASE(
+    "kvcal eval --gpu-kernels: decode-PPL through the CUDA kernels equals the CPU runtime's") {
   if (!have_gpu()) return;
   const std::string src = KVCAL_SOURCE_DIR;
   const kvcal::test::scratch_dir scratch;
@@ -231,10 +233,11 @@ TEST_CASE("kvcal eval --gpu-kernels: decode-PPL through the CUDA kernels equals 
     run({"export", "--template", t, "--model", model, "--out", preset, "-q"});
     // --prefill 1: every scored token is decoded one at a time through the cache, the same
     // computation in both runtimes (the GPU cache attends a longer prompt exactly).
-    std::vector<std::string> base = {"eval", "--model", model, "--text", src + "/data/eval.txt",
-                                     "--device", "cuda", "--dtype", "fp32", "--preset", preset,
-                                     "--context", "320", "--prefill", "1", "--max-tokens", "640",
-                                     "-q"};
+    std::vector<std::string> base = {
+        "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
+        "--device",     "cuda",      "--dtype", "fp32",      "--preset",
+        preset,         "--context", "320",     "--prefill", "1",
+        "--max-tokens", "640",       "-q"};
     auto cpu = base, gpu = base;
     cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
     gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
