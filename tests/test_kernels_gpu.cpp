@@ -5,7 +5,8 @@
 //   decode attention packed K/V + fp16 window, RoPE at each key's position, GQA, split-KV merge,
 //                   against attention_dense_ref on the keys/values the CPU reference decodes from
 //                   the same records; bound |gpu - ref| <= 2e-3 (values in [-1, 1]); the fp16
-//                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3
+//                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3,
+//                   its pipelined form (records staged by cp.async) the same 4e-3
 //   end to end      GPU append + compress, then attention, against the CPU reading the
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
@@ -274,7 +275,7 @@ struct device_case {
 
 // Runs decode attention on the case and returns max |gpu - ref| over all outputs.
 float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float rope_scaling,
-                      bool half_dequant = false) {
+                      bool half_dequant = false, bool pipelined = false) {
   const int n_heads = c.n_kv * ratio, d = c.d;
   const int max_n = *std::max_element(c.n.begin(), c.n.end());
   const rope_tables rope = make_rope(std::max(max_n, 32), d, rope_scaling);
@@ -295,6 +296,7 @@ float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float r
   p.max_tokens = max_n;
   p.out = dout.p;
   p.half_dequant = half_dequant;
+  p.pipelined = pipelined;
   const std::size_t ws = decode_attention_workspace_size(p);
   dbuf<std::uint8_t> dws(ws);
   p.workspace = dws.p;
@@ -441,7 +443,7 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
 namespace {
 
 // Every attention case of the grid, in one variant (both test cases run the same shapes).
-void attention_grid(bool half_dequant, float bound) {
+void attention_grid(bool half_dequant, bool pipelined, float bound) {
   std::mt19937 rng(12);
   float worst = 0.0f;
   int cases = 0;
@@ -460,26 +462,34 @@ void attention_grid(bool half_dequant, float bound) {
               CAPTURE(B);
               CAPTURE(ratio);
               const cache_case c = build_case(rng, B, 2, d, bits, group, lengths(B, T));
-              const float err = attention_error(rng, c, ratio, 1.0f, half_dequant);
+              const float err = attention_error(rng, c, ratio, 1.0f, half_dequant, pipelined);
               CHECK(err <= bound);
               worst = std::max(worst, err);
               ++cases;
             }
       }
-  MESSAGE("decode attention", half_dequant ? " (half_dequant)" : "", ": ", cases,
-          " cases, max |gpu - ref| = ", worst, " (bound ", bound, ")");
+  MESSAGE("decode attention", half_dequant ? " (half_dequant)" : "",
+          pipelined ? " (pipelined)" : "", ": ", cases, " cases, max |gpu - ref| = ", worst,
+          " (bound ", bound, ")");
 }
 
 }  // namespace
 
 TEST_CASE("decode attention over packed K/V + fp16 window matches the CPU reference") {
   SKIP_WITHOUT_GPU();
-  attention_grid(false, kAttentionBound);
+  attention_grid(false, false, kAttentionBound);
 }
 
 TEST_CASE("decode attention, half_dequant variant (fp16 dequant arithmetic)") {
   SKIP_WITHOUT_GPU();
-  attention_grid(true, kHalfDequantBound);
+  attention_grid(true, false, kHalfDequantBound);
+}
+
+// Same arithmetic as half_dequant, records staged through shared memory by cp.async (the grid
+// covers V slot strides that are not 16-byte multiples and tiles straddling records / window).
+TEST_CASE("decode attention, pipelined variant (cp.async staging, half_dequant arithmetic)") {
+  SKIP_WITHOUT_GPU();
+  attention_grid(true, true, kHalfDequantBound);
 }
 
 TEST_CASE(
@@ -491,6 +501,7 @@ TEST_CASE(
     const cache_case c = build_case(rng, 3, 2, 128, 4, 32, {300, 77, 1});
     CHECK(attention_error(rng, c, ratio, 1.0f) <= kAttentionBound);
     CHECK(attention_error(rng, c, ratio, 1.0f, true) <= kHalfDequantBound);
+    CHECK(attention_error(rng, c, ratio, 1.0f, true, true) <= kHalfDequantBound);
   }
   const cache_case c = build_case(rng, 1, 4, 64, 2, 64, {1000});
   CHECK(attention_error(rng, c, 7, 1.25f) <= kAttentionBound);
@@ -499,6 +510,7 @@ TEST_CASE(
     const cache_case cv = build_case(rng, 3, 2, 128, 4, 32, {333, 64, 200}, vgroup);
     CHECK(attention_error(rng, cv, 4, 1.0f) <= kAttentionBound);
     CHECK(attention_error(rng, cv, 4, 1.0f, true) <= kHalfDequantBound);
+    CHECK(attention_error(rng, cv, 4, 1.0f, true, true) <= kHalfDequantBound);
   }
 }
 
