@@ -746,8 +746,9 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
                                     rsin + j * SP::RROW, tile_s + j * ROW);
     }
     __syncwarp();
-    if constexpr (PL)  // the K stage is consumed: the next tile's K goes out
+    if constexpr (PL) {  // the K stage is consumed: the next tile's K goes out
       issue_k_stage<D, BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, stk, lane);
+    }
     // 2. S = (R_{-p0} q) . K^T, the queries rotated by the tile's base angle on the fly.
     float sacc[4][4];
 #pragma unroll
@@ -831,9 +832,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
       }
     }
     __syncwarp();
-    if constexpr (PL)  // the V stage is consumed: the next tile's V goes out
+    if constexpr (PL) {  // the V stage is consumed: the next tile's V goes out
       issue_v_stage<D, BITS>(kv, slot, p0 + kWarps * kTile, has_next, vc, ng, stv, lane);
-      // 5. O += P V: P from the S fragments (the C layout of two n-tiles is the A layout).
+    }
+    // 5. O += P V: P from the S fragments (the C layout of two n-tiles is the A layout).
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
       const unsigned pa[4] = {pack_half2(sacc[2 * kk][0], sacc[2 * kk][1]),
