@@ -661,9 +661,6 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   int vgi[D / 32];
 #pragma unroll
   for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : 8 * value_chunk(s, k) / kv.v_group;
-  const int n_tiles = (n + kTile - 1) / kTile;
-  const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
-  const int tile0 = blockIdx.x * tiles_per_split + warp;
 
   // PL: this warp's two stage buffers; the first tile's K and V stages go out before the
   // query / RoPE setup so that their latency overlaps it.
@@ -676,8 +673,11 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     v_rb = stage_plan<D, BITS>::v_rec_bytes(ng);
     stk = smem_raw + SP::pl_base + static_cast<std::size_t>(warp) * 2 * stage;
     stv = stk + stage;
-    issue_k_stage<D, BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, stk, lane);
-    issue_v_stage<D, BITS>(kv, slot, tile0 * kTile, tile0 < tile_end, vc, ng, stv, lane);
+    const int tile0 = blockIdx.x * tiles_per_split + warp;
+    const int end0 =
+        min((n + kTile - 1) / kTile, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
+    issue_k_stage<D, BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < end0, kc, stk, lane);
+    issue_v_stage<D, BITS>(kv, slot, tile0 * kTile, tile0 < end0, vc, ng, stv, lane);
   }
 
   // Queries (scaled) and RoPE rows 0..31 to smem: all loads first (read-only path), then the
@@ -723,8 +723,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   for (int i = 0; i < NNT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
+  const int n_tiles = (n + kTile - 1) / kTile;
+  const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
   const float inv_as = 1.0f / p.rope_attention_scaling;
-  for (int tile = tile0; tile < tile_end; tile += kWarps) {
+  for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
     const bool has_next = tile + kWarps < tile_end;
     // 1. K tile -> smem.
