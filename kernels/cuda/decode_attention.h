@@ -59,9 +59,9 @@ struct decode_attention_params {
   // Software-pipelined variant of the half_dequant path for quantized caches (bits 2 / 4 / 8):
   // each warp stages the next K / V half-tile's packed records in shared memory with cp.async
   // while it computes the current one, so dequantization reads shared memory (same arithmetic,
-  // same results as half_dequant). Needs stage buffers (2 x 2.5 KB per warp at d 128, 4-bit,
-  // V group 32; up to 6 KB each at 8-bit V group 8: fewer CTAs per SM there). Ignored for
-  // bits 16 or half_dequant = false. Off until measured (docs/BENCHMARKS.md).
+  // same results as half_dequant). Shared memory (RoPE rows kept as fp16 to pay for the stage
+  // buffers): 75 KB per CTA at d 128 4-bit V group 32, 67 KB at 2-bit (3 CTAs per SM), 91-103 KB
+  // at 8-bit (2 per SM). Ignored for bits 16 or half_dequant = false. Off until measured.
   bool pipelined = false;
 };
 
