@@ -176,6 +176,7 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   p.max_tokens = L;
   p.out = out;
   p.half_dequant = m.half_dequant;
+  p.pipelined = m.pipelined;
   const std::size_t ws = decode_attention_workspace_size(p);
   p.workspace = dalloc<std::uint8_t>(ws);
   p.workspace_bytes = ws;

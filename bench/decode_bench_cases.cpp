@@ -11,10 +11,12 @@ std::vector<decode_case> builtin_decode_cases() {
   std::vector<decode_case> v;
   for (bool half : {false, true}) {
     const std::string tag = half ? " (half_dequant)" : "";
-    v.push_back({"fp16 (ours)" + tag, 16, 32, 0, half, ""});
-    v.push_back({"kivi-4" + tag, 4, 32, 128, half, ""});
-    v.push_back({"kivi-2" + tag, 2, 32, 128, half, ""});
+    v.push_back({"fp16 (ours)" + tag, 16, 32, 0, half, "", false});
+    v.push_back({"kivi-4" + tag, 4, 32, 128, half, "", false});
+    v.push_back({"kivi-2" + tag, 2, 32, 128, half, "", false});
   }
+  v.push_back({"kivi-4 (pipelined)", 4, 32, 128, true, "", true});
+  v.push_back({"kivi-2 (pipelined)", 2, 32, 128, true, "", true});
   return v;
 }
 

@@ -5,7 +5,8 @@
 //   decode attention packed K/V + fp16 window, RoPE at each key's position, GQA, split-KV merge,
 //                   against attention_dense_ref on the keys/values the CPU reference decodes from
 //                   the same records; bound |gpu - ref| <= 2e-3 (values in [-1, 1]); the fp16
-//                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3
+//                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3,
+//                   its pipelined form (records staged by cp.async) the same 4e-3
 //   end to end      GPU append + compress, then attention, against the CPU reading the
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
@@ -272,15 +273,10 @@ struct device_case {
   }
 };
 
-// Runs decode attention on the case and returns max |gpu - ref| over all outputs.
-float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float rope_scaling,
-                      bool half_dequant = false) {
-  const int n_heads = c.n_kv * ratio, d = c.d;
+// Runs decode attention on the case (queries q [B, n_heads, d]) and returns the output.
+std::vector<float> run_attention(const cache_case& c, int n_heads, const std::vector<float>& q,
+                                 const rope_tables& rope, bool half_dequant, bool pipelined) {
   const int max_n = *std::max_element(c.n.begin(), c.n.end());
-  const rope_tables rope = make_rope(std::max(max_n, 32), d, rope_scaling);
-  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-  std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * d));
-  for (auto& x : q) x = u(rng);
   device_case dc(c);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
   dbuf<float> dout(q.size());
@@ -291,17 +287,30 @@ float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float r
   p.rope_cos = dcos.p;
   p.rope_sin = dsin.p;
   p.rope_rows = std::max(max_n, 32);
-  p.rope_attention_scaling = rope_scaling;
+  p.rope_attention_scaling = rope.scaling;
   p.max_tokens = max_n;
   p.out = dout.p;
   p.half_dequant = half_dequant;
+  p.pipelined = pipelined;
   const std::size_t ws = decode_attention_workspace_size(p);
   dbuf<std::uint8_t> dws(ws);
   p.workspace = dws.p;
   p.workspace_bytes = ws;
   CUDA_OK(launch_decode_attention(p, nullptr));
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  const std::vector<float> out = dout.download();
+  return dout.download();
+}
+
+// Runs decode attention on the case and returns max |gpu - ref| over all outputs.
+float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float rope_scaling,
+                      bool half_dequant = false, bool pipelined = false) {
+  const int n_heads = c.n_kv * ratio, d = c.d;
+  const int max_n = *std::max_element(c.n.begin(), c.n.end());
+  const rope_tables rope = make_rope(std::max(max_n, 32), d, rope_scaling);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * d));
+  for (auto& x : q) x = u(rng);
+  const std::vector<float> out = run_attention(c, n_heads, q, rope, half_dequant, pipelined);
   float err = 0.0f;
   for (int b = 0; b < c.B; ++b) {
     const std::vector<float> ref =
@@ -441,7 +450,7 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
 namespace {
 
 // Every attention case of the grid, in one variant (both test cases run the same shapes).
-void attention_grid(bool half_dequant, float bound) {
+void attention_grid(bool half_dequant, bool pipelined, float bound) {
   std::mt19937 rng(12);
   float worst = 0.0f;
   int cases = 0;
@@ -460,26 +469,69 @@ void attention_grid(bool half_dequant, float bound) {
               CAPTURE(B);
               CAPTURE(ratio);
               const cache_case c = build_case(rng, B, 2, d, bits, group, lengths(B, T));
-              const float err = attention_error(rng, c, ratio, 1.0f, half_dequant);
+              const float err = attention_error(rng, c, ratio, 1.0f, half_dequant, pipelined);
               CHECK(err <= bound);
               worst = std::max(worst, err);
               ++cases;
             }
       }
-  MESSAGE("decode attention", half_dequant ? " (half_dequant)" : "", ": ", cases,
-          " cases, max |gpu - ref| = ", worst, " (bound ", bound, ")");
+  MESSAGE("decode attention", half_dequant ? " (half_dequant)" : "",
+          pipelined ? " (pipelined)" : "", ": ", cases, " cases, max |gpu - ref| = ", worst,
+          " (bound ", bound, ")");
 }
 
 }  // namespace
 
 TEST_CASE("decode attention over packed K/V + fp16 window matches the CPU reference") {
   SKIP_WITHOUT_GPU();
-  attention_grid(false, kAttentionBound);
+  attention_grid(false, false, kAttentionBound);
 }
 
 TEST_CASE("decode attention, half_dequant variant (fp16 dequant arithmetic)") {
   SKIP_WITHOUT_GPU();
-  attention_grid(true, kHalfDequantBound);
+  attention_grid(true, false, kHalfDequantBound);
+}
+
+// Same arithmetic as half_dequant, records staged through shared memory by cp.async (the grid
+// covers V slot strides that are not 16-byte multiples and tiles straddling records / window).
+TEST_CASE("decode attention, pipelined variant (cp.async staging, half_dequant arithmetic)") {
+  SKIP_WITHOUT_GPU();
+  attention_grid(true, true, kHalfDequantBound);
+}
+
+// The pipelined kernel does the half_dequant arithmetic in the same order on the same bytes,
+// only read through shared memory: its outputs match the half_dequant kernel's (1e-5 leaves room
+// for codegen only; one wrong staged token moves an output by ~1e-2 at these lengths).
+TEST_CASE("decode attention: pipelined output equals the half_dequant kernel's") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  float worst = 0.0f;
+  for (int d : {64, 128})
+    for (int bits : {2, 4, 8})
+      for (int group : {32, 128})
+        for (int vgroup : {8, 32}) {
+          CAPTURE(d);
+          CAPTURE(bits);
+          CAPTURE(group);
+          CAPTURE(vgroup);
+          const cache_case c = build_case(rng, 3, 2, d, bits, group, {333, 97, 200}, vgroup);
+          const int n_heads = 2 * 4;
+          const rope_tables rope = make_rope(333, d, 1.0f);
+          std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+          std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * d));
+          for (auto& x : q) x = u(rng);
+          const std::vector<float> a = run_attention(c, n_heads, q, rope, true, false);
+          const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true);
+          REQUIRE(a.size() == b.size());
+          float diff = 0.0f;
+          for (std::size_t i = 0; i < a.size(); ++i) {
+            REQUIRE(std::isfinite(b[i]));
+            diff = std::max(diff, std::fabs(a[i] - b[i]));
+          }
+          CHECK(diff <= 1e-5f);
+          worst = std::max(worst, diff);
+        }
+  MESSAGE("pipelined vs half_dequant: max |difference| = ", worst);
 }
 
 TEST_CASE(
@@ -491,6 +543,7 @@ TEST_CASE(
     const cache_case c = build_case(rng, 3, 2, 128, 4, 32, {300, 77, 1});
     CHECK(attention_error(rng, c, ratio, 1.0f) <= kAttentionBound);
     CHECK(attention_error(rng, c, ratio, 1.0f, true) <= kHalfDequantBound);
+    CHECK(attention_error(rng, c, ratio, 1.0f, true, true) <= kHalfDequantBound);
   }
   const cache_case c = build_case(rng, 1, 4, 64, 2, 64, {1000});
   CHECK(attention_error(rng, c, 7, 1.25f) <= kAttentionBound);
@@ -499,6 +552,7 @@ TEST_CASE(
     const cache_case cv = build_case(rng, 3, 2, 128, 4, 32, {333, 64, 200}, vgroup);
     CHECK(attention_error(rng, cv, 4, 1.0f) <= kAttentionBound);
     CHECK(attention_error(rng, cv, 4, 1.0f, true) <= kHalfDequantBound);
+    CHECK(attention_error(rng, cv, 4, 1.0f, true, true) <= kHalfDequantBound);
   }
 }
 

@@ -387,6 +387,222 @@ __device__ __forceinline__ void value_to_smem_h2(const packed_kv_view& kv, std::
   value_to_smem<D, BITS>(kv, slot, t, valid, vc, s, vgi, ng, row_out);  // fp16 window / padding
 }
 
+// ---- software-pipelined staging (decode_attention_params::pipelined) ---------------------------
+// Each warp copies the raw packed bytes of its next K half-tile / V half-tile (the K record's
+// scales, zeros and the tile's 32 code rows; the V records of the tile's tokens) into a per-warp
+// shared-memory buffer with cp.async while it dequantizes + computes the current one from the
+// other buffer (stages K0, V0, K1, V1, ...; two buffers, one group in flight). The dequantization
+// then reads shared memory; its arithmetic is that of key_to_smem_h2 / value_to_smem_h2.
+
+__device__ __forceinline__ void cp_async16(std::uint8_t* dst, const std::uint8_t* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async4(std::uint8_t* dst, const std::uint8_t* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait1() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+// The warp copies nbytes (a multiple of 4) from src (4-aligned) to dst (16-aligned): 16-byte
+// chunks when src is 16-aligned, 4-byte ones for the tail (never past src + nbytes) or when not.
+__device__ __forceinline__ void warp_copy_async(std::uint8_t* dst, const std::uint8_t* src,
+                                                int nbytes, int lane) {
+  int done = 0;
+  if ((reinterpret_cast<std::uintptr_t>(src) & 15u) == 0) {
+    done = nbytes & ~15;
+    for (int i = 16 * lane; i < done; i += 16 * 32) cp_async16(dst + i, src + i);
+  }
+  for (int i = done + 4 * lane; i < nbytes; i += 4 * 32) cp_async4(dst + i, src + i);
+}
+
+// Stage layouts. K: fp16 scales [D], fp16 zeros [D], codes of rows 0..31 of the tile (the tile
+// lies in one record: 32-token tiles, k_group a multiple of 32, k_compressed a multiple of it).
+// V: the records of the tile's tokens p0 .. min(p0 + 32, vc) - 1, back to back.
+template <int D, int BITS>
+struct stage_plan {
+  static constexpr int k_bytes = 4 * D + kTile * D * BITS / 8;
+  static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS / 8; }
+  // Bytes of one buffer, 16-aligned: the larger of the K and V stages.
+  static constexpr __host__ __device__ int bytes(int ng) {
+    const int v = kTile * v_rec_bytes(ng);
+    return ((v > k_bytes ? v : k_bytes) + 15) / 16 * 16;
+  }
+};
+
+// Issues the K stage of the tile at p0 (nothing when its keys are in the window) and commits a
+// group (possibly empty, to keep the wait_group count uniform).
+template <int D, int BITS, int GROUP>
+__device__ __forceinline__ void issue_k_stage(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                              bool has, int kc, std::uint8_t* buf, int lane) {
+  if (has && p0 < kc) {
+    constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
+    const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
+    warp_copy_async(buf, rec, 4 * D, lane);
+    warp_copy_async(buf + 4 * D, rec + 4 * D + (p0 % GROUP) * D * BITS / 8, kTile * D * BITS / 8,
+                    lane);
+  }
+  cp_async_commit();
+}
+
+template <int D, int BITS>
+__device__ __forceinline__ void issue_v_stage(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                              bool has, int vc, int ng, std::uint8_t* buf,
+                                              int lane) {
+  const int nv = has ? min(kTile, vc - p0) : 0;
+  if (nv > 0) {
+    const std::int64_t rb = stage_plan<D, BITS>::v_rec_bytes(ng);
+    warp_copy_async(buf, kv.v_rec + (slot * kv.v_slot_records + p0) * rb, nv * static_cast<int>(rb),
+                    lane);
+  }
+  cp_async_commit();
+}
+
+// NB bytes of shared memory at p (aligned to min(NB, 16)) as 32-bit words.
+template <int NB>
+__device__ __forceinline__ void load_words_smem(const std::uint8_t* p, unsigned* w) {
+  if constexpr (NB == 2) {
+    w[0] = *reinterpret_cast<const unsigned short*>(p);
+  } else if constexpr (NB == 4) {
+    w[0] = *reinterpret_cast<const unsigned*>(p);
+  } else if constexpr (NB == 8) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    w[0] = u.x;
+    w[1] = u.y;
+  } else {
+    static_assert(NB % 16 == 0, "load_words_smem: 2, 4, 8 or a multiple of 16 bytes");
+#pragma unroll
+    for (int i = 0; i < NB / 16; ++i) {
+      const uint4 u = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i] = u.x;
+      w[4 * i + 1] = u.y;
+      w[4 * i + 2] = u.z;
+      w[4 * i + 3] = u.w;
+    }
+  }
+}
+
+// key_to_smem_h2 with the record read from the K stage st (row j of the tile) and the RoPE rows
+// as fp16 (rcos / rsin: row j, the halves key_to_smem_h2 forms with __floats2half2_rn).
+template <int D, int BITS>
+__device__ __forceinline__ void key_to_smem_staged(const packed_kv_view& kv, std::int64_t slot,
+                                                   int t, bool valid, bool quant,
+                                                   const std::uint8_t* st, int j, int s,
+                                                   const __half* rcos, const __half* rsin,
+                                                   __half* row_out) {
+  constexpr int P = D / 8, HALF = D / 2, SB = rot_layout<D>::SB;
+  constexpr int CB = P * BITS / 8, NW = CB / 4 > 0 ? CB / 4 : 1;
+  unsigned wl[NW], wh[NW];
+  if (quant) {
+    load_words_smem<CB>(st + 4 * D + (j * D + s * P) * BITS / 8, wl);
+    load_words_smem<CB>(st + 4 * D + (j * D + HALF + s * P) * BITS / 8, wh);
+  }
+  const __half* src = kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D;
+#pragma unroll
+  for (int i0 = 0; i0 < P; i0 += 8) {
+    __half2 lo[4], hi[4];
+    if (!valid) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) lo[u] = hi[u] = __float2half2_rn(0.0f);
+    } else if (quant) {
+      const __half* scales = reinterpret_cast<const __half*>(st);
+      const __half* zeros = scales + D;
+      const uint4 sl = *reinterpret_cast<const uint4*>(scales + s * P + i0);
+      const uint4 sh = *reinterpret_cast<const uint4*>(scales + HALF + s * P + i0);
+      const uint4 zl = *reinterpret_cast<const uint4*>(zeros + s * P + i0);
+      const uint4 zh = *reinterpret_cast<const uint4*>(zeros + HALF + s * P + i0);
+      const unsigned slw[4] = {sl.x, sl.y, sl.z, sl.w}, shw[4] = {sh.x, sh.y, sh.z, sh.w};
+      const unsigned zlw[4] = {zl.x, zl.y, zl.z, zl.w}, zhw[4] = {zh.x, zh.y, zh.z, zh.w};
+      unsigned cl[BITS == 8 ? 2 : 1], ch[BITS == 8 ? 2 : 1];
+      if constexpr (BITS == 8) {
+        cl[0] = wl[i0 / 4];
+        cl[1] = wl[i0 / 4 + 1];
+        ch[0] = wh[i0 / 4];
+        ch[1] = wh[i0 / 4 + 1];
+      } else {
+        cl[0] = wl[i0 * BITS / 32] >> ((i0 * BITS) % 32);
+        ch[0] = wh[i0 * BITS / 32] >> ((i0 * BITS) % 32);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        lo[u] = __hfma2(code_pair<BITS>(cl, u), as_h2(slw[u]), as_h2(zlw[u]));
+        hi[u] = __hfma2(code_pair<BITS>(ch, u), as_h2(shw[u]), as_h2(zhw[u]));
+      }
+    } else {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(src + s * P + i0));
+      const uint4 c = __ldg(reinterpret_cast<const uint4*>(src + HALF + s * P + i0));
+      lo[0] = as_h2(a.x), lo[1] = as_h2(a.y), lo[2] = as_h2(a.z), lo[3] = as_h2(a.w);
+      hi[0] = as_h2(c.x), hi[1] = as_h2(c.y), hi[2] = as_h2(c.z), hi[3] = as_h2(c.w);
+    }
+    unsigned rl[4], rh[4];
+#pragma unroll
+    for (int u4 = 0; u4 < 8; u4 += 4) {
+      const uint2 c = *reinterpret_cast<const uint2*>(rcos + s * SB + i0 + u4);
+      const uint2 sn = *reinterpret_cast<const uint2*>(rsin + s * SB + i0 + u4);
+#pragma unroll
+      for (int v = 0; v < 2; ++v) {
+        const int u = u4 / 2 + v;
+        const __half2 cc = as_h2(v == 0 ? c.x : c.y), ss = as_h2(v == 0 ? sn.x : sn.y);
+        rl[u] = h2_bits(__hfma2(lo[u], cc, __hneg2(__hmul2(hi[u], ss))));
+        rh[u] = h2_bits(__hfma2(hi[u], cc, __hmul2(lo[u], ss)));
+      }
+    }
+    *reinterpret_cast<uint4*>(row_out + s * P + i0) = make_uint4(rl[0], rl[1], rl[2], rl[3]);
+    *reinterpret_cast<uint4*>(row_out + HALF + s * P + i0) = make_uint4(rh[0], rh[1], rh[2], rh[3]);
+  }
+}
+
+// value_to_smem_h2 for a record in the V stage (rec: its first byte in shared memory), or the
+// fp16 window row / zeros (rec == nullptr).
+template <int D, int BITS>
+__device__ __forceinline__ void value_to_smem_staged(const packed_kv_view& kv, std::int64_t slot,
+                                                     int t, bool valid, const std::uint8_t* rec,
+                                                     int s, const int* vgi, int ng,
+                                                     __half* row_out) {
+  constexpr int NCH = D / 32;
+  if (valid && rec != nullptr) {
+    const __half* hs = reinterpret_cast<const __half*>(rec);
+    const std::uint8_t* codes = rec + 4 * ng;
+    __half2 sc = __float2half2_rn(0.0f), ze = sc;
+#pragma unroll
+    for (int k = 0; k < NCH; ++k) {
+      const int c0 = 8 * value_chunk(s, k);
+      if (k == 0 || vgi[k] != vgi[k - 1]) {
+        sc = __half2half2(hs[vgi[k]]);
+        ze = __half2half2(hs[ng + vgi[k]]);
+      }
+      unsigned w[BITS >= 8 ? 2 : 1];  // 8 codes = BITS bytes, 4-byte aligned (2 for 2 bits)
+      if constexpr (BITS == 2) {
+        w[0] = *reinterpret_cast<const unsigned short*>(codes + c0 * BITS / 8);
+      } else {
+#pragma unroll
+        for (int i = 0; i < BITS / 4; ++i)
+          w[i] = reinterpret_cast<const unsigned*>(codes + c0 * BITS / 8)[i];
+      }
+      unsigned x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) x[u] = h2_bits(__hfma2(code_pair<BITS>(w, u), sc, ze));
+      *reinterpret_cast<uint4*>(row_out + c0) = make_uint4(x[0], x[1], x[2], x[3]);
+    }
+    return;
+  }
+  const __half* src = kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D;
+#pragma unroll
+  for (int k = 0; k < NCH; ++k) {
+    const int c0 = 8 * value_chunk(s, k);
+    *reinterpret_cast<uint4*>(row_out + c0) =
+        valid ? __ldg(reinterpret_cast<const uint4*>(src + c0)) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
 template <int D>
 struct smem_plan {
   static constexpr int ROW = D + 8;   // halves per K/V tile row: +16 B keeps ldmatrix conflict-free
@@ -396,6 +612,12 @@ struct smem_plan {
   static constexpr std::size_t rot_floats = 2 * 32 * RROW;  // cos, sin [32][RROW]: rows 0..31
   static constexpr std::size_t bytes =
       (q_floats + rot_floats) * 4 + static_cast<std::size_t>(kWarps) * 32 * ROW * 2;
+  // Pipelined variant: RoPE rows as fp16, then kWarps x 2 stage buffers of stage_plan::bytes.
+  static constexpr std::size_t pl_base =
+      q_floats * 4 + rot_floats * 2 + static_cast<std::size_t>(kWarps) * 32 * ROW * 2;
+  static constexpr std::size_t pl_bytes(int stage) {
+    return pl_base + static_cast<std::size_t>(kWarps) * 2 * static_cast<std::size_t>(stage);
+  }
 };
 
 // ---- kernels -----------------------------------------------------------------------------------
@@ -408,7 +630,8 @@ struct smem_plan {
 #ifndef KVCAL_DA_MIN_BLOCKS
 #define KVCAL_DA_MIN_BLOCKS 3  // CTAs per SM the compiler budgets registers for
 #endif
-template <int D, int BITS, int GROUP, bool HM>
+// PL (pipelined, with HM and BITS != 16): K / V records staged by cp.async one half-tile ahead.
+template <int D, int BITS, int GROUP, bool HM, bool PL>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     decode_attention_kernel(decode_attention_params p, int tiles_per_split, int n_parts) {
   using SP = smem_plan<D>;
@@ -417,7 +640,11 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   float* qs = reinterpret_cast<float*>(smem_raw);  // [16][QROW]
   float* rcos = qs + SP::q_floats;                 // [32][RROW]
   float* rsin = rcos + 32 * SP::RROW;
-  __half* tiles = reinterpret_cast<__half*>(rsin + 32 * SP::RROW);  // [kWarps][32][ROW]
+  // PL: the RoPE rows as fp16 (the halves the HM path forms), [32][RROW] each.
+  __half* rcos_h = reinterpret_cast<__half*>(rcos);
+  __half* rsin_h = rcos_h + 32 * SP::RROW;
+  __half* tiles = PL ? rsin_h + 32 * SP::RROW
+                     : reinterpret_cast<__half*>(rsin + 32 * SP::RROW);  // [kWarps][32][ROW]
 
   const packed_kv_view& kv = p.kv;
   const int b = blockIdx.z;
@@ -434,6 +661,24 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   int vgi[D / 32];
 #pragma unroll
   for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : 8 * value_chunk(s, k) / kv.v_group;
+
+  // PL: this warp's two stage buffers; the first tile's K and V stages go out before the
+  // query / RoPE setup so that their latency overlaps it.
+  std::uint8_t* stk = nullptr;
+  std::uint8_t* stv = nullptr;
+  int v_rb = 0;
+  if constexpr (PL) {
+    static_assert(HM && BITS != 16, "pipelined: the quantized half_dequant path only");
+    const int stage = stage_plan<D, BITS>::bytes(ng);
+    v_rb = stage_plan<D, BITS>::v_rec_bytes(ng);
+    stk = smem_raw + SP::pl_base + static_cast<std::size_t>(warp) * 2 * stage;
+    stv = stk + stage;
+    const int tile0 = blockIdx.x * tiles_per_split + warp;
+    const int end0 =
+        min((n + kTile - 1) / kTile, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
+    issue_k_stage<D, BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < end0, kc, stk, lane);
+    issue_v_stage<D, BITS>(kv, slot, tile0 * kTile, tile0 < end0, vc, ng, stv, lane);
+  }
 
   // Queries (scaled) and RoPE rows 0..31 to smem: all loads first (read-only path), then the
   // stores, so the loads overlap instead of waiting one by one behind a possibly aliasing store.
@@ -461,8 +706,13 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 #pragma unroll
     for (int k = 0; k < NR; ++k) {
       const int i = threadIdx.x + k * 32 * kWarps;
-      rcos[rot_layout<D>::at(i / HALF, i % HALF)] = cv[k];
-      rsin[rot_layout<D>::at(i / HALF, i % HALF)] = sv[k];
+      if constexpr (PL) {
+        rcos_h[rot_layout<D>::at(i / HALF, i % HALF)] = __float2half_rn(cv[k]);
+        rsin_h[rot_layout<D>::at(i / HALF, i % HALF)] = __float2half_rn(sv[k]);
+      } else {
+        rcos[rot_layout<D>::at(i / HALF, i % HALF)] = cv[k];
+        rsin[rot_layout<D>::at(i / HALF, i % HALF)] = sv[k];
+      }
     }
   }
   __syncthreads();
@@ -478,11 +728,19 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   const float inv_as = 1.0f / p.rope_attention_scaling;
   for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
+    const bool has_next = tile + kWarps < tile_end;
     // 1. K tile -> smem.
+    if constexpr (PL) {
+      cp_async_wait1();  // this tile's K stage (its V stage may still be in flight)
+      __syncwarp();
+    }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      if constexpr (HM)
+      if constexpr (PL)
+        key_to_smem_staged<D, BITS>(kv, slot, t, t < n, t < n && t < kc, stk, j, s,
+                                    rcos_h + j * SP::RROW, rsin_h + j * SP::RROW, tile_s + j * ROW);
+      else if constexpr (HM)
         key_to_smem_h2<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
                                        rsin + j * SP::RROW, tile_s + j * ROW);
       else
@@ -490,6 +748,9 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
                                     rsin + j * SP::RROW, tile_s + j * ROW);
     }
     __syncwarp();
+    if constexpr (PL) {  // the K stage is consumed: the next tile's K goes out
+      issue_k_stage<D, BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, stk, lane);
+    }
     // 2. S = (R_{-p0} q) . K^T, the queries rotated by the tile's base angle on the fly.
     float sacc[4][4];
 #pragma unroll
@@ -526,10 +787,17 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     }
     __syncwarp();
     // 3. V tile -> the same smem.
+    if constexpr (PL) {
+      cp_async_wait1();  // this tile's V stage (the next K stage may still be in flight)
+      __syncwarp();
+    }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      if constexpr (HM)
+      if constexpr (PL)
+        value_to_smem_staged<D, BITS>(kv, slot, t, t < n, t < vc ? stv + j * v_rb : nullptr, s, vgi,
+                                      ng, tile_s + j * ROW);
+      else if constexpr (HM)
         value_to_smem_h2<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
       else
         value_to_smem<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
@@ -566,6 +834,9 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
       }
     }
     __syncwarp();
+    if constexpr (PL) {  // the V stage is consumed: the next tile's V goes out
+      issue_v_stage<D, BITS>(kv, slot, p0 + kWarps * kTile, has_next, vc, ng, stv, lane);
+    }
     // 5. O += P V: P from the S fragments (the C layout of two n-tiles is the A layout).
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
@@ -587,6 +858,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 
   // Merge the 4 warps' states in smem (the tile buffers are free now), one partial per CTA:
   // [B, n_heads, n_parts] x (m, l) and x d in the workspace.
+  if constexpr (PL) cp_async_wait_all();  // only empty groups are left; no copy outlives the CTA
   __syncthreads();
   float* red_o = reinterpret_cast<float*>(tiles);  // [kWarps][16][D]
   float* red_ml = qs;                              // [kWarps][16][2] (queries no longer needed)
@@ -718,16 +990,20 @@ split_plan plan_splits(const decode_attention_params& p) {
   return sp;
 }
 
-template <int D, int BITS, int GROUP, bool HM>
+template <int D, int BITS, int GROUP, bool HM, bool PL>
 cudaError_t run_variant(const decode_attention_params& p, const split_plan& sp,
                         cudaStream_t stream) {
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeadTile - 1) / kHeadTile;
-  constexpr std::size_t smem = smem_plan<D>::bytes;
+  // PL: the stage buffers follow the V group (the largest stage: V group 8, D / 8 scales).
+  std::size_t smem = smem_plan<D>::bytes;
+  constexpr std::size_t smem_max =
+      PL ? smem_plan<D>::pl_bytes(stage_plan<D, BITS>::bytes(D / 8)) : smem_plan<D>::bytes;
+  if constexpr (PL) smem = smem_plan<D>::pl_bytes(stage_plan<D, BITS>::bytes(D / p.kv.v_group));
   static const cudaError_t attr =
-      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP, HM>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP, HM, PL>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_max));
   if (attr != cudaSuccess) return attr;
-  decode_attention_kernel<D, BITS, GROUP, HM>
+  decode_attention_kernel<D, BITS, GROUP, HM, PL>
       <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
           p, sp.tiles_per_split, sp.n_parts);
   cudaError_t e = cudaGetLastError();
@@ -739,8 +1015,12 @@ cudaError_t run_variant(const decode_attention_params& p, const split_plan& sp,
 
 template <int D, int BITS, int GROUP>
 cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
-  return p.half_dequant ? run_variant<D, BITS, GROUP, true>(p, sp, stream)
-                        : run_variant<D, BITS, GROUP, false>(p, sp, stream);
+  if constexpr (BITS != 16) {
+    if (p.pipelined && p.half_dequant)
+      return run_variant<D, BITS, GROUP, true, true>(p, sp, stream);
+  }
+  return p.half_dequant ? run_variant<D, BITS, GROUP, true, false>(p, sp, stream)
+                        : run_variant<D, BITS, GROUP, false, false>(p, sp, stream);
 }
 
 // The one dispatch: head_dim, then bits, then group.

@@ -56,6 +56,13 @@ struct decode_attention_params {
   // bounds). On by default: 1.07-1.16x faster in every case of bench_decode on an H200
   // (docs/BENCHMARKS.md); false gives the fp32-arithmetic kernel.
   bool half_dequant = true;
+  // Software-pipelined variant of the half_dequant path for quantized caches (bits 2 / 4 / 8):
+  // each warp stages the next K / V half-tile's packed records in shared memory with cp.async
+  // while it computes the current one, so dequantization reads shared memory (same arithmetic,
+  // same results as half_dequant). Shared memory (RoPE rows kept as fp16 to pay for the stage
+  // buffers): 75 KB per CTA at d 128 4-bit V group 32, 67 KB at 2-bit (3 CTAs per SM), 91-103 KB
+  // at 8-bit (2 per SM). Ignored for bits 16 or half_dequant = false. Off until measured.
+  bool pipelined = false;
 };
 
 // Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
