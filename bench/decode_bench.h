@@ -26,7 +26,7 @@ struct decode_case {
   int residual = 0;          // fp16 recent window (tokens) before records are made
   bool half_dequant = true;  // decode_attention_params::half_dequant
   std::string unsupported;   // non-empty: why the CUDA kernels cannot run this preset
-  bool pipelined = false;    // decode_attention_params::pipelined (with half_dequant)
+  bool pipelined = true;     // decode_attention_params::pipelined (with half_dequant)
 };
 
 struct decode_shape {

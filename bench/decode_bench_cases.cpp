@@ -10,7 +10,7 @@ namespace kvcal {
 std::vector<decode_case> builtin_decode_cases() {
   std::vector<decode_case> v;
   for (bool half : {false, true}) {
-    const std::string tag = half ? " (half_dequant)" : "";
+    const std::string tag = half ? " (half_dequant, unpipelined)" : " (fp32 dequant)";
     v.push_back({"fp16 (ours)" + tag, 16, 32, 0, half, "", false});
     v.push_back({"kivi-4" + tag, 4, 32, 128, half, "", false});
     v.push_back({"kivi-2" + tag, 2, 32, 128, half, "", false});

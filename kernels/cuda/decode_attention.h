@@ -61,8 +61,10 @@ struct decode_attention_params {
   // while it computes the current one, so dequantization reads shared memory (same arithmetic,
   // same results as half_dequant). Shared memory (RoPE rows kept as fp16 to pay for the stage
   // buffers): 75 KB per CTA at d 128 4-bit V group 32, 67 KB at 2-bit (3 CTAs per SM), 91-103 KB
-  // at 8-bit (2 per SM). Ignored for bits 16 or half_dequant = false. Off until measured.
-  bool pipelined = false;
+  // at 8-bit (2 per SM). Ignored for bits 16 or half_dequant = false. On by default: 1.12-1.31x
+  // faster than the unpipelined half_dequant kernel at 2 and 4 bits (B1/B8/B32, L32k, H200,
+  // docs/BENCHMARKS.md); 8-bit (2 CTAs per SM) is tested but not timed yet.
+  bool pipelined = true;
 };
 
 // Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
