@@ -18,6 +18,7 @@
 #include "model/tokenizer.h"
 #include "presets/preset_export.h"
 #include "runtime/preset_recipe.h"
+#include "tests/test_recipes.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
 
@@ -39,26 +40,8 @@ const llama_model& model_of(const std::string& dir) {
   return it->second;
 }
 
-preset_recipe recipe_for(const model_config& cfg, const kv_method& k, const kv_method& v,
-                         std::int64_t residual) {
-  preset_recipe r;
-  r.name = "test";
-  r.model = fingerprint_of(cfg);
-  r.layers.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
-  for (auto& l : r.layers) {
-    l.k = k;
-    l.v = v;
-    l.residual = residual;
-  }
-  return r;
-}
-
-kv_method quant(int bits, int group, quant_axis axis) {
-  kv_method m;
-  m.kind = kv_method_kind::quant;
-  m.quant = {bits, group, axis, false};
-  return m;
-}
+using test::quant;
+using test::recipe_for;
 
 // A deterministic pseudo-text stream of fixture token ids.
 std::vector<std::int32_t> stream(std::int64_t n, std::int64_t vocab) {

@@ -12,6 +12,7 @@
 #include "runtime/byte_accounting.h"
 #include "runtime/preset.h"
 #include "runtime/preset_recipe.h"
+#include "tests/test_recipes.h"
 #include "tests/torch_doctest.h"
 
 using namespace kvcal;
@@ -30,26 +31,8 @@ const llama_model& model_of(const std::string& name) {
   return it->second;
 }
 
-preset_recipe recipe_for(const model_config& cfg, const kv_method& k, const kv_method& v,
-                         std::int64_t residual) {
-  preset_recipe r;
-  r.name = "test";
-  r.model = fingerprint_of(cfg);
-  r.layers.resize(static_cast<std::size_t>(cfg.num_hidden_layers));
-  for (auto& l : r.layers) {
-    l.k = k;
-    l.v = v;
-    l.residual = residual;
-  }
-  return r;
-}
-
-kv_method quant(int bits, int group, quant_axis axis) {
-  kv_method m;
-  m.kind = kv_method_kind::quant;
-  m.quant = {bits, group, axis, false};
-  return m;
-}
+using test::quant;
+using test::recipe_for;
 
 // Prefill 16 tokens, then 8 single-token steps; logits [24, vocab].
 at::Tensor run(const llama_model& m, kv_cache& cache, const at::Tensor& ids) {
