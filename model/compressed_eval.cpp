@@ -124,22 +124,6 @@ double compressed_eval_result::accuracy(const std::string& task, std::size_t col
   return n ? static_cast<double>(ok) / static_cast<double>(n) : 0.0;
 }
 
-namespace {
-
-gpu_packed_cache::options gpu_options_of(const std::string& preset_path) {
-  const preset_file f(preset_path);
-  packed_config pc;
-  const std::string why = packed_config_of(f.recipe(), &pc);
-  KVCAL_CHECK(why.empty(), preset_path, ": the CUDA kernels cannot run this preset: ", why);
-  gpu_packed_cache::options o;
-  o.bits = pc.bits;
-  o.group = pc.group;
-  o.residual = pc.residual;
-  return o;
-}
-
-}  // namespace
-
 compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
   const eval_params& b = p.base;
   const at::Device device = parse_device(b.device);
@@ -154,7 +138,9 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
 
   // Read everything that can be wrong before the long runs start.
   const model_config cfg = read_model_config(config_path);
+  KVCAL_CHECK(!p.gpu_kernels || device.is_cuda(), "--gpu-kernels needs --device cuda");
   std::vector<preset_summary> presets;
+  std::vector<gpu_packed_cache::options> gpu_opts;  // with --gpu-kernels, one per preset
   for (const auto& path : p.presets) {
     preset_file f(path);
     check_fingerprint(f.recipe().model, cfg, path, config_path);  // names both files
@@ -164,10 +150,13 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       const std::string why = packed_config_of(f.recipe(), &pc);
       KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
                   " (drop --gpu-kernels to use the CPU runtime)");
+      gpu_packed_cache::options o;
+      o.bits = pc.bits;
+      o.group = pc.group;
+      o.residual = pc.residual;
+      gpu_opts.push_back(o);
     }
   }
-  KVCAL_CHECK(!p.gpu_kernels || parse_device(b.device).is_cuda(),
-              "--gpu-kernels needs --device cuda");
   std::vector<task_instance> insts;
   std::vector<std::string> files = p.task_files;
   for (const auto& t : p.tasks) {
@@ -212,9 +201,10 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     full_cache plain(cfg, 1, device, dtype, ctx);
     o.label = "baseline";
     r.baseline = decode_perplexity(model, ids, plain, o);
-    for (auto& ps : r.presets) {
+    for (std::size_t i = 0; i < r.presets.size(); ++i) {
+      preset_summary& ps = r.presets[i];
       if (p.gpu_kernels) {
-        gpu_packed_cache gc(cfg, 1, ctx + 1, gpu_options_of(ps.path), device);
+        gpu_packed_cache gc(cfg, 1, ctx + 1, gpu_opts[i], device);
         o.label = ps.name.empty() ? ps.path : ps.name;
         ps.ppl = decode_perplexity(model, ids, gc, o);
         ps.ppl.has_stats = true;
@@ -240,13 +230,13 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     std::map<std::tuple<std::string, std::int64_t, double>, task_cell> cells;
     full_cache plain(cfg, 1, device, dtype);
     std::vector<std::unique_ptr<kv_cache>> rcs;
-    for (const auto& ps : r.presets) {
+    for (std::size_t i = 0; i < r.presets.size(); ++i) {
       if (p.gpu_kernels)
         rcs.push_back(std::make_unique<gpu_packed_cache>(
-            cfg, 1, std::max<std::int64_t>(cfg.max_position_embeddings, 4096),
-            gpu_options_of(ps.path), device));
+            cfg, 1, std::max<std::int64_t>(cfg.max_position_embeddings, 4096), gpu_opts[i],
+            device));
       else
-        rcs.push_back(std::make_unique<runtime_cache>(cfg, ps.path, 1));
+        rcs.push_back(std::make_unique<runtime_cache>(cfg, r.presets[i].path, 1));
     }
     std::unique_ptr<progress> bar;
     if (b.show_progress)
