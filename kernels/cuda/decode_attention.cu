@@ -933,6 +933,8 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (!p.workspace || p.workspace_bytes < need)
     return invalid("workspace of " + std::to_string(p.workspace_bytes) + " bytes, need " +
                    std::to_string(need));
+  if (p.logits || p.row_stats)
+    return invalid("logits / row_stats output is not implemented yet");
   set_launch_error("");
   const split_plan sp = plan_splits(p);
   switch (d) {

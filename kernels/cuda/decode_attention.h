@@ -65,6 +65,12 @@ struct decode_attention_params {
   // faster than the unpipelined half_dequant kernel at 2 and 4 bits (B1/B8/B32, L32k, H200,
   // docs/BENCHMARKS.md); 8-bit (2 CTAs per SM) is tested but not timed yet.
   bool pipelined = true;
+  // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
+  // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]
+  // (log2 units: logits = q . k * softmax_scale * log2(e)). Tokens t >= n_tokens[b] are not
+  // written. Null: not written (the default; no cost).
+  float* logits = nullptr;     // [B, n_heads, max_tokens]
+  float* row_stats = nullptr;  // [B, n_heads, 2]: (max, sum) over the whole sequence
 };
 
 // Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
