@@ -511,6 +511,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   // Queries (scaled) and RoPE rows 0..31 to smem: all loads first (read-only path), then the
   // stores, so the loads overlap instead of waiting one by one behind a possibly aliasing store.
   const float qscale = p.softmax_scale * 1.4426950408889634f;
+  const bool rotated = BITS == 16 && kv.keys_rotated;  // keys and queries already after RoPE
   {
     constexpr int NQ = H * D / (32 * kWarps), NR = 32 * HALF / (32 * kWarps);
     float qv[NQ], cv[NR], sv[NR];
@@ -523,8 +524,9 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 #pragma unroll
     for (int k = 0; k < NR; ++k) {
       const int i = threadIdx.x + k * 32 * kWarps;
-      cv[k] = __ldg(p.rope_cos + i);
-      sv[k] = __ldg(p.rope_sin + i);
+      // keys_rotated: identity rows (cos 1, sin 0 rotate exactly), so the key path is unchanged.
+      cv[k] = rotated ? 1.0f : __ldg(p.rope_cos + i);
+      sv[k] = rotated ? 0.0f : __ldg(p.rope_sin + i);
     }
 #pragma unroll
     for (int k = 0; k < NQ; ++k) {
@@ -553,7 +555,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 
   const int n_tiles = (n + kTile - 1) / kTile;
   const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
-  const float inv_as = 1.0f / p.rope_attention_scaling;
+  const float inv_as = rotated ? 1.0f : 1.0f / p.rope_attention_scaling;
   for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
     const bool has_next = tile + kWarps < tile_end;
@@ -583,16 +585,18 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     float sacc[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.0f;
-    const float* cos0 = p.rope_cos + static_cast<std::int64_t>(p0) * HALF;
-    const float* sin0 = p.rope_sin + static_cast<std::int64_t>(p0) * HALF;
+    const float* cos0 = rotated ? nullptr : p.rope_cos + static_cast<std::int64_t>(p0) * HALF;
+    const float* sin0 = rotated ? nullptr : p.rope_sin + static_cast<std::int64_t>(p0) * HALF;
 #pragma unroll
     for (int ks = 0; ks < NKS / 2; ++ks) {
       unsigned alo[4], ahi[4];
 #pragma unroll
       for (int h8 = 0; h8 < 2; ++h8) {
         const int c = ks * 16 + cq + 8 * h8;
-        const float2 cc = __ldg(reinterpret_cast<const float2*>(cos0 + c));
-        const float2 ss = __ldg(reinterpret_cast<const float2*>(sin0 + c));
+        const float2 cc =
+            rotated ? make_float2(1.0f, 1.0f) : __ldg(reinterpret_cast<const float2*>(cos0 + c));
+        const float2 ss =
+            rotated ? make_float2(0.0f, 0.0f) : __ldg(reinterpret_cast<const float2*>(sin0 + c));
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
           const float* qrow = qs + (r0 + 8 * rr) * SP::QROW;
@@ -636,6 +640,17 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         if (p0 + nt * 8 + cq + (e & 1) >= n) sacc[nt][e] = -INFINITY;
+    if (p.logits) {  // the exact values entering exp2 below (valid tokens, real heads only)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = p0 + nt * 8 + cq + (e & 1), h = r0 + 8 * (e >> 1);
+          if (t < n && h < nh)
+            p.logits[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * p.max_tokens + t] =
+                sacc[nt][e];
+        }
+    }
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       float mx = -INFINITY;
@@ -774,6 +789,10 @@ __global__ void decode_attention_merge_kernel(decode_attention_params p, int n_p
     for (int i = 0; i < n_parts; ++i) num += wts[i] * ws_acc[(row0 + i) * D + c];
   }
   p.out[(static_cast<std::int64_t>(b) * p.n_heads + h) * D + c] = den > 0.0f ? num / den : 0.0f;
+  if (p.row_stats && c == 0) {
+    p.row_stats[(static_cast<std::int64_t>(b) * p.n_heads + h) * 2] = mx;
+    p.row_stats[(static_cast<std::int64_t>(b) * p.n_heads + h) * 2 + 1] = den;
+  }
 }
 
 // ---- host --------------------------------------------------------------------------------------
@@ -915,15 +934,19 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
     return invalid("V per-token group " + std::to_string(kv.v_group) +
                    " must be a multiple of 8 dividing head_dim " + std::to_string(d));
-  if (!p.q || !p.out || !p.rope_cos || !p.rope_sin || !kv.n_tokens || !kv.k_win || !kv.v_win ||
-      kv.win_cap <= 0)
+  if (kv.keys_rotated && kv.k_bits != 16)
+    return invalid("keys_rotated needs bits 16 (fp16 keys stored after RoPE), got bits " +
+                   std::to_string(kv.k_bits));
+  if (!p.q || !p.out || (!kv.keys_rotated && (!p.rope_cos || !p.rope_sin)) || !kv.n_tokens ||
+      !kv.k_win || !kv.v_win || kv.win_cap <= 0)
     return invalid("q, out, RoPE tables, n_tokens and the fp16 window (win_cap > 0) are required");
   if (kv.k_bits != 16 && (!kv.k_rec || !kv.v_rec || !kv.k_compressed || !kv.v_compressed))
     return invalid("quantized K/V need records and the k_compressed / v_compressed counters");
   if (!aligned(kv.k_rec, 16) || !aligned(kv.v_rec, 16) || !aligned(kv.k_win, 16) ||
       !aligned(kv.v_win, 16) || !aligned(p.workspace, 16))
     return invalid("records, windows and workspace must be 16-byte aligned");
-  if (p.max_tokens <= 0 || p.rope_rows < p.max_tokens || p.rope_rows < kTile)
+  if (p.max_tokens <= 0 ||
+      (!kv.keys_rotated && (p.rope_rows < p.max_tokens || p.rope_rows < kTile)))
     return invalid("max_tokens " + std::to_string(p.max_tokens) +
                    " needs RoPE rows for it (and >= " + std::to_string(kTile) + "), got " +
                    std::to_string(p.rope_rows));
@@ -933,8 +956,6 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (!p.workspace || p.workspace_bytes < need)
     return invalid("workspace of " + std::to_string(p.workspace_bytes) + " bytes, need " +
                    std::to_string(need));
-  if (p.logits || p.row_stats)
-    return invalid("logits / row_stats output is not implemented yet");
   set_launch_error("");
   const split_plan sp = plan_splits(p);
   switch (d) {

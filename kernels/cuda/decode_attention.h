@@ -42,7 +42,8 @@ struct decode_attention_params {
   packed_kv_view kv;
   int n_heads = 0;                      // query heads, a multiple of kv.n_kv
   const float* q = nullptr;             // [B, n_heads, d] after RoPE, at position n_tokens[b] - 1
-  const float* rope_cos = nullptr;      // [rope_rows, d / 2] rows of kvcal::rope_cos_sin
+  const float* rope_cos = nullptr;      // [rope_rows, d / 2] rows of kvcal::rope_cos_sin (unused,
+                                        // may be null, with kv.keys_rotated)
   const float* rope_sin = nullptr;      // [rope_rows, d / 2]
   int rope_rows = 0;                    // >= max_tokens
   float rope_attention_scaling = 1.0f;  // the factor already inside the tables (YaRN), else 1
@@ -68,7 +69,8 @@ struct decode_attention_params {
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]
   // (log2 units: logits = q . k * softmax_scale * log2(e)). Tokens t >= n_tokens[b] are not
-  // written. Null: not written (the default; no cost).
+  // written. Null: not written (the default; no cost). The partial kernel writes the logits, the
+  // merge kernel the statistics; P sums to 1 up to fp32 rounding of the merge.
   float* logits = nullptr;     // [B, n_heads, max_tokens]
   float* row_stats = nullptr;  // [B, n_heads, 2]: (max, sum) over the whole sequence
 };

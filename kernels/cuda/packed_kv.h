@@ -54,6 +54,10 @@ struct packed_kv_view {
   const int* n_tokens = nullptr;
   const int* k_compressed = nullptr;
   const int* v_compressed = nullptr;
+  // bits 16 only: the ring holds keys AFTER RoPE (the eviction cache, whose rows are unordered,
+  // kernels/cuda/evict.h), so decode attention rotates neither keys nor queries and needs no
+  // RoPE tables; row t of the ring is read for t < n_tokens[b] (n_tokens = rows held).
+  bool keys_rotated = false;
 };
 
 // Bytes of one record (same numbers as runtime/kv_codec.cpp, asymmetric).
