@@ -154,6 +154,10 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       o.bits = pc.bits;
       o.group = pc.group;
       o.residual = pc.residual;
+      o.h2o = pc.h2o;
+      o.heavy = pc.heavy;
+      o.retain = pc.retain;
+      o.tokens = pc.tokens;
       gpu_opts.push_back(o);
     }
   }

@@ -1,6 +1,8 @@
 #include "model/gpu_packed_cache.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
@@ -12,6 +14,8 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/evict.h"
+#include "kernels/cuda/h2o_score.h"
 #include "kernels/cuda/packed_kv.h"
 #include "kernels/cuda/quant_append.h"
 #endif
@@ -44,8 +48,38 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
 std::size_t gpu_packed_cache::bytes_used() const {
   return 0;
 }
+std::int64_t gpu_packed_cache::held(int) const {
+  return 0;
+}
+void gpu_packed_cache::prompt_evict(int, const at::Tensor&) {}
 
 #else
+
+namespace {
+
+// Eviction counters of one layer, int32 [4][B]: the row the next token goes to, rows attended,
+// tokens seen, rows after eviction.
+enum evict_row { e_row, e_held, e_seen, e_out, e_rows };
+
+evict_budget budget_of(const gpu_packed_cache::options& o) {
+  evict_budget b;
+  b.retain = o.retain;
+  b.tokens = o.tokens;
+  b.heavy = o.heavy;
+  b.window = o.residual;
+  return b;
+}
+
+// Writes `vals` (one per row, every sequence alike) to the device counters ctr [rows * B].
+void put_counters(at::Tensor& ctr, const std::int64_t* vals, int rows, std::int64_t B) {
+  at::Tensor h = at::empty({rows * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int* hp = h.data_ptr<int>();
+  for (int r = 0; r < rows; ++r)
+    for (std::int64_t b = 0; b < B; ++b) hp[r * B + b] = static_cast<int>(vals[r]);
+  ctr.copy_(h, /*non_blocking=*/true);
+}
+
+}  // namespace
 
 // Counters of one layer on the device, int32 [8][B]: rows below.
 enum ctr_row { n_old, k_from, k_to, v_from, v_to, n_new, kc_new, vc_new, n_rows };
@@ -55,6 +89,9 @@ struct gpu_packed_cache::layer_state {
   std::int64_t n = 0, kc = 0, vc = 0;          // host copies (every sequence alike)
   at::Tensor prompt_k, prompt_v;               // K after RoPE / V of a prompt, for its attend
   packed_kv_view view;                         // pointers filled, counters per use
+  // H2O: [B * n_kv, rows] positions / scores, counters [e_rows * B], rows held (host).
+  at::Tensor pos, score, ectr;
+  std::int64_t held = 0;
 };
 
 gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
@@ -74,11 +111,20 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(o.bits == 16 || o.group == 32 || o.group == 64 || o.group == 128,
               "gpu_packed_cache: group ", o.group, " (32, 64, 128)");
   KVCAL_CHECK(o.residual >= 0 && o.piece >= 1, "gpu_packed_cache: residual and piece");
+  KVCAL_CHECK(!o.h2o || o.bits == 16, "gpu_packed_cache: H2O eviction needs fp16 (bits 16), got ",
+              o.bits);
+  KVCAL_CHECK(!o.h2o || (o.retain > 0.0 && o.retain <= 1.0) || (o.retain == 0.0 && o.tokens >= 1),
+              "gpu_packed_cache: H2O budget retain ", o.retain, " / tokens ", o.tokens,
+              " (retain in (0, 1] or tokens >= 1)");
+  KVCAL_CHECK(!o.h2o || (o.heavy >= 0.0 && o.heavy <= 1.0), "gpu_packed_cache: H2O heavy ", o.heavy,
+              " (in [0, 1])");
   KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
               window_, ") is shorter than the capacity: not supported by the kernels");
   const bool fp16 = o.bits == 16;
   win_cap_ = static_cast<int>(
       fp16 ? capacity : std::min<std::int64_t>(capacity, o.residual + o.group + o.piece));
+  // H2O: R is non-decreasing in the tokens seen, so R(capacity) + 1 rows hold every step.
+  if (o.h2o) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
   const int d = static_cast<int>(d_);
   const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
@@ -110,7 +156,25 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
     v.k_win = reinterpret_cast<__half*>(s->k_win.data_ptr<at::Half>());
     v.v_win = reinterpret_cast<__half*>(s->v_win.data_ptr<at::Half>());
     v.win_cap = win_cap_;
+    if (o.h2o) {
+      const auto i32 = at::TensorOptions().dtype(at::kInt).device(device);
+      s->pos = at::zeros({slots, win_cap_}, i32);
+      s->score = at::zeros({slots, win_cap_}, at::TensorOptions().dtype(at::kFloat).device(device));
+      s->ectr = at::zeros({e_rows * batch}, i32);
+      v.keys_rotated = true;
+    }
     layers_.push_back(std::move(s));
+  }
+  decode_attention_params p;
+  p.kv = layers_[0]->view;
+  p.n_heads = static_cast<int>(n_heads_);
+  p.max_tokens = o.h2o ? win_cap_ : static_cast<int>(capacity);
+  workspace_ = at::empty({static_cast<std::int64_t>(decode_attention_workspace_size(p)) + 16}, u8);
+  if (o.h2o) {  // keys are stored after RoPE: no tables
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+    logits_ = at::empty({batch, n_heads_, win_cap_}, f32);
+    row_stats_ = at::empty({batch, n_heads_, 2}, f32);
+    return;
   }
   // RoPE rows of the CPU reference (the kernel rotates pre-RoPE keys at their positions).
   const rope_frequencies f =
@@ -122,11 +186,6 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
                  sn.data_ptr<float>() + p * (d / 2));
   rope_cos_ = c.to(device);
   rope_sin_ = sn.to(device);
-  decode_attention_params p;
-  p.kv = layers_[0]->view;
-  p.n_heads = static_cast<int>(n_heads_);
-  p.max_tokens = static_cast<int>(capacity);
-  workspace_ = at::empty({static_cast<std::int64_t>(decode_attention_workspace_size(p)) + 16}, u8);
 }
 
 gpu_packed_cache::~gpu_packed_cache() = default;
@@ -151,6 +210,32 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(k.device().index());
   const std::int64_t B = batch_;
+  if (o_.h2o) {
+    if (T > 1) {  // a prompt: held as given until its attend selects the kept rows
+      s.n = T;
+      return;
+    }
+    // One token: keys after RoPE into the free row `held` (the ring's n_tokens = held).
+    KVCAL_CHECK(kv.k_rope.defined() && kv.k_rope.sizes() == k.sizes(),
+                "gpu_packed_cache: H2O eviction stores keys after RoPE: k_rope must be given");
+    at::Tensor k32 = kv.k_rope.transpose(1, 2).to(at::kFloat).contiguous();  // [B, 1, n_kv, d]
+    at::Tensor v32 = kv.v.transpose(1, 2).to(at::kFloat).contiguous();
+    KVCAL_ASSERT(s.held < win_cap_, "gpu_packed_cache: no free row (eviction out of step)");
+    const std::int64_t vals[e_rows] = {s.held, s.held + 1, s.n + 1, s.held + 1};
+    put_counters(s.ectr, vals, e_rows, B);
+    kv_window_append_params ap;
+    ap.kv = s.view;
+    ap.kv.n_tokens = s.ectr.data_ptr<int>() + e_row * B;
+    ap.k_new = k32.data_ptr<float>();
+    ap.v_new = v32.data_ptr<float>();
+    ap.t_new = 1;
+    check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
+    s.pos.select(1, s.held).fill_(s.n);  // every sequence: position n
+    s.score.select(1, s.held).fill_(0.0);
+    ++s.held;
+    ++s.n;
+    return;
+  }
   for (std::int64_t i = 0; i < T; i += o_.piece) {
     const std::int64_t t = std::min<std::int64_t>(o_.piece, T - i);
     // [B, t, n_kv, d] fp32: the kernels' token-major input.
@@ -205,6 +290,7 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
     KVCAL_CHECK(s.prompt_k.defined() && s.prompt_k.size(2) == T,
                 "gpu_packed_cache: several queries only right after a prompt's append");
     at::Tensor out = causal_attention(q_rope, s.prompt_k, s.prompt_v, 0, window_);
+    if (o_.h2o) prompt_evict(layer, q_rope);
     s.prompt_k = at::Tensor();
     s.prompt_v = at::Tensor();
     return out;
@@ -215,18 +301,26 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   at::Tensor q32 = q_rope.select(2, 0).to(at::kFloat).contiguous();  // [B, n_heads, d]
   at::Tensor out = at::empty_like(q32);
   const int* ctr = s.ctr.data_ptr<int>();
+  int* ectr = o_.h2o ? s.ectr.data_ptr<int>() : nullptr;
   decode_attention_params p;
   p.kv = s.view;
-  p.kv.n_tokens = ctr + n_new * batch_;
-  p.kv.k_compressed = ctr + kc_new * batch_;
-  p.kv.v_compressed = ctr + vc_new * batch_;
   p.n_heads = static_cast<int>(n_heads_);
   p.q = q32.data_ptr<float>();
-  p.rope_cos = rope_cos_.data_ptr<float>();
-  p.rope_sin = rope_sin_.data_ptr<float>();
-  p.rope_rows = static_cast<int>(capacity_);
-  p.rope_attention_scaling = rope_scaling_;
-  p.max_tokens = static_cast<int>(capacity_);
+  if (o_.h2o) {  // rows [0, held), keys after RoPE; the logits feed the scores below
+    p.kv.n_tokens = ectr + e_held * batch_;
+    p.max_tokens = win_cap_;
+    p.logits = logits_.data_ptr<float>();
+    p.row_stats = row_stats_.data_ptr<float>();
+  } else {
+    p.kv.n_tokens = ctr + n_new * batch_;
+    p.kv.k_compressed = ctr + kc_new * batch_;
+    p.kv.v_compressed = ctr + vc_new * batch_;
+    p.rope_cos = rope_cos_.data_ptr<float>();
+    p.rope_sin = rope_sin_.data_ptr<float>();
+    p.rope_rows = static_cast<int>(capacity_);
+    p.rope_attention_scaling = rope_scaling_;
+    p.max_tokens = static_cast<int>(capacity_);
+  }
   p.out = out.data_ptr<float>();
   // 16-byte aligned start inside the workspace tensor.
   auto base = reinterpret_cast<std::uintptr_t>(workspace_.data_ptr<std::uint8_t>());
@@ -234,7 +328,77 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   p.workspace_bytes = static_cast<std::size_t>(workspace_.numel()) - ((base + 15) / 16 * 16 - base);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q_rope.device().index());
   check_launch(launch_decode_attention(p, stream), "gpu_packed_cache: decode attention");
+  if (o_.h2o) {  // the CPU's order: this step's scores in, then evict (end of attend)
+    h2o_accumulate_params a;
+    a.batch = static_cast<int>(batch_);
+    a.n_kv = static_cast<int>(n_kv_);
+    a.n_heads = static_cast<int>(n_heads_);
+    a.max_tokens = win_cap_;
+    a.logits = p.logits;
+    a.row_stats = p.row_stats;
+    a.held = ectr + e_held * batch_;
+    a.score = s.score.data_ptr<float>();
+    a.score_stride = win_cap_;
+    check_launch(launch_h2o_accumulate(a, stream), "gpu_packed_cache: H2O scores");
+    evict_one_params e;
+    e.kv = s.view;
+    e.pos = s.pos.data_ptr<int>();
+    e.score = s.score.data_ptr<float>();
+    e.held = ectr + e_held * batch_;
+    e.seen = ectr + e_seen * batch_;
+    e.maybe_held_out = ectr + e_out * batch_;
+    e.budget = budget_of(o_);
+    check_launch(launch_evict_one(e, stream), "gpu_packed_cache: evict");
+    s.held = std::min(s.held, evict_retained(e.budget, s.n));
+  }
   return out.unsqueeze(2).to(q_rope.scalar_type());
+}
+
+// The prompt's H2O scores and the R(T) kept rows, gathered into rows [0, R) of the ring.
+void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
+  layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+  const at::Tensor& kr = s.prompt_k;  // [B, n_kv, T, d] after RoPE
+  const std::int64_t B = batch_, T = kr.size(2), G = n_heads_ / n_kv_;
+  at::Tensor k = kr.to(at::kFloat);
+  at::Tensor score = at::zeros({B, n_kv_, T}, k.options());  // [B, n_kv, T]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d_));
+  // Queries in chunks so that the [B, n_heads, chunk, T] probabilities stay near 512 MB.
+  const std::int64_t chunk = std::max<std::int64_t>(
+      1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * n_heads_ * T));
+  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
+    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
+    at::Tensor q = q_rope.narrow(2, i0, c).to(at::kFloat).reshape({B, n_kv_, G * c, d_});
+    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
+    sc = sc.view({B, n_kv_, G, c, e});  // [B, n_kv, G, c, e]
+    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
+    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
+    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
+    score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
+  }
+  const evict_budget bud = budget_of(o_);
+  const std::int64_t R = evict_retained(bud, T);
+  const std::int64_t vals[e_rows] = {T, T, T, R};
+  put_counters(s.ectr, vals, e_rows, B);
+  at::Tensor kept = at::empty({B, n_kv_, R}, k.options().dtype(at::kInt));
+  select_kept_params sp;
+  sp.batch = static_cast<int>(B);
+  sp.n_kv = static_cast<int>(n_kv_);
+  sp.score = score.data_ptr<float>();
+  sp.stride = static_cast<int>(T);
+  sp.held = s.ectr.data_ptr<int>() + e_held * B;
+  sp.seen = s.ectr.data_ptr<int>() + e_seen * B;
+  sp.kept = kept.data_ptr<int>();
+  sp.kept_stride = static_cast<int>(R);
+  sp.budget = bud;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kr.device().index());
+  check_launch(launch_select_kept(sp, stream), "gpu_packed_cache: prompt eviction");
+  at::Tensor idx = kept.to(at::kLong);  // [B, n_kv, R]
+  at::Tensor rows = idx.unsqueeze(-1).expand({B, n_kv_, R, d_});
+  s.k_win.view({B, n_kv_, win_cap_, d_}).narrow(2, 0, R).copy_(kr.gather(2, rows));
+  s.v_win.view({B, n_kv_, win_cap_, d_}).narrow(2, 0, R).copy_(s.prompt_v.gather(2, rows));
+  s.pos.view({B, n_kv_, win_cap_}).narrow(2, 0, R).copy_(kept);
+  s.score.view({B, n_kv_, win_cap_}).narrow(2, 0, R).copy_(score.gather(2, idx));
+  s.held = R;
 }
 
 std::int64_t gpu_packed_cache::length() const {
@@ -243,7 +407,7 @@ std::int64_t gpu_packed_cache::length() const {
 
 void gpu_packed_cache::reset() {
   for (auto& s : layers_) {
-    s->n = s->kc = s->vc = 0;
+    s->n = s->kc = s->vc = s->held = 0;
     s->prompt_k = at::Tensor();
     s->prompt_v = at::Tensor();
   }
@@ -253,7 +417,9 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
   std::size_t n = 0;
   for (const auto& s : layers_)
     n += static_cast<std::size_t>(s->k_rec.nbytes() + s->v_rec.nbytes() + s->k_win.nbytes() +
-                                  s->v_win.nbytes());
+                                  s->v_win.nbytes()) +
+         (o_.h2o ? static_cast<std::size_t>(s->pos.nbytes() + s->score.nbytes()) : 0);
+  if (o_.h2o) n += static_cast<std::size_t>(logits_.nbytes() + row_stats_.nbytes());
   return n;
 }
 
@@ -262,6 +428,10 @@ std::size_t gpu_packed_cache::bytes_used() const {
   const int d = static_cast<int>(d_);
   for (const auto& s : layers_) {
     const std::size_t slots = static_cast<std::size_t>(batch_ * n_kv_);
+    if (o_.h2o) {  // K, V fp16 rows + int32 position + fp32 score per held token
+      n += slots * static_cast<std::size_t>(s->held) * (static_cast<std::size_t>(d) * 2 * 2 + 8);
+      continue;
+    }
     if (o_.bits == 16) {
       n += slots * static_cast<std::size_t>(s->n) * static_cast<std::size_t>(d) * 2 * 2;
       continue;
@@ -272,6 +442,11 @@ std::size_t gpu_packed_cache::bytes_used() const {
           static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) * static_cast<std::size_t>(d) * 2);
   }
   return n;
+}
+
+std::int64_t gpu_packed_cache::held(int layer) const {
+  const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
+  return o_.h2o ? s.held : s.n;
 }
 
 #endif

@@ -11,6 +11,17 @@
 //           the prompt's own K/V, as KIVI does — the CPU runtime instead attends the prompt
 //           through its compressed tokens (documented difference, docs/runtime.md).
 //
+// H2O eviction (options::h2o, bits 16 only; kernels/cuda/evict.h): each slot holds at most
+// R + 1 rows (R = the budget at `capacity` tokens), keys stored AFTER RoPE (keys_rotated) in
+// unordered rows with their positions and H2O scores. A prompt: exact causal attention as above,
+// plus its H2O scores (column sums of the causal softmax, mean over the group's heads, computed
+// with libtorch in chunks of queries), then the R(T) kept rows are selected (select_kept) and
+// gathered into rows [0, R). A decode step: the token goes to the free row, decode attention
+// also writes its logits / softmax statistics, the scores accumulate (h2o_accumulate) and the
+// lowest-scored non-recent row is dropped (evict_one, the last row moves into its place).
+// The rule is the CPU runtime's (runtime/eviction/evicting_layer.h: eviction at the end of
+// attend, budget floor(retain x seen)); scores are fp32 here, double there.
+//
 // Device counters are written by one small host-to-device copy per append; nothing is read
 // back. Capacity is fixed at construction (allocated once). Needs a CUDA build with libtorch
 // CUDA; elsewhere the constructor refuses.
@@ -40,6 +51,12 @@ class gpu_packed_cache : public kv_cache {
     int group = 32;      // K: tokens per record (32 | 64 | 128); V: channels per scale group
     int residual = 128;  // newest tokens kept in fp16
     int piece = 1024;    // prompt tokens appended per window-append + compress round
+    // H2O eviction (bits 16): budget floor(retain x seen) when retain > 0, else `tokens`; heavy
+    // share by score, the rest (at least max(1, residual)) the newest tokens.
+    bool h2o = false;
+    double heavy = 0.8;
+    double retain = 0.0;
+    int tokens = 0;
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
@@ -56,6 +73,10 @@ class gpu_packed_cache : public kv_cache {
   // Bytes the held tokens occupy: records in use + window rows of uncompressed tokens.
   std::size_t bytes_used() const;
   std::int64_t capacity() const { return capacity_; }
+  // Rows allocated per (sequence, KV head): capacity, or R + 1 under H2O eviction.
+  int rows_per_slot() const { return win_cap_; }
+  // Tokens held per (sequence, KV head) at `layer` (after eviction).
+  std::int64_t held(int layer) const;
 
  private:
   struct layer_state;
@@ -66,6 +87,8 @@ class gpu_packed_cache : public kv_cache {
   at::Tensor rope_cos_, rope_sin_;  // [capacity, d / 2] fp32 on the device
   float rope_scaling_ = 1.0f;
   at::Tensor workspace_;
+  at::Tensor logits_, row_stats_;  // H2O: [B, n_heads, rows], [B, n_heads, 2] (shared by layers)
+  void prompt_evict(int layer, const at::Tensor& q_rope);
 };
 
 }  // namespace kvcal

@@ -1,5 +1,7 @@
 #include "runtime/packed_support.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <sstream>
 
 namespace kvcal {
@@ -31,11 +33,19 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   const layer_recipe& l0 = r.layers[0];
   for (const auto& l : r.layers) {
     if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
-    if (l.policy.kind != token_policy_kind::full)
+    if (l.policy.kind != token_policy_kind::full && l.policy.kind != token_policy_kind::h2o)
       return fail(std::string("eviction (") + token_policy_name(l.policy.kind) +
-                  "): no CUDA kernel yet");
+                  "): no CUDA kernel yet (h2o only)");
     if (l.guard > 0) return fail("high-precision guard: no CUDA kernel yet");
-    if (l.budget.kind != budget_kind::none) return fail("token budget: no CUDA eviction yet");
+    if (l.policy.kind != l0.policy.kind || l.policy.heavy != l0.policy.heavy ||
+        l.budget.kind != l0.budget.kind || l.budget.tokens != l0.budget.tokens ||
+        l.budget.retain != l0.budget.retain)
+      return fail("layers differ in token policy or budget: the kernels take one for all");
+    if (!l.head_budgets.empty()) return fail("per-KV-head budgets: no CUDA eviction yet");
+    if (l.policy.kind == token_policy_kind::h2o && l.budget.kind == budget_kind::none)
+      return fail("h2o without a budget: nothing to evict");
+    if (l.policy.kind == token_policy_kind::full && l.budget.kind != budget_kind::none)
+      return fail("token budget without an evicting policy: no CUDA eviction");
     if (l.k.kind != l0.k.kind || l.v.kind != l0.v.kind || l.residual != l0.residual ||
         (l.k.kind == kv_method_kind::quant &&
          (l.k.quant.bits != l0.k.quant.bits || l.k.quant.group != l0.k.quant.group)) ||
@@ -48,8 +58,24 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);
   if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
   const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
+  const bool evicts = l0.policy.kind == token_policy_kind::h2o;
+  if (evicts && (kq || vq))
+    return fail("h2o eviction with quantized K / V: the GPU evicts fp16 caches only");
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;
+    if (evicts) {
+      c.h2o = true;
+      c.heavy = l0.policy.heavy;
+      c.residual = static_cast<int>(l0.residual);
+      if (l0.budget.kind == budget_kind::retain) {
+        if (!(l0.budget.retain > 0.0 && l0.budget.retain <= 1.0))
+          return fail("h2o budget retain " + std::to_string(l0.budget.retain) +
+                      " (the kernels need (0, 1])");
+        c.retain = l0.budget.retain;
+      } else {
+        c.tokens = static_cast<int>(std::max<std::int64_t>(1, l0.budget.tokens));
+      }
+    }
     *out = c;
     return "";
   }

@@ -1,8 +1,10 @@
 // Which presets the CUDA kernels (kernels/cuda/packed_kv.h) can run, and as what: every layer the
 // same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
-// asymmetric, one bit width and group for K and V, an fp16 residual) or fp16, no eviction, no
-// guard, no per-head methods, no PCA / AE latents. Used by the GPU cache (model/gpu_packed_cache.h)
-// and `kvcal bench`, which name the reason for anything else instead of skipping it silently.
+// asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or fp16 with H2O
+// eviction (every layer the same heavy share and budget: kernels/cuda/evict.h). No other policy,
+// no guard, no per-head methods or budgets, no PCA / AE latents. Used by the GPU cache
+// (model/gpu_packed_cache.h) and `kvcal bench`, which name the reason for anything else instead of
+// skipping it silently.
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
@@ -18,6 +20,12 @@ struct packed_config {
   int bits = 16;     // 16 = fp16 K/V; 2 | 4 | 8 = quantized records
   int group = 32;    // K: tokens per record; V: channels per scale group
   int residual = 0;  // fp16 recent window (tokens) before records are made
+  // H2O eviction (bits 16 only): budget R = floor(retain x seen) when retain > 0, else `tokens`;
+  // heavy share of R by score, the rest (at least max(1, residual)) the newest tokens.
+  bool h2o = false;
+  double heavy = 0.8;
+  double retain = 0.0;
+  int tokens = 0;
 };
 
 // Empty when the kernels can run `r` (then *out is its configuration), else the reason.
