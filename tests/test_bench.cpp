@@ -10,7 +10,12 @@
 #include "cli/app.h"
 #include "kernels/common/cuda_device.h"
 #include "presets/preset_template.h"
+#include "runtime/eviction/policy.h"
 #include "runtime/model_config.h"
+#include "runtime/packed_support.h"
+#if KVCAL_WITH_CUDA
+#include "kernels/cuda/evict.h"
+#endif
 
 namespace {
 
@@ -43,8 +48,9 @@ TEST_CASE("templates map to kernel cases") {
 TEST_CASE("what the kernels cannot run is refused with the reason") {
   CHECK(case_of("knlp-v-pca-int8").unsupported.find("PCA") != std::string::npos);
   CHECK(case_of("ae-16").unsupported.find("autoencoder") != std::string::npos);
-  CHECK(case_of("h2o").unsupported.find("eviction (h2o)") != std::string::npos);
-  CHECK(case_of("streaming-llm").unsupported.find("eviction") != std::string::npos);
+  // h2o runs on the GPU (fp16 + eviction) but is timed end to end, not as a kernel case.
+  CHECK(case_of("h2o").unsupported.find("bench_model --kv-cache h2o") != std::string::npos);
+  CHECK(case_of("streaming-llm").unsupported.find("eviction (window)") != std::string::npos);
   for (const char* m : {"mlsys-conservative", "mlsys-aggressive", "mlsys-extreme"})
     CHECK_MESSAGE(!case_of(m).unsupported.empty(), m);
 
@@ -60,6 +66,85 @@ TEST_CASE("what the kernels cannot run is refused with the reason") {
   r.layers[1].k.quant.bits = 2;
   CHECK(kvcal::decode_case_of(r, "x").unsupported.find("layers differ") != std::string::npos);
 }
+
+static kvcal::preset_recipe recipe_of(const std::string& name) {
+  return kvcal::expand_recipe(kvcal::preset_template(name), ref_config(), name,
+                              kvcal::recipe_parse_options{true});
+}
+
+TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other policies refused") {
+  kvcal::packed_config c;
+  CHECK(kvcal::packed_config_of(recipe_of("h2o"), &c).empty());
+  CHECK(c.h2o);
+  CHECK(c.bits == 16);
+  CHECK(c.heavy == doctest::Approx(0.8));
+  CHECK(c.retain == doctest::Approx(0.125));
+  CHECK(c.tokens == 0);
+  kvcal::packed_config f;
+  CHECK(kvcal::packed_config_of(recipe_of("fp16"), &f).empty());
+  CHECK(!f.h2o);
+
+  auto r = recipe_of("h2o");  // a token budget instead of retain
+  for (auto& l : r.layers) {
+    l.budget.kind = kvcal::budget_kind::tokens;
+    l.budget.tokens = 40;
+  }
+  CHECK(kvcal::packed_config_of(r, &c).empty());
+  CHECK(c.tokens == 40);
+  CHECK(c.retain == 0.0);
+  r.layers[1].budget.tokens = 41;  // layers differ
+  CHECK(kvcal::packed_config_of(r, &c).find("token policy or budget") != std::string::npos);
+  r = recipe_of("h2o");  // H2O over quantized K / V
+  const auto kivi = recipe_of("kivi-4");
+  for (std::size_t i = 0; i < r.layers.size(); ++i) {
+    r.layers[i].k = kivi.layers[i].k;
+    r.layers[i].v = kivi.layers[i].v;
+  }
+  CHECK(kvcal::packed_config_of(r, &c).find("fp16 caches only") != std::string::npos);
+  r = recipe_of("h2o");
+  r.layers[0].guard = 0.5;
+  CHECK(kvcal::packed_config_of(r, &c).find("guard") != std::string::npos);
+  r = recipe_of("h2o");
+  for (auto& l : r.layers) l.budget.kind = kvcal::budget_kind::none;
+  CHECK(kvcal::packed_config_of(r, &c).find("without a budget") != std::string::npos);
+  CHECK(kvcal::packed_config_of(recipe_of("learned-eviction"), &c).find("eviction (learned)") !=
+        std::string::npos);
+}
+
+#if KVCAL_WITH_CUDA
+TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget and recent share") {
+  // The reference: runtime/eviction (h2o_policy::retained / recent, select_kept's min with n).
+  const auto cfg = ref_config();
+  for (double heavy : {0.8, 0.5, 0.0, 1.0, 0.33})
+    for (int residual : {0, 1, 16})
+      for (int mode = 0; mode < 3; ++mode) {
+        auto r = recipe_of("h2o");
+        kvcal::layer_recipe lr = r.layers[0];
+        lr.policy.heavy = heavy;
+        lr.residual = residual;
+        if (mode == 1) lr.budget.retain = 0.3;
+        if (mode == 2) {
+          lr.budget.kind = kvcal::budget_kind::tokens;
+          lr.budget.tokens = 37;
+        }
+        const auto pol =
+            kvcal::make_policy(lr, 0, residual, {}, cfg.num_key_value_heads, cfg.head_dim, "test");
+        kvcal::evict_budget b;
+        b.heavy = heavy;
+        b.window = residual;
+        if (mode == 2)
+          b.tokens = 37;
+        else
+          b.retain = lr.budget.retain;
+        for (std::int64_t seen = 1; seen <= 3000; ++seen) {
+          const std::int64_t R = pol->retained(seen, 0);
+          REQUIRE(kvcal::evict_retained(b, seen) == R);
+          for (std::int64_t held : {R, R + 1, seen})
+            REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held));
+        }
+      }
+}
+#endif
 
 TEST_CASE("table rows: bandwidth and ratios") {
   kvcal::decode_shape s;
