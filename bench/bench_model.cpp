@@ -9,7 +9,7 @@
 //
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
-//       [--kv-cache full,fp16,kivi-4,kivi-2 --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
+//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
 //       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache)
 #include <algorithm>
 #include <chrono>
