@@ -36,7 +36,7 @@ phase_model() {
 # End to end through the CUDA kernels' cache (issue 11): TTFT / TPOT at B8 ctx 32k, sequences that fit
 phase_e2e() {
   "$B"/bench/bench_model "$CK" --prefill 4096 --batch 8 --no-graph --steps 16 \
-    --kv-cache full,fp16,kivi-4,kivi-2 --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"
+    --kv-cache ${E2E_KINDS:-full,fp16,kivi-4,kivi-2,h2o} --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"
 }
 phase_capture() { phase_capture_ref; phase_capture_7b; }
 phase_capture_ref() {
@@ -78,6 +78,9 @@ phase_sanitize() {
       timeout 100 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/test_kernels_gpu -tc="$tc" 2>&1 | tail -4
       echo "rc ${PIPESTATUS[0]}"
     done
+    stamp "sanitizer $tool: test_evict_gpu"
+    timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/test_evict_gpu 2>&1 | tail -4
+    echo "rc ${PIPESTATUS[0]}"
   done
 }
 phase_pca() {
