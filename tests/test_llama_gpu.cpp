@@ -322,6 +322,34 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
           " steps; first step past 5e-2: ", first_diverged);
   CHECK(early <= 5e-2);
   CHECK(frac >= 0.9);
+
+  // heavy 0: every kept token is a recent one (the newest R), no choice by score, so the kept
+  // sets are equal and the logits must agree at every step as the fp16 cache does (5e-2): the
+  // rotated keys, the unordered rows moved by evict_one and the prompt's gather, exactly.
+  for (const std::int64_t prompt : {std::int64_t{1}, std::int64_t{100}}) {
+    CAPTURE(prompt);
+    preset_recipe r0 = r;
+    for (auto& l : r0.layers) {
+      l.policy.heavy = 0.0;
+      l.policy.recent_fraction = 1.0;
+    }
+    runtime_cache rc0(cfg, r0, {}, B);
+    gpu_packed_cache::options o0 = o;
+    o0.heavy = 0.0;
+    gpu_packed_cache pc0(cfg, B, N, o0, cuda);
+    double worst =
+        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pc0, {logits_mode::last}).cpu(),
+                c.forward(ids.narrow(1, 0, prompt), rc0, {logits_mode::last}))
+            .max_abs;
+    for (std::int64_t t = prompt; t < N; ++t) {
+      const at::Tensor x = ids.narrow(1, t, 1);
+      worst = std::max(worst, compare(g.forward(x.to(cuda), pc0, {logits_mode::last}).cpu(),
+                                      c.forward(x, rc0, {logits_mode::last}))
+                                  .max_abs);
+    }
+    MESSAGE("h2o heavy 0 (newest R only), prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
+    CHECK(worst <= 5e-2);
+  }
 }
 
 // `kvcal eval --gpu-kernels` with the h2o template vs the CPU runtime: decode-PPL within 2% (the
