@@ -43,8 +43,8 @@ struct options {
   bool graph = true;   // also time decode replayed from a CUDA graph
   bool greedy = true;  // false: feed fixed tokens, no read-back per step (launch-bound check)
   // End to end through the CUDA kernels' cache (issue 11): "full" = full_cache (SDPA), "fp16" /
-  // "kivi-4" / "kivi-2" / "h2o" (fp16 + H2O eviction, budget 1/8) = gpu_packed_cache; empty =
-  // skip.
+  // "kivi-4" / "kivi-2" / "h2o" (fp16 + H2O eviction, budget 1/8) / "streaming-llm" (fp16, 4
+  // sinks + 1020 recent) = gpu_packed_cache; empty = skip.
   std::vector<std::string> kv_cache;
   std::int64_t kv_context = 32768, kv_batch = 8;
 };
@@ -94,11 +94,12 @@ options parse(int argc, char** argv) {
     else if (a == "--kv-batch")
       o.kv_batch = std::stoll(value());
     else if (a == "-h" || a == "--help") {
-      std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
-                   "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
-                   "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o] [--kv-context 32768] "
-                   "[--kv-batch 8]\n";
+      std::cout
+          << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
+             "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
+             "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
+             "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm] [--kv-context 32768] "
+             "[--kv-batch 8]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -230,8 +231,15 @@ int main(int argc, char** argv) {
             po.h2o = true;
             po.heavy = 0.8;
             po.retain = 0.125;
+          } else if (kind == "streaming-llm") {  // its template: fp16, 4 sinks + 1020 recent
+            po.bits = 16;
+            po.window = true;
+            po.sinks = 4;
+            po.recent = 1020;
           } else
-            KVCAL_FAIL("--kv-cache: unknown kind '", kind, "' (full, fp16, kivi-4, kivi-2, h2o)");
+            KVCAL_FAIL("--kv-cache: unknown kind '", kind,
+                       "' (full, fp16, kivi-4, kivi-2, h2o, "
+                       "streaming-llm)");
           auto g = std::make_unique<gpu_packed_cache>(c, B, cap, po, device);
           packed = g.get();
           cache = std::move(g);

@@ -158,6 +158,9 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       o.heavy = pc.heavy;
       o.retain = pc.retain;
       o.tokens = pc.tokens;
+      o.window = pc.window;
+      o.sinks = pc.sinks;
+      o.recent = pc.recent;
       gpu_opts.push_back(o);
     }
   }

@@ -63,6 +63,12 @@ enum evict_row { e_row, e_held, e_seen, e_out, e_rows };
 
 evict_budget budget_of(const gpu_packed_cache::options& o) {
   evict_budget b;
+  if (o.window) {
+    b.window_policy = true;
+    b.sinks = o.sinks;
+    b.tokens = o.sinks + o.recent;
+    return b;
+  }
   b.retain = o.retain;
   b.tokens = o.tokens;
   b.heavy = o.heavy;
@@ -111,7 +117,12 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(o.bits == 16 || o.group == 32 || o.group == 64 || o.group == 128,
               "gpu_packed_cache: group ", o.group, " (32, 64, 128)");
   KVCAL_CHECK(o.residual >= 0 && o.piece >= 1, "gpu_packed_cache: residual and piece");
-  KVCAL_CHECK(!o.h2o || o.bits == 16, "gpu_packed_cache: H2O eviction needs fp16 (bits 16), got ",
+  KVCAL_CHECK(!(o.h2o && o.window), "gpu_packed_cache: h2o and window eviction are exclusive");
+  KVCAL_CHECK(!o.window || (o.sinks >= 0 && o.recent >= 0 && o.sinks + o.recent >= 1),
+              "gpu_packed_cache: window eviction needs sinks, recent >= 0 and sinks + recent >= 1, "
+              "got ",
+              o.sinks, " + ", o.recent);
+  KVCAL_CHECK(!o.evicts() || o.bits == 16, "gpu_packed_cache: eviction needs fp16 (bits 16), got ",
               o.bits);
   KVCAL_CHECK(!o.h2o || (o.retain > 0.0 && o.retain <= 1.0) || (o.retain == 0.0 && o.tokens >= 1),
               "gpu_packed_cache: H2O budget retain ", o.retain, " / tokens ", o.tokens,
@@ -124,7 +135,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   win_cap_ = static_cast<int>(
       fp16 ? capacity : std::min<std::int64_t>(capacity, o.residual + o.group + o.piece));
   // H2O: R is non-decreasing in the tokens seen, so R(capacity) + 1 rows hold every step.
-  if (o.h2o) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
+  if (o.evicts()) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
   const int d = static_cast<int>(d_);
   const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
@@ -156,7 +167,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
     v.k_win = reinterpret_cast<__half*>(s->k_win.data_ptr<at::Half>());
     v.v_win = reinterpret_cast<__half*>(s->v_win.data_ptr<at::Half>());
     v.win_cap = win_cap_;
-    if (o.h2o) {
+    if (o.evicts()) {
       const auto i32 = at::TensorOptions().dtype(at::kInt).device(device);
       s->pos = at::zeros({slots, win_cap_}, i32);
       s->score = at::zeros({slots, win_cap_}, at::TensorOptions().dtype(at::kFloat).device(device));
@@ -168,9 +179,9 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   decode_attention_params p;
   p.kv = layers_[0]->view;
   p.n_heads = static_cast<int>(n_heads_);
-  p.max_tokens = o.h2o ? win_cap_ : static_cast<int>(capacity);
+  p.max_tokens = o.evicts() ? win_cap_ : static_cast<int>(capacity);
   workspace_ = at::empty({static_cast<std::int64_t>(decode_attention_workspace_size(p)) + 16}, u8);
-  if (o.h2o) {  // keys are stored after RoPE: no tables
+  if (o.evicts()) {  // keys are stored after RoPE: no tables
     const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
     logits_ = at::empty({batch, n_heads_, win_cap_}, f32);
     row_stats_ = at::empty({batch, n_heads_, 2}, f32);
@@ -210,7 +221,7 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(k.device().index());
   const std::int64_t B = batch_;
-  if (o_.h2o) {
+  if (o_.evicts()) {
     if (T > 1) {  // a prompt: held as given until its attend selects the kept rows
       s.n = T;
       return;
@@ -290,7 +301,7 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
     KVCAL_CHECK(s.prompt_k.defined() && s.prompt_k.size(2) == T,
                 "gpu_packed_cache: several queries only right after a prompt's append");
     at::Tensor out = causal_attention(q_rope, s.prompt_k, s.prompt_v, 0, window_);
-    if (o_.h2o) prompt_evict(layer, q_rope);
+    if (o_.evicts()) prompt_evict(layer, q_rope);
     s.prompt_k = at::Tensor();
     s.prompt_v = at::Tensor();
     return out;
@@ -301,16 +312,18 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   at::Tensor q32 = q_rope.select(2, 0).to(at::kFloat).contiguous();  // [B, n_heads, d]
   at::Tensor out = at::empty_like(q32);
   const int* ctr = s.ctr.data_ptr<int>();
-  int* ectr = o_.h2o ? s.ectr.data_ptr<int>() : nullptr;
+  int* ectr = o_.evicts() ? s.ectr.data_ptr<int>() : nullptr;
   decode_attention_params p;
   p.kv = s.view;
   p.n_heads = static_cast<int>(n_heads_);
   p.q = q32.data_ptr<float>();
-  if (o_.h2o) {  // rows [0, held), keys after RoPE; the logits feed the scores below
+  if (o_.evicts()) {  // rows [0, held), keys after RoPE; H2O: the logits feed the scores
     p.kv.n_tokens = ectr + e_held * batch_;
     p.max_tokens = win_cap_;
-    p.logits = logits_.data_ptr<float>();
-    p.row_stats = row_stats_.data_ptr<float>();
+    if (o_.h2o) {
+      p.logits = logits_.data_ptr<float>();
+      p.row_stats = row_stats_.data_ptr<float>();
+    }
   } else {
     p.kv.n_tokens = ctr + n_new * batch_;
     p.kv.k_compressed = ctr + kc_new * batch_;
@@ -340,6 +353,8 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
     a.score = s.score.data_ptr<float>();
     a.score_stride = win_cap_;
     check_launch(launch_h2o_accumulate(a, stream), "gpu_packed_cache: H2O scores");
+  }
+  if (o_.evicts()) {
     evict_one_params e;
     e.kv = s.view;
     e.pos = s.pos.data_ptr<int>();
@@ -354,7 +369,8 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   return out.unsqueeze(2).to(q_rope.scalar_type());
 }
 
-// The prompt's H2O scores and the R(T) kept rows, gathered into rows [0, R) of the ring.
+// The prompt's H2O scores (zeros for the window policy) and the R(T) kept rows, gathered into
+// rows [0, R) of the ring.
 void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   layer_state& s = *layers_[static_cast<std::size_t>(layer)];
   const at::Tensor& kr = s.prompt_k;  // [B, n_kv, T, d] after RoPE
@@ -365,7 +381,7 @@ void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   // Queries in chunks so that the [B, n_heads, chunk, T] probabilities stay near 512 MB.
   const std::int64_t chunk = std::max<std::int64_t>(
       1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * n_heads_ * T));
-  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
+  for (std::int64_t i0 = 0; o_.h2o && i0 < T; i0 += chunk) {     // window: by position only
     const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
     at::Tensor q = q_rope.narrow(2, i0, c).to(at::kFloat).reshape({B, n_kv_, G * c, d_});
     at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
@@ -418,8 +434,8 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
   for (const auto& s : layers_)
     n += static_cast<std::size_t>(s->k_rec.nbytes() + s->v_rec.nbytes() + s->k_win.nbytes() +
                                   s->v_win.nbytes()) +
-         (o_.h2o ? static_cast<std::size_t>(s->pos.nbytes() + s->score.nbytes()) : 0);
-  if (o_.h2o) n += static_cast<std::size_t>(logits_.nbytes() + row_stats_.nbytes());
+         (o_.evicts() ? static_cast<std::size_t>(s->pos.nbytes() + s->score.nbytes()) : 0);
+  if (o_.evicts()) n += static_cast<std::size_t>(logits_.nbytes() + row_stats_.nbytes());
   return n;
 }
 
@@ -428,7 +444,7 @@ std::size_t gpu_packed_cache::bytes_used() const {
   const int d = static_cast<int>(d_);
   for (const auto& s : layers_) {
     const std::size_t slots = static_cast<std::size_t>(batch_ * n_kv_);
-    if (o_.h2o) {  // K, V fp16 rows + int32 position + fp32 score per held token
+    if (o_.evicts()) {  // K, V fp16 rows + int32 position + fp32 score per held token
       n += slots * static_cast<std::size_t>(s->held) * (static_cast<std::size_t>(d) * 2 * 2 + 8);
       continue;
     }
@@ -446,7 +462,7 @@ std::size_t gpu_packed_cache::bytes_used() const {
 
 std::int64_t gpu_packed_cache::held(int layer) const {
   const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
-  return o_.h2o ? s.held : s.n;
+  return o_.evicts() ? s.held : s.n;
 }
 
 #endif

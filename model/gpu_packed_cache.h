@@ -11,8 +11,9 @@
 //           the prompt's own K/V, as KIVI does — the CPU runtime instead attends the prompt
 //           through its compressed tokens (documented difference, docs/runtime.md).
 //
-// H2O eviction (options::h2o, bits 16 only; kernels/cuda/evict.h): each slot holds at most
-// R + 1 rows (R = the budget at `capacity` tokens), keys stored AFTER RoPE (keys_rotated) in
+// H2O eviction (options::h2o, bits 16 only; kernels/cuda/evict.h; options::window: the same
+// layout for StreamingLLM's sinks + recent window, chosen by position only): each slot holds at
+// most R + 1 rows (R = the budget at `capacity` tokens), keys stored AFTER RoPE (keys_rotated) in
 // unordered rows with their positions and H2O scores. A prompt: exact causal attention as above,
 // plus its H2O scores (column sums of the causal softmax, mean over the group's heads, computed
 // with libtorch in chunks of queries), then the R(T) kept rows are selected (select_kept) and
@@ -57,6 +58,12 @@ class gpu_packed_cache : public kv_cache {
     double heavy = 0.8;
     double retain = 0.0;
     int tokens = 0;
+    // StreamingLLM window eviction (bits 16): the first `sinks` and the last `recent` tokens,
+    // nothing by score (no logits or scores are computed). Same unordered-row layout.
+    bool window = false;
+    int sinks = 0;
+    int recent = 0;
+    bool evicts() const { return h2o || window; }
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
@@ -73,7 +80,7 @@ class gpu_packed_cache : public kv_cache {
   // Bytes the held tokens occupy: records in use + window rows of uncompressed tokens.
   std::size_t bytes_used() const;
   std::int64_t capacity() const { return capacity_; }
-  // Rows allocated per (sequence, KV head): capacity, or R + 1 under H2O eviction.
+  // Rows allocated per (sequence, KV head): capacity, or R + 1 under eviction.
   int rows_per_slot() const { return win_cap_; }
   // Tokens held per (sequence, KV head) at `layer` (after eviction).
   std::int64_t held(int layer) const;

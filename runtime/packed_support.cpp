@@ -33,11 +33,13 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   const layer_recipe& l0 = r.layers[0];
   for (const auto& l : r.layers) {
     if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
-    if (l.policy.kind != token_policy_kind::full && l.policy.kind != token_policy_kind::h2o)
+    if (l.policy.kind != token_policy_kind::full && l.policy.kind != token_policy_kind::h2o &&
+        l.policy.kind != token_policy_kind::window)
       return fail(std::string("eviction (") + token_policy_name(l.policy.kind) +
-                  "): no CUDA kernel yet (h2o only)");
+                  "): no CUDA kernel yet (h2o and window only)");
     if (l.guard > 0) return fail("high-precision guard: no CUDA kernel yet");
     if (l.policy.kind != l0.policy.kind || l.policy.heavy != l0.policy.heavy ||
+        l.policy.sinks != l0.policy.sinks || l.policy.recent != l0.policy.recent ||
         l.budget.kind != l0.budget.kind || l.budget.tokens != l0.budget.tokens ||
         l.budget.retain != l0.budget.retain)
       return fail("layers differ in token policy or budget: the kernels take one for all");
@@ -59,10 +61,19 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
   const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
   const bool evicts = l0.policy.kind == token_policy_kind::h2o;
-  if (evicts && (kq || vq))
-    return fail("h2o eviction with quantized K / V: the GPU evicts fp16 caches only");
+  const bool window = l0.policy.kind == token_policy_kind::window;
+  if ((evicts || window) && (kq || vq))
+    return fail(std::string(evicts ? "h2o" : "window") +
+                " eviction with quantized K / V: the GPU evicts fp16 caches only");
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;
+    if (window) {
+      if (l0.policy.sinks < 0 || l0.policy.recent < 0 || l0.policy.sinks + l0.policy.recent < 1)
+        return fail("window eviction needs sinks + recent >= 1");
+      c.window = true;
+      c.sinks = static_cast<int>(l0.policy.sinks);
+      c.recent = static_cast<int>(l0.policy.recent);
+    }
     if (evicts) {
       c.h2o = true;
       c.heavy = l0.policy.heavy;

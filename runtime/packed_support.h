@@ -1,8 +1,9 @@
 // Which presets the CUDA kernels (kernels/cuda/packed_kv.h) can run, and as what: every layer the
 // same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
 // asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or fp16 with H2O
-// eviction (every layer the same heavy share and budget: kernels/cuda/evict.h). No other policy,
-// no guard, no per-head methods or budgets, no PCA / AE latents. Used by the GPU cache
+// or window (sinks + recent) eviction (every layer the same policy and budget:
+// kernels/cuda/evict.h). No other policy, no guard, no per-head methods or budgets, no PCA / AE
+// latents. Used by the GPU cache
 // (model/gpu_packed_cache.h) and `kvcal bench`, which name the reason for anything else instead of
 // skipping it silently.
 //
@@ -26,6 +27,10 @@ struct packed_config {
   double heavy = 0.8;
   double retain = 0.0;
   int tokens = 0;
+  // StreamingLLM window eviction (bits 16 only): the first `sinks` and the last `recent` tokens.
+  bool window = false;
+  int sinks = 0;
+  int recent = 0;
 };
 
 // Empty when the kernels can run `r` (then *out is its configuration), else the reason.

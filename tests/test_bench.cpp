@@ -3,6 +3,7 @@
 // arithmetic; `kvcal bench` on a build or machine without CUDA fails with one clear message.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -50,7 +51,8 @@ TEST_CASE("what the kernels cannot run is refused with the reason") {
   CHECK(case_of("ae-16").unsupported.find("autoencoder") != std::string::npos);
   // h2o runs on the GPU (fp16 + eviction) but is timed end to end, not as a kernel case.
   CHECK(case_of("h2o").unsupported.find("bench_model --kv-cache h2o") != std::string::npos);
-  CHECK(case_of("streaming-llm").unsupported.find("eviction (window)") != std::string::npos);
+  CHECK(case_of("streaming-llm").unsupported.find("window eviction: timed end to end") !=
+        std::string::npos);
   for (const char* m : {"mlsys-conservative", "mlsys-aggressive", "mlsys-extreme"})
     CHECK_MESSAGE(!case_of(m).unsupported.empty(), m);
 
@@ -109,6 +111,13 @@ TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other poli
   CHECK(kvcal::packed_config_of(r, &c).find("without a budget") != std::string::npos);
   CHECK(kvcal::packed_config_of(recipe_of("learned-eviction"), &c).find("eviction (learned)") !=
         std::string::npos);
+  kvcal::packed_config w;  // StreamingLLM: fp16, 4 sinks + 1020 recent
+  CHECK(kvcal::packed_config_of(recipe_of("streaming-llm"), &w).empty());
+  CHECK(w.window);
+  CHECK(!w.h2o);
+  CHECK(w.bits == 16);
+  CHECK(w.sinks == 4);
+  CHECK(w.recent == 1020);
 }
 
 #if KVCAL_WITH_CUDA
@@ -139,10 +148,35 @@ TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget an
         for (std::int64_t seen = 1; seen <= 3000; ++seen) {
           const std::int64_t R = pol->retained(seen, 0);
           REQUIRE(kvcal::evict_retained(b, seen) == R);
-          for (std::int64_t held : {R, R + 1, seen})
+          for (std::int64_t held : {R, R + 1, seen}) {
             REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held));
+            REQUIRE(kvcal::evict_sinks(b, R, held) == 0);
+          }
         }
       }
+  // Window policy (sinks + recent): select_kept's sinks = min(sinks, R, n), recent =
+  // min(recent(R), n - sinks).
+  for (int sinks : {0, 1, 4, 50})
+    for (int recent : {1, 7, 100}) {
+      kvcal::layer_recipe lr = recipe_of("streaming-llm").layers[0];
+      lr.policy.sinks = sinks;
+      lr.policy.recent = recent;
+      const auto pol =
+          kvcal::make_policy(lr, 0, 0, {}, cfg.num_key_value_heads, cfg.head_dim, "test");
+      kvcal::evict_budget b;
+      b.window_policy = true;
+      b.sinks = sinks;
+      b.tokens = sinks + recent;
+      for (std::int64_t seen = 1; seen <= 400; ++seen) {
+        const std::int64_t R = pol->retained(seen, 0);
+        REQUIRE(kvcal::evict_retained(b, seen) == R);
+        for (std::int64_t held : {R, R + 1, seen}) {
+          const std::int64_t s = std::min({pol->sinks(), R, held});
+          REQUIRE(kvcal::evict_sinks(b, R, held) == s);
+          REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held - s));
+        }
+      }
+    }
 }
 #endif
 

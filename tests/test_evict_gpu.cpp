@@ -10,9 +10,9 @@
 //                          tokens >= n_tokens and null outputs are untouched / cost nothing
 //   h2o_accumulate         vs the formula in double (1e-6 + 1e-5 relative)
 //   evict_one, select_kept the set of kept positions equals kvcal::select_kept of the CPU runtime
-//                          (runtime/eviction/select.h with an h2o_policy) over awkward shapes
-//                          (slots 1..12, held 17..4099) with heavy score ties; every kept row keeps
-//                          its K / V bytes, position and score
+//                          (runtime/eviction/select.h with an h2o / window policy) over awkward
+//                          shapes (slots 1..12, held 17..4099) with heavy score ties; every kept
+//                          row keeps its K / V bytes, position and score
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -31,7 +31,7 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/evict.h"
 #include "kernels/cuda/h2o_score.h"
-#include "runtime/eviction/h2o.h"
+#include "runtime/eviction/policy.h"
 #include "runtime/eviction/select.h"
 
 using namespace kvcal;
@@ -268,9 +268,10 @@ struct evict_state {
 };
 
 // Rows in random order: the newest `consec` positions of each slot are seen - consec .. seen - 1
-// (the GPU rule's invariant), the others distinct older positions. Scores take 6 values: ties.
+// (the GPU rule's invariant), positions 0 .. sinks - 1 (never evicted), the others distinct
+// positions in between. Scores take 6 values: ties.
 evict_state make_state(std::mt19937& rng, int B, int n_kv, int d, const std::vector<int>& held,
-                       const std::vector<int>& seen, int consec) {
+                       const std::vector<int>& seen, int consec, int sinks = 0) {
   evict_state s;
   s.B = B;
   s.n_kv = n_kv;
@@ -289,12 +290,14 @@ evict_state make_state(std::mt19937& rng, int B, int n_kv, int d, const std::vec
   for (int b = 0; b < B; ++b)
     for (int g = 0; g < n_kv; ++g) {
       const int n = held[sz(b)], sn = seen[sz(b)], c = std::min(consec, n);
+      const int s0 = std::min(sinks, n - c);
       std::vector<int> ps;
       for (int i = 0; i < c; ++i) ps.push_back(sn - c + i);
-      std::vector<int> older(sz(sn - c));
-      std::iota(older.begin(), older.end(), 0);
+      for (int i = 0; i < s0; ++i) ps.push_back(i);
+      std::vector<int> older(sz(sn - c - s0));
+      std::iota(older.begin(), older.end(), s0);
       std::shuffle(older.begin(), older.end(), rng);
-      for (int i = 0; i < n - c; ++i) ps.push_back(older[sz(i)]);
+      for (int i = 0; i < n - c - s0; ++i) ps.push_back(older[sz(i)]);
       std::shuffle(ps.begin(), ps.end(), rng);
       const std::size_t slot = sz(b) * sz(n_kv) + sz(g);
       for (int i = 0; i < n; ++i) {
@@ -305,10 +308,13 @@ evict_state make_state(std::mt19937& rng, int B, int n_kv, int d, const std::vec
   return s;
 }
 
-// The CPU runtime's choice: positions kept by kvcal::select_kept (h2o_policy) for one slot.
+// The CPU runtime's choice: positions kept by kvcal::select_kept (h2o or window policy) for one
+// slot.
 std::set<int> cpu_kept(const evict_state& s, int b, int g, const evict_budget& bud) {
   layer_recipe lr;
-  lr.policy.kind = token_policy_kind::h2o;
+  lr.policy.kind = bud.window_policy ? token_policy_kind::window : token_policy_kind::h2o;
+  lr.policy.sinks = bud.sinks;
+  lr.policy.recent = bud.tokens - bud.sinks;
   lr.policy.heavy = bud.heavy;
   lr.policy.recent_fraction = 1.0 - bud.heavy;
   lr.residual = bud.window;
@@ -319,7 +325,7 @@ std::set<int> cpu_kept(const evict_state& s, int b, int g, const evict_budget& b
     lr.budget.kind = budget_kind::tokens;
     lr.budget.tokens = bud.tokens;
   }
-  const h2o_policy pol(lr, bud.window);
+  const auto pol = make_policy(lr, 0, bud.window, {}, s.n_kv, s.d, "test");
   const std::size_t slot = sz(b) * sz(s.n_kv) + sz(g);
   const int n = s.held[sz(b)];
   std::vector<std::pair<int, double>> rows;  // position order
@@ -329,8 +335,8 @@ std::set<int> cpu_kept(const evict_state& s, int b, int g, const evict_budget& b
   std::vector<double> sc;
   for (const auto& r : rows) sc.push_back(r.second);
   std::vector<std::uint8_t> keep(sz(n));
-  const std::int64_t R = pol.retained(s.seen[sz(b)], 0);
-  select_kept(pol, sc.data(), n, R, keep.data());
+  const std::int64_t R = pol->retained(s.seen[sz(b)], 0);
+  select_kept(*pol, sc.data(), n, R, keep.data());
   std::set<int> out;
   for (int i = 0; i < n; ++i)
     if (keep[sz(i)]) out.insert(rows[sz(i)].first);
@@ -346,7 +352,7 @@ std::map<int, int> row_of_pos(const evict_state& s, std::size_t slot, int n) {
 
 void check_evict_one(std::mt19937& rng, int B, int n_kv, int d, const std::vector<int>& held,
                      const std::vector<int>& seen, int consec, const evict_budget& bud) {
-  const evict_state s = make_state(rng, B, n_kv, d, held, seen, consec);
+  const evict_state s = make_state(rng, B, n_kv, d, held, seen, consec, bud.sinks);
   dbuf<std::uint16_t> dk(s.k), dv(s.v);
   dbuf<int> dpos(s.pos), dheld(s.held), dseen(s.seen), dout(sz(B));
   dbuf<float> dscore(s.score);
@@ -424,6 +430,14 @@ TEST_CASE("evict_one: the kept positions are the CPU runtime's, rows move intact
   b.heavy = 0.8;
   check_evict_one(rng, 4, 3, 128, {513, 100, 17, 4099}, {8 * 512 + 3, 8 * 99, 8 * 16 + 7, 8 * 4098},
                   1100, b);
+  // Window policy (StreamingLLM): sinks + the newest; one row (a step) or three at once.
+  b = evict_budget{};
+  b.window_policy = true;
+  for (int sinks : {0, 4, 20}) {
+    b.sinks = sinks;
+    b.tokens = sinks + 60;
+    check_evict_one(rng, 2, 5, 64, {b.tokens + 1, b.tokens + 3}, {500, 90}, 60, b);
+  }
 }
 
 namespace {
@@ -494,6 +508,13 @@ TEST_CASE("select_kept: the prompt's kept rows are the CPU runtime's (radix top-
   // Rows in any order with positions (a full set of positions: every one in [0, seen)).
   b.heavy = 0.8;
   check_select(rng, 3, 2, {1500, 17, 4099}, {1500, 17, 4099}, true, b);
+  // Window policy: the sinks and the newest of a prompt, nothing by score.
+  b = evict_budget{};
+  b.window_policy = true;
+  b.sinks = 4;
+  b.tokens = 4 + 1020;
+  check_select(rng, 2, 3, {4099, 600}, {4099, 600}, false, b);
+  check_select(rng, 1, 2, {2000}, {2000}, true, b);
 }
 
 TEST_CASE("eviction launchers refuse bad input with a message") {

@@ -350,6 +350,34 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
     MESSAGE("h2o heavy 0 (newest R only), prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
     CHECK(worst <= 5e-2);
   }
+  // StreamingLLM (window policy: 4 sinks + 60 recent, chosen by position only): the same sets on
+  // both, so the logits agree at every step within the fp16 bound.
+  for (const std::int64_t prompt : {std::int64_t{1}, std::int64_t{150}}) {
+    CAPTURE(prompt);
+    preset_recipe rw = expand_recipe(preset_template("streaming-llm"), cfg, "streaming-llm");
+    for (auto& l : rw.layers) l.policy.recent = 60;
+    runtime_cache rcw(cfg, rw, {}, B);
+    gpu_packed_cache::options ow;
+    ow.bits = 16;
+    ow.window = true;
+    ow.sinks = 4;
+    ow.recent = 60;
+    gpu_packed_cache pcw(cfg, B, N, ow, cuda);
+    CHECK(pcw.rows_per_slot() == 65);
+    double worst =
+        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pcw, {logits_mode::last}).cpu(),
+                c.forward(ids.narrow(1, 0, prompt), rcw, {logits_mode::last}))
+            .max_abs;
+    for (std::int64_t t = prompt; t < N; ++t) {
+      const at::Tensor x = ids.narrow(1, t, 1);
+      worst = std::max(worst, compare(g.forward(x.to(cuda), pcw, {logits_mode::last}).cpu(),
+                                      c.forward(x, rcw, {logits_mode::last}))
+                                  .max_abs);
+    }
+    CHECK(pcw.held(0) == 64);
+    MESSAGE("streaming-llm 4 + 60, prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
+    CHECK(worst <= 5e-2);
+  }
 }
 
 // `kvcal eval --gpu-kernels` with the h2o template vs the CPU runtime: decode-PPL within 2% (the

@@ -33,12 +33,13 @@ __global__ void evict_one_kernel(evict_one_params p) {
   float* score = p.score + static_cast<std::int64_t>(slot) * kv.win_cap;
   const int chunks = kv.head_dim / 8;  // 16-byte chunks of a row
   while (n > R) {
-    const std::int64_t lim = seen - evict_recent(p.budget, R, n);  // pos < lim: may go
+    // lo <= pos < lim: may go (below lo: sinks, from lim on: the recent share)
+    const std::int64_t lim = seen - evict_recent(p.budget, R, n), lo = evict_sinks(p.budget, R, n);
     unsigned long long best = ~0ull;
     int row = -1;
     for (int i = tid; i < n; i += kThreads) {
       const int ps = pos[i];
-      if (ps >= lim) continue;
+      if (ps >= lim || ps < lo) continue;
       const unsigned long long k = order_key(score[i], ps);
       if (k < best) best = k, row = i;
     }
@@ -95,7 +96,8 @@ __global__ void select_kept_kernel(select_kept_params p) {
   const float* score = p.score + static_cast<std::int64_t>(slot) * p.stride;
   const int* pos = p.maybe_pos ? p.maybe_pos + static_cast<std::int64_t>(slot) * p.stride : nullptr;
   const std::int64_t rec = evict_recent(p.budget, R, n), lim = seen - rec;
-  const std::int64_t k = R - rec;  // heavy hitters kept
+  const std::int64_t lo = evict_sinks(p.budget, R, n);
+  const std::int64_t k = R - rec - lo;  // heavy hitters kept
   unsigned long long prefix = 0, mask = 0;
   if (k > 0) {
     unsigned remaining = static_cast<unsigned>(k);
@@ -104,7 +106,7 @@ __global__ void select_kept_kernel(select_kept_params p) {
       __syncthreads();
       for (int i = tid; i < n; i += kThreads) {
         const int ps = pos ? pos[i] : i;
-        if (ps >= lim) continue;
+        if (ps >= lim || ps < lo) continue;
         const unsigned long long key = order_key(score[i], ps);
         if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
       }
@@ -127,14 +129,14 @@ __global__ void select_kept_kernel(select_kept_params p) {
       __syncthreads();
     }
   }
-  // Kept: recent, or a key >= the k-th largest (keys are unique: exactly k of them).
+  // Kept: recent, sinks, or a key >= the k-th largest (keys are unique: exactly k of them).
   int base = 0;
   for (int i0 = 0; i0 < n; i0 += kThreads) {
     const int i = i0 + tid;
     bool keep = false;
     if (i < n) {
       const int ps = pos ? pos[i] : i;
-      keep = ps >= lim || (k > 0 && order_key(score[i], ps) >= prefix);
+      keep = ps >= lim || ps < lo || (k > 0 && order_key(score[i], ps) >= prefix);
     }
     const unsigned bal = __ballot_sync(0xffffffffu, keep);
     if (lane == 0) s_warp[warp] = __popc(bal);
@@ -157,6 +159,7 @@ cudaError_t invalid(const std::string& msg) {
 }
 
 bool budget_ok(const evict_budget& b) {
+  if (b.window_policy) return b.tokens >= 1 && b.sinks >= 0 && b.sinks <= b.tokens;
   return (b.retain > 0.0 || b.tokens >= 1) && b.heavy >= 0.0 && b.heavy <= 1.0 && b.window >= 0;
 }
 
@@ -176,7 +179,9 @@ cudaError_t launch_evict_one(const evict_one_params& p, cudaStream_t stream) {
     return invalid("evict_one: k_win, v_win, pos, score, held and seen are required");
   if (p.maybe_held_out == p.held) return invalid("evict_one: maybe_held_out must not alias held");
   if (!budget_ok(p.budget))
-    return invalid("evict_one: budget needs retain > 0 or tokens >= 1, heavy in [0, 1]");
+    return invalid(
+        "evict_one: budget needs retain > 0 or tokens >= 1, heavy in [0, 1] (window: "
+        "tokens >= 1, 0 <= sinks <= tokens)");
   set_launch_error("");
   evict_one_kernel<<<kv.batch * kv.n_kv, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
@@ -190,7 +195,9 @@ cudaError_t launch_select_kept(const select_kept_params& p, cudaStream_t stream)
   if (!p.score || !p.held || !p.seen || !p.kept)
     return invalid("select_kept: score, held, seen and kept are required");
   if (!budget_ok(p.budget))
-    return invalid("select_kept: budget needs retain > 0 or tokens >= 1, heavy in [0, 1]");
+    return invalid(
+        "select_kept: budget needs retain > 0 or tokens >= 1, heavy in [0, 1] "
+        "(window: tokens >= 1, 0 <= sinks <= tokens)");
   set_launch_error("");
   select_kept_kernel<<<p.batch * p.n_kv, kThreads, 0, stream>>>(p);
   return cudaGetLastError();

@@ -2,11 +2,14 @@
 // (sequence b, KV head g) rows [0, held[b]) of the fp16 ring (kernels/cuda/packed_kv.h with
 // keys_rotated) hold tokens in any order, with pos[slot, row] (int32 position) and score[slot,
 // row] (H2O cumulative attention, kernels/cuda/h2o_score.h) alongside. The rule is the CPU's
-// (runtime/eviction/policy.h, select.h, h2o.h), for the h2o policy (no sinks):
+// (runtime/eviction/policy.h, select.h, h2o.h, window.h), for the h2o policy (no sinks):
 //   R(seen)  = min(seen, max(1, floor(retain x seen)))  (retain > 0)  or  min(seen, max(1, tokens))
 //   recent   = min(held, max(min(R, max(1, window)), R - floor(heavy x R)))  newest tokens kept
 //   the others ranked by score, highest first, ties to the newer position; the best R - recent
-//   are kept.
+//   are kept;
+// and for the window policy (StreamingLLM, sinks > 0 or window_policy): R = min(seen, tokens)
+// with tokens = sinks + recent, the oldest min(sinks, R, held) tokens (positions [0, sinks): the
+// sequence starts at position 0) and the newest R - min(R, sinks) are kept, nothing by score.
 // The recent share is taken as the rows with pos >= seen - recent: the newest held tokens are
 // consecutive positions ending at seen - 1 (the recent share never shrinks by more than the one
 // token appended per step, so no recent token was evicted before), which is what the CPU keeps.
@@ -36,17 +39,33 @@ struct evict_budget {
   int tokens = 0;
   double heavy = 0.8;  // heavy-hitter share of R; the rest (and at least `window`) is recent
   int window = 0;      // the fp16 recent window of the recipe (residual), at least 1 is recent
+  // Window policy: `tokens` = sinks + recent, the oldest `sinks` positions always kept.
+  bool window_policy = false;
+  int sinks = 0;
 };
 
 // The CPU rule (host and device): R and the recent share for `seen` tokens and `held` rows.
 KVCAL_HOST_DEVICE inline std::int64_t evict_retained(const evict_budget& b, std::int64_t seen) {
   std::int64_t r = b.tokens;
+  if (b.window_policy) return r < seen ? r : seen;
   if (b.retain > 0.0) r = static_cast<std::int64_t>(b.retain * static_cast<double>(seen));
   if (r < 1) r = 1;
   return r < seen ? r : seen;
 }
+// Oldest tokens kept (window policy): min(sinks, R, held).
+KVCAL_HOST_DEVICE inline std::int64_t evict_sinks(const evict_budget& b, std::int64_t R,
+                                                  std::int64_t held) {
+  if (!b.window_policy) return 0;
+  std::int64_t s = b.sinks < R ? b.sinks : R;
+  return s < held ? s : held;
+}
 KVCAL_HOST_DEVICE inline std::int64_t evict_recent(const evict_budget& b, std::int64_t R,
                                                    std::int64_t held) {
+  if (b.window_policy) {
+    const std::int64_t s = evict_sinks(b, R, held);
+    const std::int64_t rec = R - (b.sinks < R ? b.sinks : R);
+    return rec < held - s ? rec : held - s;
+  }
   const std::int64_t w = b.window > 1 ? b.window : 1;
   const std::int64_t base = R < w ? R : w;
   const std::int64_t share = R - static_cast<std::int64_t>(b.heavy * static_cast<double>(R));
