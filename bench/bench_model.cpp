@@ -231,6 +231,7 @@ int main(int argc, char** argv) {
             po.h2o = true;
             po.heavy = 0.8;
             po.retain = 0.125;
+            po.residual = 0;  // the template's fp16 window: none (KIVI's 128 would widen recent)
           } else if (kind == "streaming-llm") {  // its template: fp16, 4 sinks + 1020 recent
             po.bits = 16;
             po.window = true;

@@ -53,7 +53,8 @@ class gpu_packed_cache : public kv_cache {
     int residual = 128;  // newest tokens kept in fp16
     int piece = 1024;    // prompt tokens appended per window-append + compress round
     // H2O eviction (bits 16): budget floor(retain x seen) when retain > 0, else `tokens`; heavy
-    // share by score, the rest (at least max(1, residual)) the newest tokens.
+    // share by score, the rest (at least max(1, residual)) the newest tokens. Set `residual` to
+    // the recipe's (0 for the h2o template): the KIVI default 128 widens the recent share.
     bool h2o = false;
     double heavy = 0.8;
     double retain = 0.0;

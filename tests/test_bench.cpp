@@ -82,6 +82,7 @@ TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other poli
   CHECK(c.heavy == doctest::Approx(0.8));
   CHECK(c.retain == doctest::Approx(0.125));
   CHECK(c.tokens == 0);
+  CHECK(c.residual == 0);  // no fp16 window widens the recent share
   kvcal::packed_config f;
   CHECK(kvcal::packed_config_of(recipe_of("fp16"), &f).empty());
   CHECK(!f.h2o);

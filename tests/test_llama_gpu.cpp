@@ -295,6 +295,7 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
   o.h2o = true;
   o.heavy = r.layers[0].policy.heavy;
   o.retain = r.layers[0].budget.retain;
+  o.residual = static_cast<int>(r.layers[0].residual);  // 0: the default 128 would widen recent
   gpu_packed_cache pc(cfg, B, N, o, cuda);
   gpu_packed_cache::options f16;
   f16.bits = 16;
