@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/decode_attention_rd.h"
 #include "kernels/cuda/device_util.cuh"
 
 namespace kvcal {
@@ -14,7 +15,6 @@ using namespace cuda_dev;
 constexpr int kWarps = 4;      // warps per CTA, each with its own softmax state
 constexpr int kTile = 32;      // tokens per warp iteration (RoPE rows are formed per tile)
 constexpr int kHeadTile = 16;  // query heads per CTA: the 16 rows of the mma tile
-
 
 // Layout of the in-tile RoPE rows in smem: pair c of row j at j * RROW + (c / P) * SB + c % P.
 // The skew makes the 16-byte reads of a quarter warp (2 tokens x 4 lanes) hit 8 different bank
@@ -933,10 +933,17 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (!p.workspace || p.workspace_bytes < need)
     return invalid("workspace of " + std::to_string(p.workspace_bytes) + " bytes, need " +
                    std::to_string(need));
-  if (p.logits || p.row_stats)
-    return invalid("logits / row_stats output is not implemented yet");
+  if (p.logits || p.row_stats) return invalid("logits / row_stats output is not implemented yet");
   set_launch_error("");
   const split_plan sp = plan_splits(p);
+  if (p.register_direct && decode_attention_rd_supported(p)) {  // else: the kernels below
+    const cudaError_t e =
+        launch_decode_attention_rd_partials(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    if (e != cudaSuccess) return e;
+    decode_attention_merge_kernel<128>
+        <<<dim3(p.n_heads, p.kv.batch), 128, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);
+    return cudaGetLastError();
+  }
   switch (d) {
     case 64:
       return dispatch_bits<64>(p, sp, stream);
