@@ -16,6 +16,7 @@ constexpr int kWarps = 4;      // warps per CTA, each with its own softmax state
 constexpr int kTile = 32;      // tokens per warp iteration (RoPE rows are formed per tile)
 constexpr int kHeadTile = 16;  // query heads per CTA: the 16 rows of the mma tile
 
+
 // Layout of the in-tile RoPE rows in smem: pair c of row j at j * RROW + (c / P) * SB + c % P.
 // The skew makes the 16-byte reads of a quarter warp (2 tokens x 4 lanes) hit 8 different bank
 // groups (P = d / 8 pairs per lane).
@@ -933,7 +934,8 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (!p.workspace || p.workspace_bytes < need)
     return invalid("workspace of " + std::to_string(p.workspace_bytes) + " bytes, need " +
                    std::to_string(need));
-  if (p.logits || p.row_stats) return invalid("logits / row_stats output is not implemented yet");
+  if (p.logits || p.row_stats)
+    return invalid("logits / row_stats output is not implemented yet");
   set_launch_error("");
   const split_plan sp = plan_splits(p);
   if (p.register_direct && decode_attention_rd_supported(p)) {  // else: the kernels below
