@@ -37,9 +37,9 @@ constexpr int kTile = 32;     // tokens per warp iteration (the split plan's uni
 constexpr int kHeads = 8;     // query heads per CTA: the mma's n
 constexpr int kQRow = D + 4;  // floats per query row in smem
 constexpr int kQBytes = kHeads * kQRow * 4;
-// Lane RoPE rows: uint4 [4 key offsets][2 channel chunks][cos, sin][32 lanes] (fp16): lane-major
-// so that the 16-byte reads of a warp are conflict-free.
-constexpr int kRopeBytes = 4 * 2 * 2 * 32 * 16;
+// Lane RoPE rows: uint2 [4 key offsets][8 channel pairs kk][32 lanes] = (cos, sin) of the lane's
+// pair kk (fp16 half2 each): lane-major so that the 8-byte reads of a warp are conflict-free.
+constexpr int kRopeBytes = 4 * 8 * 32 * 8;
 
 template <int BITS>
 struct rd_stage {
@@ -73,6 +73,18 @@ __device__ __forceinline__ __half2 run_pair(const unsigned* w, int i) {
   } else {
     return code_pair<BITS>(w + (i / 4) * (BITS / 4), i % 4);
   }
+}
+
+// half2 (code idx of run a, code idx of run b) - 1024 of two runs of 16 codes (idx < 16): the
+// bytes holding the codes side by side (PRMT), then shift, mask and the 0x6400 exponent (LOP3).
+template <int BITS>
+__device__ __forceinline__ __half2 code_pair2(const unsigned* wa, const unsigned* wb, int idx) {
+  constexpr int PER_WORD = 32 / BITS;
+  const int w = idx / PER_WORD, bit = (idx % PER_WORD) * BITS, k = bit / 8;
+  const unsigned t = __byte_perm(wa[w], wb[w], static_cast<unsigned>(k | ((k + 4) << 8)));
+  constexpr unsigned mask = ((1u << BITS) - 1u) * 0x00010001u;
+  const unsigned v = ((t >> (bit % 8)) & mask) | 0x64006400u;
+  return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
 }
 
 // The in-tile rotation of the half_dequant kernels: (lo, hi) of channels c, c + 64 by angle j f.
@@ -131,6 +143,76 @@ __device__ __forceinline__ void value_run(const packed_kv_view& kv, std::int64_t
   }
 }
 
+// S^T of one 32-token tile (two m-tiles) into sacc: keys from the K stage (QUANT: the tile lies in
+// one record) or from the fp16 window (zeros past n), rotated by their in-tile angle.
+template <int BITS, bool QUANT>
+__device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                           int n, const std::uint8_t* stk, const uint2* rope_s,
+                                           int lane, const unsigned (*qb)[2], float (*sacc)[4]) {
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int kq = 0; kq < 2; ++kq) {
+    // Scale / zero pairs in the stage: word 8t + 4kq + u holds channels 16t + 2kk (+1), kk = 4kq +
+    // u;
+    // + 32 words their partners, + 64 the zeros (4-byte reads, conflict-free: the t are 8 banks
+    // apart).
+    const unsigned* scw = reinterpret_cast<const unsigned*>(stk) + 8 * t4 + 4 * kq;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int j0 = 16 * mt + g, j1 = j0 + 8;
+      __half2 lo0[4], hi0[4], lo1[4], hi1[4];  // pre-RoPE keys: pairs kk = 4kq + u
+      if constexpr (QUANT) {
+        // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
+        const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
+        unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
+            c11[BITS == 8 ? 2 : 1];
+        load_words_smem<BITS>(codes + j0 * D * BITS / 8, c00);
+        load_words_smem<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, c01);
+        load_words_smem<BITS>(codes + j1 * D * BITS / 8, c10);
+        load_words_smem<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, c11);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const __half2 sl = as_h2(scw[u]), sh = as_h2(scw[32 + u]);
+          const __half2 zl = as_h2(scw[64 + u]), zh = as_h2(scw[96 + u]);
+          lo0[u] = __hfma2(code_pair<BITS>(c00, u), sl, zl);
+          hi0[u] = __hfma2(code_pair<BITS>(c01, u), sh, zh);
+          lo1[u] = __hfma2(code_pair<BITS>(c10, u), sl, zl);
+          hi1[u] = __hfma2(code_pair<BITS>(c11, u), sh, zh);
+        }
+      } else {
+        uint4 w[4] = {};  // (token j0, lo), (j0, hi), (j1, lo), (j1, hi); zeros past n
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int t = p0 + (r == 0 ? j0 : j1);
+          if (t < n) {
+            const __half* row =
+                kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * t4 + 8 * kq;
+            w[2 * r] = __ldg(reinterpret_cast<const uint4*>(row));
+            w[2 * r + 1] = __ldg(reinterpret_cast<const uint4*>(row + HALF));
+          }
+        }
+        lo0[0] = as_h2(w[0].x), lo0[1] = as_h2(w[0].y), lo0[2] = as_h2(w[0].z),
+        lo0[3] = as_h2(w[0].w);
+        hi0[0] = as_h2(w[1].x), hi0[1] = as_h2(w[1].y), hi0[2] = as_h2(w[1].z),
+        hi0[3] = as_h2(w[1].w);
+        lo1[0] = as_h2(w[2].x), lo1[1] = as_h2(w[2].y), lo1[2] = as_h2(w[2].z),
+        lo1[3] = as_h2(w[2].w);
+        hi1[0] = as_h2(w[3].x), hi1[1] = as_h2(w[3].y), hi1[2] = as_h2(w[3].z),
+        hi1[3] = as_h2(w[3].w);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const uint2 r0 = rope_s[((2 * mt) * 8 + 4 * kq + u) * 32 + lane];
+        const uint2 r1 = rope_s[((2 * mt + 1) * 8 + 4 * kq + u) * 32 + lane];
+        unsigned a[4];
+        rotate(lo0[u], hi0[u], r0.x, r0.y, a[0], a[2]);
+        rotate(lo1[u], hi1[u], r1.x, r1.y, a[1], a[3]);
+        mma16816(sacc[mt], a, qb[4 * kq + u][0], qb[4 * kq + u][1]);
+      }
+    }
+  }
+}
+
 // grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem(ng).
 #ifndef KVCAL_RD_MIN_BLOCKS
 #define KVCAL_RD_MIN_BLOCKS 4  // CTAs per SM the compiler budgets registers for (128 registers)
@@ -141,7 +223,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
                                int stage_k, int stage_v) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* qs = reinterpret_cast<float*>(smem_raw);  // [kHeads][kQRow], scaled
-  uint4* rope_s = reinterpret_cast<uint4*>(smem_raw + kQBytes);
+  uint2* rope_s = reinterpret_cast<uint2*>(smem_raw + kQBytes);
   unsigned char* area = smem_raw + kQBytes + kRopeBytes;
 
   const packed_kv_view& kv = p.kv;
@@ -175,16 +257,15 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
             : 0.0f;
   }
 #pragma unroll
-  for (int k = 0; k < 512 / (32 * kWarps); ++k) {
-    const int e = threadIdx.x + k * 32 * kWarps;
-    const int el = e % 32, cs = (e / 32) % 2, kq = (e / 64) % 2, o = e / 128;
-    const int j = 16 * (o >> 1) + 8 * (o & 1) + el / 4, f0 = 16 * (el % 4) + 8 * kq;
-    const float4* src =
-        reinterpret_cast<const float4*>((cs ? p.rope_sin : p.rope_cos) + j * HALF + f0);
-    const float4 x = __ldg(src), y = __ldg(src + 1);
+  for (int k = 0; k < 4 * 8 * 32 / (32 * kWarps); ++k) {
+    const int e = threadIdx.x + k * 32 * kWarps;  // (o, kk, lane)
+    const int el = e % 32, kk = (e / 32) % 8, o = e / 256;
+    // Offset o: in-tile token 16 (o / 2) + 8 (o % 2) + g of lane el; channels 16t + 2kk (+1).
+    const int j = 16 * (o >> 1) + 8 * (o & 1) + el / 4, f = 16 * (el % 4) + 2 * kk;
+    const float2 c = __ldg(reinterpret_cast<const float2*>(p.rope_cos + j * HALF + f));
+    const float2 s = __ldg(reinterpret_cast<const float2*>(p.rope_sin + j * HALF + f));
     rope_s[e] =
-        make_uint4(h2_bits(__floats2half2_rn(x.x, x.y)), h2_bits(__floats2half2_rn(x.z, x.w)),
-                   h2_bits(__floats2half2_rn(y.x, y.y)), h2_bits(__floats2half2_rn(y.z, y.w)));
+        make_uint2(h2_bits(__floats2half2_rn(c.x, c.y)), h2_bits(__floats2half2_rn(s.x, s.y)));
   }
   __syncthreads();
 
@@ -193,6 +274,11 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   for (int i = 0; i < 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2t, 2t + 1
   const float inv_as = 1.0f / p.rope_attention_scaling;
+  // Optional logits (log2 units, the values entering the softmax): row of head head0 + h is h.
+  float* const logits =
+      p.logits == nullptr
+          ? nullptr
+          : p.logits + (static_cast<std::int64_t>(b) * p.n_heads + head0) * p.max_tokens;
   const float* qrow = qs + g * kQRow;
 
   for (int tile = tile0; tile < tile_end; tile += kWarps) {
@@ -228,77 +314,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     float sacc[2][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
-    const bool quant = p0 < kc;
-#pragma unroll
-    for (int kq = 0; kq < 2; ++kq) {
-      // Scales / zeros of channels 16t + 8kq + [0, 8) and their partners (quantized tiles).
-      uint4 sl = make_uint4(0u, 0u, 0u, 0u), sh = sl, zl = sl, zh = sl;
-      if (quant) {
-        const __half* sc = reinterpret_cast<const __half*>(stk);
-        const int c = 16 * t4 + 8 * kq;
-        sl = *reinterpret_cast<const uint4*>(sc + c);
-        sh = *reinterpret_cast<const uint4*>(sc + HALF + c);
-        zl = *reinterpret_cast<const uint4*>(sc + D + c);
-        zh = *reinterpret_cast<const uint4*>(sc + D + HALF + c);
-      }
-      const unsigned slw[4] = {sl.x, sl.y, sl.z, sl.w}, shw[4] = {sh.x, sh.y, sh.z, sh.w};
-      const unsigned zlw[4] = {zl.x, zl.y, zl.z, zl.w}, zhw[4] = {zh.x, zh.y, zh.z, zh.w};
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const int j0 = 16 * mt + g, j1 = j0 + 8;
-        const uint4 rc0 = rope_s[(((2 * mt) * 2 + kq) * 2 + 0) * 32 + lane];
-        const uint4 rs0 = rope_s[(((2 * mt) * 2 + kq) * 2 + 1) * 32 + lane];
-        const uint4 rc1 = rope_s[(((2 * mt + 1) * 2 + kq) * 2 + 0) * 32 + lane];
-        const uint4 rs1 = rope_s[(((2 * mt + 1) * 2 + kq) * 2 + 1) * 32 + lane];
-        const unsigned c0w[4] = {rc0.x, rc0.y, rc0.z, rc0.w}, s0w[4] = {rs0.x, rs0.y, rs0.z, rs0.w};
-        const unsigned c1w[4] = {rc1.x, rc1.y, rc1.z, rc1.w}, s1w[4] = {rs1.x, rs1.y, rs1.z, rs1.w};
-        __half2 lo0[4], hi0[4], lo1[4], hi1[4];  // pre-RoPE keys: pairs kk = 4kq + u
-        if (quant) {
-          // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
-          const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
-          unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
-              c11[BITS == 8 ? 2 : 1];
-          load_words_smem<BITS>(codes + j0 * D * BITS / 8, c00);
-          load_words_smem<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, c01);
-          load_words_smem<BITS>(codes + j1 * D * BITS / 8, c10);
-          load_words_smem<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, c11);
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            lo0[u] = __hfma2(code_pair<BITS>(c00, u), as_h2(slw[u]), as_h2(zlw[u]));
-            hi0[u] = __hfma2(code_pair<BITS>(c01, u), as_h2(shw[u]), as_h2(zhw[u]));
-            lo1[u] = __hfma2(code_pair<BITS>(c10, u), as_h2(slw[u]), as_h2(zlw[u]));
-            hi1[u] = __hfma2(code_pair<BITS>(c11, u), as_h2(shw[u]), as_h2(zhw[u]));
-          }
-        } else {
-          uint4 w[4] = {};  // (token j0, lo), (j0, hi), (j1, lo), (j1, hi); zeros past n
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int t = p0 + (r == 0 ? j0 : j1);
-            if (t < n) {
-              const __half* row =
-                  kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * t4 + 8 * kq;
-              w[2 * r] = __ldg(reinterpret_cast<const uint4*>(row));
-              w[2 * r + 1] = __ldg(reinterpret_cast<const uint4*>(row + HALF));
-            }
-          }
-          lo0[0] = as_h2(w[0].x), lo0[1] = as_h2(w[0].y), lo0[2] = as_h2(w[0].z),
-          lo0[3] = as_h2(w[0].w);
-          hi0[0] = as_h2(w[1].x), hi0[1] = as_h2(w[1].y), hi0[2] = as_h2(w[1].z),
-          hi0[3] = as_h2(w[1].w);
-          lo1[0] = as_h2(w[2].x), lo1[1] = as_h2(w[2].y), lo1[2] = as_h2(w[2].z),
-          lo1[3] = as_h2(w[2].w);
-          hi1[0] = as_h2(w[3].x), hi1[1] = as_h2(w[3].y), hi1[2] = as_h2(w[3].z),
-          hi1[3] = as_h2(w[3].w);
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          unsigned a[4];
-          rotate(lo0[u], hi0[u], c0w[u], s0w[u], a[0], a[2]);
-          rotate(lo1[u], hi1[u], c1w[u], s1w[u], a[1], a[3]);
-          mma16816(sacc[mt], a, qb[4 * kq + u][0], qb[4 * kq + u][1]);
-        }
-      }
-    }
+    if (p0 < kc)
+      key_scores<BITS, true>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
+    else
+      key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
     __syncwarp();
     issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, stk, lane);  // K consumed
 
@@ -310,9 +329,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
         const int tok = p0 + 16 * mt + g + 8 * (e >> 1), h = 2 * t4 + (e & 1);
         if (tok >= n)
           sacc[mt][e] = -INFINITY;
-        else if (p.logits != nullptr && h < nh)
-          p.logits[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * p.max_tokens + tok] =
-              sacc[mt][e];
+        else if (logits != nullptr && h < nh)
+          logits[static_cast<std::int64_t>(h) * p.max_tokens + tok] = sacc[mt][e];
       }
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
@@ -342,23 +360,61 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     // 4. O^T += V^T P^T per k-chunk of 16 tokens (the scores' m-tile kc2).
     cp_async_wait1();  // this tile's V stage (the next K stage may still be in flight)
     __syncwarp();
+    const bool all_records = p0 + kTile <= vc;  // warp-uniform
 #pragma unroll
     for (int kc2 = 0; kc2 < 2; ++kc2) {
       const unsigned pb0 = movmatrix_trans(pack_half2(sacc[kc2][0], sacc[kc2][1]));
       const unsigned pb1 = movmatrix_trans(pack_half2(sacc[kc2][2], sacc[kc2][3]));
       const int ja = 16 * kc2 + 2 * t4;  // tokens ja, ja + 1 (k 2t, 2t + 1), ja + 8, ja + 9
-      unsigned va[8], vb[8], vc8[8], vd[8];
-      value_run<BITS>(kv, slot, p0 + ja, n, vc, stv + ja * v_rb, ng, vgrp, g, va);
-      value_run<BITS>(kv, slot, p0 + ja + 1, n, vc, stv + (ja + 1) * v_rb, ng, vgrp, g, vb);
-      value_run<BITS>(kv, slot, p0 + ja + 8, n, vc, stv + (ja + 8) * v_rb, ng, vgrp, g, vc8);
-      value_run<BITS>(kv, slot, p0 + ja + 9, n, vc, stv + (ja + 9) * v_rb, ng, vgrp, g, vd);
+      if (all_records) {
+        // Codes of the 4 tokens kept packed; each A register is one HFMA2 of the two tokens'
+        // codes (interleaved) with their (scale, scale) and (zero, zero).
+        unsigned w[4][BITS / 2];
+        __half2 sab, zab, scd, zcd;
+        {
+          __half sc[4], ze[4];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        // a0: channel 16g + 2i of tokens (ja, ja + 1), a1: channel + 1; a2, a3: tokens + 8.
-        const unsigned a[4] = {__byte_perm(va[i], vb[i], 0x5410), __byte_perm(va[i], vb[i], 0x7632),
-                               __byte_perm(vc8[i], vd[i], 0x5410),
-                               __byte_perm(vc8[i], vd[i], 0x7632)};
-        mma16816(o[i], a, pb0, pb1);
+          for (int r = 0; r < 4; ++r) {
+            const std::uint8_t* rec = stv + (ja + (r & 1) + 8 * (r >> 1)) * v_rb;
+            const __half* hs = reinterpret_cast<const __half*>(rec);
+            sc[r] = hs[vgrp];
+            ze[r] = hs[ng + vgrp];
+            // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
+            const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
+#pragma unroll
+            for (int k = 0; k < BITS / 2; ++k) w[r][k] = src[k];
+          }
+          sab = __halves2half2(sc[0], sc[1]), zab = __halves2half2(ze[0], ze[1]);
+          scd = __halves2half2(sc[2], sc[3]), zcd = __halves2half2(ze[2], ze[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const unsigned a[4] = {
+              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i), sab, zab)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i + 1), sab, zab)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i), scd, zcd)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i + 1), scd, zcd))};
+          mma16816(o[i], a, pb0, pb1);
+        }
+      } else {
+        // Tiles with window tokens or past n_tokens: one token pair at a time (rows k 2t, 2t + 1,
+        // then 2t + 8, 2t + 9; the other half of the fragment zero), fewer live registers.
+#pragma unroll
+        for (int hp = 0; hp < 2; ++hp) {
+          unsigned va[8], vb[8];
+          const int j = ja + 8 * hp;
+          value_run<BITS>(kv, slot, p0 + j, n, vc, stv + j * v_rb, ng, vgrp, g, va);
+          value_run<BITS>(kv, slot, p0 + j + 1, n, vc, stv + (j + 1) * v_rb, ng, vgrp, g, vb);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            // channel 16g + 2i of tokens (j, j + 1), then channel + 1.
+            const unsigned lo = __byte_perm(va[i], vb[i], 0x5410);
+            const unsigned hi = __byte_perm(va[i], vb[i], 0x7632);
+            const unsigned a[4] = {hp == 0 ? lo : 0u, hp == 0 ? hi : 0u, hp == 0 ? 0u : lo,
+                                   hp == 0 ? 0u : hi};
+            mma16816(o[i], a, pb0, pb1);
+          }
+        }
       }
     }
     __syncwarp();
