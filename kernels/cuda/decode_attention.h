@@ -70,8 +70,8 @@ struct decode_attention_params {
   // into mma fragments, no fp16 K / V tile in shared memory; same split plan, workspace and merge.
   // Covers head_dim 128, bits 2 / 4 / 8, K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 and
   // 16-byte aligned RoPE tables; any other shape runs the kernels above as if it were false.
-  // Same per-element arithmetic as half_dequant, other summation order. Off by default until
-  // timed on the GPU.
+  // Same per-element arithmetic as half_dequant, other summation order; where it applies it
+  // takes precedence over half_dequant / pipelined. Off by default until timed on the GPU.
   bool register_direct = false;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]

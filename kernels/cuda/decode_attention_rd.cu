@@ -152,10 +152,8 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
   const int g = lane / 4, t4 = lane % 4;
 #pragma unroll
   for (int kq = 0; kq < 2; ++kq) {
-    // Scale / zero pairs in the stage: word 8t + 4kq + u holds channels 16t + 2kk (+1), kk = 4kq +
-    // u;
-    // + 32 words their partners, + 64 the zeros (4-byte reads, conflict-free: the t are 8 banks
-    // apart).
+    // Scale / zero pairs in the stage: word 8t + 4kq + u holds channels 16t + 2kk (+1) for
+    // kk = 4kq + u, + 32 words their partners, + 64 the zeros (4-byte reads, conflict-free).
     const unsigned* scw = reinterpret_cast<const unsigned*>(stk) + 8 * t4 + 4 * kq;
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
