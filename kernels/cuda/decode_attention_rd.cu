@@ -43,8 +43,10 @@ constexpr int kRopeBytes = 4 * 8 * 32 * 8;
 
 template <int BITS>
 struct rd_stage {
-  // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile).
-  static constexpr int k_bytes = 4 * D + kTile * D * BITS / 8;
+  // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile),
+  // then the fp32 RoPE rows cos, sin [D / 2] of the tile start p0 (for the query rotation).
+  static constexpr int k_rope = 4 * D + kTile * D * BITS / 8;
+  static constexpr int k_bytes = k_rope + 2 * HALF * 4;
   static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS / 8; }
   // V stage: the records of the tile's tokens below v_compressed, back to back.
   static constexpr __host__ __device__ int v_bytes(int ng) {
@@ -96,7 +98,15 @@ __device__ __forceinline__ void rotate(__half2 lo, __half2 hi, unsigned c, unsig
 
 template <int BITS, int GROUP>
 __device__ __forceinline__ void issue_k(const packed_kv_view& kv, std::int64_t slot, int p0,
-                                        bool has, int kc, std::uint8_t* buf, int lane) {
+                                        bool has, int kc, const float* rope_cos,
+                                        const float* rope_sin, std::uint8_t* buf, int lane) {
+  if (has) {  // the RoPE rows of p0 (tables 16-byte aligned: decode_attention_rd_supported)
+    constexpr int R = rd_stage<BITS>::k_rope;
+    warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF), 4 * HALF,
+                    lane);
+    warp_copy_async(buf + R + 4 * HALF, reinterpret_cast<const std::uint8_t*>(rope_sin + p0 * HALF),
+                    4 * HALF, lane);
+  }
   if (has && p0 < kc) {
     constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
     const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
@@ -241,7 +251,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
   const int tile0 = static_cast<int>(blockIdx.x) * tiles_per_split + warp;
   // The first tile's stages go out before the setup so that their latency overlaps it.
-  issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, stk, lane);
+  issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, p.rope_cos, p.rope_sin, stk,
+                       lane);
   issue_v(kv, slot, tile0 * kTile, tile0 < tile_end, vc, v_rb, stv, lane);
 
   // Queries (scaled by softmax_scale * log2(e); zero rows past the group) and the lane RoPE rows.
@@ -282,17 +293,19 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   for (int tile = tile0; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
     const bool has_next = tile + kWarps < tile_end;
-    // 1. Q^T B fragments of head g rotated by the tile angle: b0 = channels 16t + 2kk (+1),
-    //    b1 = their partners (fp32 rotation, as the other kernels).
+    cp_async_wait1();  // this tile's K stage (its V stage may still be in flight)
+    __syncwarp();
+    // 1. Q^T B fragments of head g rotated by the tile angle (RoPE rows of p0 from the K stage):
+    //    b0 = channels 16t + 2kk (+1), b1 = their partners (fp32 rotation, as the other kernels).
     unsigned qb[8][2];
     {
-      const float* cos0 = p.rope_cos + static_cast<std::int64_t>(p0) * HALF;
-      const float* sin0 = p.rope_sin + static_cast<std::int64_t>(p0) * HALF;
+      const float* cos0 = reinterpret_cast<const float*>(stk + rd_stage<BITS>::k_rope);
+      const float* sin0 = cos0 + HALF;
 #pragma unroll
       for (int q4 = 0; q4 < 4; ++q4) {
         const int f = 16 * t4 + 4 * q4;
-        const float4 c = __ldg(reinterpret_cast<const float4*>(cos0 + f));
-        const float4 s = __ldg(reinterpret_cast<const float4*>(sin0 + f));
+        const float4 c = *reinterpret_cast<const float4*>(cos0 + f);
+        const float4 s = *reinterpret_cast<const float4*>(sin0 + f);
         const float4 x = *reinterpret_cast<const float4*>(qrow + f);
         const float4 y = *reinterpret_cast<const float4*>(qrow + HALF + f);
         qb[2 * q4][0] =
@@ -305,8 +318,6 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
             pack_half2((y.z * c.z - x.z * s.z) * inv_as, (y.w * c.w - x.w * s.w) * inv_as);
       }
     }
-    cp_async_wait1();  // this tile's K stage (its V stage may still be in flight)
-    __syncwarp();
     // 2. S^T: m-tile mt holds tokens 16mt + g (rows g) and 16mt + g + 8 (rows g + 8). A tile is
     //    all records (p0 < k_compressed, a multiple of k_group >= 32) or all window.
     float sacc[2][4];
@@ -317,7 +328,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     else
       key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
     __syncwarp();
-    issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, stk, lane);  // K consumed
+    issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin, stk,
+                         lane);  // K stage consumed
 
     // 3. Mask, optional logits, online softmax: heads 2t + e over the lanes of the same t.
 #pragma unroll
