@@ -803,12 +803,16 @@ split_plan plan_splits(const decode_attention_params& p) {
   split_plan sp;
   const int n_kv = p.kv.n_kv > 0 ? p.kv.n_kv : 1;
   const int gq = p.n_heads / n_kv;
-  const int n_hg = (gq + kHeadTile - 1) / kHeadTile;
+  // register_direct: its own CTA shape (decode_attention_rd.h), same plan otherwise.
+  const bool rd = p.register_direct && decode_attention_rd_supported(p);
+  const int head_tile = rd ? kRdHeadsPerCta : kHeadTile;
+  const int n_hg = (gq + head_tile - 1) / head_tile;
   const int tiles = (p.max_tokens + kTile - 1) / kTile;
   const long ctas = static_cast<long>(p.kv.batch) * n_kv * (n_hg > 0 ? n_hg : 1);
   // One wave of CTAs (3 fit an SM at head_dim 128), each warp with at least one tile; at most
   // 4096 partials per (sequence, head) (the merge keeps their weights in shared memory).
-  long want = static_cast<long>(KVCAL_DA_MIN_BLOCKS) * sm_count() / (ctas > 0 ? ctas : 1);
+  long want = static_cast<long>(rd ? KVCAL_RD_MIN_BLOCKS : KVCAL_DA_MIN_BLOCKS) * sm_count() /
+              (ctas > 0 ? ctas : 1);
   if (want < 1) want = 1;
   int tps = static_cast<int>((tiles + want - 1) / (want > 0 ? want : 1));
   if (tps < kWarps) tps = kWarps;

@@ -67,11 +67,11 @@ struct decode_attention_params {
   bool pipelined = true;
   // Register-direct kernel (kernels/cuda/decode_attention_rd.h, docs/runtime.md): transposed
   // products (the 8 query heads of a CTA in the mma's n), packed K / V bytes dequantized straight
-  // into mma fragments, no fp16 K / V tile in shared memory; same split plan, workspace and merge.
-  // Covers head_dim 128, bits 2 / 4 / 8, K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 and
-  // 16-byte aligned RoPE tables; any other shape runs the kernels above as if it were false.
-  // Same per-element arithmetic as half_dequant, other summation order; where it applies it
-  // takes precedence over half_dequant / pipelined. Off by default until timed on the GPU.
+  // into mma fragments, no fp16 K / V tile in shared memory; same workspace layout and merge, the
+  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128, bits 2 / 4 / 8,
+  // K group 32 / 64 / 128, V group 16 / 32 / 64 / 128; any other shape runs the kernels above as
+  // if it were false. Same per-element arithmetic as half_dequant, other summation order; where
+  // it applies it takes precedence over half_dequant / pipelined. Off by default until timed.
   bool register_direct = false;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]

@@ -32,10 +32,10 @@ namespace {
 using namespace cuda_dev;
 
 constexpr int D = 128, HALF = 64;
-constexpr int kWarps = 4;     // warps per CTA, each with its own softmax state
-constexpr int kTile = 32;     // tokens per warp iteration (the split plan's unit)
-constexpr int kHeads = 8;     // query heads per CTA: the mma's n
-constexpr int kQRow = D + 4;  // floats per query row in smem
+constexpr int kWarps = 4;               // warps per CTA, each with its own softmax state
+constexpr int kTile = 32;               // tokens per warp iteration (the split plan's unit)
+constexpr int kHeads = kRdHeadsPerCta;  // query heads per CTA: the mma's n
+constexpr int kQRow = D + 4;            // floats per query row in smem
 constexpr int kQBytes = kHeads * kQRow * 4;
 // Lane RoPE rows: uint2 [4 key offsets][8 channel pairs kk][32 lanes] = (cos, sin) of the lane's
 // pair kk (fp16 half2 each): lane-major so that the 8-byte reads of a warp are conflict-free.
@@ -100,7 +100,7 @@ template <int BITS, int GROUP>
 __device__ __forceinline__ void issue_k(const packed_kv_view& kv, std::int64_t slot, int p0,
                                         bool has, int kc, const float* rope_cos,
                                         const float* rope_sin, std::uint8_t* buf, int lane) {
-  if (has) {  // the RoPE rows of p0 (tables 16-byte aligned: decode_attention_rd_supported)
+  if (has) {  // the RoPE rows of p0 (16-byte copies where the tables allow, else 4-byte)
     constexpr int R = rd_stage<BITS>::k_rope;
     warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF), 4 * HALF,
                     lane);
@@ -222,9 +222,6 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
 }
 
 // grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem(ng).
-#ifndef KVCAL_RD_MIN_BLOCKS
-#define KVCAL_RD_MIN_BLOCKS 4  // CTAs per SM the compiler budgets registers for (128 registers)
-#endif
 template <int BITS, int GROUP>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     decode_attention_rd_kernel(decode_attention_params p, int tiles_per_split, int n_parts,
@@ -271,10 +268,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     const int el = e % 32, kk = (e / 32) % 8, o = e / 256;
     // Offset o: in-tile token 16 (o / 2) + 8 (o % 2) + g of lane el; channels 16t + 2kk (+1).
     const int j = 16 * (o >> 1) + 8 * (o & 1) + el / 4, f = 16 * (el % 4) + 2 * kk;
-    const float2 c = __ldg(reinterpret_cast<const float2*>(p.rope_cos + j * HALF + f));
-    const float2 s = __ldg(reinterpret_cast<const float2*>(p.rope_sin + j * HALF + f));
-    rope_s[e] =
-        make_uint2(h2_bits(__floats2half2_rn(c.x, c.y)), h2_bits(__floats2half2_rn(s.x, s.y)));
+    const float* c = p.rope_cos + j * HALF + f;  // tables: 4-byte alignment suffices
+    const float* s = p.rope_sin + j * HALF + f;
+    rope_s[e] = make_uint2(h2_bits(__floats2half2_rn(__ldg(c), __ldg(c + 1))),
+                           h2_bits(__floats2half2_rn(__ldg(s), __ldg(s + 1))));
   }
   __syncthreads();
 
@@ -519,10 +516,7 @@ bool decode_attention_rd_supported(const decode_attention_params& p) {
   const bool bits = kv.k_bits == kv.v_bits && (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8);
   const bool kg = kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128;
   const bool vg = kv.v_group == 16 || kv.v_group == 32 || kv.v_group == 64 || kv.v_group == 128;
-  // The per-tile query rotation reads the RoPE tables 16 bytes at a time.
-  const bool tables = reinterpret_cast<std::uintptr_t>(p.rope_cos) % 16 == 0 &&
-                      reinterpret_cast<std::uintptr_t>(p.rope_sin) % 16 == 0;
-  return kv.head_dim == D && bits && kg && vg && tables;
+  return kv.head_dim == D && bits && kg && vg;
 }
 
 cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p, int splits,

@@ -11,10 +11,19 @@
 
 #include "kernels/cuda/decode_attention.h"
 
+// CTAs per SM the kernel's registers are budgeted for (__launch_bounds__; 4: 128 registers) and
+// query heads per CTA; the split plan of decode_attention.cu sizes one wave with them.
+#ifndef KVCAL_RD_MIN_BLOCKS
+#define KVCAL_RD_MIN_BLOCKS 4
+#endif
+
 namespace kvcal {
 
+constexpr int kRdHeadsPerCta = 8;
+
 // Shapes the register-direct kernel covers: head_dim 128, bits 2 / 4 / 8 (K and V), K group
-// 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16 value channels share one scale).
+// 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16 value channels share one scale). Depends
+// on the shape only, so the split plan (and the workspace size) agree with the launch.
 bool decode_attention_rd_supported(const decode_attention_params& p);
 
 // Writes the partials of grid (splits, n_kv * ceil(G / 8), B) CTAs, split s covering the 32-token
