@@ -128,8 +128,10 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
     c.register_direct = register_direct == "on";
-    if (c.register_direct) name += " (register-direct)";
-    c.name = name;
+    // The row says so only where the kernel covers the shape (else the flag changes nothing).
+    if (c.register_direct && c.unsupported.empty() && (c.bits == 2 || c.bits == 4 || c.bits == 8) &&
+        s.head_dim == 128 && (c.group == 32 || c.group == 64 || c.group == 128))
+      c.name += " (register-direct)";
     cases.push_back(c);
   }
 
