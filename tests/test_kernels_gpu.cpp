@@ -611,7 +611,7 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
           CAPTURE(vgroup);
           CAPTURE(ratio);
           const cache_case c =
-              build_case(rng, 3, 2, 128, bits, group, {group == 32 ? 4099 : 333, 97, 200}, vgroup);
+              build_case(rng, 3, 2, 128, bits, group, {group == 32 ? 1100 : 333, 97, 200}, vgroup);
           const int n_heads = 2 * ratio;
           const int max_n = *std::max_element(c.n.begin(), c.n.end());
           const rope_tables rope = make_rope(max_n, 128, 1.0f);
