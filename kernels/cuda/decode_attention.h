@@ -81,7 +81,8 @@ struct decode_attention_params {
   float* row_stats = nullptr;  // [B, n_heads, 2]: (max, sum) over the whole sequence
 };
 
-// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
+// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens) and
+// register_direct (its split plan differs: compute the size with the flag as it will launch).
 std::size_t decode_attention_workspace_size(const decode_attention_params& p);
 
 cudaError_t launch_decode_attention(const decode_attention_params& p, cudaStream_t stream);
