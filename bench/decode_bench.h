@@ -21,13 +21,14 @@ namespace kvcal {
 
 struct decode_case {
   std::string name;
-  int bits = 16;                 // 16 = fp16 K/V; 2 | 4 | 8 = quantized records
-  int group = 32;                // K: tokens per channel group; V: channels per group
-  int residual = 0;              // fp16 recent window (tokens) before records are made
-  bool half_dequant = true;      // decode_attention_params::half_dequant
-  std::string unsupported;       // non-empty: why the CUDA kernels cannot run this preset
-  bool pipelined = true;         // decode_attention_params::pipelined (with half_dequant)
-  bool register_direct = false;  // decode_attention_params::register_direct
+  int bits = 16;             // 16 = fp16 K/V; 2 | 4 | 8 = quantized records
+  int group = 32;            // K: tokens per channel group; V: channels per group
+  int residual = 0;          // fp16 recent window (tokens) before records are made
+  bool half_dequant = true;  // decode_attention_params::half_dequant
+  std::string unsupported;   // non-empty: why the CUDA kernels cannot run this preset
+  bool pipelined = true;     // decode_attention_params::pipelined (with half_dequant)
+  // decode_attention_params::register_direct
+  bool register_direct = false;
 };
 
 struct decode_shape {
