@@ -177,6 +177,7 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   p.out = out;
   p.half_dequant = m.half_dequant;
   p.pipelined = m.pipelined;
+  p.register_direct = m.register_direct;
   const std::size_t ws = decode_attention_workspace_size(p);
   p.workspace = dalloc<std::uint8_t>(ws);
   p.workspace_bytes = ws;

@@ -27,6 +27,8 @@ struct decode_case {
   bool half_dequant = true;  // decode_attention_params::half_dequant
   std::string unsupported;   // non-empty: why the CUDA kernels cannot run this preset
   bool pipelined = true;     // decode_attention_params::pipelined (with half_dequant)
+  // decode_attention_params::register_direct
+  bool register_direct = false;
 };
 
 struct decode_shape {
@@ -41,8 +43,8 @@ struct decode_timing {
   double append_tok_s = 0;  // append + compress throughput while filling the cache (0: n/a)
 };
 
-// fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined: the
-// development table.
+// fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined and
+// register-direct: the development table.
 std::vector<decode_case> builtin_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);

@@ -17,6 +17,8 @@ std::vector<decode_case> builtin_decode_cases() {
   }
   v.push_back({"kivi-4 (pipelined)", 4, 32, 128, true, "", true});
   v.push_back({"kivi-2 (pipelined)", 2, 32, 128, true, "", true});
+  v.push_back({"kivi-4 (register-direct)", 4, 32, 128, true, "", true, true});
+  v.push_back({"kivi-2 (register-direct)", 2, 32, 128, true, "", true, true});
   return v;
 }
 

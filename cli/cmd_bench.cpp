@@ -63,6 +63,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   std::vector<std::string> presets;
   decode_shape s;
   bool fp32_dequant = false;
+  std::string register_direct = "off";
   po::options_description opts("Options");
   // clang-format off
   opts.add_options()
@@ -77,16 +78,21 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       ("reps", po::value<int>(&s.reps)->default_value(50), "timed calls per case (median)")
       ("fp32-dequant", po::bool_switch(&fp32_dequant),
        "dequantize in fp32 arithmetic (default: fp16, half_dequant)")
+      ("register-direct", po::value<std::string>(&register_direct)->default_value("off"),
+       "on|off: run the preset rows with the register-direct kernel where it covers the shape "
+       "(decode_attention_params::register_direct)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
   // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_options("bench",
                      "[decode] [--preset P ...] [--batch 1,8,32] [--len 4096,32768,131072] "
-                     "[--model DIR] [--reps N] [--json OUT]",
+                     "[--model DIR] [--reps N] [--register-direct on|off] [--json OUT]",
                      opts, pos, args, vm, io))
     return 0;
   if (s.reps < 1) throw usage_error("--reps must be >= 1");
+  if (register_direct != "on" && register_direct != "off")
+    throw usage_error("--register-direct must be on or off, got '" + register_direct + "'");
   const std::vector<int> batches = int_list(batches_s, "--batch");
   const std::vector<int> lens = int_list(lens_s, "--len");
   const model_config cfg =
@@ -121,6 +127,11 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
     decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
+    c.register_direct = register_direct == "on";
+    // The row says so only where the kernel covers the shape (else the flag changes nothing).
+    if (c.register_direct && c.unsupported.empty() && (c.bits == 2 || c.bits == 4 || c.bits == 8) &&
+        s.head_dim == 128 && (c.group == 32 || c.group == 64 || c.group == 128))
+      c.name += " (register-direct)";
     cases.push_back(c);
   }
 

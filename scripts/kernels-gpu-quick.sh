@@ -12,7 +12,8 @@ COMMON=(-O2 -std=c++17 -arch=sm_90 -I. -DKVCAL_WITH_CUDA=1)
 SRCS=(kernels/common/error.cpp kernels/common/log.cpp kernels/common/cuda_device.cpp
       kernels/common/device_check.cu kernels/cpu/bitpack.cpp kernels/cpu/quantize.cpp
       kernels/cpu/rope.cpp kernels/cpu/attention_ref.cpp kernels/cuda/packed_kv.cu
-      kernels/cuda/quant_append.cu kernels/cuda/decode_attention.cu)
+      kernels/cuda/quant_append.cu kernels/cuda/decode_attention.cu
+      kernels/cuda/decode_attention_rd.cu)
 pids=()
 "$NVCC" "${COMMON[@]}" tests/test_kernels_gpu.cpp tests/doctest_main.cpp "${SRCS[@]}" \
   -lcusolver -o "$OUT/test_kernels_gpu" &

@@ -200,10 +200,25 @@ TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU"
   CHECK(err.str().find("no such file, and not a template") != std::string::npos);
   CHECK(kvcal::cli::run({"bench", "--batch", "0"}, out, err) == 2);
   CHECK(kvcal::cli::run({"bench", "--len", "x"}, out, err) == 2);
+  std::ostringstream e3;
+  CHECK(kvcal::cli::run({"bench", "--register-direct", "yes"}, out, e3) == 2);
+  CHECK(e3.str().find("--register-direct must be on or off") != std::string::npos);
   if (kvcal::cuda_device_count() == 0) {
     std::ostringstream o2, e2;
     CHECK(kvcal::cli::run({"bench", "--batch", "1", "--len", "64", "--reps", "1"}, o2, e2) == 1);
     CHECK(o2.str().empty());  // no half-printed table
     CHECK(e2.str().find("CUDA") != std::string::npos);
   }
+}
+
+TEST_CASE("the development table has register-direct rows for kivi-4 and kivi-2") {
+  int rd = 0;
+  for (const auto& c : kvcal::builtin_decode_cases())
+    if (c.register_direct) {
+      ++rd;
+      CHECK(c.unsupported.empty());
+      CHECK((c.bits == 4 || c.bits == 2));
+      CHECK(c.name.find("register-direct") != std::string::npos);
+    }
+  CHECK(rd == 2);
 }

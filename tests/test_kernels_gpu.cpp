@@ -6,7 +6,9 @@
 //                   against attention_dense_ref on the keys/values the CPU reference decodes from
 //                   the same records; bound |gpu - ref| <= 2e-3 (values in [-1, 1]); the fp16
 //                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3,
-//                   its pipelined form (records staged by cp.async) the same 4e-3
+//                   its pipelined form (records staged by cp.async) the same 4e-3, the
+//                   register-direct kernel (register_direct) the same 4e-3 and within 1e-3 of the
+//                   pipelined kernel; unsupported shapes fall back bit-identically
 //   end to end      GPU append + compress, then attention, against the CPU reading the
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
@@ -275,7 +277,8 @@ struct device_case {
 
 // Runs decode attention on the case (queries q [B, n_heads, d]) and returns the output.
 std::vector<float> run_attention(const cache_case& c, int n_heads, const std::vector<float>& q,
-                                 const rope_tables& rope, bool half_dequant, bool pipelined) {
+                                 const rope_tables& rope, bool half_dequant, bool pipelined,
+                                 bool register_direct = false) {
   const int max_n = *std::max_element(c.n.begin(), c.n.end());
   device_case dc(c);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
@@ -292,6 +295,7 @@ std::vector<float> run_attention(const cache_case& c, int n_heads, const std::ve
   p.out = dout.p;
   p.half_dequant = half_dequant;
   p.pipelined = pipelined;
+  p.register_direct = register_direct;
   const std::size_t ws = decode_attention_workspace_size(p);
   dbuf<std::uint8_t> dws(ws);
   p.workspace = dws.p;
@@ -303,14 +307,16 @@ std::vector<float> run_attention(const cache_case& c, int n_heads, const std::ve
 
 // Runs decode attention on the case and returns max |gpu - ref| over all outputs.
 float attention_error(std::mt19937& rng, const cache_case& c, int ratio, float rope_scaling,
-                      bool half_dequant = false, bool pipelined = false) {
+                      bool half_dequant = false, bool pipelined = false,
+                      bool register_direct = false) {
   const int n_heads = c.n_kv * ratio, d = c.d;
   const int max_n = *std::max_element(c.n.begin(), c.n.end());
   const rope_tables rope = make_rope(std::max(max_n, 32), d, rope_scaling);
   std::uniform_real_distribution<float> u(-1.5f, 1.5f);
   std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * d));
   for (auto& x : q) x = u(rng);
-  const std::vector<float> out = run_attention(c, n_heads, q, rope, half_dequant, pipelined);
+  const std::vector<float> out =
+      run_attention(c, n_heads, q, rope, half_dequant, pipelined, register_direct);
   float err = 0.0f;
   for (int b = 0; b < c.B; ++b) {
     const std::vector<float> ref =
@@ -450,7 +456,7 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
 namespace {
 
 // Every attention case of the grid, in one variant (both test cases run the same shapes).
-void attention_grid(bool half_dequant, bool pipelined, float bound) {
+void attention_grid(bool half_dequant, bool pipelined, float bound, bool register_direct = false) {
   std::mt19937 rng(12);
   float worst = 0.0f;
   int cases = 0;
@@ -469,15 +475,16 @@ void attention_grid(bool half_dequant, bool pipelined, float bound) {
               CAPTURE(B);
               CAPTURE(ratio);
               const cache_case c = build_case(rng, B, 2, d, bits, group, lengths(B, T));
-              const float err = attention_error(rng, c, ratio, 1.0f, half_dequant, pipelined);
+              const float err =
+                  attention_error(rng, c, ratio, 1.0f, half_dequant, pipelined, register_direct);
               CHECK(err <= bound);
               worst = std::max(worst, err);
               ++cases;
             }
       }
   MESSAGE("decode attention", half_dequant ? " (half_dequant)" : "",
-          pipelined ? " (pipelined)" : "", ": ", cases, " cases, max |gpu - ref| = ", worst,
-          " (bound ", bound, ")");
+          pipelined ? " (pipelined)" : "", register_direct ? " (register_direct)" : "", ": ", cases,
+          " cases, max |gpu - ref| = ", worst, " (bound ", bound, ")");
 }
 
 }  // namespace
@@ -553,6 +560,105 @@ TEST_CASE(
     CHECK(attention_error(rng, cv, 4, 1.0f) <= kAttentionBound);
     CHECK(attention_error(rng, cv, 4, 1.0f, true) <= kHalfDequantBound);
     CHECK(attention_error(rng, cv, 4, 1.0f, true, true) <= kHalfDequantBound);
+  }
+}
+
+// register_direct (kernels/cuda/decode_attention_rd.h) over the whole grid: at d 128 with bits
+// 2 / 4 / 8 it runs the register-direct kernel (same per-element fp16 arithmetic as half_dequant,
+// so the half_dequant bound); d 64 and fp16 fall back to the kernels above.
+TEST_CASE("decode attention, register-direct kernel (transposed mma, packed bytes in registers)") {
+  SKIP_WITHOUT_GPU();
+  attention_grid(true, true, kHalfDequantBound, true);
+}
+
+TEST_CASE(
+    "decode attention, register-direct: > 8 and > 16 heads per KV head, RoPE scaling, V groups") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(15);
+  for (int ratio : {8, 9, 12, 16, 20}) {  // whole, partial and several 8-head groups per KV head
+    CAPTURE(ratio);
+    const cache_case c = build_case(rng, 3, 2, 128, 4, 32, {300, 77, 1});
+    CHECK(attention_error(rng, c, ratio, 1.0f, true, true, true) <= kHalfDequantBound);
+  }
+  for (int bits : {2, 8}) {  // RoPE attention scaling folded into the queries (inv_as)
+    CAPTURE(bits);
+    const cache_case c = build_case(rng, 1, 4, 128, bits, 64, {1000});
+    CHECK(attention_error(rng, c, 7, 1.25f, true, true, true) <= kHalfDequantBound);
+  }
+  for (int vgroup : {16, 32, 64, 128}) {  // the lane's 16 value channels share one scale
+    CAPTURE(vgroup);
+    const cache_case cv = build_case(rng, 3, 2, 128, 4, 32, {333, 64, 200}, vgroup);
+    CHECK(attention_error(rng, cv, 7, 1.0f, true, true, true) <= kHalfDequantBound);
+  }
+}
+
+// Against the pipelined kernel on the same bytes: the dequantized and rotated K / V elements and
+// the rotated queries are the same fp16 values, but the mma sums run over channels (scores) and
+// tokens (outputs) in another order, so S differs by fp32 rounding and P = exp2(S - m) may round
+// to a neighbouring fp16 value; with a token's weight <= 1 and |v| <= ~1.1 that moves an output by
+// at most ~5e-4 (one fp16 ulp of P near 1). Bound 1e-3; one wrongly placed token or channel moves
+// outputs by ~1e-2 or more at these lengths.
+TEST_CASE("decode attention: register-direct output matches the pipelined kernel's") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(16);
+  float worst = 0.0f;
+  for (int bits : {2, 4, 8})
+    for (int group : {32, 64, 128})
+      for (int vgroup : {16, 32, 128})
+        for (int ratio : {1, 7}) {
+          CAPTURE(bits);
+          CAPTURE(group);
+          CAPTURE(vgroup);
+          CAPTURE(ratio);
+          const cache_case c =
+              build_case(rng, 3, 2, 128, bits, group, {group == 32 ? 1100 : 333, 97, 200}, vgroup);
+          const int n_heads = 2 * ratio;
+          const int max_n = *std::max_element(c.n.begin(), c.n.end());
+          const rope_tables rope = make_rope(max_n, 128, 1.0f);
+          std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+          std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
+          for (auto& x : q) x = u(rng);
+          const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
+          const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
+          REQUIRE(a.size() == b.size());
+          float diff = 0.0f;
+          for (std::size_t i = 0; i < a.size(); ++i) {
+            REQUIRE(std::isfinite(b[i]));
+            diff = std::max(diff, std::fabs(a[i] - b[i]));
+          }
+          CHECK(diff <= 1e-3f);
+          worst = std::max(worst, diff);
+        }
+  MESSAGE("register-direct vs pipelined: max |difference| = ", worst);
+}
+
+// Shapes the register-direct kernel does not cover run the other kernels unchanged: bit-identical
+// outputs with and without the flag (head_dim 64, fp16, V group 8).
+TEST_CASE("decode attention: register_direct falls back for unsupported shapes") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(17);
+  struct shape {
+    int d, bits, group, vgroup;
+  };
+  for (const shape sh : {shape{64, 4, 32, 32}, shape{64, 2, 128, 32}, shape{128, 16, 32, 0},
+                         shape{128, 4, 32, 8}, shape{128, 8, 64, 8}}) {
+    CAPTURE(sh.d);
+    CAPTURE(sh.bits);
+    CAPTURE(sh.group);
+    CAPTURE(sh.vgroup);
+    const cache_case c = build_case(rng, 3, 2, sh.d, sh.bits, sh.group, {333, 97, 1}, sh.vgroup);
+    const int n_heads = 2 * 7;
+    const rope_tables rope = make_rope(333, sh.d, 1.0f);
+    std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+    std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * sh.d));
+    for (auto& x : q) x = u(rng);
+    for (bool pipelined : {false, true}) {
+      CAPTURE(pipelined);
+      const std::vector<float> a = run_attention(c, n_heads, q, rope, true, pipelined, false);
+      const std::vector<float> b = run_attention(c, n_heads, q, rope, true, pipelined, true);
+      REQUIRE(a.size() == b.size());
+      CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/decode_attention_rd.h"
 #include "kernels/cuda/device_util.cuh"
 
 namespace kvcal {
@@ -821,12 +822,16 @@ split_plan plan_splits(const decode_attention_params& p) {
   split_plan sp;
   const int n_kv = p.kv.n_kv > 0 ? p.kv.n_kv : 1;
   const int gq = p.n_heads / n_kv;
-  const int n_hg = (gq + kHeadTile - 1) / kHeadTile;
+  // register_direct: its own CTA shape (decode_attention_rd.h), same plan otherwise.
+  const bool rd = p.register_direct && decode_attention_rd_supported(p);
+  const int head_tile = rd ? kRdHeadsPerCta : kHeadTile;
+  const int n_hg = (gq + head_tile - 1) / head_tile;
   const int tiles = (p.max_tokens + kTile - 1) / kTile;
   const long ctas = static_cast<long>(p.kv.batch) * n_kv * (n_hg > 0 ? n_hg : 1);
   // One wave of CTAs (3 fit an SM at head_dim 128), each warp with at least one tile; at most
   // 4096 partials per (sequence, head) (the merge keeps their weights in shared memory).
-  long want = static_cast<long>(KVCAL_DA_MIN_BLOCKS) * sm_count() / (ctas > 0 ? ctas : 1);
+  long want = static_cast<long>(rd ? KVCAL_RD_MIN_BLOCKS : KVCAL_DA_MIN_BLOCKS) * sm_count() /
+              (ctas > 0 ? ctas : 1);
   if (want < 1) want = 1;
   int tps = static_cast<int>((tiles + want - 1) / (want > 0 ? want : 1));
   if (tps < kWarps) tps = kWarps;
@@ -958,6 +963,14 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
                    std::to_string(need));
   set_launch_error("");
   const split_plan sp = plan_splits(p);
+  if (p.register_direct && decode_attention_rd_supported(p)) {  // else: the kernels below
+    const cudaError_t e =
+        launch_decode_attention_rd_partials(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    if (e != cudaSuccess) return e;
+    decode_attention_merge_kernel<128>
+        <<<dim3(p.n_heads, p.kv.batch), 128, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);
+    return cudaGetLastError();
+  }
   switch (d) {
     case 64:
       return dispatch_bits<64>(p, sp, stream);

@@ -66,6 +66,14 @@ struct decode_attention_params {
   // faster than the unpipelined half_dequant kernel at 2 and 4 bits (B1/B8/B32, L32k, H200,
   // docs/BENCHMARKS.md); 8-bit (2 CTAs per SM) is tested but not timed yet.
   bool pipelined = true;
+  // Register-direct kernel (kernels/cuda/decode_attention_rd.h, docs/runtime.md): transposed
+  // products (the 8 query heads of a CTA in the mma's n), packed K / V bytes dequantized straight
+  // into mma fragments, no fp16 K / V tile in shared memory; same workspace layout and merge, the
+  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128, bits 2 / 4 / 8,
+  // K group 32 / 64 / 128, V group 16 / 32 / 64 / 128; any other shape runs the kernels above as
+  // if it were false. Same per-element arithmetic as half_dequant, other summation order; where
+  // it applies it takes precedence over half_dequant / pipelined. Off by default until timed.
+  bool register_direct = false;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]
   // (log2 units: logits = q . k * softmax_scale * log2(e)). Tokens t >= n_tokens[b] are not
@@ -75,7 +83,8 @@ struct decode_attention_params {
   float* row_stats = nullptr;  // [B, n_heads, 2]: (max, sum) over the whole sequence
 };
 
-// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens).
+// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens) and
+// register_direct (its split plan differs: compute the size with the flag as it will launch).
 std::size_t decode_attention_workspace_size(const decode_attention_params& p);
 
 cudaError_t launch_decode_attention(const decode_attention_params& p, cudaStream_t stream);

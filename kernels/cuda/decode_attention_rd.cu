@@ -1,0 +1,539 @@
+// Register-direct partial kernel of the split-KV decode attention (decode_attention_rd.h).
+//
+// Per warp and 32-token tile (two 16-token m-tiles), transposed products:
+//   S^T [16 tok x 8 heads] = K [16 tok x 128 ch] * Q^T [128 ch x 8 heads]   (8 mma per m-tile)
+//   O^T [128 ch x 8 heads] += V^T [128 ch x 16 tok] * P^T [16 tok x 8 heads] (8 mma per k-chunk)
+// so the heads of a KV head sit in the mma's n = 8 and K / V come in as the A operand, built in
+// registers from the packed bytes (g = lane / 4, t = lane % 4):
+//   K: k-chunk kk of the scores takes channels 16t + 2kk (+1) (a0: token g, a1: token g + 8) and
+//      their RoPE partners 64 + 16t + 2kk (+1) (a2, a3): a lane reads two contiguous runs of 16
+//      codes per token and rotates in registers (the sum over channels is order-free).
+//   V: m-tile i of the output maps row g to channel 16g + 2i and row g + 8 to 16g + 2i + 1: a lane
+//      reads 16 contiguous codes of tokens 2t, 2t + 1, 2t + 8, 2t + 9 and interleaves the two
+//      tokens of a pair into the half2 of the A fragment.
+//   P^T: the S^T accumulators (token g, heads 2t, 2t + 1) packed to half2 are the fragment of an
+//      8x8 matrix; movmatrix.trans turns them into the B fragment of P^T (tokens 2t, 2t + 1 of
+//      head g).
+// The arithmetic per element is that of the pipelined half_dequant kernel (HFMA2 dequantization,
+// half2 rotation by the in-tile angle, fp32 query rotation by the tile angle, exp2 softmax in
+// fp32); only the order of the sums differs. Records are staged per warp by cp.async one half-tile
+// ahead (K stage, V stage) as in decode_attention.cu.
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/decode_attention_rd.h"
+#include "kernels/cuda/device_util.cuh"
+
+namespace kvcal {
+
+namespace {
+
+using namespace cuda_dev;
+
+constexpr int D = 128, HALF = 64;
+constexpr int kWarps = 4;               // warps per CTA, each with its own softmax state
+constexpr int kTile = 32;               // tokens per warp iteration (the split plan's unit)
+constexpr int kHeads = kRdHeadsPerCta;  // query heads per CTA: the mma's n
+constexpr int kQRow = D + 4;            // floats per query row in smem
+constexpr int kQBytes = kHeads * kQRow * 4;
+// Lane RoPE rows: uint2 [4 key offsets][8 channel pairs kk][32 lanes] = (cos, sin) of the lane's
+// pair kk (fp16 half2 each): lane-major so that the 8-byte reads of a warp are conflict-free.
+constexpr int kRopeBytes = 4 * 8 * 32 * 8;
+
+template <int BITS>
+struct rd_stage {
+  // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile),
+  // then the fp32 RoPE rows cos, sin [D / 2] of the tile start p0 (for the query rotation).
+  static constexpr int k_rope = 4 * D + kTile * D * BITS / 8;
+  static constexpr int k_bytes = k_rope + 2 * HALF * 4;
+  static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS / 8; }
+  // V stage: the records of the tile's tokens below v_compressed, back to back.
+  static constexpr __host__ __device__ int v_bytes(int ng) {
+    return (kTile * v_rec_bytes(ng) + 15) / 16 * 16;
+  }
+  // The stages of all warps; the end-of-CTA reduction [kWarps][kHeads][D] floats reuses them.
+  static constexpr __host__ __device__ int area(int ng) {
+    const int st = kWarps * (k_bytes + v_bytes(ng)), red = kWarps * kHeads * D * 4;
+    return st > red ? st : red;
+  }
+  static constexpr __host__ __device__ int smem(int ng) { return kQBytes + kRopeBytes + area(ng); }
+};
+
+__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
+  unsigned y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// Codes 2i, 2i + 1 (i < 8) of a run of 16 codes (w: its 16 * BITS bits, LSB first) as half2.
+template <int BITS>
+__device__ __forceinline__ __half2 run_pair(const unsigned* w, int i) {
+  if constexpr (BITS == 2) {
+    const unsigned x = w[0] >> (16 * (i / 4));
+    return code_pair<2>(&x, i % 4);
+  } else {
+    return code_pair<BITS>(w + (i / 4) * (BITS / 4), i % 4);
+  }
+}
+
+// half2 (code idx of run a, code idx of run b) - 1024 of two runs of 16 codes (idx < 16): the
+// bytes holding the codes side by side (PRMT), then shift, mask and the 0x6400 exponent (LOP3).
+template <int BITS>
+__device__ __forceinline__ __half2 code_pair2(const unsigned* wa, const unsigned* wb, int idx) {
+  constexpr int PER_WORD = 32 / BITS;
+  const int w = idx / PER_WORD, bit = (idx % PER_WORD) * BITS, k = bit / 8;
+  const unsigned t = __byte_perm(wa[w], wb[w], static_cast<unsigned>(k | ((k + 4) << 8)));
+  constexpr unsigned mask = ((1u << BITS) - 1u) * 0x00010001u;
+  const unsigned v = ((t >> (bit % 8)) & mask) | 0x64006400u;
+  return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+}
+
+// The in-tile rotation of the half_dequant kernels: (lo, hi) of channels c, c + 64 by angle j f.
+__device__ __forceinline__ void rotate(__half2 lo, __half2 hi, unsigned c, unsigned s, unsigned& rl,
+                                       unsigned& rh) {
+  rl = h2_bits(__hfma2(lo, as_h2(c), __hneg2(__hmul2(hi, as_h2(s)))));
+  rh = h2_bits(__hfma2(hi, as_h2(c), __hmul2(lo, as_h2(s))));
+}
+
+template <int BITS, int GROUP>
+__device__ __forceinline__ void issue_k(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                        bool has, int kc, const float* rope_cos,
+                                        const float* rope_sin, std::uint8_t* buf, int lane) {
+  if (has) {  // the RoPE rows of p0 (16-byte copies where the tables allow, else 4-byte)
+    constexpr int R = rd_stage<BITS>::k_rope;
+    warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF), 4 * HALF,
+                    lane);
+    warp_copy_async(buf + R + 4 * HALF, reinterpret_cast<const std::uint8_t*>(rope_sin + p0 * HALF),
+                    4 * HALF, lane);
+  }
+  if (has && p0 < kc) {
+    constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
+    const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
+    warp_copy_async(buf, rec, 4 * D, lane);
+    warp_copy_async(buf + 4 * D, rec + 4 * D + (p0 % GROUP) * D * BITS / 8, kTile * D * BITS / 8,
+                    lane);
+  }
+  cp_async_commit();  // possibly empty: keeps the wait_group count uniform
+}
+
+__device__ __forceinline__ void issue_v(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                        bool has, int vc, int v_rb, std::uint8_t* buf, int lane) {
+  const int nv = has ? min(kTile, vc - p0) : 0;
+  if (nv > 0)
+    warp_copy_async(buf, kv.v_rec + (slot * kv.v_slot_records + p0) * v_rb, nv * v_rb, lane);
+  cp_async_commit();
+}
+
+// The lane's 16 value channels [16g, 16g + 16) of token t as 8 half2 (channel pairs): from its
+// record in the V stage (rec), the fp16 window, or zeros past n_tokens.
+template <int BITS>
+__device__ __forceinline__ void value_run(const packed_kv_view& kv, std::int64_t slot, int t, int n,
+                                          int vc, const std::uint8_t* rec, int ng, int vgrp, int g,
+                                          unsigned* out) {
+  if (t < n && t < vc) {
+    const __half* hs = reinterpret_cast<const __half*>(rec);
+    const __half2 sc = __half2half2(hs[vgrp]), ze = __half2half2(hs[ng + vgrp]);
+    // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
+    unsigned w[BITS / 2];
+    const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
+#pragma unroll
+    for (int i = 0; i < BITS / 2; ++i) w[i] = src[i];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = h2_bits(__hfma2(run_pair<BITS>(w, i), sc, ze));
+  } else if (t < n) {
+    const uint4* src = reinterpret_cast<const uint4*>(
+        kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * g);
+    const uint4 a = __ldg(src), c = __ldg(src + 1);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = c.x, out[5] = c.y, out[6] = c.z, out[7] = c.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) out[i] = 0u;
+  }
+}
+
+// S^T of one 32-token tile (two m-tiles) into sacc: keys from the K stage (QUANT: the tile lies in
+// one record) or from the fp16 window (zeros past n), rotated by their in-tile angle.
+template <int BITS, bool QUANT>
+__device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                           int n, const std::uint8_t* stk, const uint2* rope_s,
+                                           int lane, const unsigned (*qb)[2], float (*sacc)[4]) {
+  const int g = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int kq = 0; kq < 2; ++kq) {
+    // Scale / zero pairs in the stage: word 8t + 4kq + u holds channels 16t + 2kk (+1) for
+    // kk = 4kq + u, + 32 words their partners, + 64 the zeros (4-byte reads, conflict-free).
+    const unsigned* scw = reinterpret_cast<const unsigned*>(stk) + 8 * t4 + 4 * kq;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int j0 = 16 * mt + g, j1 = j0 + 8;
+      __half2 lo0[4], hi0[4], lo1[4], hi1[4];  // pre-RoPE keys: pairs kk = 4kq + u
+      if constexpr (QUANT) {
+        // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
+        const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
+        unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
+            c11[BITS == 8 ? 2 : 1];
+        load_words_smem<BITS>(codes + j0 * D * BITS / 8, c00);
+        load_words_smem<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, c01);
+        load_words_smem<BITS>(codes + j1 * D * BITS / 8, c10);
+        load_words_smem<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, c11);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const __half2 sl = as_h2(scw[u]), sh = as_h2(scw[32 + u]);
+          const __half2 zl = as_h2(scw[64 + u]), zh = as_h2(scw[96 + u]);
+          lo0[u] = __hfma2(code_pair<BITS>(c00, u), sl, zl);
+          hi0[u] = __hfma2(code_pair<BITS>(c01, u), sh, zh);
+          lo1[u] = __hfma2(code_pair<BITS>(c10, u), sl, zl);
+          hi1[u] = __hfma2(code_pair<BITS>(c11, u), sh, zh);
+        }
+      } else {
+        uint4 w[4] = {};  // (token j0, lo), (j0, hi), (j1, lo), (j1, hi); zeros past n
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int t = p0 + (r == 0 ? j0 : j1);
+          if (t < n) {
+            const __half* row =
+                kv.k_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * t4 + 8 * kq;
+            w[2 * r] = __ldg(reinterpret_cast<const uint4*>(row));
+            w[2 * r + 1] = __ldg(reinterpret_cast<const uint4*>(row + HALF));
+          }
+        }
+        lo0[0] = as_h2(w[0].x), lo0[1] = as_h2(w[0].y), lo0[2] = as_h2(w[0].z),
+        lo0[3] = as_h2(w[0].w);
+        hi0[0] = as_h2(w[1].x), hi0[1] = as_h2(w[1].y), hi0[2] = as_h2(w[1].z),
+        hi0[3] = as_h2(w[1].w);
+        lo1[0] = as_h2(w[2].x), lo1[1] = as_h2(w[2].y), lo1[2] = as_h2(w[2].z),
+        lo1[3] = as_h2(w[2].w);
+        hi1[0] = as_h2(w[3].x), hi1[1] = as_h2(w[3].y), hi1[2] = as_h2(w[3].z),
+        hi1[3] = as_h2(w[3].w);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const uint2 r0 = rope_s[((2 * mt) * 8 + 4 * kq + u) * 32 + lane];
+        const uint2 r1 = rope_s[((2 * mt + 1) * 8 + 4 * kq + u) * 32 + lane];
+        unsigned a[4];
+        rotate(lo0[u], hi0[u], r0.x, r0.y, a[0], a[2]);
+        rotate(lo1[u], hi1[u], r1.x, r1.y, a[1], a[3]);
+        mma16816(sacc[mt], a, qb[4 * kq + u][0], qb[4 * kq + u][1]);
+      }
+    }
+  }
+}
+
+// grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem(ng).
+template <int BITS, int GROUP>
+__global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
+    decode_attention_rd_kernel(decode_attention_params p, int tiles_per_split, int n_parts,
+                               int stage_k, int stage_v) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* qs = reinterpret_cast<float*>(smem_raw);  // [kHeads][kQRow], scaled
+  uint2* rope_s = reinterpret_cast<uint2*>(smem_raw + kQBytes);
+  unsigned char* area = smem_raw + kQBytes + kRopeBytes;
+
+  const packed_kv_view& kv = p.kv;
+  const int b = blockIdx.z;
+  const int gq = p.n_heads / kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
+  const int kvh = static_cast<int>(blockIdx.y) / n_hg, hg = static_cast<int>(blockIdx.y) % n_hg;
+  const int head0 = kvh * gq + hg * kHeads, nh = min(kHeads, gq - hg * kHeads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const std::int64_t slot = static_cast<std::int64_t>(b) * kv.n_kv + kvh;
+  const int n = kv.n_tokens[b], kc = kv.k_compressed[b], vc = kv.v_compressed[b];
+  const int ng = D / kv.v_group, vgrp = 16 * g / kv.v_group;
+  const int v_rb = rd_stage<BITS>::v_rec_bytes(ng);
+  std::uint8_t* stk = area + static_cast<std::size_t>(warp) * (stage_k + stage_v);
+  std::uint8_t* stv = stk + stage_k;
+
+  const int n_tiles = (n + kTile - 1) / kTile;
+  const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
+  const int tile0 = static_cast<int>(blockIdx.x) * tiles_per_split + warp;
+  // The first tile's stages go out before the setup so that their latency overlaps it.
+  issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, p.rope_cos, p.rope_sin, stk,
+                       lane);
+  issue_v(kv, slot, tile0 * kTile, tile0 < tile_end, vc, v_rb, stv, lane);
+
+  // Queries (scaled by softmax_scale * log2(e); zero rows past the group) and the lane RoPE rows.
+  const float qscale = p.softmax_scale * 1.4426950408889634f;
+#pragma unroll
+  for (int k = 0; k < kHeads * D / (32 * kWarps); ++k) {
+    const int i = threadIdx.x + k * 32 * kWarps, h = i / D, c = i % D;
+    qs[h * kQRow + c] =
+        h < nh
+            ? __ldg(p.q + (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c) * qscale
+            : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < 4 * 8 * 32 / (32 * kWarps); ++k) {
+    const int e = threadIdx.x + k * 32 * kWarps;  // (o, kk, lane)
+    const int el = e % 32, kk = (e / 32) % 8, o = e / 256;
+    // Offset o: in-tile token 16 (o / 2) + 8 (o % 2) + g of lane el; channels 16t + 2kk (+1).
+    const int j = 16 * (o >> 1) + 8 * (o & 1) + el / 4, f = 16 * (el % 4) + 2 * kk;
+    const float* c = p.rope_cos + j * HALF + f;  // tables: 4-byte alignment suffices
+    const float* s = p.rope_sin + j * HALF + f;
+    rope_s[e] = make_uint2(h2_bits(__floats2half2_rn(__ldg(c), __ldg(c + 1))),
+                           h2_bits(__floats2half2_rn(__ldg(s), __ldg(s + 1))));
+  }
+  __syncthreads();
+
+  float o[8][4];  // O^T: m-tile i, rows g / g + 8 = channels 16g + 2i (+1), cols heads 2t (+1)
+#pragma unroll
+  for (int i = 0; i < 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2t, 2t + 1
+  const float inv_as = 1.0f / p.rope_attention_scaling;
+  // Optional logits (log2 units, the values entering the softmax): row of head head0 + h is h.
+  float* const logits =
+      p.logits == nullptr
+          ? nullptr
+          : p.logits + (static_cast<std::int64_t>(b) * p.n_heads + head0) * p.max_tokens;
+  const float* qrow = qs + g * kQRow;
+
+  for (int tile = tile0; tile < tile_end; tile += kWarps) {
+    const int p0 = tile * kTile;
+    const bool has_next = tile + kWarps < tile_end;
+    cp_async_wait1();  // this tile's K stage (its V stage may still be in flight)
+    __syncwarp();
+    // 1. Q^T B fragments of head g rotated by the tile angle (RoPE rows of p0 from the K stage):
+    //    b0 = channels 16t + 2kk (+1), b1 = their partners (fp32 rotation, as the other kernels).
+    unsigned qb[8][2];
+    {
+      const float* cos0 = reinterpret_cast<const float*>(stk + rd_stage<BITS>::k_rope);
+      const float* sin0 = cos0 + HALF;
+#pragma unroll
+      for (int q4 = 0; q4 < 4; ++q4) {
+        const int f = 16 * t4 + 4 * q4;
+        const float4 c = *reinterpret_cast<const float4*>(cos0 + f);
+        const float4 s = *reinterpret_cast<const float4*>(sin0 + f);
+        const float4 x = *reinterpret_cast<const float4*>(qrow + f);
+        const float4 y = *reinterpret_cast<const float4*>(qrow + HALF + f);
+        qb[2 * q4][0] =
+            pack_half2((x.x * c.x + y.x * s.x) * inv_as, (x.y * c.y + y.y * s.y) * inv_as);
+        qb[2 * q4][1] =
+            pack_half2((y.x * c.x - x.x * s.x) * inv_as, (y.y * c.y - x.y * s.y) * inv_as);
+        qb[2 * q4 + 1][0] =
+            pack_half2((x.z * c.z + y.z * s.z) * inv_as, (x.w * c.w + y.w * s.w) * inv_as);
+        qb[2 * q4 + 1][1] =
+            pack_half2((y.z * c.z - x.z * s.z) * inv_as, (y.w * c.w - x.w * s.w) * inv_as);
+      }
+    }
+    // 2. S^T: m-tile mt holds tokens 16mt + g (rows g) and 16mt + g + 8 (rows g + 8). A tile is
+    //    all records (p0 < k_compressed, a multiple of k_group >= 32) or all window.
+    float sacc[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
+    if (p0 < kc)
+      key_scores<BITS, true>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
+    else
+      key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
+    __syncwarp();
+    issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin, stk,
+                         lane);  // K stage consumed
+
+    // 3. Mask, optional logits, online softmax: heads 2t + e over the lanes of the same t.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = p0 + 16 * mt + g + 8 * (e >> 1), h = 2 * t4 + (e & 1);
+        if (tok >= n)
+          sacc[mt][e] = -INFINITY;
+        else if (logits != nullptr && h < nh)
+          logits[static_cast<std::int64_t>(h) * p.max_tokens + tok] = sacc[mt][e];
+      }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float mx = fmaxf(fmaxf(sacc[0][hh], sacc[0][2 + hh]), fmaxf(sacc[1][hh], sacc[1][2 + hh]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+      const float m_new = fmaxf(m[hh], mx);  // finite: token p0 < n is in the tile
+      const float alpha = exp2f(m[hh] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int e = hh; e < 4; e += 2) {
+          sacc[mt][e] = exp2f(sacc[mt][e] - m_new);
+          sum += sacc[mt][e];
+        }
+      l[hh] = l[hh] * alpha + sum;  // this lane's tokens; summed over the lanes of t at the end
+      m[hh] = m_new;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        o[i][hh] *= alpha;
+        o[i][2 + hh] *= alpha;
+      }
+    }
+
+    // 4. O^T += V^T P^T per k-chunk of 16 tokens (the scores' m-tile kc2).
+    cp_async_wait1();  // this tile's V stage (the next K stage may still be in flight)
+    __syncwarp();
+    const bool all_records = p0 + kTile <= vc;  // warp-uniform
+#pragma unroll
+    for (int kc2 = 0; kc2 < 2; ++kc2) {
+      const unsigned pb0 = movmatrix_trans(pack_half2(sacc[kc2][0], sacc[kc2][1]));
+      const unsigned pb1 = movmatrix_trans(pack_half2(sacc[kc2][2], sacc[kc2][3]));
+      const int ja = 16 * kc2 + 2 * t4;  // tokens ja, ja + 1 (k 2t, 2t + 1), ja + 8, ja + 9
+      if (all_records) {
+        // Codes of the 4 tokens kept packed; each A register is one HFMA2 of the two tokens'
+        // codes (interleaved) with their (scale, scale) and (zero, zero).
+        unsigned w[4][BITS / 2];
+        __half2 sab, zab, scd, zcd;
+        {
+          __half sc[4], ze[4];
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const std::uint8_t* rec = stv + (ja + (r & 1) + 8 * (r >> 1)) * v_rb;
+            const __half* hs = reinterpret_cast<const __half*>(rec);
+            sc[r] = hs[vgrp];
+            ze[r] = hs[ng + vgrp];
+            // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
+            const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
+#pragma unroll
+            for (int k = 0; k < BITS / 2; ++k) w[r][k] = src[k];
+          }
+          sab = __halves2half2(sc[0], sc[1]), zab = __halves2half2(ze[0], ze[1]);
+          scd = __halves2half2(sc[2], sc[3]), zcd = __halves2half2(ze[2], ze[3]);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const unsigned a[4] = {
+              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i), sab, zab)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i + 1), sab, zab)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i), scd, zcd)),
+              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i + 1), scd, zcd))};
+          mma16816(o[i], a, pb0, pb1);
+        }
+      } else {
+        // Tiles with window tokens or past n_tokens: one token pair at a time (rows k 2t, 2t + 1,
+        // then 2t + 8, 2t + 9; the other half of the fragment zero), fewer live registers.
+#pragma unroll
+        for (int hp = 0; hp < 2; ++hp) {
+          unsigned va[8], vb[8];
+          const int j = ja + 8 * hp;
+          value_run<BITS>(kv, slot, p0 + j, n, vc, stv + j * v_rb, ng, vgrp, g, va);
+          value_run<BITS>(kv, slot, p0 + j + 1, n, vc, stv + (j + 1) * v_rb, ng, vgrp, g, vb);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            // channel 16g + 2i of tokens (j, j + 1), then channel + 1.
+            const unsigned lo = __byte_perm(va[i], vb[i], 0x5410);
+            const unsigned hi = __byte_perm(va[i], vb[i], 0x7632);
+            const unsigned a[4] = {hp == 0 ? lo : 0u, hp == 0 ? hi : 0u, hp == 0 ? 0u : lo,
+                                   hp == 0 ? 0u : hi};
+            mma16816(o[i], a, pb0, pb1);
+          }
+        }
+      }
+    }
+    __syncwarp();
+    issue_v(kv, slot, p0 + kWarps * kTile, has_next, vc, v_rb, stv, lane);  // V consumed
+  }
+
+  // Merge the 4 warps' states in smem (the stages are free now), one partial per CTA and head:
+  // workspace [B, n_heads, n_parts] x (m, l), then x D (the layout of decode_attention.cu).
+  cp_async_wait_all();  // only empty groups are left; no copy outlives the CTA
+  __syncthreads();
+  float* red_o = reinterpret_cast<float*>(area);  // [kWarps][kHeads][D]
+  float* red_ml = qs;                             // [kWarps][kHeads][2]
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float lh = l[hh];
+    lh += __shfl_xor_sync(0xffffffffu, lh, 4);
+    lh += __shfl_xor_sync(0xffffffffu, lh, 8);
+    lh += __shfl_xor_sync(0xffffffffu, lh, 16);
+    const int h = 2 * t4 + hh;
+    if (g == 0) {
+      red_ml[(warp * kHeads + h) * 2] = m[hh];
+      red_ml[(warp * kHeads + h) * 2 + 1] = lh;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      red_o[(warp * kHeads + h) * D + 16 * g + 2 * i] = o[i][hh];
+      red_o[(warp * kHeads + h) * D + 16 * g + 2 * i + 1] = o[i][2 + hh];
+    }
+  }
+  __syncthreads();
+  const int part = blockIdx.x;
+  float* ws_ml = static_cast<float*>(p.workspace);
+  float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
+  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
+    const int h = i / D, c = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * kHeads + h) * 2]);
+    float num = 0.0f, den = 0.0f;
+    if (mx > -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = red_ml[(w * kHeads + h) * 2];
+        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        num += f * red_o[(w * kHeads + h) * D + c];
+        den += f * red_ml[(w * kHeads + h) * 2 + 1];
+      }
+    }
+    const std::int64_t row =
+        (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
+    ws_acc[row * D + c] = num;
+    if (c == 0) {
+      ws_ml[2 * row] = mx;
+      ws_ml[2 * row + 1] = den;
+    }
+  }
+}
+
+template <int BITS, int GROUP>
+cudaError_t run_rd(const decode_attention_params& p, int splits, int tiles_per_split, int n_parts,
+                   cudaStream_t stream) {
+  using ST = rd_stage<BITS>;
+  const int ng = D / p.kv.v_group;
+  const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      decode_attention_rd_kernel<BITS, GROUP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      ST::smem(D / 16));  // the largest: V group 16
+  if (attr != cudaSuccess) return attr;
+  decode_attention_rd_kernel<BITS, GROUP>
+      <<<dim3(splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, ST::smem(ng), stream>>>(
+          p, tiles_per_split, n_parts, ST::k_bytes, ST::v_bytes(ng));
+  return cudaGetLastError();
+}
+
+template <int BITS>
+cudaError_t dispatch_group(const decode_attention_params& p, int splits, int tps, int n_parts,
+                           cudaStream_t stream) {
+  switch (p.kv.k_group) {
+    case 32:
+      return run_rd<BITS, 32>(p, splits, tps, n_parts, stream);
+    case 64:
+      return run_rd<BITS, 64>(p, splits, tps, n_parts, stream);
+    default:
+      return run_rd<BITS, 128>(p, splits, tps, n_parts, stream);
+  }
+}
+
+}  // namespace
+
+bool decode_attention_rd_supported(const decode_attention_params& p) {
+  const packed_kv_view& kv = p.kv;
+  const bool bits = kv.k_bits == kv.v_bits && (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8);
+  const bool kg = kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128;
+  const bool vg = kv.v_group == 16 || kv.v_group == 32 || kv.v_group == 64 || kv.v_group == 128;
+  return kv.head_dim == D && bits && kg && vg;
+}
+
+cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p, int splits,
+                                                int tiles_per_split, int n_parts,
+                                                cudaStream_t stream) {
+  if (!decode_attention_rd_supported(p)) {
+    set_launch_error("decode_attention (register_direct): unsupported shape");
+    return cudaErrorInvalidValue;
+  }
+  switch (p.kv.k_bits) {
+    case 2:
+      return dispatch_group<2>(p, splits, tiles_per_split, n_parts, stream);
+    case 4:
+      return dispatch_group<4>(p, splits, tiles_per_split, n_parts, stream);
+    default:
+      return dispatch_group<8>(p, splits, tiles_per_split, n_parts, stream);
+  }
+}
+
+}  // namespace kvcal
