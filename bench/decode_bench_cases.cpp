@@ -29,6 +29,10 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
     c.bits = pc.bits;
     c.group = pc.group;
     c.residual = pc.residual;
+    c.compress_after = pc.compress_after;
+    c.v_latent = pc.v_latent();
+    c.v_latent_rank = pc.v_latent_rank;
+    c.v_latent_bits = pc.v_latent_bits;
   }
   return c;
 }

@@ -63,11 +63,13 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   std::vector<std::string> presets;
   decode_shape s;
   bool fp32_dequant = false;
+  int latent_rank = 32;
   po::options_description opts("Options");
   // clang-format off
   opts.add_options()
       ("preset", po::value<std::vector<std::string>>(&presets)->multitoken(),
-       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2)")
+       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
+       "hybrid-k2-vpca8)")
       ("batch", po::value<std::string>(&batches_s)->default_value("1,8,32"), "batch sizes")
       ("len", po::value<std::string>(&lens_s)->default_value("4096,32768,131072"),
        "context lengths (tokens held)")
@@ -77,16 +79,22 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       ("reps", po::value<int>(&s.reps)->default_value(50), "timed calls per case (median)")
       ("fp32-dequant", po::bool_switch(&fp32_dequant),
        "dequantize in fp32 arithmetic (default: fp16, half_dequant)")
+      ("latent-rank", po::value<int>(&latent_rank)->default_value(32),
+       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64); the bench has "
+       "no calibration: latent rows use a random orthonormal basis (synthetic data)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
   // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_options("bench",
                      "[decode] [--preset P ...] [--batch 1,8,32] [--len 4096,32768,131072] "
-                     "[--model DIR] [--reps N] [--json OUT]",
+                     "[--model DIR] [--reps N] [--latent-rank 32] [--json OUT]",
                      opts, pos, args, vm, io))
     return 0;
   if (s.reps < 1) throw usage_error("--reps must be >= 1");
+  if (latent_rank != 16 && latent_rank != 32 && latent_rank != 64)
+    throw usage_error("--latent-rank " + std::to_string(latent_rank) +
+                      ": the kernels take 16, 32 or 64");
   const std::vector<int> batches = int_list(batches_s, "--batch");
   const std::vector<int> lens = int_list(lens_s, "--len");
   const model_config cfg =
@@ -94,7 +102,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   s.n_heads = static_cast<int>(cfg.num_attention_heads);
   s.n_kv = static_cast<int>(cfg.num_key_value_heads);
   s.head_dim = static_cast<int>(cfg.head_dim);
-  if (presets.empty()) presets = {"fp16", "kivi-4", "kivi-2"};
+  if (presets.empty()) presets = {"fp16", "kivi-4", "kivi-2", "knlp-v-pca-int8", "hybrid-k2-vpca8"};
 
   // Every preset resolved before any GPU work: a typo fails at once.
   std::vector<decode_case> cases;
@@ -121,6 +129,10 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
     decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
+    if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
+      if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
+      c.name += " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
+    }
     cases.push_back(c);
   }
 
@@ -158,7 +170,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       add("torch SDPA fp16", sdpa, "");
       add(fp16.name, ours, "");
       for (const auto& c : cases) {
-        if (c.bits == 16 && c.unsupported.empty()) continue;  // the fp16 row above
+        if (c.bits == 16 && !c.v_latent && c.unsupported.empty()) continue;  // the fp16 row
         if (!c.unsupported.empty()) {
           io.out << "| " << c.name << " | " << B << " | " << L
                  << " | unsupported: " << c.unsupported << " | | | | | | |\n";
