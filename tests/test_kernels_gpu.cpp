@@ -15,7 +15,8 @@
 //                   maps, 16/8/4-bit latents; z summed in the codec's order without FMA);
 //                   attention with K fp16 / KIVI 2 / 4 and PCA V latents against
 //                   attention_dense_ref on the V the CPU codec decodes, bound latent_bound()
-//                   (kHalfDequantBound + the fp16 rounding of 8/4-bit latents); bad latent shapes
+//                   (kHalfDequantBound + the fp16 rounding of 8/4-bit latents); bad latent shapes;
+//                   end to end (KIVI-2 K + PCA int8 V filled step by step, ring wrapping)
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -1174,4 +1175,169 @@ TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   badc.kv.head_dim = 96;
   expect_c(badc, "head_dim 96");
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// The hybrid layout (KIVI 2-bit K + PCA int8 V) filled by the GPU step by step (window append,
+// K compress, latent compress; the ring wraps), then attention; the CPU decodes what the GPU
+// wrote (K records, latent records through the CPU codec, window rows) for the reference, and
+// re-encodes the fp16 window values to check the latent records byte for byte.
+TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, attention") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(24);
+  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
+  const int rank = 32, lbits = 8, prefill = 150, steps = 170, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = k_record_bytes(d, bits, group), vrb = latent_record_bytes_of(rank, lbits);
+  const std::int64_t kslot = total / group + 1, vslot = total;
+  latent_case L;
+  L.rank = rank;
+  L.lbits = lbits;
+  L.maps = random_pca(rng, n_kv, rank, d);
+  dbuf<float> ew(concat(L.maps, &linear_maps::enc_w)), eb(concat(L.maps, &linear_maps::enc_b)),
+      dw(concat(L.maps, &linear_maps::dec_w)), db(concat(L.maps, &linear_maps::dec_b));
+  dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
+      vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
+  dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * cap) * D), vwin(kwin.n);
+  dbuf<int> dn(B), dkc(B), dvc(B), dkto(B), dvto(B);
+  packed_kv_view view;
+  view.batch = B;
+  view.n_kv = n_kv;
+  view.head_dim = d;
+  view.k_bits = bits;
+  view.k_group = group;
+  view.k_rec = krec.p;
+  view.v_rec = vrec.p;
+  view.k_slot_records = kslot;
+  view.v_slot_records = vslot;
+  view.k_win = reinterpret_cast<__half*>(kwin.p);
+  view.v_win = reinterpret_cast<__half*>(vwin.p);
+  view.win_cap = cap;
+  view.n_tokens = dn.p;
+  view.k_compressed = dkc.p;
+  view.v_compressed = dvc.p;
+  view.v_latent_rank = rank;
+  view.v_latent_bits = lbits;
+  view.v_enc_w = ew.p;
+  view.v_enc_b = eb.p;
+  view.v_dec_w = dw.p;
+  view.v_dec_b = db.p;
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  int n = 0, kc = 0, vc = 0;
+  auto append = [&](int t_new) {
+    std::vector<float> kn(static_cast<std::size_t>(B * t_new * n_kv) * D), vn(kn.size());
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < t_new; ++i) {
+        const std::size_t src = (static_cast<std::size_t>(b * total + n + i)) * n_kv * D;
+        const std::size_t dst = (static_cast<std::size_t>(b * t_new + i)) * n_kv * D;
+        std::copy(&k[src], &k[src] + n_kv * D, &kn[dst]);
+        std::copy(&v[src], &v[src] + n_kv * D, &vn[dst]);
+      }
+    dbuf<float> dkn(kn), dvn(vn);
+    dn.upload(std::vector<int>(B, n));
+    kv_window_append_params ap;
+    ap.kv = view;
+    ap.k_new = dkn.p;
+    ap.v_new = dvn.p;
+    ap.t_new = t_new;
+    CUDA_OK(launch_kv_window_append(ap, nullptr));
+    n += t_new;
+    const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+    dkto.upload(std::vector<int>(B, kc2));
+    dvto.upload(std::vector<int>(B, vc2));
+    quant_compress_params cp;
+    cp.kv = view;
+    cp.k_from = dkc.p;
+    cp.k_to = dkto.p;
+    cp.max_k_blocks = (kc2 - kc) / group;
+    CUDA_OK(launch_quant_compress(cp, nullptr));
+    latent_compress_params lp;
+    lp.kv = view;
+    lp.v_from = dvc.p;
+    lp.v_to = dvto.p;
+    lp.max_v_tokens = vc2 - vc;
+    CUDA_OK(launch_latent_compress(lp, nullptr));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    kc = kc2;
+    vc = vc2;
+    dn.upload(std::vector<int>(B, n));
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+  };
+  append(prefill);
+  for (int s = 0; s < steps; ++s) append(1);
+  REQUIRE(n == total);
+  cache_case& c = L.c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.n.assign(B, n);
+  const auto hk = krec.download(), hv = vrec.download();
+  const auto hkw = kwin.download(), hvw = vwin.download();
+  std::size_t bad = 0;
+  std::vector<std::uint8_t> want(vrb);
+  std::vector<float> z(static_cast<std::size_t>(rank)), x(D);
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      auto codec = make_codec(pca_method(rank, lbits), d, &L.maps[static_cast<std::size_t>(g)]);
+      std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size());
+      for (int blk = 0; blk < kc / group; ++blk)
+        cpu_k_decode(
+            &hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb], d,
+            bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+      for (int t = 0; t < vc; ++t) {
+        const std::uint8_t* rec =
+            &hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb];
+        codec->decode(rec, &vr[static_cast<std::size_t>(t) * D]);
+        codec->decode_latent(rec, z.data());
+        for (float e : z) L.z_max = std::max(L.z_max, std::fabs(e));
+        for (std::size_t i = 0; i < D; ++i)
+          x[i] = fp16_round(v[((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i]);
+        codec->encode(x.data(), want.data());
+        bad += std::memcmp(rec, want.data(), vrb) != 0;
+      }
+      for (int t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
+          if (t >= kc) kr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hkw[row]);
+          if (t >= vc) vr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hvw[row]);
+        }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+    }
+  CHECK(bad == 0);
+  const int n_heads = n_kv * ratio;
+  const rope_tables rope = make_rope(total, d, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
+  for (auto& e : q) e = u(rng);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+  decode_attention_params p;
+  p.kv = view;
+  p.n_heads = n_heads;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = total;
+  p.max_tokens = total;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto out = dout.download();
+  float err = 0.0f;
+  for (int b = 0; b < B; ++b) {
+    const auto ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+  }
+  MESSAGE("end to end, V latent: max |gpu - ref| = ", err, " (bound ", latent_bound(L), ")");
+  CHECK(err <= latent_bound(L));
 }
