@@ -156,7 +156,9 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       }
       io.out << decode_table_row("torch SDPA fp16", s, sdpa, ours.us, sdpa.us)
              << decode_table_row(fp16.name, s, ours, ours.us, sdpa.us);
-      auto add = [&](const std::string& m, const decode_timing& t, const std::string& why) {
+      // v_latent_rank > 0: the row ran the V latent mode on a synthetic basis (no calibration).
+      auto add = [&](const std::string& m, const decode_timing& t, const std::string& why,
+                     int v_latent_rank = 0) {
         rows.push_back({{"method", m},
                         {"batch", B},
                         {"len", L},
@@ -165,7 +167,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
                         {"fp16_bytes", t.fp16_bytes},
                         {"sdpa_us", sdpa.us},
                         {"fp16_ours_us", ours.us},
-                        {"unsupported", why}});
+                        {"unsupported", why},
+                        {"v_latent_rank", v_latent_rank}});
       };
       add("torch SDPA fp16", sdpa, "");
       add(fp16.name, ours, "");
@@ -179,7 +182,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
         }
         const decode_timing t = time_decode_case(c, s);
         io.out << decode_table_row(c.name, s, t, ours.us, sdpa.us);
-        add(c.name, t, "");
+        add(c.name, t, "", c.v_latent ? c.v_latent_rank : 0);
       }
       io.out.flush();
     }
