@@ -80,7 +80,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       ("fp32-dequant", po::bool_switch(&fp32_dequant),
        "dequantize in fp32 arithmetic (default: fp16, half_dequant)")
       ("latent-rank", po::value<int>(&latent_rank)->default_value(32),
-       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64); the bench has "
+       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64, 96, 128; "
+       "at most head_dim); the bench has "
        "no calibration: latent rows use a random orthonormal basis (synthetic data)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
   // clang-format on
@@ -92,9 +93,10 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
                      opts, pos, args, vm, io))
     return 0;
   if (s.reps < 1) throw usage_error("--reps must be >= 1");
-  if (latent_rank != 16 && latent_rank != 32 && latent_rank != 64)
+  if (latent_rank != 16 && latent_rank != 32 && latent_rank != 64 && latent_rank != 96 &&
+      latent_rank != 128)
     throw usage_error("--latent-rank " + std::to_string(latent_rank) +
-                      ": the kernels take 16, 32 or 64");
+                      ": the kernels take 16, 32, 64, 96 or 128");
   const std::vector<int> batches = int_list(batches_s, "--batch");
   const std::vector<int> lens = int_list(lens_s, "--len");
   const model_config cfg =

@@ -26,15 +26,17 @@ std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
 }
 
 // Why a V method is not a latent the kernels read (empty: it is).
-std::string latent_gap(const kv_method& m) {
+std::string latent_gap(const kv_method& m, int head_dim) {
   const bool pca = m.kind == kv_method_kind::pca;
   if (!pca && m.ae.hidden > 0)
     return "V MLP autoencoder (hidden " + std::to_string(m.ae.hidden) +
            "): not linear, no CUDA kernel (the kernels attend linear latents only)";
   const int rank = pca ? m.pca.rank : m.ae.latent;
   const int bits = pca ? m.pca.latent_bits : m.ae.latent_bits;
-  if (rank != 0 && rank != 16 && rank != 32 && rank != 64)
-    return "V latent rank " + std::to_string(rank) + " (the kernels take 16, 32 or 64)";
+  if (rank != 0 && rank != 16 && rank != 32 && rank != 64 && rank != 96 && rank != 128)
+    return "V latent rank " + std::to_string(rank) + " (the kernels take 16, 32, 64, 96 or 128)";
+  if (head_dim > 0 && rank > head_dim)
+    return "V latent rank " + std::to_string(rank) + " above head_dim " + std::to_string(head_dim);
   if (bits != 16 && bits != 8 && bits != 4)
     return "V latent " + std::to_string(bits) + "-bit (the kernels read 16, 8 or 4)";
   return "";
@@ -80,7 +82,7 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
     c.compress_after = r.adaptive.compress_after;
   }
   if (l0.v.kind == kv_method_kind::pca || l0.v.kind == kv_method_kind::ae) {  // V latent mode
-    if (auto g = latent_gap(l0.v); !g.empty()) return fail(g);
+    if (auto g = latent_gap(l0.v, static_cast<int>(r.model.head_dim)); !g.empty()) return fail(g);
     const bool pca = l0.v.kind == kv_method_kind::pca;
     c.v_latent_kind = l0.v.kind;
     c.v_latent_rank = pca ? l0.v.pca.rank : l0.v.ae.latent;

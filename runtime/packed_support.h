@@ -2,12 +2,12 @@
 // same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
 // asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or the V latent
 // mode: K fp16 or KIVI per-channel (2/4/8-bit, asymmetric) with V a PCA or linear autoencoder
-// (hidden 0) latent of 16/8/4 bits. No eviction, no guard, no per-head methods, no MLP
-// autoencoders. Adaptive presets (compress_after / keep_recent) map as the CPU cache runs them:
-// the fp16 window is max(residual, keep_recent) and nothing is compressed while a sequence holds
-// at most compress_after tokens (the caller's compress schedule; kvcal bench's contexts are all
-// longer). Used by the GPU cache (model/gpu_packed_cache.h) and `kvcal bench`, which name the
-// reason for anything else instead of skipping it silently.
+// (hidden 0) latent of rank 16/32/64/96/128 (<= head_dim) and 16/8/4 bits. No eviction, no guard,
+// no per-head methods, no MLP autoencoders. Adaptive presets (compress_after / keep_recent) map as
+// the CPU cache runs them: the fp16 window is max(residual, keep_recent) and nothing is compressed
+// while a sequence holds at most compress_after tokens (the caller's compress schedule; kvcal
+// bench's contexts are all longer). Used by the GPU cache (model/gpu_packed_cache.h) and `kvcal
+// bench`, which name the reason for anything else instead of skipping it silently.
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled

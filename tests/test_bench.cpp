@@ -83,6 +83,10 @@ TEST_CASE("V latent presets map to the latent mode (runtime/packed_support)") {
   auto mlp = r;
   for (auto& l : mlp.layers) l.v.ae.hidden = 64;
   CHECK(kvcal::packed_config_of(mlp, &pc).find("MLP autoencoder") != std::string::npos);
+  auto r96 = r;  // the reference model's head_dim is below 96: refused naming it
+  for (auto& l : r96.layers) l.v.ae.latent = 96;
+  REQUIRE(r96.model.head_dim == 64);
+  CHECK(kvcal::packed_config_of(r96, &pc).find("above head_dim") != std::string::npos);
   auto r48 = r;
   for (auto& l : r48.layers) l.v.ae.latent = 48;
   CHECK(kvcal::packed_config_of(r48, &pc).find("latent rank 48") != std::string::npos);

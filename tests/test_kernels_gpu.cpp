@@ -981,7 +981,7 @@ TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linea
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(21);
   for (int d : {64, 128})
-    for (int r : {16, 32, 64})
+    for (int r : {16, 32, 64, 96, 128})
       for (int bits : {16, 8, 4})
         for (int T : {1, 17, 97}) {
           if (r > d) continue;
@@ -1075,7 +1075,7 @@ TEST_CASE("decode attention with V latents (PCA, 16/8/4-bit) matches the CPU ref
   // over them so that each value meets several others (residual 0: an empty window range).
   const int Ts[] = {1, 17, 97, 4099}, Bs[] = {1, 3}, ratios[] = {1, 4, 7}, residuals[] = {8, 0, 45};
   for (int kbits : {16, 2, 4})
-    for (int r : {16, 32, 64})
+    for (int r : {16, 32, 64, 96, 128})
       for (int lbits : {16, 8, 4}) {
         for (int rep = 0; rep < 2; ++rep, ++i) {
           const int T = Ts[i % 4], B = Bs[(i / 4) % 2], ratio = ratios[i % 3];
@@ -1145,6 +1145,9 @@ TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   decode_attention_params bad = p;
   bad.kv.v_latent_rank = 48;
   expect(bad, "rank 48");
+  bad = p;
+  bad.kv.v_latent_rank = 96;  // above head_dim 64
+  expect(bad, "rank 96");
   bad = p;
   bad.kv.v_latent_bits = 2;
   expect(bad, "bits 2");

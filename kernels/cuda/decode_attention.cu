@@ -1003,10 +1003,18 @@ cudaError_t run_latent(const decode_attention_params& p, const split_plan& sp,
       return run_latent_variant<D, BITS, GROUP, 32>(p, sp, stream);
     case 64:
       return run_latent_variant<D, BITS, GROUP, 64>(p, sp, stream);
+    case 96:
+      if constexpr (D >= 96) return run_latent_variant<D, BITS, GROUP, 96>(p, sp, stream);
+      break;
+    case 128:
+      if constexpr (D >= 128) return run_latent_variant<D, BITS, GROUP, 128>(p, sp, stream);
+      break;
     default:
-      return invalid("V latent rank " + std::to_string(p.kv.v_latent_rank) +
-                     " is not supported (16, 32, 64)");
+      break;
   }
+  return invalid("V latent rank " + std::to_string(p.kv.v_latent_rank) +
+                 " is not supported (16, 32, 64, 96, 128; at most head_dim " + std::to_string(D) +
+                 ")");
 }
 
 template <int D, int BITS, int GROUP, bool HM, bool PL>
@@ -1104,8 +1112,10 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   const bool latent = kv.v_latent_rank != 0;
   if (latent) {
     const int r = kv.v_latent_rank;
-    if (r != 16 && r != 32 && r != 64)
-      return invalid("V latent rank " + std::to_string(r) + " is not supported (16, 32, 64)");
+    if ((r != 16 && r != 32 && r != 64 && r != 96 && r != 128) || r > d)
+      return invalid("V latent rank " + std::to_string(r) +
+                     " is not supported (16, 32, 64, 96, 128; at most head_dim " +
+                     std::to_string(d) + ")");
     if (kv.v_latent_bits != 16 && kv.v_latent_bits != 8 && kv.v_latent_bits != 4)
       return invalid("V latent bits " + std::to_string(kv.v_latent_bits) +
                      " is not supported (16, 8, 4)");

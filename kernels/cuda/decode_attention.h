@@ -22,9 +22,10 @@
 // V latent mode (kv.v_latent_rank > 0, PCA / linear-AE values, packed_kv.h): the compressed
 // range [0, v_compressed) and the window range are two grids of the same kernel writing disjoint
 // partials; a latent CTA attends on z (rank / 8 mma n-tiles), then projects its partial once:
-// acc = dec_w (P Z) + (sum P) dec_b. Rank 16 / 32 / 64, latent bits 16 / 8 / 4, K fp16 or 2/4/8-bit
-// records (K and V bits need not match); half_dequant / pipelined are ignored (the unpipelined
-// half_dequant K path). The tests bound it like half_dequant plus the fp16 rounding of z.
+// acc = dec_w (P Z) + (sum P) dec_b. Rank 16 / 32 / 64 / 96 / 128 (<= head_dim), latent bits 16 / 8
+// / 4, K fp16 or 2/4/8-bit records (K and V bits need not match); half_dequant / pipelined are
+// ignored (the unpipelined half_dequant K path). The tests bound it like half_dequant plus the fp16
+// rounding of z.
 //
 // Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
 // 32 / 64 / 128 and a V group that is a multiple of 8 dividing head_dim, or bits 16 (fp16 K and V,

@@ -31,7 +31,8 @@
 //   v_latent_bits 8/4: fp16 scale, fp16 zero, codes packed_bytes(r, bits), one asymmetric group
 // with z = enc_w x + enc_b and x' = dec_w z + dec_b, one map per KV head, fp32:
 //   v_enc_w: [n_kv, r, d]  v_enc_b: [n_kv, r]  v_dec_w: [n_kv, d, r]  v_dec_b: [n_kv, d]
-// (v_bits / v_group are then unused; r a multiple of 16, <= head_dim). K is unchanged: fp16
+// (v_bits / v_group are then unused; r a multiple of 16, <= head_dim; decode attention takes
+// 16 / 32 / 64 / 96 / 128). K is unchanged: fp16
 // (k_bits 16, every token in the ring) or per-channel records. Attention runs on latents:
 // P V = (P Z) dec_w^T + (sum P) dec_b (kernels/cuda/decode_attention.h).
 //   v_rec: [B, n_kv, v_slot_records, latent_record_bytes(r, v_latent_bits)]
