@@ -188,6 +188,20 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       }
       io.out.flush();
     }
+  for (const auto& c : cases) {
+    if (!c.unsupported.empty()) continue;
+    if (c.v_latent)
+      io.out << "\n"
+             << c.name << ": V PCA latents on a random orthonormal basis of rank "
+             << c.v_latent_rank << " (synthetic data: the bench has no calibration; the speed "
+             << "does not depend on the basis)";
+    if (c.compress_after >= 0)
+      io.out << "\n"
+             << c.name << ": adaptive, no records up to " << c.compress_after
+             << " tokens, then the last " << c.residual << " fp16 (the bench follows it; above "
+             << c.compress_after << " tokens it only delays the first compression)";
+  }
+  io.out << "\n";
   io.out << "\nGoal (issue 11): at B8 L32k, speedup vs SDPA >= 0.8 x (fp16 bytes / bytes read), "
             ">= 2.4 TB/s effective on compressed bytes; at B1 L32k >= 2.0 TB/s.\n";
   if (!json_out.empty()) {
