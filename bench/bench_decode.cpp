@@ -8,7 +8,8 @@
 // Methods: fp16 (ours: K/V fp16, RoPE applied to keys in the kernel), kivi-2 and kivi-4
 // (presets/templates: K per-channel, V per-token, group 32, asymmetric, fp16 residual 128), each
 // with fp32 and half_dequant (fp16 arithmetic) dequantization, then the pipelined and the
-// register-direct (decode_attention_params::register_direct) kernels.
+// register-direct (decode_attention_params::register_direct) kernels; V PCA latents (rank 32,
+// int8, a synthetic basis) with K fp16 and with K kivi-2.
 #include <cstdio>
 #include <cstdlib>
 #include <exception>

@@ -2,19 +2,24 @@
 // pre-RoPE keys with an outlier channel, random values) and times decode attention over it.
 // "bytes read" counts what the kernels load: packed records + fp16 windows of every (sequence,
 // KV head), the queries, the RoPE table rows (one per 32 tokens, shared by the heads) and the
-// split partials written and read back.
+// split partials written and read back; in the V latent mode also the latent records (with their
+// scale / zero) and dec_w / dec_b once per KV head (the CTAs re-read them from L2). Latent cases
+// use a random orthonormal basis and mean (synthetic; no calibration in the bench).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "bench/decode_bench.h"
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
+#include "runtime/kv_codec.h"
 
 namespace kvcal {
 namespace {
@@ -50,6 +55,46 @@ T* dalloc(std::size_t n) {
   return p;
 }
 
+// Synthetic PCA maps of n_kv heads (random orthonormal basis rows by Gram-Schmidt, small random
+// mean), concatenated: enc_w [n_kv, r, d], enc_b [n_kv, r], dec_w [n_kv, d, r], dec_b [n_kv, d].
+linear_maps synthetic_pca(int n_kv, int r, int d) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  linear_maps all;
+  all.rank = r;
+  all.d = d;
+  const std::size_t D = static_cast<std::size_t>(d), R = static_cast<std::size_t>(r);
+  for (int g = 0; g < n_kv; ++g) {
+    std::vector<float> basis(R * D), mean(D);
+    for (std::size_t i = 0; i < R; ++i) {
+      float* row = &basis[i * D];
+      for (std::size_t c = 0; c < D; ++c) row[c] = nd(rng);
+      for (std::size_t j = 0; j < i; ++j) {
+        const float* o = &basis[j * D];
+        double dot = 0;
+        for (std::size_t c = 0; c < D; ++c) dot += static_cast<double>(row[c]) * o[c];
+        for (std::size_t c = 0; c < D; ++c) row[c] -= static_cast<float>(dot) * o[c];
+      }
+      double nrm = 0;
+      for (std::size_t c = 0; c < D; ++c) nrm += static_cast<double>(row[c]) * row[c];
+      for (std::size_t c = 0; c < D; ++c) row[c] = static_cast<float>(row[c] / std::sqrt(nrm));
+    }
+    for (auto& x : mean) x = 0.1f * nd(rng);
+    const linear_maps m = pca_maps(basis.data(), mean.data(), r, d);
+    all.enc_w.insert(all.enc_w.end(), m.enc_w.begin(), m.enc_w.end());
+    all.enc_b.insert(all.enc_b.end(), m.enc_b.begin(), m.enc_b.end());
+    all.dec_w.insert(all.dec_w.end(), m.dec_w.begin(), m.dec_w.end());
+    all.dec_b.insert(all.dec_b.end(), m.dec_b.begin(), m.dec_b.end());
+  }
+  return all;
+}
+
+float* upload(const std::vector<float>& h) {
+  float* p = dalloc<float>(h.size());
+  CUDA_OK(cudaMemcpy(p, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return p;
+}
+
 }  // namespace
 
 decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
@@ -59,19 +104,40 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   const std::size_t flush_bytes = 128u << 20;  // > L2 (50-60 MB on H100/H200)
   float* flush = dalloc<float>(flush_bytes / 4);
   const std::size_t D = static_cast<std::size_t>(d);
-  const bool fp16 = m.bits == 16;
+  const bool latent = m.v_latent;
+  KVCAL_CHECK(!latent || m.v_latent_rank > 0, m.name, ": V latent case without a rank");
+  const bool kfp16 = m.bits == 16;     // every key in the ring
+  const bool fp16 = kfp16 && !latent;  // the fp16 baseline: nothing compressed
   const int chunk = std::min(L, 4096);
-  const int cap = fp16 ? L : chunk + 256;
-  const std::int64_t kslot = fp16 ? 0 : L / m.group + 1, vslot = fp16 ? 0 : L;
-  const std::size_t krb = fp16 ? 0 : k_record_bytes(d, m.bits, m.group);
-  const std::size_t vrb = fp16 ? 0 : v_record_bytes(d, m.bits, m.group);
+  const int cap = kfp16 ? L : chunk + std::max(256, m.residual + m.group);
+  const std::int64_t kslot = kfp16 ? 0 : L / m.group + 1, vslot = fp16 ? 0 : L;
+  const std::size_t krb = kfp16 ? 0 : k_record_bytes(d, m.bits, m.group);
+  const std::size_t vrb = latent ? latent_record_bytes_of(m.v_latent_rank, m.v_latent_bits)
+                          : fp16 ? 0
+                                 : v_record_bytes(d, m.bits, m.group);
   const std::size_t slots = static_cast<std::size_t>(B * n_kv);
   packed_kv_view kv;
   kv.batch = B;
   kv.n_kv = n_kv;
   kv.head_dim = d;
-  kv.k_bits = kv.v_bits = m.bits;
-  kv.k_group = kv.v_group = fp16 ? 32 : m.group;
+  kv.k_bits = m.bits;
+  kv.v_bits = latent ? 16 : m.bits;
+  kv.k_group = kfp16 ? 32 : m.group;
+  kv.v_group = fp16 || latent ? 32 : m.group;
+  float *enc_w = nullptr, *enc_b = nullptr, *dec_w = nullptr, *dec_b = nullptr;
+  if (latent) {
+    const linear_maps maps = synthetic_pca(n_kv, m.v_latent_rank, d);
+    enc_w = upload(maps.enc_w);
+    enc_b = upload(maps.enc_b);
+    dec_w = upload(maps.dec_w);
+    dec_b = upload(maps.dec_b);
+    kv.v_latent_rank = m.v_latent_rank;
+    kv.v_latent_bits = m.v_latent_bits;
+    kv.v_enc_w = enc_w;
+    kv.v_enc_b = enc_b;
+    kv.v_dec_w = dec_w;
+    kv.v_dec_b = dec_b;
+  }
   kv.k_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(kslot) * krb);
   kv.v_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(vslot) * vrb);
   kv.k_slot_records = kslot;
@@ -113,8 +179,9 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
     set(kc, k_done);
     set(vc, v_done);
     const int n2 = n + t_new;
-    const int k2 = fp16 ? 0 : std::max(0, n2 - m.residual) / m.group * m.group;
-    const int v2 = fp16 ? 0 : std::max(0, n2 - m.residual);
+    const bool dormant = m.compress_after >= 0 && n2 <= m.compress_after;  // adaptive presets
+    const int k2 = kfp16 || dormant ? 0 : std::max(0, n2 - m.residual) / m.group * m.group;
+    const int v2 = fp16 || dormant ? 0 : std::max(0, n2 - m.residual);
     set(kto, k2);
     set(vto, v2);
     CUDA_OK(cudaEventRecord(a0));
@@ -124,16 +191,26 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
     ap.v_new = vn;
     ap.t_new = t_new;
     CUDA_OK(launch_kv_window_append(ap, nullptr));
-    if (!fp16) {
+    if (!kfp16) {
       quant_compress_params cp;
       cp.kv = kv;
       cp.k_from = kc;
       cp.k_to = kto;
-      cp.v_from = vc;
-      cp.v_to = vto;
       cp.max_k_blocks = (k2 - k_done) / m.group;
-      cp.max_v_tokens = v2 - v_done;
+      if (!latent) {
+        cp.v_from = vc;
+        cp.v_to = vto;
+        cp.max_v_tokens = v2 - v_done;
+      }
       CUDA_OK(launch_quant_compress(cp, nullptr));
+    }
+    if (latent) {
+      latent_compress_params lp;
+      lp.kv = kv;
+      lp.v_from = vc;
+      lp.v_to = vto;
+      lp.max_v_tokens = v2 - v_done;
+      CUDA_OK(launch_latent_compress(lp, nullptr));
     }
     CUDA_OK(cudaEventRecord(a1));
     CUDA_OK(cudaEventSynchronize(a1));
@@ -207,14 +284,18 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
 
   decode_timing r;
   r.us = 1000.0 * times[times.size() / 2];
-  const double per_slot = fp16 ? 2.0 * L * d * 2
+  const double k_bytes = kfp16 ? 2.0 * L * d
                                : static_cast<double>(k_done / m.group) * static_cast<double>(krb) +
-                                     static_cast<double>(v_done) * static_cast<double>(vrb) +
-                                     static_cast<double>(L - k_done) * d * 2 +
-                                     static_cast<double>(L - v_done) * d * 2;
+                                     static_cast<double>(L - k_done) * d * 2;
+  const double v_bytes = static_cast<double>(v_done) * static_cast<double>(vrb) +
+                         static_cast<double>(L - v_done) * d * 2;
+  const double per_slot = k_bytes + v_bytes;
+  const double maps_bytes =
+      latent ? static_cast<double>(n_kv) * (static_cast<double>(d) * m.v_latent_rank + d) * 4 : 0.0;
   const double parts = static_cast<double>(ws) / 4.0 / (d + 2);  // rows of (m, l, acc)
-  r.bytes = per_slot * static_cast<double>(slots) + static_cast<double>(q_elems) * 4 * 2 +
-            static_cast<double>((L + 31) / 32 + 32) * d * 4 + parts * (d + 2) * 4 * 2;
+  r.bytes = per_slot * static_cast<double>(slots) + maps_bytes +
+            static_cast<double>(q_elems) * 4 * 2 + static_cast<double>((L + 31) / 32 + 32) * d * 4 +
+            parts * (d + 2) * 4 * 2;
   r.fp16_bytes = 2.0 * L * d * 2 * static_cast<double>(slots);
   r.append_tok_s = append_ms > 0 ? static_cast<double>(L) * B / (append_ms / 1000.0) : 0.0;
 
@@ -234,6 +315,10 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   cudaFree(q);
   cudaFree(out);
   cudaFree(p.workspace);
+  cudaFree(enc_w);
+  cudaFree(enc_b);
+  cudaFree(dec_w);
+  cudaFree(dec_b);
   cudaFree(flush);
   cudaEventDestroy(a0);
   cudaEventDestroy(a1);

@@ -3,15 +3,18 @@
 // bench_decode program.
 //
 // A case is a kernel configuration (fp16, or KIVI-style quantization: K per-channel groups along
-// tokens, V per-token groups, asymmetric, fp16 residual window). decode_case_of() maps a preset
-// recipe to a case, or says why the CUDA kernels cannot run it yet (the row is then printed as
-// unsupported rather than silently skipped).
+// tokens, V per-token groups, asymmetric, fp16 residual window; or the V latent mode: K fp16 or
+// per-channel quantized, V a PCA latent of 16/8/4 bits). The bench has no calibration: latent
+// cases run on a random orthonormal basis (synthetic data; the speed does not depend on it).
+// decode_case_of() maps a preset recipe to a case, or says why the CUDA kernels cannot run it yet
+// (the row is then printed as unsupported rather than silently skipped).
 //
 //   kvcal::decode_shape s;  s.batch = 8; s.len = 32768;            // 28 q / 4 kv heads, d 128
 //   kvcal::decode_timing t = kvcal::time_decode_case(kvcal::builtin_decode_cases()[1], s);
 //   kvcal::decode_timing b = kvcal::time_sdpa_fp16(s);             // the baseline, same shapes
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -29,6 +32,12 @@ struct decode_case {
   bool pipelined = true;     // decode_attention_params::pipelined (with half_dequant)
   // decode_attention_params::register_direct
   bool register_direct = false;
+  // V latent mode (then `bits` / `group` are K's): rank 0 with v_latent = a template whose rank
+  // comes from the PCA file; the caller sets one (kvcal bench --latent-rank).
+  bool v_latent = false;
+  int v_latent_rank = 0;             // 16 | 32 | 64
+  int v_latent_bits = 16;            // 16 | 8 | 4
+  std::int64_t compress_after = -1;  // adaptive presets: no records up to this many tokens
 };
 
 struct decode_shape {
@@ -44,7 +53,8 @@ struct decode_timing {
 };
 
 // fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined and
-// register-direct: the development table.
+// register-direct, and the V latent mode (synthetic PCA rank 32, int8) with K fp16 and K kivi-2:
+// the development table.
 std::vector<decode_case> builtin_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);

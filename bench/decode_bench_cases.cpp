@@ -19,6 +19,18 @@ std::vector<decode_case> builtin_decode_cases() {
   v.push_back({"kivi-2 (pipelined)", 2, 32, 128, true, "", true});
   v.push_back({"kivi-4 (register-direct)", 4, 32, 128, true, "", true, true});
   v.push_back({"kivi-2 (register-direct)", 2, 32, 128, true, "", true, true});
+  // V latent mode on a synthetic rank-32 PCA basis: knlp-v-pca-int8's layout (K fp16, window
+  // 256) and the hybrid-k2-vpca8 template's (KIVI 2-bit K, residual 128).
+  decode_case knlp{"V PCA r32 int8 + K fp16 (knlp, synthetic)", 16, 32, 256, true, "", false};
+  knlp.v_latent = true;
+  knlp.v_latent_rank = 32;
+  knlp.v_latent_bits = 8;
+  v.push_back(knlp);
+  decode_case hyb{"V PCA r32 int8 + K kivi-2 (hybrid, synthetic)", 2, 32, 128, true, "", false};
+  hyb.v_latent = true;
+  hyb.v_latent_rank = 32;
+  hyb.v_latent_bits = 8;
+  v.push_back(hyb);
   return v;
 }
 
@@ -34,6 +46,10 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
     c.bits = pc.bits;
     c.group = pc.group;
     c.residual = pc.residual;
+    c.compress_after = pc.compress_after;
+    c.v_latent = pc.v_latent();
+    c.v_latent_rank = pc.v_latent_rank;
+    c.v_latent_bits = pc.v_latent_bits;
   }
   return c;
 }

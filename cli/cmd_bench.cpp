@@ -64,11 +64,13 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   decode_shape s;
   bool fp32_dequant = false;
   std::string register_direct = "off";
+  int latent_rank = 32;
   po::options_description opts("Options");
   // clang-format off
   opts.add_options()
       ("preset", po::value<std::vector<std::string>>(&presets)->multitoken(),
-       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2)")
+       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
+       "hybrid-k2-vpca8)")
       ("batch", po::value<std::string>(&batches_s)->default_value("1,8,32"), "batch sizes")
       ("len", po::value<std::string>(&lens_s)->default_value("4096,32768,131072"),
        "context lengths (tokens held)")
@@ -81,18 +83,27 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       ("register-direct", po::value<std::string>(&register_direct)->default_value("off"),
        "on|off: run the preset rows with the register-direct kernel where it covers the shape "
        "(decode_attention_params::register_direct)")
+      ("latent-rank", po::value<int>(&latent_rank)->default_value(32),
+       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64, 96, 128; "
+       "at most head_dim); the bench has "
+       "no calibration: latent rows use a random orthonormal basis (synthetic data)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
   // clang-format on
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse_options("bench",
                      "[decode] [--preset P ...] [--batch 1,8,32] [--len 4096,32768,131072] "
-                     "[--model DIR] [--reps N] [--register-direct on|off] [--json OUT]",
+                     "[--model DIR] [--reps N] [--register-direct on|off] [--latent-rank 32] "
+                     "[--json OUT]",
                      opts, pos, args, vm, io))
     return 0;
   if (s.reps < 1) throw usage_error("--reps must be >= 1");
   if (register_direct != "on" && register_direct != "off")
     throw usage_error("--register-direct must be on or off, got '" + register_direct + "'");
+  if (latent_rank != 16 && latent_rank != 32 && latent_rank != 64 && latent_rank != 96 &&
+      latent_rank != 128)
+    throw usage_error("--latent-rank " + std::to_string(latent_rank) +
+                      ": the kernels take 16, 32, 64, 96 or 128");
   const std::vector<int> batches = int_list(batches_s, "--batch");
   const std::vector<int> lens = int_list(lens_s, "--len");
   const model_config cfg =
@@ -100,7 +111,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   s.n_heads = static_cast<int>(cfg.num_attention_heads);
   s.n_kv = static_cast<int>(cfg.num_key_value_heads);
   s.head_dim = static_cast<int>(cfg.head_dim);
-  if (presets.empty()) presets = {"fp16", "kivi-4", "kivi-2"};
+  if (presets.empty()) presets = {"fp16", "kivi-4", "kivi-2", "knlp-v-pca-int8", "hybrid-k2-vpca8"};
 
   // Every preset resolved before any GPU work: a typo fails at once.
   std::vector<decode_case> cases;
@@ -129,9 +140,14 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     c.half_dequant = !fp32_dequant;
     c.register_direct = register_direct == "on";
     // The row says so only where the kernel covers the shape (else the flag changes nothing).
-    if (c.register_direct && c.unsupported.empty() && (c.bits == 2 || c.bits == 4 || c.bits == 8) &&
-        s.head_dim == 128 && (c.group == 32 || c.group == 64 || c.group == 128))
+    if (c.register_direct && c.unsupported.empty() && !c.v_latent &&
+        (c.bits == 2 || c.bits == 4 || c.bits == 8) && s.head_dim == 128 &&
+        (c.group == 32 || c.group == 64 || c.group == 128))
       c.name += " (register-direct)";
+    if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
+      if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
+      c.name += " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
+    }
     cases.push_back(c);
   }
 
@@ -155,7 +171,9 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       }
       io.out << decode_table_row("torch SDPA fp16", s, sdpa, ours.us, sdpa.us)
              << decode_table_row(fp16.name, s, ours, ours.us, sdpa.us);
-      auto add = [&](const std::string& m, const decode_timing& t, const std::string& why) {
+      // v_latent_rank > 0: the row ran the V latent mode on a synthetic basis (no calibration).
+      auto add = [&](const std::string& m, const decode_timing& t, const std::string& why,
+                     int v_latent_rank = 0) {
         rows.push_back({{"method", m},
                         {"batch", B},
                         {"len", L},
@@ -164,12 +182,13 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
                         {"fp16_bytes", t.fp16_bytes},
                         {"sdpa_us", sdpa.us},
                         {"fp16_ours_us", ours.us},
-                        {"unsupported", why}});
+                        {"unsupported", why},
+                        {"v_latent_rank", v_latent_rank}});
       };
       add("torch SDPA fp16", sdpa, "");
       add(fp16.name, ours, "");
       for (const auto& c : cases) {
-        if (c.bits == 16 && c.unsupported.empty()) continue;  // the fp16 row above
+        if (c.bits == 16 && !c.v_latent && c.unsupported.empty()) continue;  // the fp16 row
         if (!c.unsupported.empty()) {
           io.out << "| " << c.name << " | " << B << " | " << L
                  << " | unsupported: " << c.unsupported << " | | | | | | |\n";
@@ -178,10 +197,24 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
         }
         const decode_timing t = time_decode_case(c, s);
         io.out << decode_table_row(c.name, s, t, ours.us, sdpa.us);
-        add(c.name, t, "");
+        add(c.name, t, "", c.v_latent ? c.v_latent_rank : 0);
       }
       io.out.flush();
     }
+  for (const auto& c : cases) {
+    if (!c.unsupported.empty()) continue;
+    if (c.v_latent)
+      io.out << "\n"
+             << c.name << ": V PCA latents on a random orthonormal basis of rank "
+             << c.v_latent_rank << " (synthetic data: the bench has no calibration; the speed "
+             << "does not depend on the basis)";
+    if (c.compress_after >= 0)
+      io.out << "\n"
+             << c.name << ": adaptive, no records up to " << c.compress_after
+             << " tokens, then the last " << c.residual << " fp16 (the bench follows it; above "
+             << c.compress_after << " tokens it only delays the first compression)";
+  }
+  io.out << "\n";
   io.out << "\nGoal (issue 11): at B8 L32k, speedup vs SDPA >= 0.8 x (fp16 bytes / bytes read), "
             ">= 2.4 TB/s effective on compressed bytes; at B1 L32k >= 2.0 TB/s.\n";
   if (!json_out.empty()) {

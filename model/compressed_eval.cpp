@@ -150,6 +150,11 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       const std::string why = packed_config_of(f.recipe(), &pc);
       KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
                   " (drop --gpu-kernels to use the CPU runtime)");
+      KVCAL_CHECK(!pc.v_latent() && pc.compress_after < 0, path,
+                  ": the GPU cache cannot run this preset yet: ",
+                  pc.v_latent() ? "V latents (PCA / AE) are in the kernels and kvcal bench only"
+                                : "adaptive compress_after is not in the GPU cache",
+                  " (drop --gpu-kernels to use the CPU runtime)");
       gpu_packed_cache::options o;
       o.bits = pc.bits;
       o.group = pc.group;

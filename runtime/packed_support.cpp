@@ -11,6 +11,9 @@ namespace {
 // Why one K or V method is not what the kernels read (empty: it is).
 std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
   if (m.kind == kv_method_kind::pca) return std::string(what) + " PCA latent: no CUDA kernel yet";
+  if (m.kind == kv_method_kind::ae && m.ae.hidden > 0)
+    return std::string(what) + " MLP autoencoder (hidden " + std::to_string(m.ae.hidden) +
+           "): not linear, no CUDA kernel (the kernels attend linear latents only)";
   if (m.kind == kv_method_kind::ae) return std::string(what) + " autoencoder: no CUDA kernel yet";
   if (m.kind != kv_method_kind::quant) return "";
   std::ostringstream s;
@@ -22,6 +25,38 @@ std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
   else if (m.quant.bits != 2 && m.quant.bits != 4 && m.quant.bits != 8)
     s << what << " " << m.quant.bits << "-bit (the kernels read 2, 4 or 8)";
   return s.str();
+}
+
+// Why a V method is not a latent the kernels read (empty: it is).
+std::string latent_gap(const kv_method& m, int head_dim) {
+  const bool pca = m.kind == kv_method_kind::pca;
+  if (!pca && m.ae.hidden > 0)
+    return "V MLP autoencoder (hidden " + std::to_string(m.ae.hidden) +
+           "): not linear, no CUDA kernel (the kernels attend linear latents only)";
+  const int rank = pca ? m.pca.rank : m.ae.latent;
+  const int bits = pca ? m.pca.latent_bits : m.ae.latent_bits;
+  if (rank != 0 && rank != 16 && rank != 32 && rank != 64 && rank != 96 && rank != 128)
+    return "V latent rank " + std::to_string(rank) + " (the kernels take 16, 32, 64, 96 or 128)";
+  if (head_dim > 0 && rank > head_dim)
+    return "V latent rank " + std::to_string(rank) + " above head_dim " + std::to_string(head_dim);
+  if (bits != 16 && bits != 8 && bits != 4)
+    return "V latent " + std::to_string(bits) + "-bit (the kernels read 16, 8 or 4)";
+  return "";
+}
+
+bool same_method(const kv_method& a, const kv_method& b) {
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case kv_method_kind::quant:
+      return a.quant.bits == b.quant.bits && a.quant.group == b.quant.group;
+    case kv_method_kind::pca:
+      return a.pca.rank == b.pca.rank && a.pca.latent_bits == b.pca.latent_bits;
+    case kv_method_kind::ae:
+      return a.ae.latent == b.ae.latent && a.ae.latent_bits == b.ae.latent_bits &&
+             a.ae.hidden == b.ae.hidden;
+    default:
+      return true;
+  }
 }
 
 }  // namespace
@@ -48,17 +83,37 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
       return fail("h2o without a budget: nothing to evict");
     if (l.policy.kind == token_policy_kind::full && l.budget.kind != budget_kind::none)
       return fail("token budget without an evicting policy: no CUDA eviction");
-    if (l.k.kind != l0.k.kind || l.v.kind != l0.v.kind || l.residual != l0.residual ||
-        (l.k.kind == kv_method_kind::quant &&
-         (l.k.quant.bits != l0.k.quant.bits || l.k.quant.group != l0.k.quant.group)) ||
-        (l.v.kind == kv_method_kind::quant &&
-         (l.v.quant.bits != l0.v.quant.bits || l.v.quant.group != l0.v.quant.group)))
+    if (!same_method(l.k, l0.k) || !same_method(l.v, l0.v) || l.residual != l0.residual)
       return fail(
           "layers differ (mixed precision per layer): the kernels take one configuration for all");
   }
   if (auto g = quant_gap(l0.k, quant_axis::per_channel, "K"); !g.empty()) return fail(g);
+  c.residual = static_cast<int>(l0.residual);
+  if (r.adaptive.enabled) {  // as the CPU cache: window max(residual, keep_recent), dormant start
+    if (r.adaptive.keep_recent > c.residual) c.residual = static_cast<int>(r.adaptive.keep_recent);
+    c.compress_after = r.adaptive.compress_after;
+  }
+  if (l0.v.kind == kv_method_kind::pca || l0.v.kind == kv_method_kind::ae) {  // V latent mode
+    if (l0.policy.kind != token_policy_kind::full)
+      return fail("eviction with a V latent: the GPU evicts fp16 caches only");
+    if (auto g = latent_gap(l0.v, static_cast<int>(r.model.head_dim)); !g.empty()) return fail(g);
+    const bool pca = l0.v.kind == kv_method_kind::pca;
+    c.v_latent_kind = l0.v.kind;
+    c.v_latent_rank = pca ? l0.v.pca.rank : l0.v.ae.latent;
+    c.v_latent_bits = pca ? l0.v.pca.latent_bits : l0.v.ae.latent_bits;
+    if (l0.k.kind == kv_method_kind::quant) {
+      const int g = l0.k.quant.group;
+      if (g != 32 && g != 64 && g != 128)
+        return fail("K group " + std::to_string(g) + " (32, 64, 128)");
+      c.bits = l0.k.quant.bits;
+      c.group = g;
+    } else {
+      c.bits = 16;  // fp16 K: every key stays in the window ring
+    }
+    *out = c;
+    return "";
+  }
   if (auto g = quant_gap(l0.v, quant_axis::per_token, "V"); !g.empty()) return fail(g);
-  if (r.adaptive.enabled) return fail("adaptive compress_after / keep_recent: not on the GPU yet");
   const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
   const bool evicts = l0.policy.kind == token_policy_kind::h2o;
   const bool window = l0.policy.kind == token_policy_kind::window;
@@ -67,6 +122,8 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
                 " eviction with quantized K / V: the GPU evicts fp16 caches only");
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;
+    c.residual = 0;  // fp16: nothing is compressed (H2O's recent share reads the residual below)
+    c.compress_after = -1;
     if (window) {
       if (l0.policy.sinks < 0 || l0.policy.recent < 0 || l0.policy.sinks + l0.policy.recent < 1)
         return fail("window eviction needs sinks + recent >= 1");
@@ -99,7 +156,6 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   if (g != 32 && g != 64 && g != 128) return fail("group " + std::to_string(g) + " (32, 64, 128)");
   c.bits = l0.k.quant.bits;
   c.group = g;
-  c.residual = static_cast<int>(l0.residual);
   *out = c;
   return "";
 }

@@ -2,15 +2,20 @@
 // same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
 // asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or fp16 with H2O
 // or window (sinks + recent) eviction (every layer the same policy and budget:
-// kernels/cuda/evict.h). No other policy, no guard, no per-head methods or budgets, no PCA / AE
-// latents. Used by the GPU cache
-// (model/gpu_packed_cache.h) and `kvcal bench`, which name the reason for anything else instead of
-// skipping it silently.
+// kernels/cuda/evict.h); or the V latent mode: K fp16 or KIVI per-channel (2/4/8-bit,
+// asymmetric) with V a PCA or linear autoencoder (hidden 0) latent of rank 16/32/64/96/128
+// (<= head_dim) and 16/8/4 bits, without eviction. No other policy, no guard, no per-head methods
+// or budgets, no MLP autoencoders. Adaptive presets (compress_after / keep_recent) map as the CPU
+// cache runs them: the fp16 window is max(residual, keep_recent) and nothing is compressed while
+// a sequence holds at most compress_after tokens (the caller's compress schedule; kvcal bench's
+// contexts are all longer). Used by the GPU cache (model/gpu_packed_cache.h) and `kvcal bench`,
+// which name the reason for anything else instead of skipping it silently.
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "runtime/preset_recipe.h"
@@ -18,8 +23,8 @@
 namespace kvcal {
 
 struct packed_config {
-  int bits = 16;     // 16 = fp16 K/V; 2 | 4 | 8 = quantized records
-  int group = 32;    // K: tokens per record; V: channels per scale group
+  int bits = 16;     // K (and V unless latent): 16 = fp16; 2 | 4 | 8 = quantized records
+  int group = 32;    // K: tokens per record; V (quantized): channels per scale group
   int residual = 0;  // fp16 recent window (tokens) before records are made
   // H2O eviction (bits 16 only): budget R = floor(retain x seen) when retain > 0, else `tokens`;
   // heavy share of R by score, the rest (at least max(1, residual)) the newest tokens.
@@ -31,6 +36,14 @@ struct packed_config {
   bool window = false;
   int sinks = 0;
   int recent = 0;
+  // Adaptive presets: no records while a sequence holds <= compress_after tokens (-1: off).
+  std::int64_t compress_after = -1;
+  // V latent mode: v_latent_kind pca | ae (linear), else none (off). v_latent_rank 0 only for
+  // a template whose rank comes from the PCA file at export (the caller chooses one).
+  kv_method_kind v_latent_kind = kv_method_kind::none;
+  int v_latent_rank = 0;
+  int v_latent_bits = 16;  // 16 | 8 | 4
+  bool v_latent() const { return v_latent_kind != kv_method_kind::none; }
 };
 
 // Empty when the kernels can run `r` (then *out is its configuration), else the reason.

@@ -13,6 +13,12 @@
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
 //                   message naming the value, through kvcal::check_launch as kvcal::error
+//   V latent mode   latent append: GPU records byte-identical to the CPU linear codec's (PCA
+//                   maps, 16/8/4-bit latents; z summed in the codec's order without FMA);
+//                   attention with K fp16 / KIVI 2 / 4 and PCA V latents against
+//                   attention_dense_ref on the V the CPU codec decodes, bound latent_bound()
+//                   (kHalfDequantBound + the fp16 rounding of 8/4-bit latents); bad latent shapes;
+//                   end to end (KIVI-2 K + PCA int8 V filled step by step, ring wrapping)
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -32,7 +38,9 @@
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
+#include "runtime/kv_codec.h"
 
 using namespace kvcal;
 
@@ -870,4 +878,575 @@ TEST_CASE("unsupported shapes: cudaErrorInvalidValue with a message naming the v
   CHECK(launch_quant_compress(cp, nullptr) == cudaErrorInvalidValue);
   CHECK(last_launch_error().find("K bits 5") != std::string::npos);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// ---- V latent mode (PCA / linear-AE values, kernels/cuda/latent_append.h, packed_kv.h) ---------
+
+namespace {
+
+// n_kv random PCA maps: orthonormal basis rows (Gram-Schmidt), a mean near the data's
+// (random_rows(.., 1.0f): channel 3 has mean 1), through kvcal::pca_maps like the CPU cache.
+std::vector<linear_maps> random_pca(std::mt19937& rng, int n_kv, int r, int d) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const std::size_t D = static_cast<std::size_t>(d), R = static_cast<std::size_t>(r);
+  std::vector<linear_maps> out;
+  for (int g = 0; g < n_kv; ++g) {
+    std::vector<float> basis(R * D), mean(D);
+    for (std::size_t i = 0; i < R; ++i) {
+      float* row = &basis[i * D];
+      for (std::size_t c = 0; c < D; ++c) row[c] = nd(rng);
+      for (std::size_t j = 0; j < i; ++j) {
+        double dot = 0;
+        for (std::size_t c = 0; c < D; ++c) dot += static_cast<double>(row[c]) * basis[j * D + c];
+        for (std::size_t c = 0; c < D; ++c) row[c] -= static_cast<float>(dot) * basis[j * D + c];
+      }
+      double nrm = 0;
+      for (std::size_t c = 0; c < D; ++c) nrm += static_cast<double>(row[c]) * row[c];
+      for (std::size_t c = 0; c < D; ++c) row[c] = static_cast<float>(row[c] / std::sqrt(nrm));
+    }
+    for (auto& x : mean) x = 0.05f * nd(rng);
+    mean[3] += 1.0f;
+    out.push_back(pca_maps(basis.data(), mean.data(), r, d));
+  }
+  return out;
+}
+
+// One field of every head's maps, back to back ([n_kv, ...] as packed_kv_view wants).
+std::vector<float> concat(const std::vector<linear_maps>& maps,
+                          std::vector<float> linear_maps::*field) {
+  std::vector<float> v;
+  for (const auto& m : maps) v.insert(v.end(), (m.*field).begin(), (m.*field).end());
+  return v;
+}
+
+kv_method pca_method(int rank, int bits) {
+  kv_method m;
+  m.kind = kv_method_kind::pca;
+  m.pca.rank = rank;
+  m.pca.latent_bits = bits;
+  return m;
+}
+
+// A cache with K as build_case (fp16, or per-channel records of kbits) and V in the latent mode:
+// tokens t < vc = max(0, n - residual) are the CPU linear codec's records, the reference V rows
+// are what that codec decodes from them (x' = W_d z + b_d, fp32); the rest is the fp16 ring.
+struct latent_case {
+  cache_case c;
+  int rank = 32, lbits = 8;
+  std::vector<linear_maps> maps;  // [n_kv]
+  float z_max = 0.0f;             // max |z| over the latent records (CPU-decoded)
+};
+
+latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbits, int kgroup,
+                              const std::vector<int>& lens, int rank, int lbits, int residual) {
+  latent_case L;
+  L.rank = rank;
+  L.lbits = lbits;
+  L.maps = random_pca(rng, n_kv, rank, d);
+  cache_case& c = L.c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.bits = kbits;
+  c.group = kgroup;
+  c.vgroup = 32;
+  c.residual = residual;
+  const int max_n = *std::max_element(lens.begin(), lens.end());
+  c.cap = kbits == 16 ? max_n : 256;
+  c.n = lens;
+  const std::size_t D = static_cast<std::size_t>(d);
+  if (kbits != 16) {
+    c.krb = k_record_bytes(d, kbits, kgroup);
+    c.k_slot_records = max_n / kgroup + 1;
+  }
+  c.vrb = latent_record_bytes_of(rank, lbits);
+  c.v_slot_records = max_n;
+  c.k_rec.assign(static_cast<std::size_t>(B * n_kv * c.k_slot_records) * c.krb, 0);
+  c.v_rec.assign(static_cast<std::size_t>(B * n_kv * c.v_slot_records) * c.vrb, 0);
+  c.k_win.assign(static_cast<std::size_t>(B * n_kv * c.cap) * D, 0);
+  c.v_win.assign(c.k_win.size(), 0);
+  std::vector<float> z(static_cast<std::size_t>(rank));
+  for (int b = 0; b < B; ++b) {
+    const int n = lens[static_cast<std::size_t>(b)];
+    const int kc = kbits == 16 ? 0 : std::max(0, n - residual) / kgroup * kgroup;
+    const int vc = std::max(0, n - residual);
+    c.kc.push_back(kc);
+    c.vc.push_back(vc);
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      auto codec = make_codec(pca_method(rank, lbits), d, &L.maps[static_cast<std::size_t>(g)]);
+      REQUIRE(codec->record_bytes() == c.vrb);
+      std::vector<float> k = random_rows(rng, static_cast<std::size_t>(n), d, 4.0f);
+      std::vector<float> v = random_rows(rng, static_cast<std::size_t>(n), d, 1.0f);
+      for (auto& x : k) x = fp16_round(x);
+      for (auto& x : v) x = fp16_round(x);
+      std::vector<float> kr(k.size()), vr(v.size());
+      for (int blk = 0; blk < kc / kgroup; ++blk) {
+        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
+                                      static_cast<std::size_t>(blk)) *
+                                     c.krb];
+        cpu_k_record(&k[static_cast<std::size_t>(blk * kgroup) * D], d, kbits, kgroup, rec);
+        cpu_k_decode(rec, d, kbits, kgroup, &kr[static_cast<std::size_t>(blk * kgroup) * D]);
+      }
+      for (int t = 0; t < vc; ++t) {
+        std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
+                                      static_cast<std::size_t>(t)) *
+                                     c.vrb];
+        codec->encode(&v[static_cast<std::size_t>(t) * D], rec);
+        codec->decode(rec, &vr[static_cast<std::size_t>(t) * D]);
+        codec->decode_latent(rec, z.data());
+        for (float x : z) L.z_max = std::max(L.z_max, std::fabs(x));
+      }
+      for (int t = 0; t < n; ++t) {
+        const std::size_t row =
+            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t at = static_cast<std::size_t>(t) * D + i;
+          if (t >= std::min(kc, vc)) {
+            c.k_win[row + i] = float_to_fp16(k[at]);
+            c.v_win[row + i] = float_to_fp16(v[at]);
+          }
+          if (t >= kc) kr[at] = k[at];
+          if (t >= vc) vr[at] = v[at];
+        }
+      }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+    }
+  }
+  return L;
+}
+
+// Device copy of a latent_case (the cache plus the maps) and the view over it.
+struct device_latent_case {
+  device_case dc;
+  dbuf<float> ew, eb, dw, db;
+  packed_kv_view view;
+  explicit device_latent_case(const latent_case& L)
+      : dc(L.c),
+        ew(concat(L.maps, &linear_maps::enc_w)),
+        eb(concat(L.maps, &linear_maps::enc_b)),
+        dw(concat(L.maps, &linear_maps::dec_w)),
+        db(concat(L.maps, &linear_maps::dec_b)),
+        view(dc.view) {
+    view.v_latent_rank = L.rank;
+    view.v_latent_bits = L.lbits;
+    view.v_enc_w = ew.p;
+    view.v_enc_b = eb.p;
+    view.v_dec_w = dw.p;
+    view.v_dec_b = db.p;
+  }
+};
+
+std::vector<float> run_latent_attention(const latent_case& L, int n_heads,
+                                        const std::vector<float>& q, const rope_tables& rope) {
+  const int max_n = *std::max_element(L.c.n.begin(), L.c.n.end());
+  device_latent_case dl(L);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
+  dbuf<float> dout(q.size());
+  decode_attention_params p;
+  p.kv = dl.view;
+  p.n_heads = n_heads;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = std::max(max_n, 32);
+  p.rope_attention_scaling = rope.scaling;
+  p.max_tokens = max_n;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  return dout.download();
+}
+
+// The latent path's bound: kHalfDequantBound (fp16 K dequant / rotation, P in fp16, as the
+// half_dequant kernel) plus the fp16 rounding of 8 / 4-bit latents (the GPU forms
+// z = code * scale + zero in one HFMA2, the CPU in fp32): |e_i| <= 2^-11 |z| per component, so
+// the output moves by at most max_c sum_i |W_d[c, i]| 2^-11 max|z| (P is a convex mix).
+// 16-bit latents are read exactly.
+float latent_bound(const latent_case& L) {
+  if (L.lbits == 16) return kHalfDequantBound;
+  float wsum = 0.0f;
+  for (const auto& m : L.maps)
+    for (int c = 0; c < m.d; ++c) {
+      float s = 0.0f;
+      for (int i = 0; i < m.rank; ++i)
+        s += std::fabs(m.dec_w[static_cast<std::size_t>(c * m.rank + i)]);
+      wsum = std::max(wsum, s);
+    }
+  return kHalfDequantBound + 1.01f * wsum * L.z_max / 2048.0f;
+}
+
+}  // namespace
+
+TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linear codec's") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(21);
+  for (int d : {64, 128})
+    for (int r : {16, 32, 64, 96, 128})
+      for (int bits : {16, 8, 4})
+        for (int T : {1, 17, 97}) {
+          if (r > d) continue;
+          const int B = 3, n_kv = 2, from = T / 3;  // records [from, T); [0, from) untouched
+          CAPTURE(d);
+          CAPTURE(r);
+          CAPTURE(bits);
+          CAPTURE(T);
+          const std::size_t D = static_cast<std::size_t>(d);
+          const auto maps = random_pca(rng, n_kv, r, d);
+          const std::vector<float> v =
+              random_rows(rng, static_cast<std::size_t>(B * T * n_kv), d, 1.0f);
+          const std::size_t vrb = latent_record_bytes_of(r, bits);
+          dbuf<float> dv(v);
+          dbuf<std::uint8_t> vrec(static_cast<std::size_t>(B * n_kv * T) * vrb);
+          dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * T) * D), vwin(kwin.n);
+          dbuf<float> ew(concat(maps, &linear_maps::enc_w)), eb(concat(maps, &linear_maps::enc_b));
+          dbuf<int> zero(std::vector<int>(B, 0)), vfrom(std::vector<int>(B, from)),
+              vto(std::vector<int>(B, T));
+          packed_kv_view view;
+          view.batch = B;
+          view.n_kv = n_kv;
+          view.head_dim = d;
+          view.k_bits = 16;
+          view.v_rec = vrec.p;
+          view.v_slot_records = T;
+          view.k_win = reinterpret_cast<__half*>(kwin.p);
+          view.v_win = reinterpret_cast<__half*>(vwin.p);
+          view.win_cap = T;
+          view.n_tokens = zero.p;
+          view.v_latent_rank = r;
+          view.v_latent_bits = bits;
+          view.v_enc_w = ew.p;
+          view.v_enc_b = eb.p;
+          kv_window_append_params ap;
+          ap.kv = view;
+          ap.k_new = dv.p;
+          ap.v_new = dv.p;
+          ap.t_new = T;
+          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          latent_compress_params lp;
+          lp.kv = view;
+          lp.v_from = vfrom.p;
+          lp.v_to = vto.p;
+          lp.max_v_tokens = T - from;
+          CUDA_OK(launch_latent_compress(lp, nullptr));
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          const auto hrec = vrec.download();
+          std::size_t bad = 0, touched = 0;
+          float dec_err = 0.0f;
+          std::vector<std::uint8_t> want(vrb);
+          std::vector<float> x(D), a(D), bb(D);
+          for (int b = 0; b < B; ++b)
+            for (int g = 0; g < n_kv; ++g) {
+              auto codec = make_codec(pca_method(r, bits), d, &maps[static_cast<std::size_t>(g)]);
+              const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+              for (int t = 0; t < T; ++t) {
+                const std::uint8_t* got =
+                    &hrec[(slot * static_cast<std::size_t>(T) + static_cast<std::size_t>(t)) * vrb];
+                if (t < from) {  // not in the range: left as it was (zeros)
+                  touched += std::any_of(got, got + vrb, [](std::uint8_t u) { return u != 0; });
+                  continue;
+                }
+                // The CPU encodes the fp16 window value, as the CPU cache does.
+                const std::size_t src =
+                    ((static_cast<std::size_t>(b * T + t)) * static_cast<std::size_t>(n_kv) +
+                     static_cast<std::size_t>(g)) *
+                    D;
+                for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(v[src + i]);
+                codec->encode(x.data(), want.data());
+                if (std::memcmp(got, want.data(), vrb) != 0) {
+                  ++bad;
+                  codec->decode(got, a.data());
+                  codec->decode(want.data(), bb.data());
+                  for (std::size_t i = 0; i < D; ++i)
+                    dec_err = std::max(dec_err, std::fabs(a[i] - bb[i]));
+                }
+              }
+            }
+          CHECK(touched == 0);
+          CHECK_MESSAGE(bad == 0, "records differ; max |decoded gpu - decoded cpu| = ", dec_err);
+        }
+}
+
+TEST_CASE("decode attention with V latents (PCA, 16/8/4-bit) matches the CPU reference") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(22);
+  float worst = 0.0f;
+  int cases = 0, i = 0;
+  // Every (K, rank, latent bits) at head_dim 128; T, batch, GQA ratio and the residual rotate
+  // over them so that each value meets several others (residual 0: an empty window range).
+  const int Ts[] = {1, 17, 97, 4099}, Bs[] = {1, 3}, ratios[] = {1, 4, 7}, residuals[] = {8, 0, 45};
+  for (int kbits : {16, 2, 4})
+    for (int r : {16, 32, 64, 96, 128})
+      for (int lbits : {16, 8, 4}) {
+        for (int rep = 0; rep < 2; ++rep, ++i) {
+          const int T = Ts[i % 4], B = Bs[(i / 4) % 2], ratio = ratios[i % 3];
+          const int residual = residuals[(i / 2) % 3];
+          const int d = rep == 1 && r <= 64 && i % 5 == 0 ? 64 : 128;
+          CAPTURE(d);
+          CAPTURE(kbits);
+          CAPTURE(r);
+          CAPTURE(lbits);
+          CAPTURE(T);
+          CAPTURE(B);
+          CAPTURE(ratio);
+          CAPTURE(residual);
+          const latent_case L =
+              build_latent_case(rng, B, 2, d, kbits, 32, lengths(B, T), r, lbits, residual);
+          const int n_heads = 2 * ratio;
+          const int max_n = *std::max_element(L.c.n.begin(), L.c.n.end());
+          const rope_tables rope = make_rope(std::max(max_n, 32), d, 1.0f);
+          std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+          std::vector<float> q(static_cast<std::size_t>(B * n_heads * d));
+          for (auto& x : q) x = u(rng);
+          const std::vector<float> out = run_latent_attention(L, n_heads, q, rope);
+          float err = 0.0f;
+          for (int b = 0; b < B; ++b) {
+            const std::vector<float> ref = reference_attention(
+                L.c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
+            for (std::size_t j = 0; j < ref.size(); ++j) {
+              const float g = out[static_cast<std::size_t>(b * n_heads * d) + j];
+              REQUIRE(std::isfinite(g));
+              err = std::max(err, std::fabs(g - ref[j]));
+            }
+          }
+          const float bound = latent_bound(L);
+          CHECK(err <= bound);
+          worst = std::max(worst, err);
+          ++cases;
+        }
+      }
+  MESSAGE("decode attention, V latent: ", cases, " cases, max |gpu - ref| = ", worst);
+}
+
+TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a message") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(23);
+  const latent_case L = build_latent_case(rng, 1, 2, 64, 2, 32, {80}, 16, 8, 8);
+  device_latent_case dl(L);
+  const rope_tables rope = make_rope(80, 64, 1.0f);
+  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
+  decode_attention_params p;
+  p.kv = dl.view;
+  p.n_heads = 4;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = 80;
+  p.max_tokens = 80;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  auto expect = [&](decode_attention_params bad, const std::string& needle) {
+    CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+  };
+  decode_attention_params bad = p;
+  bad.kv.v_latent_rank = 48;
+  expect(bad, "rank 48");
+  bad = p;
+  bad.kv.v_latent_rank = 96;  // above head_dim 64
+  expect(bad, "rank 96");
+  bad = p;
+  bad.kv.v_latent_bits = 2;
+  expect(bad, "bits 2");
+  bad = p;
+  bad.kv.v_dec_w = nullptr;
+  expect(bad, "dec_w");
+  dbuf<int> zero(std::vector<int>(1, 0)), to(std::vector<int>(1, 10));
+  latent_compress_params lp;
+  lp.kv = dl.view;
+  lp.v_from = zero.p;
+  lp.v_to = to.p;
+  lp.max_v_tokens = 10;
+  auto expect_c = [&](latent_compress_params badc, const std::string& needle) {
+    CHECK(launch_latent_compress(badc, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+    CHECK_THROWS_AS(check_launch(launch_latent_compress(badc, nullptr), "latent"), kvcal::error);
+  };
+  latent_compress_params badc = lp;
+  badc.kv.v_latent_rank = 24;
+  expect_c(badc, "rank 24");
+  badc = lp;
+  badc.kv.v_latent_bits = 2;
+  expect_c(badc, "bits 2");
+  badc = lp;
+  badc.kv.v_enc_w = nullptr;
+  expect_c(badc, "enc_w");
+  badc = lp;
+  badc.kv.head_dim = 96;
+  expect_c(badc, "head_dim 96");
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// The hybrid layout (KIVI 2-bit K + PCA int8 V) filled by the GPU step by step (window append,
+// K compress, latent compress; the ring wraps), then attention; the CPU decodes what the GPU
+// wrote (K records, latent records through the CPU codec, window rows) for the reference, and
+// re-encodes the fp16 window values to check the latent records byte for byte.
+TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, attention") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(24);
+  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
+  const int rank = 32, lbits = 8, prefill = 150, steps = 170, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = k_record_bytes(d, bits, group), vrb = latent_record_bytes_of(rank, lbits);
+  const std::int64_t kslot = total / group + 1, vslot = total;
+  latent_case L;
+  L.rank = rank;
+  L.lbits = lbits;
+  L.maps = random_pca(rng, n_kv, rank, d);
+  dbuf<float> ew(concat(L.maps, &linear_maps::enc_w)), eb(concat(L.maps, &linear_maps::enc_b)),
+      dw(concat(L.maps, &linear_maps::dec_w)), db(concat(L.maps, &linear_maps::dec_b));
+  dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
+      vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
+  dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * cap) * D), vwin(kwin.n);
+  dbuf<int> dn(B), dkc(B), dvc(B), dkto(B), dvto(B);
+  packed_kv_view view;
+  view.batch = B;
+  view.n_kv = n_kv;
+  view.head_dim = d;
+  view.k_bits = bits;
+  view.k_group = group;
+  view.k_rec = krec.p;
+  view.v_rec = vrec.p;
+  view.k_slot_records = kslot;
+  view.v_slot_records = vslot;
+  view.k_win = reinterpret_cast<__half*>(kwin.p);
+  view.v_win = reinterpret_cast<__half*>(vwin.p);
+  view.win_cap = cap;
+  view.n_tokens = dn.p;
+  view.k_compressed = dkc.p;
+  view.v_compressed = dvc.p;
+  view.v_latent_rank = rank;
+  view.v_latent_bits = lbits;
+  view.v_enc_w = ew.p;
+  view.v_enc_b = eb.p;
+  view.v_dec_w = dw.p;
+  view.v_dec_b = db.p;
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  int n = 0, kc = 0, vc = 0;
+  auto append = [&](int t_new) {
+    std::vector<float> kn(static_cast<std::size_t>(B * t_new * n_kv) * D), vn(kn.size());
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < t_new; ++i) {
+        const std::size_t src = (static_cast<std::size_t>(b * total + n + i)) * n_kv * D;
+        const std::size_t dst = (static_cast<std::size_t>(b * t_new + i)) * n_kv * D;
+        std::copy(&k[src], &k[src] + n_kv * D, &kn[dst]);
+        std::copy(&v[src], &v[src] + n_kv * D, &vn[dst]);
+      }
+    dbuf<float> dkn(kn), dvn(vn);
+    dn.upload(std::vector<int>(B, n));
+    kv_window_append_params ap;
+    ap.kv = view;
+    ap.k_new = dkn.p;
+    ap.v_new = dvn.p;
+    ap.t_new = t_new;
+    CUDA_OK(launch_kv_window_append(ap, nullptr));
+    n += t_new;
+    const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+    dkto.upload(std::vector<int>(B, kc2));
+    dvto.upload(std::vector<int>(B, vc2));
+    quant_compress_params cp;
+    cp.kv = view;
+    cp.k_from = dkc.p;
+    cp.k_to = dkto.p;
+    cp.max_k_blocks = (kc2 - kc) / group;
+    CUDA_OK(launch_quant_compress(cp, nullptr));
+    latent_compress_params lp;
+    lp.kv = view;
+    lp.v_from = dvc.p;
+    lp.v_to = dvto.p;
+    lp.max_v_tokens = vc2 - vc;
+    CUDA_OK(launch_latent_compress(lp, nullptr));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    kc = kc2;
+    vc = vc2;
+    dn.upload(std::vector<int>(B, n));
+    dkc.upload(std::vector<int>(B, kc));
+    dvc.upload(std::vector<int>(B, vc));
+  };
+  append(prefill);
+  for (int s = 0; s < steps; ++s) append(1);
+  REQUIRE(n == total);
+  cache_case& c = L.c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.n.assign(B, n);
+  const auto hk = krec.download(), hv = vrec.download();
+  const auto hkw = kwin.download(), hvw = vwin.download();
+  std::size_t bad = 0;
+  std::vector<std::uint8_t> want(vrb);
+  std::vector<float> z(static_cast<std::size_t>(rank)), x(D);
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      auto codec = make_codec(pca_method(rank, lbits), d, &L.maps[static_cast<std::size_t>(g)]);
+      std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size());
+      for (int blk = 0; blk < kc / group; ++blk)
+        cpu_k_decode(
+            &hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb], d,
+            bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+      for (int t = 0; t < vc; ++t) {
+        const std::uint8_t* rec =
+            &hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb];
+        codec->decode(rec, &vr[static_cast<std::size_t>(t) * D]);
+        codec->decode_latent(rec, z.data());
+        for (float e : z) L.z_max = std::max(L.z_max, std::fabs(e));
+        for (std::size_t i = 0; i < D; ++i)
+          x[i] = fp16_round(v[((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i]);
+        codec->encode(x.data(), want.data());
+        bad += std::memcmp(rec, want.data(), vrb) != 0;
+      }
+      for (int t = 0; t < n; ++t)
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
+          if (t >= kc) kr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hkw[row]);
+          if (t >= vc) vr[static_cast<std::size_t>(t) * D + i] = fp16_to_float(hvw[row]);
+        }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+    }
+  CHECK(bad == 0);
+  const int n_heads = n_kv * ratio;
+  const rope_tables rope = make_rope(total, d, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
+  for (auto& e : q) e = u(rng);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+  decode_attention_params p;
+  p.kv = view;
+  p.n_heads = n_heads;
+  p.q = dq.p;
+  p.rope_cos = dcos.p;
+  p.rope_sin = dsin.p;
+  p.rope_rows = total;
+  p.max_tokens = total;
+  p.out = dout.p;
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const auto out = dout.download();
+  float err = 0.0f;
+  for (int b = 0; b < B; ++b) {
+    const auto ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+  }
+  MESSAGE("end to end, V latent: max |gpu - ref| = ", err, " (bound ", latent_bound(L), ")");
+  CHECK(err <= latent_bound(L));
 }

@@ -449,6 +449,112 @@ struct smem_plan {
   }
 };
 
+// ---- V latent mode (packed_kv_view::v_latent_rank) ---------------------------------------------
+// A V tile row of the compressed range is the token's latent z [VR] (fp16), so O += P Z runs on
+// VR / 8 mma n-tiles instead of D / 8; each CTA projects its partial once at the end:
+// acc = dec_w (P Z) + (sum P) dec_b (DESIGN.md §3.2), then writes an ordinary partial.
+
+// Writes latent z of token t (fp16) to columns [0, VR) of a tile row: lane s of the token the
+// VR / 4 channels [s VR / 4, (s + 1) VR / 4). 8 / 4-bit codes become fp16 through the 0x6400
+// pattern and z = code * scale + zero in one HFMA2 per 2 channels (the half_dequant arithmetic).
+template <int VR>
+__device__ __forceinline__ void latent_to_smem(const packed_kv_view& kv, std::int64_t slot, int t,
+                                               bool valid, int s, __half* row_out) {
+  constexpr int PER = VR / 4;  // channels per lane: 4, 8, 16
+  unsigned x[PER / 2];
+  if (!valid) {
+#pragma unroll
+    for (int u = 0; u < PER / 2; ++u) x[u] = 0u;
+  } else {
+    const int bits = kv.v_latent_bits;
+    const std::int64_t rb = static_cast<std::int64_t>(latent_record_bytes_of(VR, bits));
+    const std::uint8_t* rec = kv.v_rec + (slot * kv.v_slot_records + t) * rb;
+    if (bits == 16) {
+      load_words4<PER * 2>(rec + 2 * s * PER, x);  // records of 2 VR bytes: 8-byte aligned
+    } else {
+      const __half2 sc = __half2half2(__ldg(reinterpret_cast<const __half*>(rec)));
+      const __half2 ze = __half2half2(__ldg(reinterpret_cast<const __half*>(rec) + 1));
+      if (bits == 8) {
+        unsigned w[PER / 4];
+        load_words4<PER>(rec + 4 + s * PER, w);  // records of 4 + VR bytes: 4-byte aligned
+#pragma unroll
+        for (int u = 0; u < PER / 2; ++u) x[u] = h2_bits(__hfma2(code_pair<8>(w, u), sc, ze));
+      } else {
+        unsigned w[PER / 8 > 0 ? PER / 8 : 1];
+        load_words4<PER / 2>(rec + 4 + s * PER / 2, w);  // 2 bytes at VR 16: 2-byte aligned
+#pragma unroll
+        for (int u = 0; u < PER / 2; ++u)
+          x[u] = h2_bits(__hfma2(code_pair<4>(w + u / 4, u % 4), sc, ze));
+      }
+    }
+  }
+  if constexpr (PER == 4) {
+    *reinterpret_cast<uint2*>(row_out + s * PER) = make_uint2(x[0], x[1]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < PER / 8; ++i)
+      *reinterpret_cast<uint4*>(row_out + s * PER + 8 * i) =
+          make_uint4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
+  }
+}
+
+// The end of a latent CTA: merges the warps' latent states (red_o [kWarps][16][D], first VR
+// columns; red_ml [kWarps][16][2]) into zs [16][VR] + stats [16][2] (scratch: the free RoPE
+// rows), then writes acc = dec_w[g] zs + den dec_b[g] (fp32) as the CTA's partial.
+template <int D, int VR>
+__device__ __forceinline__ void latent_partial_out(const decode_attention_params& p,
+                                                   const float* red_o, const float* red_ml,
+                                                   float* scratch, int nh, int b, int g, int head0,
+                                                   int part, int n_parts) {
+  constexpr int H = kHeadTile;
+  float* zs = scratch;              // [16][VR]
+  float* stats = scratch + H * VR;  // [16][2] (max, den)
+  for (int i = threadIdx.x; i < nh * VR; i += blockDim.x) {
+    const int h = i / VR, c = i % VR;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * H + h) * 2]);
+    float num = 0.0f, den = 0.0f;
+    if (mx > -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = red_ml[(w * H + h) * 2];
+        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        num += f * red_o[(w * H + h) * D + c];
+        den += f * red_ml[(w * H + h) * 2 + 1];
+      }
+    }
+    zs[h * VR + c] = num;
+    if (c == 0) {
+      stats[2 * h] = mx;
+      stats[2 * h + 1] = den;
+    }
+  }
+  __syncthreads();
+  float* ws_ml = static_cast<float*>(p.workspace);
+  float* ws_acc = ws_ml + static_cast<std::int64_t>(p.kv.batch) * p.n_heads * n_parts * 2;
+  const float* dw = p.kv.v_dec_w + static_cast<std::int64_t>(g) * D * VR;  // [D, VR]
+  const float* db = p.kv.v_dec_b + static_cast<std::int64_t>(g) * D;
+  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
+    const int h = i / D, c = i % D;
+    const float den = stats[2 * h + 1];
+    float acc = den * __ldg(db + c);
+#pragma unroll
+    for (int r4 = 0; r4 < VR; r4 += 4) {
+      const float4 w = __ldg(reinterpret_cast<const float4*>(dw + c * VR + r4));
+      acc += w.x * zs[h * VR + r4] + w.y * zs[h * VR + r4 + 1] + w.z * zs[h * VR + r4 + 2] +
+             w.w * zs[h * VR + r4 + 3];
+    }
+    const std::int64_t row =
+        (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
+    ws_acc[row * D + c] = acc;
+    if (c == 0) {
+      ws_ml[2 * row] = stats[2 * h];
+      ws_ml[2 * row + 1] = den;
+    }
+  }
+}
+
 // ---- kernels -----------------------------------------------------------------------------------
 
 // grid (splits, n_kv * head_groups, B), block 32 * kWarps, dynamic smem smem_plan<D>::bytes.
@@ -460,11 +566,18 @@ struct smem_plan {
 #define KVCAL_DA_MIN_BLOCKS 3  // CTAs per SM the compiler budgets registers for
 #endif
 // PL (pipelined, with HM and BITS != 16): K / V records staged by cp.async one half-tile ahead.
-template <int D, int BITS, int GROUP, bool HM, bool PL>
+// VR (V mode): 0 = every token, V as KIVI records / fp16 window; > 0 = the V latent mode's
+// compressed range [0, min(n, v_compressed)), V tile rows are latents z (VR wide) and the CTA's
+// partial is projected through dec_w at the end (latent_partial_out); -1 = the latent mode's
+// window range [v_compressed, n), fp16 V, its partials after the latent ones (n_parts - gridDim.x
+// onwards).
+template <int D, int BITS, int GROUP, bool HM, bool PL, int VR = 0>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
     decode_attention_kernel(decode_attention_params p, int tiles_per_split, int n_parts) {
   using SP = smem_plan<D>;
   constexpr int HALF = D / 2, ROW = SP::ROW, NKS = D / 16, NNT = D / 8, H = kHeadTile;
+  constexpr int VNT = VR > 0 ? VR / 8 : NNT;  // mma n-tiles of a V tile row
+  static_assert(VR <= 0 || (VR % 16 == 0 && VR <= D && !PL && HM), "latent V: rank, HM only");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* qs = reinterpret_cast<float*>(smem_raw);  // [16][QROW]
   float* rcos = qs + SP::q_floats;                 // [32][RROW]
@@ -485,11 +598,12 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   const std::int64_t slot = static_cast<std::int64_t>(b) * kv.n_kv + g;
   const int n = kv.n_tokens[b];
   const int kc = BITS == 16 ? 0 : kv.k_compressed[b];
-  const int vc = BITS == 16 ? 0 : kv.v_compressed[b];
-  const int ng = BITS == 16 ? 1 : D / kv.v_group;
+  const int vc = BITS == 16 && VR == 0 ? 0 : kv.v_compressed[b];
+  const int ng = BITS == 16 || VR != 0 ? 1 : D / kv.v_group;
   int vgi[D / 32];
 #pragma unroll
-  for (int k = 0; k < D / 32; ++k) vgi[k] = BITS == 16 ? 0 : 8 * value_chunk(s, k) / kv.v_group;
+  for (int k = 0; k < D / 32; ++k)
+    vgi[k] = BITS == 16 || VR != 0 ? 0 : 8 * value_chunk(s, k) / kv.v_group;
 
   // PL: this warp's two stage buffers; the first tile's K and V stages go out before the
   // query / RoPE setup so that their latency overlaps it.
@@ -549,15 +663,23 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   __syncthreads();
   __half* tile_s = tiles + warp * 32 * ROW;
 
-  float o[NNT][4];
+  float o[VNT][4];
 #pragma unroll
-  for (int i = 0; i < NNT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  for (int i = 0; i < VNT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  const int n_tiles = (n + kTile - 1) / kTile;
-  const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
+  // Token range [t_lo, t_hi) of this CTA's kind (VR), its first tile tile0.
+  int t_lo = 0, t_hi = n, tile0 = blockIdx.x * tiles_per_split;
+  if constexpr (VR > 0) t_hi = min(n, vc);
+  if constexpr (VR < 0) {
+    t_lo = vc;
+    t_hi = vc < n ? n : 0;  // an empty window: no tile (a fully masked tile would give NaN)
+    tile0 += vc / kTile;
+  }
+  const int n_tiles = (t_hi + kTile - 1) / kTile;
+  const int tile_end = min(n_tiles, tile0 + tiles_per_split);
   const float inv_as = rotated ? 1.0f : 1.0f / p.rope_attention_scaling;
-  for (int tile = blockIdx.x * tiles_per_split + warp; tile < tile_end; tile += kWarps) {
+  for (int tile = tile0 + warp; tile < tile_end; tile += kWarps) {
     const int p0 = tile * kTile;
     const bool has_next = tile + kWarps < tile_end;
     // 1. K tile -> smem.
@@ -568,14 +690,15 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
+      const bool in = (VR >= 0 || t >= t_lo) && t < t_hi;
       if constexpr (PL)
-        key_to_smem_staged<D, BITS>(kv, slot, t, t < n, t < n && t < kc, stk, j, s,
-                                    rcos_h + j * SP::RROW, rsin_h + j * SP::RROW, tile_s + j * ROW);
+        key_to_smem_staged<D, BITS>(kv, slot, t, in, in && t < kc, stk, j, s, rcos_h + j * SP::RROW,
+                                    rsin_h + j * SP::RROW, tile_s + j * ROW);
       else if constexpr (HM)
-        key_to_smem_h2<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
+        key_to_smem_h2<D, BITS, GROUP>(kv, slot, t, in, kc, s, rcos + j * SP::RROW,
                                        rsin + j * SP::RROW, tile_s + j * ROW);
       else
-        key_to_smem<D, BITS, GROUP>(kv, slot, t, t < n, kc, s, rcos + j * SP::RROW,
+        key_to_smem<D, BITS, GROUP>(kv, slot, t, in, kc, s, rcos + j * SP::RROW,
                                     rsin + j * SP::RROW, tile_s + j * ROW);
     }
     __syncwarp();
@@ -627,27 +750,31 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int j = r * 8 + jl, t = p0 + j;
-      if constexpr (PL)
-        value_to_smem_staged<D, BITS>(kv, slot, t, t < n, t < vc ? stv + j * v_rb : nullptr, s, vgi,
+      const bool in = (VR >= 0 || t >= t_lo) && t < t_hi;
+      if constexpr (VR > 0)
+        latent_to_smem<VR>(kv, slot, t, in, s, tile_s + j * ROW);
+      else if constexpr (PL)
+        value_to_smem_staged<D, BITS>(kv, slot, t, in, t < vc ? stv + j * v_rb : nullptr, s, vgi,
                                       ng, tile_s + j * ROW);
       else if constexpr (HM)
-        value_to_smem_h2<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
+        value_to_smem_h2<D, BITS>(kv, slot, t, in, vc, s, vgi, ng, tile_s + j * ROW);
       else
-        value_to_smem<D, BITS>(kv, slot, t, t < n, vc, s, vgi, ng, tile_s + j * ROW);
+        value_to_smem<D, BITS>(kv, slot, t, in, vc, s, vgi, ng, tile_s + j * ROW);
     }
     // 4. Online softmax on the fragments: rows r0 (e = 0, 1) and r0 + 8 (e = 2, 3).
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        if (p0 + nt * 8 + cq + (e & 1) >= n) sacc[nt][e] = -INFINITY;
-    if (p.logits) {  // the exact values entering exp2 below (valid tokens, real heads only)
+        if (const int t = p0 + nt * 8 + cq + (e & 1); t >= t_hi || (VR < 0 && t < t_lo))
+          sacc[nt][e] = -INFINITY;
+    if (p.logits) {  // the exact values entering exp2 below (this CTA's tokens, real heads only)
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int t = p0 + nt * 8 + cq + (e & 1), h = r0 + 8 * (e >> 1);
-          if (t < n && h < nh)
+          if (t >= t_lo && t < t_hi && h < nh)
             p.logits[(static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * p.max_tokens + t] =
                 sacc[nt][e];
         }
@@ -672,7 +799,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
       l[rr] = l[rr] * alpha + sum;  // this lane's columns; summed over the quad at the end
       m[rr] = m_new;
 #pragma unroll
-      for (int i = 0; i < NNT; ++i) {
+      for (int i = 0; i < VNT; ++i) {
         o[i][2 * rr] *= alpha;
         o[i][2 * rr + 1] *= alpha;
       }
@@ -689,7 +816,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
                               pack_half2(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
                               pack_half2(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
 #pragma unroll
-      for (int nt = 0; nt < NNT; nt += 2) {
+      for (int nt = 0; nt < VNT; nt += 2) {
         unsigned bf[4];
         const int row = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
         ldsm_x4_trans(bf, tile_s + row * ROW + (nt + (lane >> 4)) * 8);
@@ -717,12 +844,16 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
       red_ml[(warp * H + h) * 2 + 1] = lh;
     }
 #pragma unroll
-    for (int i = 0; i < NNT; ++i)
+    for (int i = 0; i < VNT; ++i)
       *reinterpret_cast<float2*>(&red_o[(warp * H + h) * D + i * 8 + cq]) =
           make_float2(o[i][2 * rr], o[i][2 * rr + 1]);
   }
   __syncthreads();
-  const int part = blockIdx.x;
+  const int part = VR < 0 ? n_parts - static_cast<int>(gridDim.x) + blockIdx.x : blockIdx.x;
+  if constexpr (VR > 0) {
+    latent_partial_out<D, VR>(p, red_o, red_ml, rcos, nh, b, g, head0, part, n_parts);
+    return;
+  }
   float* ws_ml = static_cast<float*>(p.workspace);
   float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
   for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
@@ -816,6 +947,9 @@ int sm_count() {
 
 struct split_plan {
   int splits = 1, tiles_per_split = 1, n_parts = 1;
+  // V latent mode: `splits` cover the compressed range, w_splits x w_tiles_per_split the window
+  // range (partials splits .. n_parts - 1).
+  int w_splits = 0, w_tiles_per_split = 1;
 };
 
 split_plan plan_splits(const decode_attention_params& p) {
@@ -839,7 +973,72 @@ split_plan plan_splits(const decode_attention_params& p) {
   sp.tiles_per_split = tps;
   sp.splits = tiles > 0 ? (tiles + tps - 1) / tps : 1;
   sp.n_parts = sp.splits;
+  if (p.kv.v_latent_rank > 0) {
+    // The window range [v_compressed, n) spans at most win_cap tokens plus one tile of
+    // alignment; at most 8 window CTAs per (sequence, head group), each warp one tile or more.
+    const int w_tiles = (p.kv.win_cap + kTile - 1) / kTile + 1;
+    int wtps = (w_tiles + 7) / 8;
+    if (wtps < kWarps) wtps = kWarps;
+    sp.w_tiles_per_split = wtps;
+    sp.w_splits = (w_tiles + wtps - 1) / wtps;
+    sp.n_parts = sp.splits + sp.w_splits;
+  }
   return sp;
+}
+
+// V latent mode: the compressed range (rank VR) and the window range as two grids writing
+// disjoint partials of one workspace, then the ordinary merge. The K path is the unpipelined
+// half_dequant one (half_dequant / pipelined are ignored here).
+template <int D, int BITS, int GROUP, int VR>
+cudaError_t run_latent_variant(const decode_attention_params& p, const split_plan& sp,
+                               cudaStream_t stream) {
+  const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeadTile - 1) / kHeadTile;
+  constexpr std::size_t smem = smem_plan<D>::bytes;
+  static const cudaError_t attr_l =
+      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP, true, false, VR>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  static const cudaError_t attr_w =
+      cudaFuncSetAttribute(decode_attention_kernel<D, BITS, GROUP, true, false, -1>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (attr_l != cudaSuccess) return attr_l;
+  if (attr_w != cudaSuccess) return attr_w;
+  decode_attention_kernel<D, BITS, GROUP, true, false, VR>
+      <<<dim3(sp.splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
+          p, sp.tiles_per_split, sp.n_parts);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  decode_attention_kernel<D, BITS, GROUP, true, false, -1>
+      <<<dim3(sp.w_splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, smem, stream>>>(
+          p, sp.w_tiles_per_split, sp.n_parts);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  decode_attention_merge_kernel<D>
+      <<<dim3(p.n_heads, p.kv.batch), D, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);
+  return cudaGetLastError();
+}
+
+template <int D, int BITS, int GROUP>
+cudaError_t run_latent(const decode_attention_params& p, const split_plan& sp,
+                       cudaStream_t stream) {
+  switch (p.kv.v_latent_rank) {
+    case 16:
+      return run_latent_variant<D, BITS, GROUP, 16>(p, sp, stream);
+    case 32:
+      return run_latent_variant<D, BITS, GROUP, 32>(p, sp, stream);
+    case 64:
+      return run_latent_variant<D, BITS, GROUP, 64>(p, sp, stream);
+    case 96:
+      if constexpr (D >= 96) return run_latent_variant<D, BITS, GROUP, 96>(p, sp, stream);
+      break;
+    case 128:
+      if constexpr (D >= 128) return run_latent_variant<D, BITS, GROUP, 128>(p, sp, stream);
+      break;
+    default:
+      break;
+  }
+  return invalid("V latent rank " + std::to_string(p.kv.v_latent_rank) +
+                 " is not supported (16, 32, 64, 96, 128; at most head_dim " + std::to_string(D) +
+                 ")");
 }
 
 template <int D, int BITS, int GROUP, bool HM, bool PL>
@@ -867,6 +1066,7 @@ cudaError_t run_variant(const decode_attention_params& p, const split_plan& sp,
 
 template <int D, int BITS, int GROUP>
 cudaError_t run(const decode_attention_params& p, const split_plan& sp, cudaStream_t stream) {
+  if (p.kv.v_latent_rank > 0) return run_latent<D, BITS, GROUP>(p, sp, stream);
   if constexpr (BITS != 16) {
     if (p.pipelined && p.half_dequant)
       return run_variant<D, BITS, GROUP, true, true>(p, sp, stream);
@@ -933,10 +1133,24 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
                    " KV heads: need positive counts with query heads a multiple of KV heads");
   if (d != 64 && d != 128)
     return invalid("head_dim " + std::to_string(d) + " is not supported (64, 128)");
-  if (kv.k_bits != kv.v_bits)
+  const bool latent = kv.v_latent_rank != 0;
+  if (latent) {
+    const int r = kv.v_latent_rank;
+    if ((r != 16 && r != 32 && r != 64 && r != 96 && r != 128) || r > d)
+      return invalid("V latent rank " + std::to_string(r) +
+                     " is not supported (16, 32, 64, 96, 128; at most head_dim " +
+                     std::to_string(d) + ")");
+    if (kv.v_latent_bits != 16 && kv.v_latent_bits != 8 && kv.v_latent_bits != 4)
+      return invalid("V latent bits " + std::to_string(kv.v_latent_bits) +
+                     " is not supported (16, 8, 4)");
+    if (!kv.v_rec || !kv.v_compressed || !kv.v_dec_w || !kv.v_dec_b)
+      return invalid("V latent mode needs the latent records, v_compressed and dec_w / dec_b");
+    if (!aligned(kv.v_dec_w, 16)) return invalid("V latent dec_w must be 16-byte aligned");
+  }
+  if (!latent && kv.k_bits != kv.v_bits)
     return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
                    "-bit: K and V must share bits");
-  if (kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
+  if (!latent && kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
     return invalid("V per-token group " + std::to_string(kv.v_group) +
                    " must be a multiple of 8 dividing head_dim " + std::to_string(d));
   if (kv.keys_rotated && kv.k_bits != 16)
@@ -945,7 +1159,8 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   if (!p.q || !p.out || (!kv.keys_rotated && (!p.rope_cos || !p.rope_sin)) || !kv.n_tokens ||
       !kv.k_win || !kv.v_win || kv.win_cap <= 0)
     return invalid("q, out, RoPE tables, n_tokens and the fp16 window (win_cap > 0) are required");
-  if (kv.k_bits != 16 && (!kv.k_rec || !kv.v_rec || !kv.k_compressed || !kv.v_compressed))
+  if (kv.k_bits != 16 &&
+      (!kv.k_rec || !kv.k_compressed || (!latent && (!kv.v_rec || !kv.v_compressed))))
     return invalid("quantized K/V need records and the k_compressed / v_compressed counters");
   if (!aligned(kv.k_rec, 16) || !aligned(kv.v_rec, 16) || !aligned(kv.k_win, 16) ||
       !aligned(kv.v_win, 16) || !aligned(p.workspace, 16))

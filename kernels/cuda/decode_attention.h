@@ -19,6 +19,14 @@
 // about one fp32 ulp of p * f (5e-4 rad at p = 4096, 4e-3 rad at p = 32768), the size of the
 // rounding the reference itself makes; tests/test_kernels_gpu.cpp states the resulting bound.
 //
+// V latent mode (kv.v_latent_rank > 0, PCA / linear-AE values, packed_kv.h): the compressed
+// range [0, v_compressed) and the window range are two grids of the same kernel writing disjoint
+// partials; a latent CTA attends on z (rank / 8 mma n-tiles), then projects its partial once:
+// acc = dec_w (P Z) + (sum P) dec_b. Rank 16 / 32 / 64 / 96 / 128 (<= head_dim), latent bits 16 / 8
+// / 4, K fp16 or 2/4/8-bit records (K and V bits need not match); half_dequant / pipelined are
+// ignored (the unpipelined half_dequant K path). The tests bound it like half_dequant plus the fp16
+// rounding of z.
+//
 // Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
 // 32 / 64 / 128 and a V group that is a multiple of 8 dividing head_dim, or bits 16 (fp16 K and V,
 // every token in the window ring); any number of query heads per KV head (16 per CTA). Anything
@@ -83,8 +91,9 @@ struct decode_attention_params {
   float* row_stats = nullptr;  // [B, n_heads, 2]: (max, sum) over the whole sequence
 };
 
-// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens) and
-// register_direct (its split plan differs: compute the size with the flag as it will launch).
+// Bytes of workspace the launch needs for these shapes (B, n_heads, head_dim, max_tokens; in the
+// V latent mode also win_cap) and register_direct (its split plan differs: compute the size with
+// the flag as it will launch).
 std::size_t decode_attention_workspace_size(const decode_attention_params& p);
 
 cudaError_t launch_decode_attention(const decode_attention_params& p, cudaStream_t stream);

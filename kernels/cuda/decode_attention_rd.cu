@@ -516,7 +516,7 @@ bool decode_attention_rd_supported(const decode_attention_params& p) {
   const bool bits = kv.k_bits == kv.v_bits && (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8);
   const bool kg = kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128;
   const bool vg = kv.v_group == 16 || kv.v_group == 32 || kv.v_group == 64 || kv.v_group == 128;
-  return kv.head_dim == D && bits && kg && vg;
+  return kv.head_dim == D && bits && kg && vg && kv.v_latent_rank == 0;  // no V latent mode
 }
 
 cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p, int splits,

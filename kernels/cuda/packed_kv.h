@@ -24,6 +24,18 @@
 //   v_rec: [B, n_kv, v_slot_records, v_record_bytes]   (v_slot_records >= max tokens)
 //   k_win, v_win: [B, n_kv, win_cap, d] fp16 (pre-RoPE keys, values)
 //   n_tokens, k_compressed, v_compressed: [B] int32, device memory (graph-safe: no host reads)
+//
+// V latent mode (v_latent_rank r > 0; PCA or linear autoencoder values, DESIGN.md §3.2): a
+// compressed V token is the CPU linear codec's record (runtime/kv_codec.h), byte-identical:
+//   v_latent_bits 16: fp16 z [r]                                 2 r bytes
+//   v_latent_bits 8/4: fp16 scale, fp16 zero, codes packed_bytes(r, bits), one asymmetric group
+// with z = enc_w x + enc_b and x' = dec_w z + dec_b, one map per KV head, fp32:
+//   v_enc_w: [n_kv, r, d]  v_enc_b: [n_kv, r]  v_dec_w: [n_kv, d, r]  v_dec_b: [n_kv, d]
+// (v_bits / v_group are then unused; r a multiple of 16, <= head_dim; decode attention takes
+// 16 / 32 / 64 / 96 / 128). K is unchanged: fp16
+// (k_bits 16, every token in the ring) or per-channel records. Attention runs on latents:
+// P V = (P Z) dec_w^T + (sum P) dec_b (kernels/cuda/decode_attention.h).
+//   v_rec: [B, n_kv, v_slot_records, latent_record_bytes(r, v_latent_bits)]
 #pragma once
 
 #include <cuda_fp16.h>
@@ -58,6 +70,13 @@ struct packed_kv_view {
   // kernels/cuda/evict.h), so decode attention rotates neither keys nor queries and needs no
   // RoPE tables; row t of the ring is read for t < n_tokens[b] (n_tokens = rows held).
   bool keys_rotated = false;
+  // V latent mode (see the header comment); 0 = off.
+  int v_latent_rank = 0;
+  int v_latent_bits = 16;          // 16 | 8 | 4
+  const float* v_enc_w = nullptr;  // [n_kv, r, d] (append)
+  const float* v_enc_b = nullptr;  // [n_kv, r]    (append)
+  const float* v_dec_w = nullptr;  // [n_kv, d, r] (attention)
+  const float* v_dec_b = nullptr;  // [n_kv, d]    (attention)
 };
 
 // Bytes of one record (same numbers as runtime/kv_codec.cpp, asymmetric).
@@ -67,6 +86,12 @@ KVCAL_HOST_DEVICE inline std::size_t k_record_bytes(int d, int bits, int group) 
 }
 KVCAL_HOST_DEVICE inline std::size_t v_record_bytes(int d, int bits, int group) {
   return static_cast<std::size_t>(d / group) * 4 + (static_cast<std::size_t>(d) * bits + 7) / 8;
+}
+
+// Bytes of one V latent record (runtime/kv_codec.cpp latent_record_bytes).
+KVCAL_HOST_DEVICE inline std::size_t latent_record_bytes_of(int rank, int bits) {
+  return bits == 16 ? static_cast<std::size_t>(rank) * 2
+                    : 4 + (static_cast<std::size_t>(rank) * static_cast<std::size_t>(bits) + 7) / 8;
 }
 
 // The message behind the last cudaErrorInvalidValue returned by a kvcal launch_* function of
