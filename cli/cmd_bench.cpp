@@ -63,7 +63,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   std::vector<std::string> presets;
   decode_shape s;
   bool fp32_dequant = false;
-  std::string register_direct = "off";
+  std::string register_direct = "on";
   int latent_rank = 32;
   po::options_description opts("Options");
   // clang-format off
@@ -80,7 +80,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       ("reps", po::value<int>(&s.reps)->default_value(50), "timed calls per case (median)")
       ("fp32-dequant", po::bool_switch(&fp32_dequant),
        "dequantize in fp32 arithmetic (default: fp16, half_dequant)")
-      ("register-direct", po::value<std::string>(&register_direct)->default_value("off"),
+      ("register-direct", po::value<std::string>(&register_direct)->default_value("on"),
        "on|off: run the preset rows with the register-direct kernel where it covers the shape "
        "(decode_attention_params::register_direct)")
       ("latent-rank", po::value<int>(&latent_rank)->default_value(32),

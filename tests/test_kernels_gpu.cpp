@@ -1159,6 +1159,17 @@ TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linea
                 for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(v[src + i]);
                 codec->encode(x.data(), want.data());
                 if (std::memcmp(got, want.data(), vrb) != 0) {
+                  if (bad == 0) {  // the first differing byte pair, as fp16 when bits == 16
+                    std::size_t i = 0;
+                    while (got[i] == want[i]) ++i;
+                    i &= ~std::size_t{1};
+                    std::uint16_t hg, hw;
+                    std::memcpy(&hg, got + i, 2);
+                    std::memcpy(&hw, want.data() + i, 2);
+                    MESSAGE("first difference: b ", b, " g ", g, " t ", t, " byte ", i, ": gpu ",
+                            fp16_to_float(hg), " (0x", std::hex, hg, ") cpu ", fp16_to_float(hw),
+                            " (0x", hw, std::dec, ")");
+                  }
                   ++bad;
                   codec->decode(got, a.data());
                   codec->decode(want.data(), bb.data());

@@ -80,8 +80,9 @@ struct decode_attention_params {
   // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128, bits 2 / 4 / 8,
   // K group 32 / 64 / 128, V group 16 / 32 / 64 / 128; any other shape runs the kernels above as
   // if it were false. Same per-element arithmetic as half_dequant, other summation order; where
-  // it applies it takes precedence over half_dequant / pipelined. Off by default until timed.
-  bool register_direct = false;
+  // it applies it takes precedence over half_dequant / pipelined. On by default: 1.6-1.8x faster
+  // than the pipelined kernel at L32k, B1 / 8 / 32 (H200, docs/BENCHMARKS.md).
+  bool register_direct = true;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]
   // (log2 units: logits = q . k * softmax_scale * log2(e)). Tokens t >= n_tokens[b] are not
