@@ -65,7 +65,7 @@ phase_capture_7b() {
 }
 DEC_ARGS=${DEC_ARGS:---batch 1,8,32 --len 4096,32768,131072}
 phase_decode() {
-  "$B"/cli/kvcal bench $DEC_ARGS --preset fp16 kivi-4 kivi-2 knlp-v-pca-int8 mlsys-aggressive \
+  "$B"/cli/kvcal bench $DEC_ARGS --preset fp16 kivi-4 kivi-2 knlp-v-pca-int8 hybrid-k2-vpca8 h2o mlsys-aggressive \
     --json "$O/bench-decode.json" 2>&1 | tee "$O/decode.log"
   python3 bench/sdpa_baseline.py $DEC_ARGS 2>&1 | tee -a "$O/decode.log"
 }
