@@ -49,8 +49,11 @@ __global__ void latent_compress_kernel(latent_compress_params p) {
   const std::int64_t rec_bytes = static_cast<std::int64_t>(latent_record_bytes_of(r, bits));
   std::uint8_t* rec0 = kv.v_rec + (slot * kv.v_slot_records + t0) * rec_bytes;
   if (bits == 16) {
+    // One 16-bit store per latent (records of 2r bytes, 2-aligned). The byte-wise store_u16
+    // here left every low byte 0 on the H200 (test_kernels_gpu, latent append, bits 16).
     if (c < r)
-      for (int j = 0; j < nt; ++j) store_u16(rec0 + j * rec_bytes + 2 * c, f2h_bits(zs[j][c]));
+      for (int j = 0; j < nt; ++j)
+        *reinterpret_cast<unsigned short*>(rec0 + j * rec_bytes + 2 * c) = f2h_bits(zs[j][c]);
     return;
   }
   if (c < nt) {
