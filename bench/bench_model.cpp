@@ -10,7 +10,10 @@
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
 //       [--kv-cache full,fp16,kivi-4,kivi-2,h2o --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
-//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache)
+//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache;
+//       for gpu_packed_cache also the TPOT of the same greedy steps replayed from a CUDA graph,
+//       row "e2e graph", right after the eager ones: --warmup + --steps more tokens, the first
+//       warm-up step is the eager step + capture; --no-graph skips it)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -213,7 +216,9 @@ int main(int argc, char** argv) {
     // bytes allocated; 10% of the card kept for activations and the allocator).
     for (const std::string& kind : o.kv_cache) try {
         const std::int64_t B = o.kv_batch, L = o.kv_context;
-        const std::int64_t cap = L + o.warmup + o.steps;
+        const bool graph =
+            o.graph && kind != "full" && device.is_cuda() && decode_graph::available();
+        const std::int64_t cap = L + (graph ? 2 : 1) * (o.warmup + o.steps);
         std::unique_ptr<kv_cache> cache;
         gpu_packed_cache* packed = nullptr;
         if (kind == "full") {
@@ -258,6 +263,16 @@ int main(int argc, char** argv) {
           next = logits.argmax(-1).to(at::kCPU);
         }
         const double ms = (now_s() - start) * 1e3 / o.steps;
+        double graph_ms = -1;  // the same steps replayed from a CUDA graph (model/decode_graph.h)
+        if (graph) {
+          decode_graph g(m, *cache, B);
+          for (int st = 0; st < o.warmup + o.steps; ++st) {
+            if (st == o.warmup) start = now_s();
+            logits = g.step(next);
+            next = logits.argmax(-1).to(at::kCPU);
+          }
+          graph_ms = (now_s() - start) * 1e3 / o.steps;
+        }
         const double per_seq =
             packed ? static_cast<double>(packed->bytes_allocated()) / static_cast<double>(B)
                    : 2.0 *
@@ -267,6 +282,7 @@ int main(int argc, char** argv) {
         const std::string shape = kind + " B" + std::to_string(B) + " ctx" + std::to_string(L);
         row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");
         row("kvcal e2e", "tpot", shape, ms, "ms/step");
+        if (graph_ms >= 0) row("e2e graph", "tpot", shape, graph_ms, "ms/step");
         row("kvcal e2e", "cache", shape + " /seq", per_seq / 1e6, "MB");
         for (double card : {80.0, 141.0}) {
           const double fit = (card * 0.9 - weight_gb) * 1e9 / per_seq;
