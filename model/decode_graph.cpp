@@ -92,11 +92,21 @@ at::Tensor decode_graph::step(const at::Tensor& ids) {
     out = p.model.forward(p.ids, *p.cache, o);
     stream.synchronize();
     if (len + 1 >= cap) return out;  // the last slot: nothing left to capture for
-    p.graph = std::make_unique<at::cuda::CUDAGraph>();
-    p.graph->capture_begin();
-    p.logits = p.model.forward(p.ids, *p.cache, o);
-    p.graph->capture_end();
+    auto graph = std::make_unique<at::cuda::CUDAGraph>();
+    graph->capture_begin();
+    try {
+      p.logits = p.model.forward(p.ids, *p.cache, o);
+    } catch (...) {  // no graph is kept; the stream leaves capture mode
+      p.cache->set_host_length(len + 1);
+      try {
+        graph->capture_end();
+      } catch (...) {
+      }
+      throw;
+    }
+    graph->capture_end();
     p.cache->set_host_length(len + 1);
+    p.graph = std::move(graph);
   }
   KVCAL_CHECK(cudaDeviceSynchronize() == cudaSuccess,
               "decode_graph: CUDA error after capture: ", cudaGetErrorString(cudaGetLastError()));
