@@ -10,7 +10,11 @@
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
 //       [--kv-cache full,fp16,kivi-4,kivi-2,h2o --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
-//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache)
+//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache;
+//       for gpu_packed_cache also the TPOT of the same greedy steps replayed from a CUDA graph,
+//       row "e2e graph", right after the eager ones: --warmup + --steps more tokens, the first
+//       warm-up step is the eager step + capture; --no-kv-graph skips it, --no-graph only the
+//       plain cache's graph rows)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,8 +44,9 @@ struct options {
   std::int64_t context = 4096;
   std::vector<std::int64_t> batch = {1, 8};
   int steps = 32, warmup = 4, reps = 3;
-  bool graph = true;   // also time decode replayed from a CUDA graph
-  bool greedy = true;  // false: feed fixed tokens, no read-back per step (launch-bound check)
+  bool graph = true;     // also time decode replayed from a CUDA graph
+  bool kv_graph = true;  // the same for the --kv-cache kinds through gpu_packed_cache
+  bool greedy = true;    // false: feed fixed tokens, no read-back per step (launch-bound check)
   // End to end through the CUDA kernels' cache (issue 11): "full" = full_cache (SDPA), "fp16" /
   // "kivi-4" / "kivi-2" / "h2o" (fp16 + H2O eviction, budget 1/8) / "streaming-llm" (fp16, 4
   // sinks + 1020 recent) = gpu_packed_cache; empty = skip.
@@ -85,6 +90,8 @@ options parse(int argc, char** argv) {
       o.greedy = false;
     else if (a == "--no-graph")
       o.graph = false;
+    else if (a == "--no-kv-graph")
+      o.kv_graph = false;
     else if (a == "--kv-cache") {
       std::stringstream ss(value());
       std::string item;
@@ -99,7 +106,7 @@ options parse(int argc, char** argv) {
              "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
              "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
              "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm] [--kv-context 32768] "
-             "[--kv-batch 8]\n";
+             "[--kv-batch 8] [--no-kv-graph]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -213,7 +220,9 @@ int main(int argc, char** argv) {
     // bytes allocated; 10% of the card kept for activations and the allocator).
     for (const std::string& kind : o.kv_cache) try {
         const std::int64_t B = o.kv_batch, L = o.kv_context;
-        const std::int64_t cap = L + o.warmup + o.steps;
+        const bool graph =
+            o.kv_graph && kind != "full" && device.is_cuda() && decode_graph::available();
+        const std::int64_t cap = L + (graph ? 2 : 1) * (o.warmup + o.steps);
         std::unique_ptr<kv_cache> cache;
         gpu_packed_cache* packed = nullptr;
         if (kind == "full") {
@@ -258,6 +267,16 @@ int main(int argc, char** argv) {
           next = logits.argmax(-1).to(at::kCPU);
         }
         const double ms = (now_s() - start) * 1e3 / o.steps;
+        double graph_ms = -1;  // the same steps replayed from a CUDA graph (model/decode_graph.h)
+        if (graph) {
+          decode_graph g(m, *cache, B);
+          for (int st = 0; st < o.warmup + o.steps; ++st) {
+            if (st == o.warmup) start = now_s();
+            logits = g.step(next);
+            next = logits.argmax(-1).to(at::kCPU);
+          }
+          graph_ms = (now_s() - start) * 1e3 / o.steps;
+        }
         const double per_seq =
             packed ? static_cast<double>(packed->bytes_allocated()) / static_cast<double>(B)
                    : 2.0 *
@@ -267,6 +286,7 @@ int main(int argc, char** argv) {
         const std::string shape = kind + " B" + std::to_string(B) + " ctx" + std::to_string(L);
         row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");
         row("kvcal e2e", "tpot", shape, ms, "ms/step");
+        if (graph_ms >= 0) row("e2e graph", "tpot", shape, graph_ms, "ms/step");
         row("kvcal e2e", "cache", shape + " /seq", per_seq / 1e6, "MB");
         for (double card : {80.0, 141.0}) {
           const double fit = (card * 0.9 - weight_gb) * 1e9 / per_seq;

@@ -16,6 +16,8 @@
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/evict.h"
 #include "kernels/cuda/h2o_score.h"
+#include "kernels/cuda/kv_counters.h"
+#include "kernels/cuda/kv_step.h"
 #include "kernels/cuda/packed_kv.h"
 #include "kernels/cuda/quant_append.h"
 #endif
@@ -52,14 +54,15 @@ std::int64_t gpu_packed_cache::held(int) const {
   return 0;
 }
 void gpu_packed_cache::prompt_evict(int, const at::Tensor&) {}
+void gpu_packed_cache::step_counters(int) {}
+void gpu_packed_cache::set_host_length(std::int64_t) {}
+std::vector<int> gpu_packed_cache::device_counters(int) const {
+  return {};
+}
 
 #else
 
 namespace {
-
-// Eviction counters of one layer, int32 [4][B]: the row the next token goes to, rows attended,
-// tokens seen, rows after eviction.
-enum evict_row { e_row, e_held, e_seen, e_out, e_rows };
 
 evict_budget budget_of(const gpu_packed_cache::options& o) {
   evict_budget b;
@@ -87,15 +90,12 @@ void put_counters(at::Tensor& ctr, const std::int64_t* vals, int rows, std::int6
 
 }  // namespace
 
-// Counters of one layer on the device, int32 [8][B]: rows below.
-enum ctr_row { n_old, k_from, k_to, v_from, v_to, n_new, kc_new, vc_new, n_rows };
-
 struct gpu_packed_cache::layer_state {
-  at::Tensor k_rec, v_rec, k_win, v_win, ctr;  // ctr: [n_rows * B] int32
+  at::Tensor k_rec, v_rec, k_win, v_win, ctr;  // ctr: [kv_ctr_rows * B] int32 (kv_counters.h)
   std::int64_t n = 0, kc = 0, vc = 0;          // host copies (every sequence alike)
   at::Tensor prompt_k, prompt_v;               // K after RoPE / V of a prompt, for its attend
   packed_kv_view view;                         // pointers filled, counters per use
-  // H2O: [B * n_kv, rows] positions / scores, counters [e_rows * B], rows held (host).
+  // H2O: [B * n_kv, rows] positions / scores, counters [ev_rows * B], rows held (host).
   at::Tensor pos, score, ectr;
   std::int64_t held = 0;
 };
@@ -153,7 +153,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
         u8);
     s->k_win = at::empty({slots, win_cap_, d_}, f16);
     s->v_win = at::empty({slots, win_cap_, d_}, f16);
-    s->ctr = at::zeros({n_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
+    s->ctr = at::zeros({kv_ctr_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
     packed_kv_view& v = s->view;
     v.batch = static_cast<int>(batch);
     v.n_kv = static_cast<int>(n_kv_);
@@ -171,7 +171,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
       const auto i32 = at::TensorOptions().dtype(at::kInt).device(device);
       s->pos = at::zeros({slots, win_cap_}, i32);
       s->score = at::zeros({slots, win_cap_}, at::TensorOptions().dtype(at::kFloat).device(device));
-      s->ectr = at::zeros({e_rows * batch}, i32);
+      s->ectr = at::zeros({ev_rows * batch}, i32);
       v.keys_rotated = true;
     }
     layers_.push_back(std::move(s));
@@ -226,23 +226,21 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
       s.n = T;
       return;
     }
-    // One token: keys after RoPE into the free row `held` (the ring's n_tokens = held).
+    // One token: keys after RoPE into the free row (the ring's n_tokens = that row); the device
+    // step picks the row (rows kept so far) and gives it position n and score 0.
     KVCAL_CHECK(kv.k_rope.defined() && kv.k_rope.sizes() == k.sizes(),
                 "gpu_packed_cache: H2O eviction stores keys after RoPE: k_rope must be given");
     at::Tensor k32 = kv.k_rope.transpose(1, 2).to(at::kFloat).contiguous();  // [B, 1, n_kv, d]
     at::Tensor v32 = kv.v.transpose(1, 2).to(at::kFloat).contiguous();
     KVCAL_ASSERT(s.held < win_cap_, "gpu_packed_cache: no free row (eviction out of step)");
-    const std::int64_t vals[e_rows] = {s.held, s.held + 1, s.n + 1, s.held + 1};
-    put_counters(s.ectr, vals, e_rows, B);
+    step_counters(layer);
     kv_window_append_params ap;
     ap.kv = s.view;
-    ap.kv.n_tokens = s.ectr.data_ptr<int>() + e_row * B;
+    ap.kv.n_tokens = s.ectr.data_ptr<int>() + ev_row * B;
     ap.k_new = k32.data_ptr<float>();
     ap.v_new = v32.data_ptr<float>();
     ap.t_new = 1;
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
-    s.pos.select(1, s.held).fill_(s.n);  // every sequence: position n
-    s.score.select(1, s.held).fill_(0.0);
     ++s.held;
     ++s.n;
     return;
@@ -252,34 +250,40 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     // [B, t, n_kv, d] fp32: the kernels' token-major input.
     at::Tensor k32 = k.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
     at::Tensor v32 = kv.v.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
-    const std::int64_t n2 = s.n + t;
     const bool quant = o_.bits != 16;
-    const std::int64_t rest = std::max<std::int64_t>(0, n2 - o_.residual);
-    const std::int64_t k2 = quant ? rest / o_.group * o_.group : 0, v2 = quant ? rest : 0;
-    at::Tensor h = at::empty({n_rows * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-    int* hp = h.data_ptr<int>();
-    const std::int64_t vals[n_rows] = {s.n, s.kc, k2, s.vc, v2, n2, k2, v2};
-    for (int r = 0; r < n_rows; ++r)
-      for (std::int64_t b = 0; b < B; ++b) hp[r * B + b] = static_cast<int>(vals[r]);
-    s.ctr.copy_(h, /*non_blocking=*/true);
+    int rows[kv_ctr_rows];  // the host mirror's next counters (kernels/cuda/kv_counters.h)
+    kv_step_rows(rows, s.n, s.kc, s.vc, t, o_.residual, o_.group, quant);
+    const std::int64_t n2 = rows[kv_n_new], k2 = rows[kv_k_to], v2 = rows[kv_v_to];
+    if (T == 1) {
+      step_counters(layer);  // the same rule on the device: no host value in the launches
+    } else {                 // a prompt piece (eager): the host's counters, one copy
+      std::int64_t vals[kv_ctr_rows];
+      for (int r = 0; r < kv_ctr_rows; ++r) vals[r] = rows[r];
+      put_counters(s.ctr, vals, kv_ctr_rows, B);
+    }
     const int* ctr = s.ctr.data_ptr<int>();
     kv_window_append_params ap;
     ap.kv = s.view;
-    ap.kv.n_tokens = ctr + n_old * B;
+    ap.kv.n_tokens = ctr + kv_n_old * B;
     ap.k_new = k32.data_ptr<float>();
     ap.v_new = v32.data_ptr<float>();
     ap.t_new = static_cast<int>(t);
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
-    if (quant && (k2 > s.kc || v2 > s.vc)) {
+    // A decode step always launches with the bounds of one K block and one V token (the kernels
+    // skip empty ranges); a prompt piece with its own.
+    if (quant && (T == 1 || k2 > s.kc || v2 > s.vc)) {
       quant_compress_params cp;
       cp.kv = s.view;
-      cp.kv.n_tokens = ctr + n_new * B;
-      cp.k_from = ctr + k_from * B;
-      cp.k_to = ctr + k_to * B;
-      cp.v_from = ctr + v_from * B;
-      cp.v_to = ctr + v_to * B;
-      cp.max_k_blocks = static_cast<int>((k2 - s.kc) / o_.group);
-      cp.max_v_tokens = static_cast<int>(v2 - s.vc);
+      cp.kv.n_tokens = ctr + kv_n_new * B;
+      cp.k_from = ctr + kv_k_from * B;
+      cp.k_to = ctr + kv_k_to * B;
+      cp.v_from = ctr + kv_v_from * B;
+      cp.v_to = ctr + kv_v_to * B;
+      KVCAL_ASSERT(
+          T > 1 || (k2 - s.kc <= o_.group && v2 - s.vc <= 1),
+          "gpu_packed_cache: a step compresses more than one block (counters out of step)");
+      cp.max_k_blocks = T == 1 ? 1 : static_cast<int>((k2 - s.kc) / o_.group);
+      cp.max_v_tokens = T == 1 ? 1 : static_cast<int>(v2 - s.vc);
       check_launch(launch_quant_compress(cp, stream), "gpu_packed_cache: compress");
     }
     s.n = n2;
@@ -318,16 +322,16 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   p.n_heads = static_cast<int>(n_heads_);
   p.q = q32.data_ptr<float>();
   if (o_.evicts()) {  // rows [0, held), keys after RoPE; H2O: the logits feed the scores
-    p.kv.n_tokens = ectr + e_held * batch_;
+    p.kv.n_tokens = ectr + ev_held * batch_;
     p.max_tokens = win_cap_;
     if (o_.h2o) {
       p.logits = logits_.data_ptr<float>();
       p.row_stats = row_stats_.data_ptr<float>();
     }
   } else {
-    p.kv.n_tokens = ctr + n_new * batch_;
-    p.kv.k_compressed = ctr + kc_new * batch_;
-    p.kv.v_compressed = ctr + vc_new * batch_;
+    p.kv.n_tokens = ctr + kv_n_new * batch_;
+    p.kv.k_compressed = ctr + kv_kc_new * batch_;
+    p.kv.v_compressed = ctr + kv_vc_new * batch_;
     p.rope_cos = rope_cos_.data_ptr<float>();
     p.rope_sin = rope_sin_.data_ptr<float>();
     p.rope_rows = static_cast<int>(capacity_);
@@ -349,7 +353,7 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
     a.max_tokens = win_cap_;
     a.logits = p.logits;
     a.row_stats = p.row_stats;
-    a.held = ectr + e_held * batch_;
+    a.held = ectr + ev_held * batch_;
     a.score = s.score.data_ptr<float>();
     a.score_stride = win_cap_;
     check_launch(launch_h2o_accumulate(a, stream), "gpu_packed_cache: H2O scores");
@@ -359,9 +363,9 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
     e.kv = s.view;
     e.pos = s.pos.data_ptr<int>();
     e.score = s.score.data_ptr<float>();
-    e.held = ectr + e_held * batch_;
-    e.seen = ectr + e_seen * batch_;
-    e.maybe_held_out = ectr + e_out * batch_;
+    e.held = ectr + ev_held * batch_;
+    e.seen = ectr + ev_seen * batch_;
+    e.maybe_held_out = ectr + ev_out * batch_;
     e.budget = budget_of(o_);
     check_launch(launch_evict_one(e, stream), "gpu_packed_cache: evict");
     s.held = std::min(s.held, evict_retained(e.budget, s.n));
@@ -393,16 +397,16 @@ void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   }
   const evict_budget bud = budget_of(o_);
   const std::int64_t R = evict_retained(bud, T);
-  const std::int64_t vals[e_rows] = {T, T, T, R};
-  put_counters(s.ectr, vals, e_rows, B);
+  const std::int64_t vals[ev_rows] = {T, T, T, R};  // row, held, seen, out (kv_counters.h)
+  put_counters(s.ectr, vals, ev_rows, B);
   at::Tensor kept = at::empty({B, n_kv_, R}, k.options().dtype(at::kInt));
   select_kept_params sp;
   sp.batch = static_cast<int>(B);
   sp.n_kv = static_cast<int>(n_kv_);
   sp.score = score.data_ptr<float>();
   sp.stride = static_cast<int>(T);
-  sp.held = s.ectr.data_ptr<int>() + e_held * B;
-  sp.seen = s.ectr.data_ptr<int>() + e_seen * B;
+  sp.held = s.ectr.data_ptr<int>() + ev_held * B;
+  sp.seen = s.ectr.data_ptr<int>() + ev_seen * B;
   sp.kept = kept.data_ptr<int>();
   sp.kept_stride = static_cast<int>(R);
   sp.budget = bud;
@@ -426,7 +430,56 @@ void gpu_packed_cache::reset() {
     s->n = s->kc = s->vc = s->held = 0;
     s->prompt_k = at::Tensor();
     s->prompt_v = at::Tensor();
+    // Decode steps advance the device counters from their last values: start them at zero (in
+    // place, so a captured graph keeps its pointers).
+    s->ctr.zero_();
+    if (s->ectr.defined()) s->ectr.zero_();
   }
+}
+
+// A decode step's counters, advanced on the device from the previous step's.
+void gpu_packed_cache::step_counters(int layer) {
+  layer_state& s = *layers_[static_cast<std::size_t>(layer)];
+  kv_step_params p;
+  p.batch = static_cast<int>(batch_);
+  p.t_new = 1;
+  if (o_.evicts()) {
+    p.ectr = s.ectr.data_ptr<int>();
+    p.n_kv = static_cast<int>(n_kv_);
+    p.rows = win_cap_;
+    p.pos = s.pos.data_ptr<int>();
+    p.score = s.score.data_ptr<float>();
+  } else {
+    p.ctr = s.ctr.data_ptr<int>();
+    p.residual = o_.residual;
+    p.group = o_.group;
+    p.quant = o_.bits != 16;
+  }
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(s.ctr.device().index());
+  check_launch(launch_kv_step(p, stream), "gpu_packed_cache: counter step");
+}
+
+// After graph replays: the host mirror of n held tokens. Every step keeps R(seen) rows under
+// eviction (R grows by at most one a token, so min(R(n - 1) + 1, R(n)) = R(n)).
+void gpu_packed_cache::set_host_length(std::int64_t n) {
+  KVCAL_CHECK(n >= 0 && n <= capacity_, "gpu_packed_cache: length ", n, " outside [0, ", capacity_,
+              "]");
+  const bool quant = o_.bits != 16;
+  for (auto& s : layers_) {
+    s->n = n;
+    s->kc = kv_k_compressed(n, o_.residual, o_.group, quant);
+    s->vc = kv_v_compressed(n, o_.residual, quant);
+    s->held = o_.evicts() ? evict_retained(budget_of(o_), n) : 0;
+    s->prompt_k = at::Tensor();
+    s->prompt_v = at::Tensor();
+  }
+}
+
+std::vector<int> gpu_packed_cache::device_counters(int layer) const {
+  const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
+  at::Tensor c = s.ectr.defined() ? at::cat({s.ctr, s.ectr}) : s.ctr;
+  c = c.to(at::kCPU).contiguous();
+  return std::vector<int>(c.data_ptr<int>(), c.data_ptr<int>() + c.numel());
 }
 
 std::size_t gpu_packed_cache::bytes_allocated() const {

@@ -23,9 +23,14 @@
 // The rule is the CPU runtime's (runtime/eviction/evicting_layer.h: eviction at the end of
 // attend, budget floor(retain x seen)); scores are fp32 here, double there.
 //
-// Device counters are written by one small host-to-device copy per append; nothing is read
-// back. Capacity is fixed at construction (allocated once). Needs a CUDA build with libtorch
-// CUDA; elsewhere the constructor refuses.
+// Counters (tokens held, compressed ranges, eviction rows) live on the device, per layer. A
+// prompt (T > 1, eager) writes them with one small host-to-device copy per piece; a decode step
+// (T == 1) advances them on the device (kernels/cuda/kv_step.h) and launches every kernel with
+// fixed grid bounds (at most one K block and one V token compressed per step), so its launches
+// are the same at every step and a CUDA graph can capture and replay it (graph_safe(), every
+// mode; model/decode_graph.h). Nothing is read back; the host keeps a mirror of the counters for
+// its checks and bytes_used (every sequence advances alike). Capacity is fixed at construction
+// (allocated once). Needs a CUDA build with libtorch CUDA; elsewhere the constructor refuses.
 //
 //   kvcal::gpu_packed_cache::options o;  o.bits = 4;  o.group = 32;  o.residual = 128;
 //   kvcal::gpu_packed_cache cache(model.config(), /*batch=*/8, /*capacity=*/33000, o, at::kCUDA);
@@ -78,6 +83,10 @@ class gpu_packed_cache : public kv_cache {
   at::Tensor attend(int layer, const at::Tensor& q_rope, const at::Tensor& positions) override;
   std::int64_t length() const override;
   void reset() override;
+  // Every mode's decode step is graph safe (see above).
+  bool graph_safe() const override { return true; }
+  std::int64_t graph_capacity() const override { return capacity_; }
+  void set_host_length(std::int64_t n) override;
 
   // Device bytes allocated for records and windows (every layer).
   std::size_t bytes_allocated() const;
@@ -88,6 +97,9 @@ class gpu_packed_cache : public kv_cache {
   int rows_per_slot() const { return win_cap_; }
   // Tokens held per (sequence, KV head) at `layer` (after eviction).
   std::int64_t held(int layer) const;
+  // The device counters of `layer`, read back (synchronizes: tests only): int32
+  // [kv_ctr_rows * B] then, under eviction, [ev_rows * B] (kernels/cuda/kv_counters.h).
+  std::vector<int> device_counters(int layer) const;
 
  private:
   struct layer_state;
@@ -100,6 +112,7 @@ class gpu_packed_cache : public kv_cache {
   at::Tensor workspace_;
   at::Tensor logits_, row_stats_;  // H2O: [B, n_heads, rows], [B, n_heads, 2] (shared by layers)
   void prompt_evict(int layer, const at::Tensor& q_rope);
+  void step_counters(int layer);
 };
 
 }  // namespace kvcal

@@ -13,9 +13,11 @@
 //   model.forward(next_id, cache);        // one decode step, attends to everything cached
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 
-#include <ATen/ATen.h>
+#include "kernels/common/error.h"
 
 namespace kvcal {
 
@@ -43,6 +45,20 @@ class kv_cache {
   virtual std::int64_t length() const = 0;
   // Forgets every token (a new sequence starts at position 0).
   virtual void reset() = 0;
+
+  // CUDA-graph decode (model/decode_graph.h). True when a one-token forward through this cache
+  // launches the same work with the same arguments at every step (step-dependent counters live
+  // and advance on the device, nothing is read back), so one step can be captured and replayed.
+  virtual bool graph_safe() const { return false; }
+  // Graph-safe caches only: the most tokens held (a replayed step must not pass it), and the
+  // host bookkeeping set to `n` held tokens after replays appended tokens on the device (a replay
+  // runs no host code). The device state is not touched.
+  virtual std::int64_t graph_capacity() const {
+    KVCAL_FAIL("kv_cache: this cache is not graph safe (no CUDA-graph decode)");
+  }
+  virtual void set_host_length(std::int64_t n) {
+    KVCAL_FAIL("kv_cache: this cache is not graph safe (cannot set its length to ", n, ")");
+  }
 };
 
 // Activations of one layer for the tokens of one forward call, given to a layer_hook before the

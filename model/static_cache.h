@@ -40,6 +40,10 @@ class static_cache : public kv_cache, private cache_shape {
   // Sets every layer's held length (after a graph replay appended one token on the device).
   void set_length(std::int64_t n);
 
+  bool graph_safe() const override { return true; }
+  std::int64_t graph_capacity() const override { return capacity_; }
+  void set_host_length(std::int64_t n) override { set_length(n); }
+
  private:
   std::int64_t capacity_;
   std::vector<at::Tensor> k_, v_;  // per layer [B, n_kv, capacity, d], K after RoPE

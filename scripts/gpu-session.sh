@@ -33,7 +33,8 @@ phase_model() {
   "$B"/bench/bench_model "$CK" 2>&1 | tee "$O/model.log"
   python3 bench/transformers_model.py "$CK" 2>&1 | grep -v Warning | tee -a "$O/model.log"
 }
-# End to end through the CUDA kernels' cache (issue 11): TTFT / TPOT at B8 ctx 32k, sequences that fit
+# End to end through the CUDA kernels' cache (issue 11): TTFT / TPOT at B8 ctx 32k (gpu_packed_cache kinds
+# also replayed from a CUDA graph: rows "e2e graph"), sequences that fit
 phase_e2e() {
   "$B"/bench/bench_model "$CK" --prefill 4096 --batch 8 --no-graph --steps 16 \
     --kv-cache ${E2E_KINDS:-full,fp16,kivi-4,kivi-2,h2o} --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"

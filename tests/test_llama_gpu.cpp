@@ -12,10 +12,13 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/app.h"
+#include "kernels/cuda/evict.h"
+#include "kernels/cuda/kv_counters.h"
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
 #include "model/gpu_packed_cache.h"
@@ -211,6 +214,108 @@ TEST_CASE(
             quant_err);
     CHECK(quant_err > 0);
     CHECK(gpu_cpu <= 0.25 * quant_err + 2e-2);  // the same quantization, different rounding
+  }
+}
+
+// The CUDA-graph-safe decode step (issue 11): a greedy decode through gpu_packed_cache, eager
+// (model.forward every step) vs captured once by decode_graph and replayed. The decode step's
+// launches are the same in both (counters advanced on the device, fixed grid bounds), so the
+// greedy tokens must be identical and the logits equal within 1e-5 (fp32 model); frozen counters
+// in the graph would attend the prompt's length forever and fail this. After the run every
+// layer's device counters must equal the host arithmetic (kernels/cuda/kv_counters.h).
+TEST_CASE("gpu_packed_cache: decode replayed from a CUDA graph equals the eager decode") {
+  if (!have_gpu()) return;
+  const std::string dir = std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1";
+  const llama_model m = llama_model::load(dir, cuda, at::kFloat);
+  const model_config& cfg = m.config();
+  // Prompt 100 then 160 steps: V compression starts at 129 tokens, K blocks at 160, 192, 224.
+  const std::int64_t B = 2, P = 100, N = 160, cap = P + N;
+  at::manual_seed(11);
+  const at::Tensor prompt =
+      at::randint(0, cfg.vocab_size, {B, P}, at::TensorOptions().dtype(at::kLong)).to(cuda);
+  for (const std::string kind : {"kivi-4", "kivi-2", "fp16", "h2o", "window"}) {
+    CAPTURE(kind);
+    gpu_packed_cache::options o;
+    o.bits = kind == "kivi-4" ? 4 : kind == "kivi-2" ? 2 : 16;
+    if (kind == "h2o") {  // the h2o template: heavy 0.8, retain 1/8, no fp16 window
+      o.h2o = true;
+      o.heavy = 0.8;
+      o.retain = 0.125;
+      o.residual = 0;
+    } else if (kind == "window") {
+      o.window = true;
+      o.sinks = 4;
+      o.recent = 60;
+    }
+    // Greedy decode of N steps; logits [B, N + 1, V] on the CPU and the tokens [B, N].
+    auto run = [&](gpu_packed_cache& cache, bool graph, at::Tensor& tokens) {
+      std::unique_ptr<decode_graph> g;
+      if (graph) g = std::make_unique<decode_graph>(m, cache, B);
+      at::Tensor lg = graph ? g->prefill(prompt) : m.forward(prompt, cache, {logits_mode::last});
+      std::vector<at::Tensor> logits{lg.cpu()}, toks;
+      for (std::int64_t t = 0; t < N; ++t) {
+        const at::Tensor next = lg.argmax(-1);  // [B, 1]
+        toks.push_back(next.cpu());
+        lg = graph ? g->step(next) : m.forward(next, cache, {logits_mode::last});
+        logits.push_back(lg.cpu());
+      }
+      if (graph) CHECK(g->captured());
+      tokens = at::cat(toks, 1);
+      return at::cat(logits, 1);
+    };
+    gpu_packed_cache eager(cfg, B, cap, o, cuda), replayed(cfg, B, cap, o, cuda);
+    CHECK(replayed.graph_safe());
+    at::Tensor te, tg;
+    const at::Tensor le = run(eager, false, te), lg = run(replayed, true, tg);
+    const errors err = compare(lg, le);
+    const std::int64_t same = tg.eq(te).sum().item<std::int64_t>();
+    MESSAGE(kind, ": graph vs eager max |dlogit| ", err.max_abs, " (|logit| max ", err.ref_max,
+            "), identical tokens ", same, " / ", te.numel());
+    CHECK(same == te.numel());
+    CHECK(err.max_abs <= 1e-5);
+    CHECK(replayed.length() == cap);
+    CHECK(replayed.bytes_used() == eager.bytes_used());
+    // Device counters after the last step = the host rule, for every layer and sequence.
+    const std::int64_t n = cap;  // the last step appended token n - 1
+    std::vector<int> want(static_cast<std::size_t>(kv_ctr_rows * B), 0);
+    if (!o.evicts()) {
+      const bool quant = o.bits != 16;
+      int rows[kv_ctr_rows];
+      kv_step_rows(rows, n - 1, kv_k_compressed(n - 1, o.residual, o.group, quant),
+                   kv_v_compressed(n - 1, o.residual, quant), 1, o.residual, o.group, quant);
+      for (int r = 0; r < kv_ctr_rows; ++r)
+        for (std::int64_t b = 0; b < B; ++b) want[static_cast<std::size_t>(r * B + b)] = rows[r];
+    } else {
+      evict_budget bud;
+      if (o.window) {
+        bud.window_policy = true;
+        bud.sinks = o.sinks;
+        bud.tokens = o.sinks + o.recent;
+      } else {
+        bud.retain = o.retain;
+        bud.heavy = o.heavy;
+        bud.window = o.residual;
+      }
+      int rows[ev_rows];
+      ev_step_rows(rows, evict_retained(bud, n - 1), n - 1);
+      rows[ev_out] = static_cast<int>(evict_retained(bud, n));  // evict_one's min(held, R)
+      for (int r = 0; r < ev_rows; ++r)
+        for (std::int64_t b = 0; b < B; ++b) want.push_back(rows[r]);
+      CHECK(replayed.held(0) == evict_retained(bud, n));
+      // The packed rows of an eviction cache are not used (zeros).
+    }
+    for (int l = 0; l < static_cast<int>(cfg.num_hidden_layers); ++l) {
+      CAPTURE(l);
+      CHECK(replayed.device_counters(l) == want);
+      CHECK(eager.device_counters(l) == want);
+    }
+    if (kind == "kivi-2") {  // reset zeroes the device counters: a second run repeats the first
+      decode_graph g(m, replayed, B);
+      replayed.reset();
+      at::Tensor lg2 = g.prefill(prompt);
+      for (std::int64_t t = 0; t < 40; ++t) lg2 = g.step(lg2.argmax(-1));
+      CHECK(compare(lg2.cpu(), le.narrow(1, 40, 1)).max_abs <= 1e-5);
+    }
   }
 }
 
