@@ -222,33 +222,41 @@ __device__ __forceinline__ void load_run(const std::uint8_t* p, unsigned* w) {
 // the half2 of the A fragment. Lane g holds latent channels [2 MT g, 2 MT g + 2 MT): m-tile i
 // rows g / g + 8 = channels 2 MT g + 2i (+1).
 template <int VR, int LB>
-__device__ __forceinline__ void values_latent_q(const std::uint8_t* const* rec, const bool* ok,
+__device__ __forceinline__ void values_latent_q(const std::uint8_t* rec0, int rb, const bool* ok,
                                                 int g, unsigned pb0, unsigned pb1, float (*o)[4]) {
-  constexpr int MT = VR / 16, CB = 2 * MT * LB / 8, NW = (CB + 3) / 4;
-  unsigned w[4][NW];
+  constexpr int MT = VR / 16, CB = 2 * MT * LB / 8;
+  // 16 bytes per token (8-bit, rank 128) in two halves of 8: fewer live registers (no spills).
+  constexpr int NC = CB == 16 ? 2 : 1, CC = CB / NC, NW = (CC + 3) / 4, MC = MT / NC;
   __half sc[4], ze[4];
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    if (ok[r]) {
-      const __half* hs = reinterpret_cast<const __half*>(rec[r]);
-      sc[r] = __ldg(hs);
-      ze[r] = __ldg(hs + 1);
-      load_run<CB>(rec[r] + 4 + CB * g, w[r]);
-    } else {  // zero latents past the range: 0 * (code) + 0
-      sc[r] = ze[r] = __float2half_rn(0.0f);
-#pragma unroll
-      for (int k = 0; k < NW; ++k) w[r][k] = 0u;
-    }
+    const __half* hs = reinterpret_cast<const __half*>(rec0 + ((r & 1) + 8 * (r >> 1)) * rb);
+    // zero latents past the range: 0 * (code) + 0
+    sc[r] = ok[r] ? __ldg(hs) : __float2half_rn(0.0f);
+    ze[r] = ok[r] ? __ldg(hs + 1) : __float2half_rn(0.0f);
   }
   const __half2 sab = __halves2half2(sc[0], sc[1]), zab = __halves2half2(ze[0], ze[1]);
   const __half2 scd = __halves2half2(sc[2], sc[3]), zcd = __halves2half2(ze[2], ze[3]);
 #pragma unroll
-  for (int i = 0; i < MT; ++i) {
-    const unsigned a[4] = {h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i), sab, zab)),
-                           h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i + 1), sab, zab)),
-                           h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i), scd, zcd)),
-                           h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i + 1), scd, zcd))};
-    mma16816(o[i], a, pb0, pb1);
+  for (int ch = 0; ch < NC; ++ch) {
+    unsigned w[4][NW];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      if (ok[r]) {
+        load_run<CC>(rec0 + ((r & 1) + 8 * (r >> 1)) * rb + 4 + CB * g + CC * ch, w[r]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < NW; ++k) w[r][k] = 0u;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MC; ++i) {
+      const unsigned a[4] = {h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i), sab, zab)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i + 1), sab, zab)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i), scd, zcd)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i + 1), scd, zcd))};
+      mma16816(o[MC * ch + i], a, pb0, pb1);
+    }
   }
 }
 
@@ -261,14 +269,12 @@ __device__ __forceinline__ void values_latent(const packed_kv_view& kv, std::int
   constexpr int MT = VR / 16;
   const int lb = kv.v_latent_bits;  // 16 / 8 / 4, uniform
   const std::int64_t rb = static_cast<std::int64_t>(latent_record_bytes_of(VR, lb));
-  const std::uint8_t* rec[4];
+  // Record of token ja + (r & 1) + 8 (r >> 1): rec0 + rec_off(r); read only where ok[r].
+  const std::uint8_t* rec0 = kv.v_rec + (slot * kv.v_slot_records + p0 + ja) * rb;
+  const int rbi = static_cast<int>(rb);
   bool ok[4];
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const int t = p0 + ja + (r & 1) + 8 * (r >> 1);
-    ok[r] = t < t_hi;
-    rec[r] = kv.v_rec + (slot * kv.v_slot_records + (ok[r] ? t : 0)) * rb;
-  }
+  for (int r = 0; r < 4; ++r) ok[r] = p0 + ja + (r & 1) + 8 * (r >> 1) < t_hi;
   if (lb == 16) {
     constexpr int CW = MT % 4 == 0 ? 4 : MT % 2 == 0 ? 2 : 1;  // words per load (alignment)
 #pragma unroll
@@ -276,7 +282,7 @@ __device__ __forceinline__ void values_latent(const packed_kv_view& kv, std::int
       unsigned x[4][CW];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const std::uint8_t* src = rec[r] + 4 * MT * g + 4 * i0;
+        const std::uint8_t* src = rec0 + ((r & 1) + 8 * (r >> 1)) * rbi + 4 * MT * g + 4 * i0;
         if constexpr (CW == 4) {
           const uint4 v =
               ok[r] ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
@@ -297,9 +303,9 @@ __device__ __forceinline__ void values_latent(const packed_kv_view& kv, std::int
       }
     }
   } else if (lb == 8) {
-    values_latent_q<VR, 8>(rec, ok, g, pb0, pb1, o);
+    values_latent_q<VR, 8>(rec0, rbi, ok, g, pb0, pb1, o);
   } else {
-    values_latent_q<VR, 4>(rec, ok, g, pb0, pb1, o);
+    values_latent_q<VR, 4>(rec0, rbi, ok, g, pb0, pb1, o);
   }
 }
 
@@ -685,7 +691,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       const int h = i / D, c = i % D;
       const float den = stats[2 * h + 1];
       float acc = den * __ldg(db + c);
-#pragma unroll
+#pragma unroll 8  // fully unrolled, rank 128 spills (ptxas keeps 32 float4 loads in flight)
       for (int r4 = 0; r4 < VM; r4 += 4) {
         const float4 w = __ldg(reinterpret_cast<const float4*>(dw + c * VM + r4));
         acc += w.x * zs[h * W + r4] + w.y * zs[h * W + r4 + 1] + w.z * zs[h * W + r4 + 2] +
