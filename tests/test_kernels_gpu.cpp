@@ -41,6 +41,7 @@
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/decode_attention_rd.h"
 #include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
 #include "runtime/kv_codec.h"
@@ -669,6 +670,47 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
     }
   }
   MESSAGE("register-direct vs smem-tile kernel, fp16: max |difference| = ", worst16);
+}
+
+// Host only (runs without a GPU): the shapes decode_attention_rd_supported accepts, which decide
+// the split plan and the workspace size as well as the kernel.
+TEST_CASE("register_direct: the shapes it covers (fp16, keys_rotated, V latent mode)") {
+  auto view = [](int d, int kbits, int kgroup, int vbits, int vgroup) {
+    decode_attention_params p;
+    p.kv.head_dim = d;
+    p.kv.k_bits = kbits;
+    p.kv.k_group = kgroup;
+    p.kv.v_bits = vbits;
+    p.kv.v_group = vgroup;
+    return p;
+  };
+  CHECK(decode_attention_rd_supported(view(128, 2, 32, 2, 32)));
+  CHECK(decode_attention_rd_supported(view(128, 8, 128, 8, 16)));
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 4, 8)));   // V group 8
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 4, 32, 4, 32)));   // head_dim 64
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 2, 32)));  // K / V bits differ
+  CHECK(decode_attention_rd_supported(view(128, 16, 0, 16, 0)));        // fp16: groups unused
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 16, 32, 16, 32)));
+  decode_attention_params rot = view(128, 16, 32, 16, 32);
+  rot.kv.keys_rotated = true;
+  CHECK(decode_attention_rd_supported(rot));
+  for (int kbits : {16, 2, 4, 8})
+    for (int r : {16, 32, 48, 64, 96, 128, 256})
+      for (int lb : {16, 8, 4, 2}) {
+        CAPTURE(kbits);
+        CAPTURE(r);
+        CAPTURE(lb);
+        decode_attention_params p = view(128, kbits, 64, 16, 0);  // v_bits / group unused
+        p.kv.v_latent_rank = r;
+        p.kv.v_latent_bits = lb;
+        const bool want = r != 48 && r != 256 && lb != 2;
+        CHECK(decode_attention_rd_supported(p) == want);
+        p.kv.head_dim = 64;
+        CHECK_FALSE(decode_attention_rd_supported(p));
+      }
+  decode_attention_params bad_group = view(128, 2, 48, 16, 0);  // latent, K group 48
+  bad_group.kv.v_latent_rank = 32;
+  CHECK_FALSE(decode_attention_rd_supported(bad_group));
 }
 
 // Shapes the register-direct kernel does not cover run the other kernels unchanged: bit-identical
