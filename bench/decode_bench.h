@@ -52,9 +52,10 @@ struct decode_timing {
   double append_tok_s = 0;  // append + compress throughput while filling the cache (0: n/a)
 };
 
-// fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined and
-// register-direct, and the V latent mode (synthetic PCA rank 32, int8) with K fp16 and K kivi-2:
-// the development table.
+// fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined,
+// kivi-4 / kivi-2 / fp16 register-direct, and the V latent mode (synthetic PCA rank 32, int8)
+// with K fp16 and K kivi-2, each with the smem-tile and the register-direct kernel: the
+// development table.
 std::vector<decode_case> builtin_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);

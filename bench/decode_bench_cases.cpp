@@ -19,18 +19,25 @@ std::vector<decode_case> builtin_decode_cases() {
   v.push_back({"kivi-2 (pipelined)", 2, 32, 128, true, "", true});
   v.push_back({"kivi-4 (register-direct)", 4, 32, 128, true, "", true, true});
   v.push_back({"kivi-2 (register-direct)", 2, 32, 128, true, "", true, true});
+  v.push_back({"fp16 (ours) (register-direct)", 16, 32, 0, true, "", true, true});
   // V latent mode on a synthetic rank-32 PCA basis: knlp-v-pca-int8's layout (K fp16, window
-  // 256) and the hybrid-k2-vpca8 template's (KIVI 2-bit K, residual 128).
-  decode_case knlp{"V PCA r32 int8 + K fp16 (knlp, synthetic)", 16, 32, 256, true, "", false};
-  knlp.v_latent = true;
-  knlp.v_latent_rank = 32;
-  knlp.v_latent_bits = 8;
-  v.push_back(knlp);
-  decode_case hyb{"V PCA r32 int8 + K kivi-2 (hybrid, synthetic)", 2, 32, 128, true, "", false};
-  hyb.v_latent = true;
-  hyb.v_latent_rank = 32;
-  hyb.v_latent_bits = 8;
-  v.push_back(hyb);
+  // 256) and the hybrid-k2-vpca8 template's (KIVI 2-bit K, residual 128); the smem-tile kernel,
+  // then the register-direct one.
+  for (bool rd : {false, true}) {
+    const std::string tag = rd ? " (register-direct)" : "";
+    decode_case knlp{
+        "V PCA r32 int8 + K fp16 (knlp, synthetic)" + tag, 16, 32, 256, true, "", false, rd};
+    knlp.v_latent = true;
+    knlp.v_latent_rank = 32;
+    knlp.v_latent_bits = 8;
+    v.push_back(knlp);
+    decode_case hyb{
+        "V PCA r32 int8 + K kivi-2 (hybrid, synthetic)" + tag, 2, 32, 128, true, "", false, rd};
+    hyb.v_latent = true;
+    hyb.v_latent_rank = 32;
+    hyb.v_latent_bits = 8;
+    v.push_back(hyb);
+  }
   return v;
 }
 

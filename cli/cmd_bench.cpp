@@ -139,15 +139,20 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
     c.register_direct = register_direct == "on";
-    // The row says so only where the kernel covers the shape (else the flag changes nothing).
-    if (c.register_direct && c.unsupported.empty() && !c.v_latent &&
-        (c.bits == 2 || c.bits == 4 || c.bits == 8) && s.head_dim == 128 &&
-        (c.group == 32 || c.group == 64 || c.group == 128))
-      c.name += " (register-direct)";
     if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
       if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
       c.name += " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
     }
+    // The row says so only where the kernel covers the shape (else the flag changes nothing):
+    // head_dim 128; fp16 or K records of group 32 / 64 / 128; V latents of rank 16 / 32 / 64 /
+    // 96 / 128 (decode_attention_rd_supported).
+    const bool k_rd = c.bits == 16 || ((c.bits == 2 || c.bits == 4 || c.bits == 8) &&
+                                       (c.group == 32 || c.group == 64 || c.group == 128));
+    const int rank = c.v_latent_rank;
+    const bool v_rd =
+        !c.v_latent || rank == 16 || rank == 32 || rank == 64 || rank == 96 || rank == 128;
+    if (c.register_direct && c.unsupported.empty() && s.head_dim == 128 && k_rd && v_rd)
+      c.name += " (register-direct)";
     cases.push_back(c);
   }
 

@@ -273,14 +273,25 @@ TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU"
   }
 }
 
-TEST_CASE("the development table has register-direct rows for kivi-4 and kivi-2") {
-  int rd = 0;
-  for (const auto& c : kvcal::builtin_decode_cases())
+TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16 and V latents") {
+  int rd = 0, rd_latent = 0, rd_fp16 = 0;
+  for (const auto& c : kvcal::builtin_decode_cases()) {
+    // Every register-direct row names itself, and the other rows do not.
+    CHECK(c.register_direct == (c.name.find("register-direct") != std::string::npos));
     if (c.register_direct) {
       ++rd;
       CHECK(c.unsupported.empty());
-      CHECK((c.bits == 4 || c.bits == 2));
-      CHECK(c.name.find("register-direct") != std::string::npos);
+      CHECK((c.bits == 4 || c.bits == 2 || c.bits == 16));
+      if (c.v_latent) {
+        ++rd_latent;
+        CHECK(c.v_latent_rank == 32);
+        CHECK(c.v_latent_bits == 8);
+      } else if (c.bits == 16) {
+        ++rd_fp16;
+      }
     }
-  CHECK(rd == 2);
+  }
+  CHECK(rd == 5);
+  CHECK(rd_latent == 2);
+  CHECK(rd_fp16 == 1);
 }

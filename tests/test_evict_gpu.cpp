@@ -1,13 +1,16 @@
 // GPU token eviction for fp16 caches (issue 11) against independent CPU references (label gpu;
 // skips with a message and passes when the machine has no GPU):
-//   keys_rotated + logits  decode attention over an fp16 ring of keys after RoPE (no tables):
+//   keys_rotated + logits  decode attention over an fp16 ring of keys after RoPE (no tables),
+//                          the smem-tile kernel and the register-direct one (register_direct):
 //                          output vs a dense double-precision reference within 2e-3 (values in
 //                          [-1, 1], P rounded to fp16 for P V as in the fp16 baseline); logits
 //                          (log2 units) within 1e-2 of q . k * scale * log2(e) (q rounded to fp16
 //                          by the kernel: <= d * |q| |k| * scale * log2(e) * 2^-11); the
 //                          probabilities exp2(logit - max) / sum from logits + row_stats sum to 1
 //                          within 1e-4 and match the reference's within 1.5% relative + 1e-6;
-//                          tokens >= n_tokens and null outputs are untouched / cost nothing
+//                          tokens >= n_tokens and null outputs are untouched / cost nothing;
+//                          register-direct vs the smem-tile kernel: logits / max 1e-3, row sum
+//                          2e-3 relative, output 1e-3
 //   h2o_accumulate         vs the formula in double (1e-6 + 1e-5 relative)
 //   evict_one, select_kept the set of kept positions equals kvcal::select_kept of the CPU runtime
 //                          (runtime/eviction/select.h with an h2o / window policy) over awkward
@@ -81,7 +84,7 @@ struct rotated_result {
 
 rotated_result run_rotated(const std::vector<std::uint16_t>& k, const std::vector<std::uint16_t>& v,
                            const std::vector<int>& n, const std::vector<float>& q, int B, int n_kv,
-                           int n_heads, int d, int cap, bool with_scores) {
+                           int n_heads, int d, int cap, bool with_scores, bool register_direct) {
   dbuf<std::uint16_t> dk(k), dv(v);
   dbuf<int> dn(n);
   dbuf<float> dq(q), dout(q.size());
@@ -102,6 +105,7 @@ rotated_result run_rotated(const std::vector<std::uint16_t>& k, const std::vecto
   p.q = dq.p;
   p.max_tokens = cap;
   p.out = dout.p;
+  p.register_direct = register_direct;
   if (with_scores) {
     p.logits = dlog.p;
     p.row_stats = dstats.p;
@@ -115,7 +119,9 @@ rotated_result run_rotated(const std::vector<std::uint16_t>& k, const std::vecto
   return {dout.download(), dlog.download(), dstats.download()};
 }
 
-void check_rotated(std::mt19937& rng, int B, int n_kv, int G, int d, const std::vector<int>& n) {
+// Returns the rotated_result of the run with scores (for the comparison of the two kernels).
+rotated_result check_rotated(std::mt19937& rng, int B, int n_kv, int G, int d,
+                             const std::vector<int>& n, bool register_direct) {
   const int n_heads = n_kv * G;
   const int cap = *std::max_element(n.begin(), n.end()) + 5;
   const std::size_t D = sz(d);
@@ -125,8 +131,9 @@ void check_rotated(std::mt19937& rng, int B, int n_kv, int G, int d, const std::
   for (auto& x : v) x = float_to_fp16(u(rng));
   std::vector<float> q(sz(B) * sz(n_heads) * D);
   for (auto& x : q) x = 1.5f * u(rng);
-  const rotated_result r = run_rotated(k, v, n, q, B, n_kv, n_heads, d, cap, true);
-  const rotated_result r0 = run_rotated(k, v, n, q, B, n_kv, n_heads, d, cap, false);
+  const rotated_result r = run_rotated(k, v, n, q, B, n_kv, n_heads, d, cap, true, register_direct);
+  const rotated_result r0 =
+      run_rotated(k, v, n, q, B, n_kv, n_heads, d, cap, false, register_direct);
   CHECK(std::memcmp(r.out.data(), r0.out.data(), r.out.size() * sizeof(float)) == 0);
   const double qscale = 1.0 / std::sqrt(static_cast<double>(d)) * 1.4426950408889634;
   float out_err = 0, logit_err = 0, p_err = 0, sum_err = 0;
@@ -166,11 +173,43 @@ void check_rotated(std::mt19937& rng, int B, int n_kv, int G, int d, const std::
         out_err =
             std::max(out_err, static_cast<float>(std::fabs(r.out[bh * D + sz(c)] - o[sz(c)])));
     }
-  INFO("B ", B, " n_kv ", n_kv, " G ", G, " d ", d);
+  INFO("B ", B, " n_kv ", n_kv, " G ", G, " d ", d, " register_direct ", register_direct);
   CHECK(out_err <= 2e-3f);
   CHECK(logit_err <= 1e-2f);
   CHECK(sum_err <= 1e-4f);
   CHECK(p_err <= 1.5e-2f);  // |gp - p| <= 1.5e-2 * p + 1e-6
+  return r;
+}
+
+// Same inputs (same seed) through the register-direct kernel and the smem-tile kernel: the fp16
+// queries and keys are the same values and both accumulate in fp32, only in another order, so
+// the logits differ by fp32 rounding of a 128-term dot product (|logit| < 30: ~1e-5; bound 1e-3);
+// the row max likewise, the row sum relatively (2e-3); the output by at most ~5e-4 (P rounded to
+// fp16 from logits that differ in the last bits, |v| <= 1; bound 1e-3). Tokens >= n_tokens stay
+// NaN in both. A misplaced token or head moves logits by O(1).
+void compare_rotated(int B, int n_kv, int G, int d, const std::vector<int>& n, unsigned seed) {
+  std::mt19937 ra(seed), rb(seed);
+  const rotated_result a = check_rotated(ra, B, n_kv, G, d, n, false);
+  const rotated_result b = check_rotated(rb, B, n_kv, G, d, n, true);
+  REQUIRE(a.logits.size() == b.logits.size());
+  float dl = 0, dm = 0, ds = 0, dout = 0;
+  for (std::size_t i = 0; i < a.logits.size(); ++i) {
+    CHECK(std::isnan(a.logits[i]) == std::isnan(b.logits[i]));
+    if (!std::isnan(a.logits[i])) dl = std::max(dl, std::fabs(a.logits[i] - b.logits[i]));
+  }
+  for (std::size_t i = 0; i < a.stats.size(); i += 2) {
+    dm = std::max(dm, std::fabs(a.stats[i] - b.stats[i]));
+    ds = std::max(ds, std::fabs(a.stats[i + 1] - b.stats[i + 1]) / a.stats[i + 1]);
+  }
+  for (std::size_t i = 0; i < a.out.size(); ++i)
+    dout = std::max(dout, std::fabs(a.out[i] - b.out[i]));
+  INFO("B ", B, " n_kv ", n_kv, " G ", G, " d ", d);
+  CHECK(dl <= 1e-3f);
+  CHECK(dm <= 1e-3f);
+  CHECK(ds <= 2e-3f);
+  CHECK(dout <= 1e-3f);
+  MESSAGE("keys_rotated, register-direct vs smem-tile kernel: logits ", dl, ", max ", dm,
+          ", sum (rel) ", ds, ", out ", dout);
 }
 
 }  // namespace
@@ -178,11 +217,22 @@ void check_rotated(std::mt19937& rng, int B, int n_kv, int G, int d, const std::
 TEST_CASE("decode attention, keys after RoPE: output, logits and row_stats vs dense reference") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(11);
-  for (int d : {64, 128}) {
-    check_rotated(rng, 1, 1, 1, d, {17});
-    check_rotated(rng, 3, 2, 7, d, {300, 1, 97});
-    check_rotated(rng, 2, 4, 20, d, {4099, 2051});  // 20 query heads: two head groups of the CTA
-  }
+  // register_direct: d 128 runs the register-direct kernel (8 heads per CTA), d 64 falls back.
+  for (bool rd : {false, true})
+    for (int d : {64, 128}) {
+      check_rotated(rng, 1, 1, 1, d, {17}, rd);
+      check_rotated(rng, 3, 2, 7, d, {300, 1, 97}, rd);
+      check_rotated(rng, 2, 4, 20, d, {4099, 2051}, rd);  // 20 query heads: several head groups
+    }
+}
+
+TEST_CASE(
+    "decode attention, keys after RoPE: register-direct logits / row_stats vs the old kernel") {
+  SKIP_WITHOUT_GPU();
+  compare_rotated(1, 1, 1, 128, {17}, 31);
+  compare_rotated(3, 2, 7, 128, {300, 1, 97}, 32);
+  compare_rotated(2, 4, 20, 128, {4099, 2051}, 33);
+  compare_rotated(2, 2, 9, 128, {64, 33}, 34);  // 9 heads: a partial second 8-head group
 }
 
 namespace {

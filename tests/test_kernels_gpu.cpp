@@ -7,8 +7,9 @@
 //                   the same records; bound |gpu - ref| <= 2e-3 (values in [-1, 1]); the fp16
 //                   baseline likewise; the half_dequant variant (fp16 dequant arithmetic) 4e-3,
 //                   its pipelined form (records staged by cp.async) the same 4e-3, the
-//                   register-direct kernel (register_direct) the same 4e-3 and within 1e-3 of the
-//                   pipelined kernel; unsupported shapes fall back bit-identically
+//                   register-direct kernel (register_direct; bits 2/4/8 and fp16) the same 4e-3
+//                   and within 1e-3 of the pipelined / fp16 kernel; unsupported shapes fall back
+//                   bit-identically
 //   end to end      GPU append + compress, then attention, against the CPU reading the
 //                   GPU-written records
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
@@ -17,7 +18,9 @@
 //                   maps, 16/8/4-bit latents; z summed in the codec's order without FMA);
 //                   attention with K fp16 / KIVI 2 / 4 and PCA V latents against
 //                   attention_dense_ref on the V the CPU codec decodes, bound latent_bound()
-//                   (kHalfDequantBound + the fp16 rounding of 8/4-bit latents); bad latent shapes;
+//                   (kHalfDequantBound + the fp16 rounding of 8/4-bit latents), the smem-tile
+//                   kernel and the register-direct one; register-direct vs smem-tile within
+//                   1e-3 max(1, max|v'|); d 64 falls back bit-identically; bad latent shapes;
 //                   end to end (KIVI-2 K + PCA int8 V filled step by step, ring wrapping)
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
@@ -38,6 +41,7 @@
 #include "kernels/cpu/quantize.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/decode_attention_rd.h"
 #include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
 #include "runtime/kv_codec.h"
@@ -572,8 +576,8 @@ TEST_CASE(
 }
 
 // register_direct (kernels/cuda/decode_attention_rd.h) over the whole grid: at d 128 with bits
-// 2 / 4 / 8 it runs the register-direct kernel (same per-element fp16 arithmetic as half_dequant,
-// so the half_dequant bound); d 64 and fp16 fall back to the kernels above.
+// 2 / 4 / 8 and 16 (fp16 ring, keys before RoPE) it runs the register-direct kernel (same
+// per-element fp16 arithmetic as half_dequant, so the half_dequant bound); d 64 falls back.
 TEST_CASE("decode attention, register-direct kernel (transposed mma, packed bytes in registers)") {
   SKIP_WITHOUT_GPU();
   attention_grid(true, true, kHalfDequantBound, true);
@@ -638,17 +642,86 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
           worst = std::max(worst, diff);
         }
   MESSAGE("register-direct vs pipelined: max |difference| = ", worst);
+  // fp16 (bits 16, every token in the ring): the smem-tile kernel's half_dequant path rotates the
+  // same fp16 keys by the same fp16 in-tile angles; same argument, same bound.
+  float worst16 = 0.0f;
+  for (int ratio : {1, 7, 9}) {
+    for (const std::vector<int>& lens :
+         {std::vector<int>{1100, 97, 200}, std::vector<int>{33, 1, 4099}}) {
+      CAPTURE(ratio);
+      CAPTURE(lens[0]);
+      const cache_case c = build_case(rng, 3, 2, 128, 16, 32, lens);
+      const int n_heads = 2 * ratio;
+      const int max_n = *std::max_element(c.n.begin(), c.n.end());
+      const rope_tables rope = make_rope(max_n, 128, 1.0f);
+      std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+      std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
+      for (auto& x : q) x = u(rng);
+      const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
+      const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
+      REQUIRE(a.size() == b.size());
+      float diff = 0.0f;
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        REQUIRE(std::isfinite(b[i]));
+        diff = std::max(diff, std::fabs(a[i] - b[i]));
+      }
+      CHECK(diff <= 1e-3f);
+      worst16 = std::max(worst16, diff);
+    }
+  }
+  MESSAGE("register-direct vs smem-tile kernel, fp16: max |difference| = ", worst16);
+}
+
+// Host only (runs without a GPU): the shapes decode_attention_rd_supported accepts, which decide
+// the split plan and the workspace size as well as the kernel.
+TEST_CASE("register_direct: the shapes it covers (fp16, keys_rotated, V latent mode)") {
+  auto view = [](int d, int kbits, int kgroup, int vbits, int vgroup) {
+    decode_attention_params p;
+    p.kv.head_dim = d;
+    p.kv.k_bits = kbits;
+    p.kv.k_group = kgroup;
+    p.kv.v_bits = vbits;
+    p.kv.v_group = vgroup;
+    return p;
+  };
+  CHECK(decode_attention_rd_supported(view(128, 2, 32, 2, 32)));
+  CHECK(decode_attention_rd_supported(view(128, 8, 128, 8, 16)));
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 4, 8)));   // V group 8
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 4, 32, 4, 32)));   // head_dim 64
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 2, 32)));  // K / V bits differ
+  CHECK(decode_attention_rd_supported(view(128, 16, 0, 16, 0)));        // fp16: groups unused
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 16, 32, 16, 32)));
+  decode_attention_params rot = view(128, 16, 32, 16, 32);
+  rot.kv.keys_rotated = true;
+  CHECK(decode_attention_rd_supported(rot));
+  for (int kbits : {16, 2, 4, 8})
+    for (int r : {16, 32, 48, 64, 96, 128, 256})
+      for (int lb : {16, 8, 4, 2}) {
+        CAPTURE(kbits);
+        CAPTURE(r);
+        CAPTURE(lb);
+        decode_attention_params p = view(128, kbits, 64, 16, 0);  // v_bits / group unused
+        p.kv.v_latent_rank = r;
+        p.kv.v_latent_bits = lb;
+        const bool want = r != 48 && r != 256 && lb != 2;
+        CHECK(decode_attention_rd_supported(p) == want);
+        p.kv.head_dim = 64;
+        CHECK_FALSE(decode_attention_rd_supported(p));
+      }
+  decode_attention_params bad_group = view(128, 2, 48, 16, 0);  // latent, K group 48
+  bad_group.kv.v_latent_rank = 32;
+  CHECK_FALSE(decode_attention_rd_supported(bad_group));
 }
 
 // Shapes the register-direct kernel does not cover run the other kernels unchanged: bit-identical
-// outputs with and without the flag (head_dim 64, fp16, V group 8).
+// outputs with and without the flag (head_dim 64, V group 8; latent d 64 in the latent tests).
 TEST_CASE("decode attention: register_direct falls back for unsupported shapes") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(17);
   struct shape {
     int d, bits, group, vgroup;
   };
-  for (const shape sh : {shape{64, 4, 32, 32}, shape{64, 2, 128, 32}, shape{128, 16, 32, 0},
+  for (const shape sh : {shape{64, 4, 32, 32}, shape{64, 2, 128, 32}, shape{64, 16, 32, 0},
                          shape{128, 4, 32, 8}, shape{128, 8, 64, 8}}) {
     CAPTURE(sh.d);
     CAPTURE(sh.bits);
@@ -1039,7 +1112,8 @@ struct device_latent_case {
 };
 
 std::vector<float> run_latent_attention(const latent_case& L, int n_heads,
-                                        const std::vector<float>& q, const rope_tables& rope) {
+                                        const std::vector<float>& q, const rope_tables& rope,
+                                        bool register_direct) {
   const int max_n = *std::max_element(L.c.n.begin(), L.c.n.end());
   device_latent_case dl(L);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
@@ -1054,6 +1128,7 @@ std::vector<float> run_latent_attention(const latent_case& L, int n_heads,
   p.rope_attention_scaling = rope.scaling;
   p.max_tokens = max_n;
   p.out = dout.p;
+  p.register_direct = register_direct;
   const std::size_t ws = decode_attention_workspace_size(p);
   dbuf<std::uint8_t> dws(ws);
   p.workspace = dws.p;
@@ -1061,6 +1136,18 @@ std::vector<float> run_latent_attention(const latent_case& L, int n_heads,
   CUDA_OK(launch_decode_attention(p, nullptr));
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   return dout.download();
+}
+
+// Register-direct vs smem-tile kernel in the latent mode: K, z and the rotated queries are the
+// same fp16 values in both, the sums (scores, P Z, the warps' and CTAs' merges) run in other
+// orders, so P = exp2(S - m) may round to a neighbouring fp16 value: each token's weight moves by
+// <= 2^-11 of itself, the output (a convex mix of x' = W_d z + b_d) by <= 2 * 2^-11 max|x'| plus
+// fp32 noise of the projection. Bound 1e-3 max(1, max|x'|) (max|x'| from the CPU-decoded V).
+float latent_rd_bound(const latent_case& L) {
+  float vmax = 1.0f;
+  for (const auto& v : L.c.v_ref)
+    for (float x : v) vmax = std::max(vmax, std::fabs(x));
+  return 1e-3f * vmax;
 }
 
 // The latent path's bound: kHalfDequantBound (fp16 K dequant / rotation, P in fp16, as the
@@ -1186,7 +1273,7 @@ TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linea
 TEST_CASE("decode attention with V latents (PCA, 16/8/4-bit) matches the CPU reference") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(22);
-  float worst = 0.0f;
+  float worst = 0.0f, worst_rd = 0.0f, worst_diff = 0.0f;
   int cases = 0, i = 0;
   // Every (K, rank, latent bits) at head_dim 128; T, batch, GQA ratio and the residual rotate
   // over them so that each value meets several others (residual 0: an empty window range).
@@ -1214,24 +1301,82 @@ TEST_CASE("decode attention with V latents (PCA, 16/8/4-bit) matches the CPU ref
           std::uniform_real_distribution<float> u(-1.5f, 1.5f);
           std::vector<float> q(static_cast<std::size_t>(B * n_heads * d));
           for (auto& x : q) x = u(rng);
-          const std::vector<float> out = run_latent_attention(L, n_heads, q, rope);
-          float err = 0.0f;
-          for (int b = 0; b < B; ++b) {
-            const std::vector<float> ref = reference_attention(
-                L.c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
-            for (std::size_t j = 0; j < ref.size(); ++j) {
-              const float g = out[static_cast<std::size_t>(b * n_heads * d) + j];
-              REQUIRE(std::isfinite(g));
-              err = std::max(err, std::fabs(g - ref[j]));
+          // The smem-tile kernel, then the register-direct one (d 128; d 64 falls back).
+          const std::vector<float> out0 = run_latent_attention(L, n_heads, q, rope, false);
+          const std::vector<float> out1 = run_latent_attention(L, n_heads, q, rope, true);
+          for (const std::vector<float>* out : {&out0, &out1}) {
+            CAPTURE(out == &out1);
+            float err = 0.0f;
+            for (int b = 0; b < B; ++b) {
+              const std::vector<float> ref = reference_attention(
+                  L.c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
+              for (std::size_t j = 0; j < ref.size(); ++j) {
+                const float g = (*out)[static_cast<std::size_t>(b * n_heads * d) + j];
+                REQUIRE(std::isfinite(g));
+                err = std::max(err, std::fabs(g - ref[j]));
+              }
             }
+            const float bound = latent_bound(L);
+            CHECK(err <= bound);
+            (out == &out1 ? worst_rd : worst) = std::max(out == &out1 ? worst_rd : worst, err);
           }
-          const float bound = latent_bound(L);
-          CHECK(err <= bound);
-          worst = std::max(worst, err);
+          float diff = 0.0f;
+          for (std::size_t j = 0; j < out0.size(); ++j)
+            diff = std::max(diff, std::fabs(out0[j] - out1[j]));
+          if (d == 64)
+            CHECK(std::memcmp(out0.data(), out1.data(), out0.size() * sizeof(float)) == 0);
+          CHECK(diff <= latent_rd_bound(L));
+          worst_diff = std::max(worst_diff, diff);
           ++cases;
         }
       }
-  MESSAGE("decode attention, V latent: ", cases, " cases, max |gpu - ref| = ", worst);
+  MESSAGE("decode attention, V latent: ", cases, " cases, max |gpu - ref| = ", worst,
+          " (smem-tile), ", worst_rd, " (register-direct); max |rd - smem-tile| = ", worst_diff);
+}
+
+// The register-direct latent path with K records of group 64 / 128 (read at run time), 8-bit K,
+// > 8 heads per KV head and long ranges of both kinds, against the CPU reference and the
+// smem-tile kernel.
+TEST_CASE("decode attention with V latents, register-direct: K groups, 8-bit K, head groups") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(24);
+  struct shape {
+    int kbits, kgroup, r, lbits, ratio, residual;
+  };
+  for (const shape sh :
+       {shape{2, 64, 32, 8, 9, 45}, shape{4, 128, 128, 16, 7, 200}, shape{8, 32, 96, 4, 16, 8},
+        shape{8, 128, 64, 8, 20, 0}, shape{16, 32, 128, 8, 12, 130}, shape{2, 128, 16, 4, 4, 33}}) {
+    CAPTURE(sh.kbits);
+    CAPTURE(sh.kgroup);
+    CAPTURE(sh.r);
+    CAPTURE(sh.lbits);
+    CAPTURE(sh.ratio);
+    CAPTURE(sh.residual);
+    const int B = 3, d = 128;
+    const latent_case L = build_latent_case(rng, B, 2, d, sh.kbits, sh.kgroup, {1500, 97, 333},
+                                            sh.r, sh.lbits, sh.residual);
+    const int n_heads = 2 * sh.ratio;
+    const rope_tables rope = make_rope(1500, d, 1.0f);
+    std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+    std::vector<float> q(static_cast<std::size_t>(B * n_heads * d));
+    for (auto& x : q) x = u(rng);
+    const std::vector<float> out0 = run_latent_attention(L, n_heads, q, rope, false);
+    const std::vector<float> out1 = run_latent_attention(L, n_heads, q, rope, true);
+    float err = 0.0f, diff = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      const std::vector<float> ref =
+          reference_attention(L.c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads * d)], rope);
+      for (std::size_t j = 0; j < ref.size(); ++j) {
+        const std::size_t at = static_cast<std::size_t>(b * n_heads * d) + j;
+        REQUIRE(std::isfinite(out1[at]));
+        err = std::max(err, std::fabs(out1[at] - ref[j]));
+        diff = std::max(diff, std::fabs(out1[at] - out0[at]));
+      }
+    }
+    CHECK(err <= latent_bound(L));
+    CHECK(diff <= latent_rd_bound(L));
+    MESSAGE("latent rd: |rd - ref| = ", err, ", |rd - smem-tile| = ", diff);
+  }
 }
 
 TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a message") {
@@ -1444,20 +1589,25 @@ TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, 
   p.rope_rows = total;
   p.max_tokens = total;
   p.out = dout.p;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  const auto out = dout.download();
-  float err = 0.0f;
-  for (int b = 0; b < B; ++b) {
-    const auto ref =
-        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
-    for (std::size_t i = 0; i < ref.size(); ++i)
-      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+  for (bool rd : {false, true}) {  // the smem-tile kernel, then the register-direct one
+    CAPTURE(rd);
+    p.register_direct = rd;
+    const std::size_t ws = decode_attention_workspace_size(p);
+    dbuf<std::uint8_t> dws(ws);
+    p.workspace = dws.p;
+    p.workspace_bytes = ws;
+    CUDA_OK(launch_decode_attention(p, nullptr));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    const auto out = dout.download();
+    float err = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      const auto ref =
+          reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+      for (std::size_t i = 0; i < ref.size(); ++i)
+        err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+    }
+    MESSAGE("end to end, V latent", rd ? " (register-direct)" : "", ": max |gpu - ref| = ", err,
+            " (bound ", latent_bound(L), ")");
+    CHECK(err <= latent_bound(L));
   }
-  MESSAGE("end to end, V latent: max |gpu - ref| = ", err, " (bound ", latent_bound(L), ")");
-  CHECK(err <= latent_bound(L));
 }

@@ -1179,8 +1179,10 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   set_launch_error("");
   const split_plan sp = plan_splits(p);
   if (p.register_direct && decode_attention_rd_supported(p)) {  // else: the kernels below
-    const cudaError_t e =
-        launch_decode_attention_rd_partials(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    decode_attention_rd_plan rp;
+    rp.splits = sp.splits, rp.tiles_per_split = sp.tiles_per_split, rp.n_parts = sp.n_parts;
+    rp.w_splits = sp.w_splits, rp.w_tiles_per_split = sp.w_tiles_per_split;
+    const cudaError_t e = launch_decode_attention_rd_partials(p, rp, stream);
     if (e != cudaSuccess) return e;
     decode_attention_merge_kernel<128>
         <<<dim3(p.n_heads, p.kv.batch), 128, sp.n_parts * sizeof(float), stream>>>(p, sp.n_parts);

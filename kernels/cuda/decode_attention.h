@@ -24,7 +24,8 @@
 // partials; a latent CTA attends on z (rank / 8 mma n-tiles), then projects its partial once:
 // acc = dec_w (P Z) + (sum P) dec_b. Rank 16 / 32 / 64 / 96 / 128 (<= head_dim), latent bits 16 / 8
 // / 4, K fp16 or 2/4/8-bit records (K and V bits need not match); half_dequant / pipelined are
-// ignored (the unpipelined half_dequant K path). The tests bound it like half_dequant plus the fp16
+// ignored (the unpipelined half_dequant K path; with register_direct at head_dim 128 the
+// register-direct kernel runs the same plan). The tests bound it like half_dequant plus the fp16
 // rounding of z.
 //
 // Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
@@ -77,11 +78,13 @@ struct decode_attention_params {
   // Register-direct kernel (kernels/cuda/decode_attention_rd.h, docs/runtime.md): transposed
   // products (the 8 query heads of a CTA in the mma's n), packed K / V bytes dequantized straight
   // into mma fragments, no fp16 K / V tile in shared memory; same workspace layout and merge, the
-  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128, bits 2 / 4 / 8,
-  // K group 32 / 64 / 128, V group 16 / 32 / 64 / 128; any other shape runs the kernels above as
-  // if it were false. Same per-element arithmetic as half_dequant, other summation order; where
-  // it applies it takes precedence over half_dequant / pipelined. On by default: 1.6-1.8x faster
-  // than the pipelined kernel at L32k, B1 / 8 / 32 (H200, docs/BENCHMARKS.md).
+  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128 with bits 2 / 4 / 8
+  // (K group 32 / 64 / 128, V group 16 / 32 / 64 / 128), bits 16 (also keys_rotated, logits /
+  // row_stats) and the V latent mode (K fp16 or records, rank 16 - 128, latent bits 16 / 8 / 4);
+  // any other shape runs the kernels above as if it were false. Same per-element arithmetic as
+  // half_dequant, other summation order; where it applies it takes precedence over half_dequant /
+  // pipelined. On by default: 1.6-1.8x faster than the pipelined kernel at L32k, B1 / 8 / 32 (H200,
+  // docs/BENCHMARKS.md).
   bool register_direct = true;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]

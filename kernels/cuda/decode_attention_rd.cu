@@ -31,6 +31,8 @@ namespace {
 
 using namespace cuda_dev;
 
+using rd_plan = decode_attention_rd_plan;
+
 constexpr int D = 128, HALF = 64;
 constexpr int kWarps = 4;               // warps per CTA, each with its own softmax state
 constexpr int kTile = 32;               // tokens per warp iteration (the split plan's unit)
@@ -43,21 +45,25 @@ constexpr int kRopeBytes = 4 * 8 * 32 * 8;
 
 template <int BITS>
 struct rd_stage {
-  // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile),
-  // then the fp32 RoPE rows cos, sin [D / 2] of the tile start p0 (for the query rotation).
-  static constexpr int k_rope = 4 * D + kTile * D * BITS / 8;
+  // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile;
+  // none at bits 16), then the fp32 RoPE rows cos, sin [D / 2] of the tile start p0 (for the
+  // query rotation; identity rows with keys_rotated).
+  static constexpr int k_rope = BITS == 16 ? 0 : 4 * D + kTile * D * BITS / 8;
   static constexpr int k_bytes = k_rope + 2 * HALF * 4;
   static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS / 8; }
-  // V stage: the records of the tile's tokens below v_compressed, back to back.
+  // V stage: the records of the tile's tokens below v_compressed, back to back (quantized V
+  // only: bits 16 and the V latent mode read V from global memory directly).
   static constexpr __host__ __device__ int v_bytes(int ng) {
-    return (kTile * v_rec_bytes(ng) + 15) / 16 * 16;
+    return BITS == 16 ? 0 : (kTile * v_rec_bytes(ng) + 15) / 16 * 16;
   }
   // The stages of all warps; the end-of-CTA reduction [kWarps][kHeads][D] floats reuses them.
-  static constexpr __host__ __device__ int area(int ng) {
-    const int st = kWarps * (k_bytes + v_bytes(ng)), red = kWarps * kHeads * D * 4;
+  static constexpr __host__ __device__ int area(int vbytes) {
+    const int st = kWarps * (k_bytes + vbytes), red = kWarps * kHeads * D * 4;
     return st > red ? st : red;
   }
-  static constexpr __host__ __device__ int smem(int ng) { return kQBytes + kRopeBytes + area(ng); }
+  static constexpr __host__ __device__ int smem(int vbytes) {
+    return kQBytes + kRopeBytes + area(vbytes);
+  }
 };
 
 __device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
@@ -96,23 +102,28 @@ __device__ __forceinline__ void rotate(__half2 lo, __half2 hi, unsigned c, unsig
   rh = h2_bits(__hfma2(hi, as_h2(c), __hmul2(lo, as_h2(s))));
 }
 
+// GROUP 0: the K group read from kv (the latent-mode kernels, fewer instantiations).
 template <int BITS, int GROUP>
 __device__ __forceinline__ void issue_k(const packed_kv_view& kv, std::int64_t slot, int p0,
                                         bool has, int kc, const float* rope_cos,
-                                        const float* rope_sin, std::uint8_t* buf, int lane) {
-  if (has) {  // the RoPE rows of p0 (16-byte copies where the tables allow, else 4-byte)
+                                        const float* rope_sin, bool rotated, std::uint8_t* buf,
+                                        int lane) {
+  if (has && !rotated) {  // the RoPE rows of p0 (16-byte copies where the tables allow, else 4)
     constexpr int R = rd_stage<BITS>::k_rope;
     warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF), 4 * HALF,
                     lane);
     warp_copy_async(buf + R + 4 * HALF, reinterpret_cast<const std::uint8_t*>(rope_sin + p0 * HALF),
                     4 * HALF, lane);
   }
-  if (has && p0 < kc) {
-    constexpr std::int64_t REC = 4 * D + GROUP * D * BITS / 8;
-    const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / GROUP) * REC;
-    warp_copy_async(buf, rec, 4 * D, lane);
-    warp_copy_async(buf + 4 * D, rec + 4 * D + (p0 % GROUP) * D * BITS / 8, kTile * D * BITS / 8,
-                    lane);
+  if constexpr (BITS != 16) {
+    if (has && p0 < kc) {
+      const int grp = GROUP > 0 ? GROUP : kv.k_group;
+      const std::int64_t rec_bytes = 4 * D + static_cast<std::int64_t>(grp) * D * BITS / 8;
+      const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / grp) * rec_bytes;
+      warp_copy_async(buf, rec, 4 * D, lane);
+      warp_copy_async(buf + 4 * D, rec + 4 * D + (p0 % grp) * D * BITS / 8, kTile * D * BITS / 8,
+                      lane);
+    }
   }
   cp_async_commit();  // possibly empty: keeps the wait_group count uniform
 }
@@ -131,16 +142,18 @@ template <int BITS>
 __device__ __forceinline__ void value_run(const packed_kv_view& kv, std::int64_t slot, int t, int n,
                                           int vc, const std::uint8_t* rec, int ng, int vgrp, int g,
                                           unsigned* out) {
-  if (t < n && t < vc) {
+  if (BITS != 16 && t < n && t < vc) {
     const __half* hs = reinterpret_cast<const __half*>(rec);
     const __half2 sc = __half2half2(hs[vgrp]), ze = __half2half2(hs[ng + vgrp]);
     // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
-    unsigned w[BITS / 2];
-    const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
+    if constexpr (BITS != 16) {
+      unsigned w[BITS / 2];
+      const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
 #pragma unroll
-    for (int i = 0; i < BITS / 2; ++i) w[i] = src[i];
+      for (int i = 0; i < BITS / 2; ++i) w[i] = src[i];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) out[i] = h2_bits(__hfma2(run_pair<BITS>(w, i), sc, ze));
+      for (int i = 0; i < 8; ++i) out[i] = h2_bits(__hfma2(run_pair<BITS>(w, i), sc, ze));
+    }
   } else if (t < n) {
     const uint4* src = reinterpret_cast<const uint4*>(
         kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * g);
@@ -150,6 +163,149 @@ __device__ __forceinline__ void value_run(const packed_kv_view& kv, std::int64_t
   } else {
 #pragma unroll
     for (int i = 0; i < 8; ++i) out[i] = 0u;
+  }
+}
+
+// O^T += V^T P^T for the 16 tokens of k-chunk kc2 with fp16 V from the ring (bits 16, the latent
+// mode's window CTAs): tokens ja, ja + 1, ja + 8, ja + 9 (ja = 16 kc2 + 2t) in [t_lo, t_hi), zeros
+// elsewhere; the lane's channels 16g + [0, 8) then + [8, 16) (one uint4 per token at a time).
+__device__ __forceinline__ void values_fp16(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                            int ja, int t_lo, int t_hi, int g, unsigned pb0,
+                                            unsigned pb1, float (*o)[4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    unsigned x[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int t = p0 + ja + (r & 1) + 8 * (r >> 1);
+      uint4 w = make_uint4(0u, 0u, 0u, 0u);
+      if (t >= t_lo && t < t_hi)
+        w = __ldg(reinterpret_cast<const uint4*>(
+            kv.v_win + (slot * kv.win_cap + t % kv.win_cap) * D + 16 * g + 8 * h));
+      x[r][0] = w.x, x[r][1] = w.y, x[r][2] = w.z, x[r][3] = w.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      // m-tile 4h + k: rows g / g + 8 = channels 16g + 8h + 2k (+1), tokens (ja, ja+1), (ja+8,
+      // ja+9).
+      const unsigned a[4] = {
+          __byte_perm(x[0][k], x[1][k], 0x5410), __byte_perm(x[0][k], x[1][k], 0x7632),
+          __byte_perm(x[2][k], x[3][k], 0x5410), __byte_perm(x[2][k], x[3][k], 0x7632)};
+      mma16816(o[4 * h + k], a, pb0, pb1);
+    }
+  }
+}
+
+// CB bytes at p (CB in 1, 2, 4, 6, 8, 12, 16; p aligned to 4 when CB % 4 == 0, else to 2 when CB
+// is even) into words LSB first.
+template <int CB>
+__device__ __forceinline__ void load_run(const std::uint8_t* p, unsigned* w) {
+  if constexpr (CB % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < CB / 4; ++i) w[i] = __ldg(reinterpret_cast<const unsigned*>(p) + i);
+  } else if constexpr (CB % 2 == 0) {
+    const unsigned short* h = reinterpret_cast<const unsigned short*>(p);
+#pragma unroll
+    for (int i = 0; i < (CB + 3) / 4; ++i) {
+      const unsigned lo = __ldg(h + 2 * i);
+      const unsigned hi = 2 * i + 1 < CB / 2 ? static_cast<unsigned>(__ldg(h + 2 * i + 1)) : 0u;
+      w[i] = lo | (hi << 16);
+    }
+  } else {
+    static_assert(CB == 1, "load_run: 1, or an even number of bytes");
+    w[0] = __ldg(p);
+  }
+}
+
+// Latent mode, 8 / 4-bit latents: z = code * scale + zero (HFMA2, one scale / zero per token, the
+// arithmetic of the pipelined kernel's latent path), the two tokens of a pair interleaved into
+// the half2 of the A fragment. Lane g holds latent channels [2 MT g, 2 MT g + 2 MT): m-tile i
+// rows g / g + 8 = channels 2 MT g + 2i (+1).
+template <int VR, int LB>
+__device__ __forceinline__ void values_latent_q(const std::uint8_t* rec0, int rb, const bool* ok,
+                                                int g, unsigned pb0, unsigned pb1, float (*o)[4]) {
+  constexpr int MT = VR / 16, CB = 2 * MT * LB / 8;
+  // 16 bytes per token (8-bit, rank 128) in two halves of 8: fewer live registers (no spills).
+  constexpr int NC = CB == 16 ? 2 : 1, CC = CB / NC, NW = (CC + 3) / 4, MC = MT / NC;
+  __half sc[4], ze[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const __half* hs = reinterpret_cast<const __half*>(rec0 + ((r & 1) + 8 * (r >> 1)) * rb);
+    // zero latents past the range: 0 * (code) + 0
+    sc[r] = ok[r] ? __ldg(hs) : __float2half_rn(0.0f);
+    ze[r] = ok[r] ? __ldg(hs + 1) : __float2half_rn(0.0f);
+  }
+  const __half2 sab = __halves2half2(sc[0], sc[1]), zab = __halves2half2(ze[0], ze[1]);
+  const __half2 scd = __halves2half2(sc[2], sc[3]), zcd = __halves2half2(ze[2], ze[3]);
+#pragma unroll
+  for (int ch = 0; ch < NC; ++ch) {
+    unsigned w[4][NW];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      if (ok[r]) {
+        load_run<CC>(rec0 + ((r & 1) + 8 * (r >> 1)) * rb + 4 + CB * g + CC * ch, w[r]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < NW; ++k) w[r][k] = 0u;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MC; ++i) {
+      const unsigned a[4] = {h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i), sab, zab)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[0], w[1], 2 * i + 1), sab, zab)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i), scd, zcd)),
+                             h2_bits(__hfma2(code_pair2<LB>(w[2], w[3], 2 * i + 1), scd, zcd))};
+      mma16816(o[MC * ch + i], a, pb0, pb1);
+    }
+  }
+}
+
+// O_lat^T [VR x 8 heads] += Z^T P^T for tokens ja, ja + 1, ja + 8, ja + 9 (zeros from t_hi on).
+// 16-bit latents: the record's fp16 z read as half2 words (chunks of up to 4 words per token).
+template <int VR>
+__device__ __forceinline__ void values_latent(const packed_kv_view& kv, std::int64_t slot, int p0,
+                                              int ja, int t_hi, int g, unsigned pb0, unsigned pb1,
+                                              float (*o)[4]) {
+  constexpr int MT = VR / 16;
+  const int lb = kv.v_latent_bits;  // 16 / 8 / 4, uniform
+  const std::int64_t rb = static_cast<std::int64_t>(latent_record_bytes_of(VR, lb));
+  // Record of token ja + (r & 1) + 8 (r >> 1): rec0 + rec_off(r); read only where ok[r].
+  const std::uint8_t* rec0 = kv.v_rec + (slot * kv.v_slot_records + p0 + ja) * rb;
+  const int rbi = static_cast<int>(rb);
+  bool ok[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) ok[r] = p0 + ja + (r & 1) + 8 * (r >> 1) < t_hi;
+  if (lb == 16) {
+    constexpr int CW = MT % 4 == 0 ? 4 : MT % 2 == 0 ? 2 : 1;  // words per load (alignment)
+#pragma unroll
+    for (int i0 = 0; i0 < MT; i0 += CW) {
+      unsigned x[4][CW];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const std::uint8_t* src = rec0 + ((r & 1) + 8 * (r >> 1)) * rbi + 4 * MT * g + 4 * i0;
+        if constexpr (CW == 4) {
+          const uint4 v =
+              ok[r] ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+          x[r][0] = v.x, x[r][1] = v.y, x[r][2] = v.z, x[r][3] = v.w;
+        } else if constexpr (CW == 2) {
+          const uint2 v = ok[r] ? __ldg(reinterpret_cast<const uint2*>(src)) : make_uint2(0, 0);
+          x[r][0] = v.x, x[r][1] = v.y;
+        } else {
+          x[r][0] = ok[r] ? __ldg(reinterpret_cast<const unsigned*>(src)) : 0u;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < CW; ++k) {
+        const unsigned a[4] = {
+            __byte_perm(x[0][k], x[1][k], 0x5410), __byte_perm(x[0][k], x[1][k], 0x7632),
+            __byte_perm(x[2][k], x[3][k], 0x5410), __byte_perm(x[2][k], x[3][k], 0x7632)};
+        mma16816(o[i0 + k], a, pb0, pb1);
+      }
+    }
+  } else if (lb == 8) {
+    values_latent_q<VR, 8>(rec0, rbi, ok, g, pb0, pb1, o);
+  } else {
+    values_latent_q<VR, 4>(rec0, rbi, ok, g, pb0, pb1, o);
   }
 }
 
@@ -169,7 +325,7 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
     for (int mt = 0; mt < 2; ++mt) {
       const int j0 = 16 * mt + g, j1 = j0 + 8;
       __half2 lo0[4], hi0[4], lo1[4], hi1[4];  // pre-RoPE keys: pairs kk = 4kq + u
-      if constexpr (QUANT) {
+      if constexpr (QUANT && BITS != 16) {
         // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
         const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
         unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
@@ -221,11 +377,17 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
   }
 }
 
-// grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem(ng).
-template <int BITS, int GROUP>
+// grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem.
+// VM (V mode): 0 = every token, V as KIVI records of BITS bits / the fp16 ring (bits 16: all
+// ring); VR > 0 = the V latent mode's compressed range [0, min(n, v_compressed)), latents of
+// rank VR, the CTA's partial projected through dec_w at the end; -1 = the latent mode's window
+// range [v_compressed, n), fp16 V, its partials after the latent ones (n_parts - gridDim.x on).
+template <int BITS, int GROUP, int VM>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     decode_attention_rd_kernel(decode_attention_params p, int tiles_per_split, int n_parts,
                                int stage_k, int stage_v) {
+  constexpr int NO = VM > 0 ? VM / 16 : 8;    // O^T m-tiles (value or latent channels / 16)
+  constexpr bool QV = BITS != 16 && VM == 0;  // KIVI V records (the V stage)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* qs = reinterpret_cast<float*>(smem_raw);  // [kHeads][kQRow], scaled
   uint2* rope_s = reinterpret_cast<uint2*>(smem_raw + kQBytes);
@@ -238,21 +400,34 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   const int head0 = kvh * gq + hg * kHeads, nh = min(kHeads, gq - hg * kHeads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const std::int64_t slot = static_cast<std::int64_t>(b) * kv.n_kv + kvh;
-  const int n = kv.n_tokens[b], kc = kv.k_compressed[b], vc = kv.v_compressed[b];
-  const int ng = D / kv.v_group, vgrp = 16 * g / kv.v_group;
+  const int n = kv.n_tokens[b];
+  const int kc = BITS == 16 ? 0 : kv.k_compressed[b];
+  const int vc = BITS == 16 && VM == 0 ? 0 : kv.v_compressed[b];
+  const int ng = QV ? D / kv.v_group : 1, vgrp = QV ? 16 * g / kv.v_group : 0;
   const int v_rb = rd_stage<BITS>::v_rec_bytes(ng);
+  const bool rotated = BITS == 16 && kv.keys_rotated;  // keys and queries already after RoPE
   std::uint8_t* stk = area + static_cast<std::size_t>(warp) * (stage_k + stage_v);
   std::uint8_t* stv = stk + stage_k;
 
-  const int n_tiles = (n + kTile - 1) / kTile;
-  const int tile_end = min(n_tiles, static_cast<int>(blockIdx.x + 1) * tiles_per_split);
-  const int tile0 = static_cast<int>(blockIdx.x) * tiles_per_split + warp;
+  // Token range [t_lo, t_hi) of this CTA's kind (VM) and its tiles [base, tile_end).
+  int t_lo = 0, t_hi = n, base = static_cast<int>(blockIdx.x) * tiles_per_split;
+  if constexpr (VM > 0) t_hi = min(n, vc);
+  if constexpr (VM < 0) {
+    t_lo = vc;
+    t_hi = vc < n ? n : 0;  // an empty window: no tile (a fully masked tile would give NaN)
+    base += vc / kTile;
+  }
+  const int n_tiles = (t_hi + kTile - 1) / kTile;
+  const int tile_end = min(n_tiles, base + tiles_per_split);
+  const int tile0 = base + warp;
+  const int vcs = QV ? vc : 0;  // V stage range
   // The first tile's stages go out before the setup so that their latency overlaps it.
-  issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, p.rope_cos, p.rope_sin, stk,
-                       lane);
-  issue_v(kv, slot, tile0 * kTile, tile0 < tile_end, vc, v_rb, stv, lane);
+  issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, p.rope_cos, p.rope_sin,
+                       rotated, stk, lane);
+  issue_v(kv, slot, tile0 * kTile, tile0 < tile_end, vcs, v_rb, stv, lane);
 
-  // Queries (scaled by softmax_scale * log2(e); zero rows past the group) and the lane RoPE rows.
+  // Queries (scaled by softmax_scale * log2(e); zero rows past the group) and the lane RoPE rows
+  // (keys_rotated: identity rows, cos 1 and sin 0 rotate exactly, in the stage and in rope_s).
   const float qscale = p.softmax_scale * 1.4426950408889634f;
 #pragma unroll
   for (int k = 0; k < kHeads * D / (32 * kWarps); ++k) {
@@ -262,24 +437,34 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
             ? __ldg(p.q + (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * D + c) * qscale
             : 0.0f;
   }
+  if (rotated) {
+    float* r = reinterpret_cast<float*>(stk + rd_stage<BITS>::k_rope);
+    for (int i = lane; i < 2 * HALF; i += 32) r[i] = i < HALF ? 1.0f : 0.0f;
+  }
 #pragma unroll
   for (int k = 0; k < 4 * 8 * 32 / (32 * kWarps); ++k) {
     const int e = threadIdx.x + k * 32 * kWarps;  // (o, kk, lane)
     const int el = e % 32, kk = (e / 32) % 8, o = e / 256;
     // Offset o: in-tile token 16 (o / 2) + 8 (o % 2) + g of lane el; channels 16t + 2kk (+1).
     const int j = 16 * (o >> 1) + 8 * (o & 1) + el / 4, f = 16 * (el % 4) + 2 * kk;
-    const float* c = p.rope_cos + j * HALF + f;  // tables: 4-byte alignment suffices
-    const float* s = p.rope_sin + j * HALF + f;
-    rope_s[e] = make_uint2(h2_bits(__floats2half2_rn(__ldg(c), __ldg(c + 1))),
-                           h2_bits(__floats2half2_rn(__ldg(s), __ldg(s + 1))));
+    if (rotated) {
+      rope_s[e] = make_uint2(h2_bits(__float2half2_rn(1.0f)), h2_bits(__float2half2_rn(0.0f)));
+    } else {
+      const float* c = p.rope_cos + j * HALF + f;  // tables: 4-byte alignment suffices
+      const float* s = p.rope_sin + j * HALF + f;
+      rope_s[e] = make_uint2(h2_bits(__floats2half2_rn(__ldg(c), __ldg(c + 1))),
+                             h2_bits(__floats2half2_rn(__ldg(s), __ldg(s + 1))));
+    }
   }
   __syncthreads();
 
-  float o[8][4];  // O^T: m-tile i, rows g / g + 8 = channels 16g + 2i (+1), cols heads 2t (+1)
+  // O^T: m-tile i, rows g / g + 8 = channels 2 NO g + 2i (+1) (16g + 2i at d 128), cols heads 2t
+  // (+1); in the latent mode latent channels.
+  float o[NO][4];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2t, 2t + 1
-  const float inv_as = 1.0f / p.rope_attention_scaling;
+  const float inv_as = rotated ? 1.0f : 1.0f / p.rope_attention_scaling;
   // Optional logits (log2 units, the values entering the softmax): row of head head0 + h is h.
   float* const logits =
       p.logits == nullptr
@@ -325,16 +510,17 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     else
       key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
     __syncwarp();
-    issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin, stk,
-                         lane);  // K stage consumed
+    issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin,
+                         rotated, stk, lane);  // K stage consumed
 
-    // 3. Mask, optional logits, online softmax: heads 2t + e over the lanes of the same t.
+    // 3. Mask, optional logits (this CTA's tokens only), online softmax: heads 2t + e over the
+    //    lanes of the same t.
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = p0 + 16 * mt + g + 8 * (e >> 1), h = 2 * t4 + (e & 1);
-        if (tok >= n)
+        if (tok >= t_hi || (VM < 0 && tok < t_lo))
           sacc[mt][e] = -INFINITY;
         else if (logits != nullptr && h < nh)
           logits[static_cast<std::int64_t>(h) * p.max_tokens + tok] = sacc[mt][e];
@@ -345,7 +531,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-      const float m_new = fmaxf(m[hh], mx);  // finite: token p0 < n is in the tile
+      const float m_new = fmaxf(m[hh], mx);  // finite: a token of [t_lo, t_hi) is in the tile
       const float alpha = exp2f(m[hh] - m_new);
       float sum = 0.0f;
 #pragma unroll
@@ -358,7 +544,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       l[hh] = l[hh] * alpha + sum;  // this lane's tokens; summed over the lanes of t at the end
       m[hh] = m_new;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < NO; ++i) {
         o[i][hh] *= alpha;
         o[i][2 + hh] *= alpha;
       }
@@ -373,7 +559,11 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       const unsigned pb0 = movmatrix_trans(pack_half2(sacc[kc2][0], sacc[kc2][1]));
       const unsigned pb1 = movmatrix_trans(pack_half2(sacc[kc2][2], sacc[kc2][3]));
       const int ja = 16 * kc2 + 2 * t4;  // tokens ja, ja + 1 (k 2t, 2t + 1), ja + 8, ja + 9
-      if (all_records) {
+      if constexpr (VM > 0) {
+        values_latent<VM>(kv, slot, p0, ja, t_hi, g, pb0, pb1, o);
+      } else if constexpr (!QV) {
+        values_fp16(kv, slot, p0, ja, t_lo, t_hi, g, pb0, pb1, o);
+      } else if (all_records) {
         // Codes of the 4 tokens kept packed; each A register is one HFMA2 of the two tokens'
         // codes (interleaved) with their (scale, scale) and (zero, zero).
         unsigned w[4][BITS / 2];
@@ -425,14 +615,14 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       }
     }
     __syncwarp();
-    issue_v(kv, slot, p0 + kWarps * kTile, has_next, vc, v_rb, stv, lane);  // V consumed
+    issue_v(kv, slot, p0 + kWarps * kTile, has_next, vcs, v_rb, stv, lane);  // V consumed
   }
 
   // Merge the 4 warps' states in smem (the stages are free now), one partial per CTA and head:
   // workspace [B, n_heads, n_parts] x (m, l), then x D (the layout of decode_attention.cu).
   cp_async_wait_all();  // only empty groups are left; no copy outlives the CTA
   __syncthreads();
-  float* red_o = reinterpret_cast<float*>(area);  // [kWarps][kHeads][D]
+  float* red_o = reinterpret_cast<float*>(area);  // [kWarps][kHeads][D] (first 16 NO columns)
   float* red_ml = qs;                             // [kWarps][kHeads][2]
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
@@ -446,17 +636,24 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       red_ml[(warp * kHeads + h) * 2 + 1] = lh;
     }
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      red_o[(warp * kHeads + h) * D + 16 * g + 2 * i] = o[i][hh];
-      red_o[(warp * kHeads + h) * D + 16 * g + 2 * i + 1] = o[i][2 + hh];
+    for (int i = 0; i < NO; ++i) {
+      red_o[(warp * kHeads + h) * D + 2 * NO * g + 2 * i] = o[i][hh];
+      red_o[(warp * kHeads + h) * D + 2 * NO * g + 2 * i + 1] = o[i][2 + hh];
     }
   }
   __syncthreads();
-  const int part = blockIdx.x;
+  const int part = VM < 0 ? n_parts - static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x)
+                          : static_cast<int>(blockIdx.x);
   float* ws_ml = static_cast<float*>(p.workspace);
   float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
-  for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
-    const int h = i / D, c = i % D;
+  constexpr int W = 16 * NO;  // columns merged: D, or the latent rank
+  // Latent mode: the merged latent partial zs [kHeads][W] and (max, den) [kHeads][2] go to the
+  // free RoPE rows, then acc = dec_w zs + den dec_b (fp32, the order of the pipelined kernel's
+  // latent_partial_out) is the CTA's ordinary D-wide partial.
+  float* zs = reinterpret_cast<float*>(rope_s);
+  float* stats = zs + kHeads * W;
+  for (int i = threadIdx.x; i < nh * W; i += blockDim.x) {
+    const int h = i / W, c = i % W;
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * kHeads + h) * 2]);
@@ -470,42 +667,112 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
         den += f * red_ml[(w * kHeads + h) * 2 + 1];
       }
     }
-    const std::int64_t row =
-        (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
-    ws_acc[row * D + c] = num;
-    if (c == 0) {
-      ws_ml[2 * row] = mx;
-      ws_ml[2 * row + 1] = den;
+    if constexpr (VM > 0) {
+      zs[h * W + c] = num;
+      if (c == 0) {
+        stats[2 * h] = mx;
+        stats[2 * h + 1] = den;
+      }
+    } else {
+      const std::int64_t row =
+          (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
+      ws_acc[row * D + c] = num;
+      if (c == 0) {
+        ws_ml[2 * row] = mx;
+        ws_ml[2 * row + 1] = den;
+      }
+    }
+  }
+  if constexpr (VM > 0) {
+    __syncthreads();
+    const float* dw = kv.v_dec_w + static_cast<std::int64_t>(kvh) * D * VM;  // [D, VM]
+    const float* db = kv.v_dec_b + static_cast<std::int64_t>(kvh) * D;
+    for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
+      const int h = i / D, c = i % D;
+      const float den = stats[2 * h + 1];
+      float acc = den * __ldg(db + c);
+#pragma unroll 8  // fully unrolled, rank 128 spills (ptxas keeps 32 float4 loads in flight)
+      for (int r4 = 0; r4 < VM; r4 += 4) {
+        const float4 w = __ldg(reinterpret_cast<const float4*>(dw + c * VM + r4));
+        acc += w.x * zs[h * W + r4] + w.y * zs[h * W + r4 + 1] + w.z * zs[h * W + r4 + 2] +
+               w.w * zs[h * W + r4 + 3];
+      }
+      const std::int64_t row =
+          (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
+      ws_acc[row * D + c] = acc;
+      if (c == 0) {
+        ws_ml[2 * row] = stats[2 * h];
+        ws_ml[2 * row + 1] = den;
+      }
     }
   }
 }
 
-template <int BITS, int GROUP>
-cudaError_t run_rd(const decode_attention_params& p, int splits, int tiles_per_split, int n_parts,
+template <int BITS, int GROUP, int VM>
+cudaError_t run_rd(const decode_attention_params& p, int grid_x, int tiles_per_split, int n_parts,
                    cudaStream_t stream) {
   using ST = rd_stage<BITS>;
-  const int ng = D / p.kv.v_group;
+  constexpr bool QV = BITS != 16 && VM == 0;
+  const int vb = QV ? ST::v_bytes(D / p.kv.v_group) : 0;
+  constexpr int vb_max = QV ? ST::v_bytes(D / 16) : 0;  // the largest: V group 16
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
-  static const cudaError_t attr = cudaFuncSetAttribute(
-      decode_attention_rd_kernel<BITS, GROUP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      ST::smem(D / 16));  // the largest: V group 16
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, ST::smem(vb_max));
   if (attr != cudaSuccess) return attr;
-  decode_attention_rd_kernel<BITS, GROUP>
-      <<<dim3(splits, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, ST::smem(ng), stream>>>(
-          p, tiles_per_split, n_parts, ST::k_bytes, ST::v_bytes(ng));
+  if (grid_x <= 0) return cudaSuccess;
+  decode_attention_rd_kernel<BITS, GROUP, VM>
+      <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, ST::smem(vb), stream>>>(
+          p, tiles_per_split, n_parts, ST::k_bytes, vb);
   return cudaGetLastError();
 }
 
-template <int BITS>
-cudaError_t dispatch_group(const decode_attention_params& p, int splits, int tps, int n_parts,
-                           cudaStream_t stream) {
-  switch (p.kv.k_group) {
+// V latent mode: the compressed range (rank VR) then the window range, disjoint partials.
+template <int BITS, int GROUP, int VR>
+cudaError_t run_rd_latent(const decode_attention_params& p, const rd_plan& sp,
+                          cudaStream_t stream) {
+  const cudaError_t e =
+      run_rd<BITS, GROUP, VR>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+  if (e != cudaSuccess) return e;
+  return run_rd<BITS, GROUP, -1>(p, sp.w_splits, sp.w_tiles_per_split, sp.n_parts, stream);
+}
+
+template <int BITS, int GROUP>
+cudaError_t run_mode(const decode_attention_params& p, const rd_plan& sp, cudaStream_t stream) {
+  switch (p.kv.v_latent_rank) {
+    case 0:
+      if constexpr (BITS == 16)
+        return run_rd<BITS, GROUP, 0>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+      return cudaErrorInvalidValue;  // not reached: dispatch_group runs quantized V itself
+    case 16:
+      return run_rd_latent<BITS, GROUP, 16>(p, sp, stream);
     case 32:
-      return run_rd<BITS, 32>(p, splits, tps, n_parts, stream);
+      return run_rd_latent<BITS, GROUP, 32>(p, sp, stream);
     case 64:
-      return run_rd<BITS, 64>(p, splits, tps, n_parts, stream);
+      return run_rd_latent<BITS, GROUP, 64>(p, sp, stream);
+    case 96:
+      return run_rd_latent<BITS, GROUP, 96>(p, sp, stream);
     default:
-      return run_rd<BITS, 128>(p, splits, tps, n_parts, stream);
+      return run_rd_latent<BITS, GROUP, 128>(p, sp, stream);
+  }
+}
+
+// The latent mode's kernels read the K group at run time (GROUP 0): fewer instantiations.
+template <int BITS>
+cudaError_t dispatch_group(const decode_attention_params& p, const rd_plan& sp,
+                           cudaStream_t stream) {
+  if constexpr (BITS == 16) {
+    return run_mode<BITS, 0>(p, sp, stream);
+  } else {
+    if (p.kv.v_latent_rank > 0) return run_mode<BITS, 0>(p, sp, stream);
+    switch (p.kv.k_group) {
+      case 32:
+        return run_rd<BITS, 32, 0>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+      case 64:
+        return run_rd<BITS, 64, 0>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+      default:
+        return run_rd<BITS, 128, 0>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    }
   }
 }
 
@@ -513,14 +780,21 @@ cudaError_t dispatch_group(const decode_attention_params& p, int splits, int tps
 
 bool decode_attention_rd_supported(const decode_attention_params& p) {
   const packed_kv_view& kv = p.kv;
-  const bool bits = kv.k_bits == kv.v_bits && (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8);
-  const bool kg = kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128;
+  if (kv.head_dim != D) return false;
+  const bool kq = (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8) &&
+                  (kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128);
+  if (kv.v_latent_rank != 0) {  // V latent mode: K fp16 or KIVI records
+    const int r = kv.v_latent_rank, lb = kv.v_latent_bits;
+    const bool rank = r == 16 || r == 32 || r == 64 || r == 96 || r == 128;
+    return rank && (lb == 16 || lb == 8 || lb == 4) && (kv.k_bits == 16 || kq);
+  }
+  if (kv.k_bits == 16) return kv.v_bits == 16;  // fp16 ring, pre-RoPE or keys_rotated
   const bool vg = kv.v_group == 16 || kv.v_group == 32 || kv.v_group == 64 || kv.v_group == 128;
-  return kv.head_dim == D && bits && kg && vg && kv.v_latent_rank == 0;  // no V latent mode
+  return kq && kv.v_bits == kv.k_bits && vg;
 }
 
-cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p, int splits,
-                                                int tiles_per_split, int n_parts,
+cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p,
+                                                const decode_attention_rd_plan& plan,
                                                 cudaStream_t stream) {
   if (!decode_attention_rd_supported(p)) {
     set_launch_error("decode_attention (register_direct): unsupported shape");
@@ -528,11 +802,13 @@ cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p
   }
   switch (p.kv.k_bits) {
     case 2:
-      return dispatch_group<2>(p, splits, tiles_per_split, n_parts, stream);
+      return dispatch_group<2>(p, plan, stream);
     case 4:
-      return dispatch_group<4>(p, splits, tiles_per_split, n_parts, stream);
+      return dispatch_group<4>(p, plan, stream);
+    case 8:
+      return dispatch_group<8>(p, plan, stream);
     default:
-      return dispatch_group<8>(p, splits, tiles_per_split, n_parts, stream);
+      return dispatch_group<16>(p, plan, stream);
   }
 }
 

@@ -21,16 +21,28 @@ namespace kvcal {
 
 constexpr int kRdHeadsPerCta = 8;
 
-// Shapes the register-direct kernel covers: head_dim 128, bits 2 / 4 / 8 (K and V), K group
-// 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16 value channels share one scale). Depends
-// on the shape only, so the split plan (and the workspace size) agree with the launch.
+// Shapes the register-direct kernel covers: head_dim 128 and
+//   bits 2 / 4 / 8 (K and V), K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16
+//     value channels share one scale);
+//   bits 16 (fp16 K and V, every token in the ring; keys before RoPE or keys_rotated);
+//   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128), rank 16 / 32 /
+//     64 / 96 / 128, latent bits 16 / 8 / 4.
+// Depends on the shape only, so the split plan (and the workspace size) agree with the launch.
 bool decode_attention_rd_supported(const decode_attention_params& p);
 
-// Writes the partials of grid (splits, n_kv * ceil(G / 8), B) CTAs, split s covering the 32-token
-// tiles [s * tiles_per_split, (s + 1) * tiles_per_split): the split plan of decode_attention.cu.
-// p is validated by launch_decode_attention (softmax_scale and rope_attention_scaling resolved).
-cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p, int splits,
-                                                int tiles_per_split, int n_parts,
+// The split plan of decode_attention.cu: split s covers the 32-token tiles [s * tiles_per_split,
+// (s + 1) * tiles_per_split); in the V latent mode those of [0, v_compressed), and w_splits more
+// CTAs (partials splits .. n_parts - 1) the window range [v_compressed, n) from its aligned tile.
+struct decode_attention_rd_plan {
+  int splits = 1, tiles_per_split = 1, n_parts = 1;
+  int w_splits = 0, w_tiles_per_split = 1;
+};
+
+// Writes the partials of grid (splits, n_kv * ceil(G / 8), B) CTAs (and the window grid in the
+// latent mode). p is validated by launch_decode_attention (softmax_scale and
+// rope_attention_scaling resolved).
+cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p,
+                                                const decode_attention_rd_plan& plan,
                                                 cudaStream_t stream);
 
 }  // namespace kvcal
