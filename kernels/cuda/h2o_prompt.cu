@@ -13,7 +13,7 @@ namespace {
 
 using namespace cuda_dev;
 
-constexpr int kWarps = 4;           // each warp owns 16 keys: the M rows of its mma tiles
+constexpr int kWarps = 8;           // each warp owns 16 keys: the M rows of its mma tiles
 constexpr int kKeys = 16 * kWarps;  // keys per CTA
 constexpr int kQueries = 64;        // queries per shared-memory tile: 8 n-tiles of 8
 constexpr float kLog2e = 1.4426950408889634f;
@@ -46,13 +46,13 @@ __device__ __forceinline__ int tile_at(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-// Rows [first, first + 64) of a [T, D] 16-bit matrix (row stride `stride` elements) -> tile;
+// Rows [first, first + ROWS) of a [T, D] 16-bit matrix (row stride `stride` elements) -> tile;
 // rows past T are zero.
-template <int D>
+template <int D, int ROWS>
 __device__ __forceinline__ void load_tile(std::uint16_t* tile, const std::uint16_t* src,
                                           std::int64_t stride, int first, int T) {
   constexpr int CH = D / 8;  // 16-byte chunks per row
-  for (int i = threadIdx.x; i < 64 * CH; i += kWarps * 32) {
+  for (int i = threadIdx.x; i < ROWS * CH; i += kWarps * 32) {
     const int r = i / CH, c = i % CH;
     std::uint16_t* dst = tile + tile_at<D>(r, c);
     if (first + r < T) {
@@ -64,11 +64,14 @@ __device__ __forceinline__ void load_tile(std::uint16_t* tile, const std::uint16
   }
 }
 
-// grid (B * n_kv, ceil(T / 64)): the slot fastest, so the CTAs of the first key blocks (the
-// longest query ranges) start first. block 128.
+// grid (B * n_kv, ceil(T / 128)): the slot fastest, so the CTAs of the first key blocks (the
+// longest query ranges) start first. block 256. 128 keys a CTA: each query tile read from L2
+// serves 128 keys (the traffic is B * n_heads * T^2 / 256 * 2 * d bytes).
 template <int D, bool BF16>
 __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_params p) {
-  __shared__ __align__(16) std::uint16_t tile[2][kQueries * D];
+  // Two query buffers of [64, D]; first the CTA's [128, D] keys over both.
+  static_assert(kKeys == 2 * kQueries, "the key tile spans the two query buffers");
+  __shared__ __align__(16) std::uint16_t tiles[2 * kQueries * D];
   __shared__ float lse2[2][kQueries];  // lse * log2(e); +inf past T (probability 0)
   const int slot = blockIdx.x, b = slot / p.n_kv, g = slot % p.n_kv;
   const int j0 = blockIdx.y * kKeys, T = p.tokens, G = p.n_heads / p.n_kv;
@@ -76,8 +79,8 @@ __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_para
   const auto* qbase = static_cast<const std::uint16_t*>(p.q);
   const auto* kbase = static_cast<const std::uint16_t*>(p.k);
 
-  // The CTA's 64 keys -> the warps' A fragments (16 keys x D each), through tile[1].
-  load_tile<D>(tile[1], kbase + b * p.k_stride_b + g * p.k_stride_h, p.k_stride_t, j0, T);
+  // The CTA's 128 keys -> the warps' A fragments (16 keys x D each), through shared memory.
+  load_tile<D, kKeys>(tiles, kbase + b * p.k_stride_b + g * p.k_stride_h, p.k_stride_t, j0, T);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
@@ -85,7 +88,7 @@ __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_para
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-    ldsm_x4(a[ks], reinterpret_cast<const __half*>(tile[1] + tile_at<D>(r, 2 * ks + (lane >> 4))));
+    ldsm_x4(a[ks], reinterpret_cast<const __half*>(tiles + tile_at<D>(r, 2 * ks + (lane >> 4))));
   }
   __syncthreads();
 
@@ -97,7 +100,8 @@ __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_para
   const float scale2 = p.scale * kLog2e;
   auto issue = [&](int it, int buf) {
     const int h = g * G + it / nq, i0 = j0 + (it % nq) * kQueries;
-    load_tile<D>(tile[buf], qbase + b * p.q_stride_b + h * p.q_stride_h, p.q_stride_t, i0, T);
+    load_tile<D, kQueries>(tiles + buf * kQueries * D, qbase + b * p.q_stride_b + h * p.q_stride_h,
+                           p.q_stride_t, i0, T);
     if (threadIdx.x < kQueries) {
       const int i = i0 + threadIdx.x;
       lse2[buf][threadIdx.x] =
@@ -120,7 +124,7 @@ __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_para
     const int i0 = j0 + (it % nq) * kQueries;
     // Per-element masks only where a causal or window edge crosses the tile.
     const bool edge = i0 < j0 + kKeys || (p.window > 0 && i0 + kQueries - 1 - j0 >= p.window);
-    const std::uint16_t* qt = tile[buf];
+    const std::uint16_t* qt = tiles + buf * kQueries * D;
 #pragma unroll
     for (int nt = 0; nt < kQueries / 8; ++nt) {
       float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -147,7 +151,7 @@ __global__ void __launch_bounds__(kWarps * 32) h2o_prompt_kernel(h2o_prompt_para
       acc_lo += p0 + p1;
       acc_hi += p2 + p3;
     }
-    __syncthreads();  // tile[buf] is refilled by the next iteration's issue
+    __syncthreads();  // this buffer is refilled by the next iteration's issue
   }
   // The 4 lanes of a row hold disjoint query columns: sum them in a fixed order.
   acc_lo += __shfl_xor_sync(0xffffffffu, acc_lo, 1);
@@ -187,7 +191,7 @@ cudaError_t launch_h2o_prompt_scores(const h2o_prompt_params& p, cudaStream_t st
     return fail("head_dim " + std::to_string(p.head_dim) + " (64 or 128)");
   if (static_cast<std::int64_t>(p.batch) * p.n_kv > 2147483647LL ||
       (p.tokens + kKeys - 1) / kKeys > 65535)
-    return fail(std::to_string(p.tokens) + " tokens: at most 65535 blocks of 64 keys");
+    return fail(std::to_string(p.tokens) + " tokens: at most 65535 blocks of 128 keys");
   if (!p.q || !p.k || !p.lse || !p.score) return fail("q, k, lse and score are required");
   if (!aligned16(p.q) || !aligned16(p.k) || p.q_stride_t % 8 != 0 || p.q_stride_h % 8 != 0 ||
       p.q_stride_b % 8 != 0 || p.k_stride_t % 8 != 0 || p.k_stride_h % 8 != 0 ||

@@ -6,7 +6,7 @@
 //   score[b, g, j] = (1 / G) * sum over h in group g, j <= i < T (and i - j < window when
 //                    window > 0) of exp(scale * q[b, h, i] . k[b, g, j] - lse[b, h, i])
 // One pass over the causal half with tensor cores (mma.sync m16n8k16, fp32 accumulation); no
-// [T, T] matrix in memory. One CTA per (slot, block of 64 keys) holds its keys in registers,
+// [T, T] matrix in memory. One CTA per (slot, block of 128 keys) holds its keys in registers,
 // streams the G heads' query blocks i >= j through shared memory and keeps the column sums in
 // registers: every score is written once, deterministic (no atomics). Graph safe: allocates
 // nothing, reads nothing back.
