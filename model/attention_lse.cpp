@@ -96,4 +96,26 @@ at::Tensor causal_lse_reference(const at::Tensor& q_in, const at::Tensor& k_in) 
   return lse.view({B, H, T});
 }
 
+at::Tensor h2o_scores_reference(const at::Tensor& q_in, const at::Tensor& k_in) {
+  check_shapes(q_in, k_in);
+  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), d = q_in.size(3);
+  const std::int64_t nkv = k_in.size(1), G = H / nkv;
+  at::Tensor k = k_in.to(at::kFloat);
+  at::Tensor score = at::zeros({B, nkv, T}, k.options());
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * H * T));
+  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
+    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
+    at::Tensor q = q_in.narrow(2, i0, c).to(at::kFloat).reshape({B, nkv, G * c, d});
+    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
+    sc = sc.view({B, nkv, G, c, e});  // [B, n_kv, G, c, e]
+    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
+    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
+    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
+    score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
+  }
+  return score;
+}
+
 }  // namespace kvcal

@@ -12,6 +12,10 @@
 //   causal_lse_reference   the same lse by explicit fp32 math in chunks of queries (any device,
 //                          any dtype; the [B, H, chunk, T] logits stay near 512 MB): the fallback
 //                          and a test reference.
+//   h2o_scores_reference   the prompt's H2O scores [B, n_kv, T] fp32 by the chunked fp32 loop
+//                          gpu_packed_cache ran before kernels/cuda/h2o_prompt.h (softmax of
+//                          chunks of queries, column sums, group mean): test reference and
+//                          benchmark baseline.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -25,6 +29,7 @@ struct attention_lse {
 
 attention_lse causal_attention_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 at::Tensor causal_lse_reference(const at::Tensor& q, const at::Tensor& k);
+at::Tensor h2o_scores_reference(const at::Tensor& q, const at::Tensor& k);
 
 // Whether causal_attention_lse runs the flash kernel for these inputs (else the fallback).
 bool flash_lse_available(const at::Tensor& q);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"

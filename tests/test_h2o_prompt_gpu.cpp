@@ -65,29 +65,6 @@ dense_ref dense_scores(const at::Tensor& q, const at::Tensor& k, std::int64_t wi
   return r;
 }
 
-// The chunked fp32 loop gpu_packed_cache::prompt_evict ran before the kernel (fp32 probabilities
-// of chunks of queries).
-at::Tensor chunked_scores(const at::Tensor& q_rope, const at::Tensor& kr) {
-  const std::int64_t B = q_rope.size(0), H = q_rope.size(1), T = q_rope.size(2), d = q_rope.size(3),
-                     nkv = kr.size(1), G = H / nkv;
-  at::Tensor k = kr.to(at::kFloat);
-  at::Tensor score = at::zeros({B, nkv, T}, k.options());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const std::int64_t chunk =
-      std::max<std::int64_t>(1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * H * T));
-  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
-    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;
-    at::Tensor q = q_rope.narrow(2, i0, c).to(at::kFloat).reshape({B, nkv, G * c, d});
-    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
-    sc = sc.view({B, nkv, G, c, e});
-    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
-    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
-    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
-    score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
-  }
-  return score;
-}
-
 // Runs the kernel on q [B, H, T, d], k [B, n_kv, T, d] (16-bit, any strides the kernel takes).
 at::Tensor kernel_scores(const at::Tensor& q, const at::Tensor& k, const at::Tensor& lse,
                          std::int64_t window) {
@@ -240,7 +217,7 @@ TEST_CASE("h2o prompt pipeline on fp32 q / k: close to the chunked fp32 libtorch
     CAPTURE(T);
     auto [q, k] = random_qk(2, 4, 7, T, 128, at::kFloat, false);
     at::Tensor v = at::randn_like(k);
-    const at::Tensor want = chunked_scores(q, k);
+    const at::Tensor want = h2o_scores_reference(q, k);
     at::Tensor q16 = q.to(at::kBFloat16), k16 = k.to(at::kBFloat16);
     const attention_lse a = causal_attention_lse(q16, k16, v.to(at::kBFloat16));
     const at::Tensor got = kernel_scores(q16, k16, a.lse, 0);
