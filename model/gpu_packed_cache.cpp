@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
+#include "model/attention_lse.h"
 #include "model/full_cache.h"
 #include "runtime/rope.h"
 
@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/evict.h"
+#include "kernels/cuda/h2o_prompt.h"
 #include "kernels/cuda/h2o_score.h"
 #include "kernels/cuda/kv_counters.h"
 #include "kernels/cuda/kv_step.h"
@@ -53,7 +54,9 @@ std::size_t gpu_packed_cache::bytes_used() const {
 std::int64_t gpu_packed_cache::held(int) const {
   return 0;
 }
-void gpu_packed_cache::prompt_evict(int, const at::Tensor&) {}
+at::Tensor gpu_packed_cache::prompt_evict(int, const at::Tensor&) {
+  return {};
+}
 void gpu_packed_cache::step_counters(int) {}
 void gpu_packed_cache::set_host_length(std::int64_t) {}
 std::vector<int> gpu_packed_cache::device_counters(int) const {
@@ -304,8 +307,8 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   if (T > 1) {  // a prompt: exact causal attention over its own K/V
     KVCAL_CHECK(s.prompt_k.defined() && s.prompt_k.size(2) == T,
                 "gpu_packed_cache: several queries only right after a prompt's append");
-    at::Tensor out = causal_attention(q_rope, s.prompt_k, s.prompt_v, 0, window_);
-    if (o_.evicts()) prompt_evict(layer, q_rope);
+    at::Tensor out = o_.evicts() ? prompt_evict(layer, q_rope)
+                                 : causal_attention(q_rope, s.prompt_k, s.prompt_v, 0, window_);
     s.prompt_k = at::Tensor();
     s.prompt_v = at::Tensor();
     return out;
@@ -373,33 +376,68 @@ at::Tensor gpu_packed_cache::attend(int layer, const at::Tensor& q_rope,
   return out.unsqueeze(2).to(q_rope.scalar_type());
 }
 
-// The prompt's H2O scores (zeros for the window policy) and the R(T) kept rows, gathered into
-// rows [0, R) of the ring.
-void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
+// The prompt's attention output, its H2O scores (zeros for the window policy) and the R(T) kept
+// rows, gathered into rows [0, R) of the ring. H2O: one flash-attention call gives the output
+// and each query's log-sum-exp (model/attention_lse.h), then launch_h2o_prompt_scores sums the
+// causal softmax's columns in one tensor-core pass (bf16 / fp16 q and k; an fp32 model's are
+// rounded to bf16 for the scores only, its output stays fp32).
+at::Tensor gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   layer_state& s = *layers_[static_cast<std::size_t>(layer)];
   const at::Tensor& kr = s.prompt_k;  // [B, n_kv, T, d] after RoPE
-  const std::int64_t B = batch_, T = kr.size(2), G = n_heads_ / n_kv_;
-  at::Tensor k = kr.to(at::kFloat);
-  at::Tensor score = at::zeros({B, n_kv_, T}, k.options());  // [B, n_kv, T]
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d_));
-  // Queries in chunks so that the [B, n_heads, chunk, T] probabilities stay near 512 MB.
-  const std::int64_t chunk = std::max<std::int64_t>(
-      1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * n_heads_ * T));
-  for (std::int64_t i0 = 0; o_.h2o && i0 < T; i0 += chunk) {     // window: by position only
-    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
-    at::Tensor q = q_rope.narrow(2, i0, c).to(at::kFloat).reshape({B, n_kv_, G * c, d_});
-    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
-    sc = sc.view({B, n_kv_, G, c, e});  // [B, n_kv, G, c, e]
-    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
-    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
-    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
-    score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
+  const std::int64_t B = batch_, T = kr.size(2);
+  // The constructor refuses windows shorter than the capacity: plain causal attention here.
+  KVCAL_ASSERT(window_ <= 0 || window_ >= T, "gpu_packed_cache: sliding window below the prompt");
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kr.device().index());
+  // [B, n_kv, T]: every column written by the kernel (H2O), zeros for the window policy.
+  const auto f32 = kr.options().dtype(at::kFloat);
+  at::Tensor score = o_.h2o ? at::empty({B, n_kv_, T}, f32) : at::zeros({B, n_kv_, T}, f32);
+  at::Tensor out;
+  if (!o_.h2o) {  // window policy: by position only
+    out = causal_attention(q_rope, kr, s.prompt_v, 0, window_);
+  } else {
+    const auto st = q_rope.scalar_type();
+    const bool half = st == at::kBFloat16 || st == at::kHalf;
+    const at::ScalarType kt = half ? st : at::kBFloat16;
+    at::Tensor q16 = q_rope.to(kt), k16 = kr.to(kt);
+    attention_lse a = causal_attention_lse(q16, k16, s.prompt_v.to(kt));
+    out = half ? a.out : causal_attention(q_rope, kr, s.prompt_v, 0, window_);
+    // The kernel reads channels contiguous, 16-byte aligned rows.
+    auto ready = [](const at::Tensor& x) {
+      const bool ok = x.stride(3) == 1 && x.stride(2) % 8 == 0 && x.stride(1) % 8 == 0 &&
+                      x.stride(0) % 8 == 0 &&
+                      reinterpret_cast<std::uintptr_t>(x.data_ptr()) % 16 == 0;
+      return ok ? x : x.contiguous();
+    };
+    q16 = ready(q16);
+    k16 = ready(k16);
+    h2o_prompt_params hp;
+    hp.batch = static_cast<int>(B);
+    hp.n_heads = static_cast<int>(n_heads_);
+    hp.n_kv = static_cast<int>(n_kv_);
+    hp.tokens = static_cast<int>(T);
+    hp.head_dim = static_cast<int>(d_);
+    hp.bf16 = kt == at::kBFloat16;
+    hp.q = q16.data_ptr();
+    hp.q_stride_b = q16.stride(0);
+    hp.q_stride_h = q16.stride(1);
+    hp.q_stride_t = q16.stride(2);
+    hp.k = k16.data_ptr();
+    hp.k_stride_b = k16.stride(0);
+    hp.k_stride_h = k16.stride(1);
+    hp.k_stride_t = k16.stride(2);
+    hp.lse = a.lse.data_ptr<float>();
+    hp.lse_stride_b = a.lse.stride(0);
+    hp.lse_stride_h = a.lse.stride(1);
+    hp.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_)));
+    hp.score = score.data_ptr<float>();
+    hp.score_stride = T;
+    check_launch(launch_h2o_prompt_scores(hp, stream), "gpu_packed_cache: H2O prompt scores");
   }
   const evict_budget bud = budget_of(o_);
   const std::int64_t R = evict_retained(bud, T);
   const std::int64_t vals[ev_rows] = {T, T, T, R};  // row, held, seen, out (kv_counters.h)
   put_counters(s.ectr, vals, ev_rows, B);
-  at::Tensor kept = at::empty({B, n_kv_, R}, k.options().dtype(at::kInt));
+  at::Tensor kept = at::empty({B, n_kv_, R}, score.options().dtype(at::kInt));
   select_kept_params sp;
   sp.batch = static_cast<int>(B);
   sp.n_kv = static_cast<int>(n_kv_);
@@ -410,7 +448,6 @@ void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   sp.kept = kept.data_ptr<int>();
   sp.kept_stride = static_cast<int>(R);
   sp.budget = bud;
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(kr.device().index());
   check_launch(launch_select_kept(sp, stream), "gpu_packed_cache: prompt eviction");
   at::Tensor idx = kept.to(at::kLong);  // [B, n_kv, R]
   at::Tensor rows = idx.unsqueeze(-1).expand({B, n_kv_, R, d_});
@@ -419,6 +456,7 @@ void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
   s.pos.view({B, n_kv_, win_cap_}).narrow(2, 0, R).copy_(kept);
   s.score.view({B, n_kv_, win_cap_}).narrow(2, 0, R).copy_(score.gather(2, idx));
   s.held = R;
+  return out;
 }
 
 std::int64_t gpu_packed_cache::length() const {

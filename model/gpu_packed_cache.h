@@ -15,8 +15,8 @@
 // layout for StreamingLLM's sinks + recent window, chosen by position only): each slot holds at
 // most R + 1 rows (R = the budget at `capacity` tokens), keys stored AFTER RoPE (keys_rotated) in
 // unordered rows with their positions and H2O scores. A prompt: exact causal attention as above,
-// plus its H2O scores (column sums of the causal softmax, mean over the group's heads, computed
-// with libtorch in chunks of queries), then the R(T) kept rows are selected (select_kept) and
+// plus its H2O scores (column sums of the causal softmax, mean over the group's heads; one pass
+// of kernels/cuda/h2o_prompt.h on flash's lse); the R(T) kept rows (select_kept) are then
 // gathered into rows [0, R). A decode step: the token goes to the free row, decode attention
 // also writes its logits / softmax statistics, the scores accumulate (h2o_accumulate) and the
 // lowest-scored non-recent row is dropped (evict_one, the last row moves into its place).
@@ -111,7 +111,7 @@ class gpu_packed_cache : public kv_cache {
   float rope_scaling_ = 1.0f;
   at::Tensor workspace_;
   at::Tensor logits_, row_stats_;  // H2O: [B, n_heads, rows], [B, n_heads, 2] (shared by layers)
-  void prompt_evict(int layer, const at::Tensor& q_rope);
+  at::Tensor prompt_evict(int layer, const at::Tensor& q_rope);  // a prompt's attention output
   void step_counters(int layer);
 };
 
