@@ -7,6 +7,7 @@
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
 #include "model/full_cache.h"
+#include "model/gpu_learned_scorer.h"
 #include "runtime/rope.h"
 
 #if KVCAL_TORCH_CUDA && KVCAL_WITH_CUDA
@@ -71,7 +72,7 @@ evict_budget budget_of(const gpu_packed_cache::options& o) {
   }
   b.retain = o.retain;
   b.tokens = o.tokens;
-  b.heavy = o.heavy;
+  b.heavy = o.learned ? 1.0 : o.heavy;  // learned: only the fp16 window is protected
   b.window = o.residual;
   return b;
 }
@@ -98,6 +99,7 @@ struct gpu_packed_cache::layer_state {
   // H2O: [B * n_kv, rows] positions / scores, counters [e_rows * B], rows held (host).
   at::Tensor pos, score, ectr;
   std::int64_t held = 0;
+  at::Tensor prompt_score;  // learned: a prompt's scores [B, n_kv, T] fp32, for prompt_evict
 };
 
 gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
@@ -117,7 +119,17 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(o.bits == 16 || o.group == 32 || o.group == 64 || o.group == 128,
               "gpu_packed_cache: group ", o.group, " (32, 64, 128)");
   KVCAL_CHECK(o.residual >= 0 && o.piece >= 1, "gpu_packed_cache: residual and piece");
-  KVCAL_CHECK(!(o.h2o && o.window), "gpu_packed_cache: h2o and window eviction are exclusive");
+  KVCAL_CHECK(int{o.h2o} + int{o.window} + int{o.learned != nullptr} <= 1,
+              "gpu_packed_cache: h2o, window and learned eviction are exclusive");
+  KVCAL_CHECK(
+      !o.learned || ((o.retain > 0.0 && o.retain <= 1.0) || (o.retain == 0.0 && o.tokens >= 1)),
+      "gpu_packed_cache: learned eviction budget retain ", o.retain, " / tokens ", o.tokens,
+      " (retain in (0, 1] or tokens >= 1)");
+  KVCAL_CHECK(!o.learned || (o.learned->n_layers() == cfg.num_hidden_layers &&
+                             o.learned->n_kv_heads() == cfg.num_key_value_heads),
+              "gpu_packed_cache: the learned scorer has ", o.learned ? o.learned->n_layers() : 0,
+              " layers / ", o.learned ? o.learned->n_kv_heads() : 0, " KV heads, the model ",
+              cfg.num_hidden_layers, " / ", cfg.num_key_value_heads);
   KVCAL_CHECK(!o.window || (o.sinks >= 0 && o.recent >= 0 && o.sinks + o.recent >= 1),
               "gpu_packed_cache: window eviction needs sinks, recent >= 0 and sinks + recent >= 1, "
               "got ",
@@ -223,6 +235,7 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
   const std::int64_t B = batch_;
   if (o_.evicts()) {
     if (T > 1) {  // a prompt: held as given until its attend selects the kept rows
+      if (o_.learned) s.prompt_score = o_.learned->score(layer, kv);  // [B, n_kv, T]
       s.n = T;
       return;
     }
@@ -242,7 +255,10 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     ap.t_new = 1;
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
     s.pos.select(1, s.held).fill_(s.n);  // every sequence: position n
-    s.score.select(1, s.held).fill_(0.0);
+    if (o_.learned)  // fixed at arrival; [B, n_kv, 1] -> the rows of slots b * n_kv + g
+      s.score.select(1, s.held).copy_(o_.learned->score(layer, kv).reshape({B * n_kv_}));
+    else
+      s.score.select(1, s.held).fill_(0.0);
     ++s.held;
     ++s.n;
     return;
@@ -391,6 +407,8 @@ void gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
     sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
     score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
   }
+  if (o_.learned) score = s.prompt_score.contiguous();  // scored at append
+  s.prompt_score = at::Tensor();
   const evict_budget bud = budget_of(o_);
   const std::int64_t R = evict_retained(bud, T);
   const std::int64_t vals[e_rows] = {T, T, T, R};
@@ -426,6 +444,7 @@ void gpu_packed_cache::reset() {
     s->n = s->kc = s->vc = s->held = 0;
     s->prompt_k = at::Tensor();
     s->prompt_v = at::Tensor();
+    s->prompt_score = at::Tensor();
   }
 }
 

@@ -23,6 +23,10 @@
 // The rule is the CPU runtime's (runtime/eviction/evicting_layer.h: eviction at the end of
 // attend, budget floor(retain x seen)); scores are fp32 here, double there.
 //
+// Learned eviction (options::learned): the same rows and kernels as H2O with heavy share 1 (the
+// recent share is the fp16 window only), scores from the preset's scorer when tokens arrive
+// (a prompt's too, for its select_kept), no logits and no accumulation.
+//
 // Device counters are written by one small host-to-device copy per append; nothing is read
 // back. Capacity is fixed at construction (allocated once). Needs a CUDA build with libtorch
 // CUDA; elsewhere the constructor refuses.
@@ -44,6 +48,8 @@
 #include "runtime/model_config.h"
 
 namespace kvcal {
+
+class gpu_learned_scorer;
 
 class gpu_packed_cache : public kv_cache {
  public:
@@ -67,7 +73,11 @@ class gpu_packed_cache : public kv_cache {
     bool window = false;
     int sinks = 0;
     int recent = 0;
-    bool evicts() const { return h2o || window; }
+    // Learned eviction (bits 16; model/gpu_learned_scorer.h): each new token gets the preset
+    // scorer's score per KV head, fixed; budget retain / tokens as H2O, the newest
+    // max(1, residual) tokens protected, the rest kept by score (the CPU's learned rule).
+    std::shared_ptr<const gpu_learned_scorer> learned;
+    bool evicts() const { return h2o || window || learned; }
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
