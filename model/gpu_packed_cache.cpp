@@ -53,6 +53,9 @@ std::int64_t gpu_packed_cache::held(int) const {
   return 0;
 }
 void gpu_packed_cache::prompt_evict(int, const at::Tensor&) {}
+std::pair<at::Tensor, at::Tensor> gpu_packed_cache::held_rows(int) const {
+  return {};
+}
 
 #else
 
@@ -482,6 +485,13 @@ std::size_t gpu_packed_cache::bytes_used() const {
 std::int64_t gpu_packed_cache::held(int layer) const {
   const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
   return o_.evicts() ? s.held : s.n;
+}
+
+std::pair<at::Tensor, at::Tensor> gpu_packed_cache::held_rows(int layer) const {
+  const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
+  KVCAL_CHECK(o_.evicts(), "gpu_packed_cache: held_rows needs an evicting cache");
+  return {s.pos.view({batch_, n_kv_, win_cap_}).narrow(2, 0, s.held),
+          s.score.view({batch_, n_kv_, win_cap_}).narrow(2, 0, s.held)};
 }
 
 #endif

@@ -42,6 +42,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/kv_cache.h"
@@ -98,6 +99,9 @@ class gpu_packed_cache : public kv_cache {
   int rows_per_slot() const { return win_cap_; }
   // Tokens held per (sequence, KV head) at `layer` (after eviction).
   std::int64_t held(int layer) const;
+  // Eviction: positions (int32) and scores (fp32) of the held rows of `layer`, each
+  // [B, n_kv, held(layer)] on the device, rows in no particular order (tests compare kept sets).
+  std::pair<at::Tensor, at::Tensor> held_rows(int layer) const;
 
  private:
   struct layer_state;
