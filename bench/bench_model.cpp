@@ -9,12 +9,12 @@
 //
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
-//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o --kv-context 32768 --kv-batch 8]   (issue 11: TTFT,
+//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned --kv-context 32768]   (issue 11: TTFT,
 //       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache;
 //       for gpu_packed_cache also the TPOT of the same greedy steps replayed from a CUDA graph,
 //       row "e2e graph", right after the eager ones: --warmup + --steps more tokens, the first
 //       warm-up step is the eager step + capture; --no-kv-graph skips it, --no-graph only the
-//       plain cache's graph rows)
+//       plain cache's graph rows; "learned" runs a synthetic scorer, rows named learned-synthetic)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -29,6 +29,7 @@
 #include "kernels/common/error.h"
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
+#include "model/gpu_learned_scorer.h"
 #include "model/gpu_packed_cache.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
@@ -49,7 +50,9 @@ struct options {
   bool greedy = true;    // false: feed fixed tokens, no read-back per step (launch-bound check)
   // End to end through the CUDA kernels' cache (issue 11): "full" = full_cache (SDPA), "fp16" /
   // "kivi-4" / "kivi-2" / "h2o" (fp16 + H2O eviction, budget 1/8) / "streaming-llm" (fp16, 4
-  // sinks + 1020 recent) = gpu_packed_cache; empty = skip.
+  // sinks + 1020 recent) / "learned" (fp16 + learned eviction, budget 1/8, a synthetic linear
+  // scorer on the hidden state: the cost per step of a trained one) = gpu_packed_cache; empty =
+  // skip.
   std::vector<std::string> kv_cache;
   std::int64_t kv_context = 32768, kv_batch = 8;
 };
@@ -105,8 +108,8 @@ options parse(int argc, char** argv) {
           << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
              "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
              "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
-             "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm] [--kv-context 32768] "
-             "[--kv-batch 8] [--no-kv-graph]\n";
+             "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned] "
+             "[--kv-context 32768] [--kv-batch 8] [--no-kv-graph]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -129,6 +132,42 @@ void sync(const at::Tensor& t) {
 
 at::Tensor random_ids(std::int64_t B, std::int64_t T, std::int64_t vocab) {
   return at::randint(0, vocab, {B, T}, at::TensorOptions().dtype(at::kLong));
+}
+
+// The learned-eviction template's scorer shape (linear on the hidden state, one output per KV
+// head) with random N(0, 1 / hidden) weights: a trained scorer's cost, random choices.
+std::shared_ptr<const gpu_learned_scorer> synthetic_scorer(const model_config& c,
+                                                           at::Device device) {
+  preset_recipe r;
+  r.model.n_layers = c.num_hidden_layers;
+  r.model.n_kv_heads = c.num_key_value_heads;
+  r.model.head_dim = c.head_dim;
+  layer_recipe lr;
+  lr.policy.kind = token_policy_kind::learned;
+  lr.policy.learned.features = policy_features::hidden;
+  lr.policy.learned.in_dim = c.hidden_size;
+  lr.budget.kind = budget_kind::retain;
+  lr.budget.retain = 0.125;
+  r.layers.assign(static_cast<std::size_t>(c.num_hidden_layers), lr);
+  std::vector<at::Tensor> keep;  // host copies the views point at
+  std::vector<tensor_view> tv;
+  auto add = [&](const std::string& name, at::Tensor t) {
+    keep.push_back(t.contiguous());
+    tensor_view v;
+    v.name = name;
+    v.dtype = st_dtype::F32;
+    v.shape = t.sizes().vec();
+    v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
+    v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
+    tv.push_back(v);
+  };
+  const std::int64_t H = c.num_key_value_heads, I = c.hidden_size;
+  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string pre = "layers." + std::to_string(l) + ".policy.";
+    add(pre + "weight", at::randn({H, I}).div_(std::sqrt(static_cast<double>(I))));
+    add(pre + "bias", at::zeros({H}));
+  }
+  return std::make_shared<const gpu_learned_scorer>(r, tv, device, "synthetic scorer");
 }
 
 // One table row; bench/transformers_model.py prints the same columns.
@@ -241,6 +280,11 @@ int main(int argc, char** argv) {
             po.heavy = 0.8;
             po.retain = 0.125;
             po.residual = 0;  // the template's fp16 window: none (KIVI's 128 would widen recent)
+          } else if (kind == "learned") {  // learned-eviction template: fp16, retain 1/8
+            po.bits = 16;
+            po.retain = 0.125;
+            po.residual = 0;
+            po.learned = synthetic_scorer(c, device);
           } else if (kind == "streaming-llm") {  // its template: fp16, 4 sinks + 1020 recent
             po.bits = 16;
             po.window = true;
@@ -249,7 +293,7 @@ int main(int argc, char** argv) {
           } else
             KVCAL_FAIL("--kv-cache: unknown kind '", kind,
                        "' (full, fp16, kivi-4, kivi-2, h2o, "
-                       "streaming-llm)");
+                       "streaming-llm, learned)");
           auto g = std::make_unique<gpu_packed_cache>(c, B, cap, po, device);
           packed = g.get();
           cache = std::move(g);
@@ -283,7 +327,8 @@ int main(int argc, char** argv) {
                          static_cast<double>(c.num_hidden_layers * c.num_key_value_heads * cap *
                                              c.head_dim) *
                          2.0;
-        const std::string shape = kind + " B" + std::to_string(B) + " ctx" + std::to_string(L);
+        const std::string name = kind == "learned" ? "learned-synthetic" : kind;
+        const std::string shape = name + " B" + std::to_string(B) + " ctx" + std::to_string(L);
         row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");
         row("kvcal e2e", "tpot", shape, ms, "ms/step");
         if (graph_ms >= 0) row("e2e graph", "tpot", shape, graph_ms, "ms/step");
@@ -291,7 +336,7 @@ int main(int argc, char** argv) {
         for (double card : {80.0, 141.0}) {
           const double fit = (card * 0.9 - weight_gb) * 1e9 / per_seq;
           char sh[96];
-          std::snprintf(sh, sizeof sh, "%s fits %.0fGB", kind.c_str(), card);
+          std::snprintf(sh, sizeof sh, "%s fits %.0fGB", name.c_str(), card);
           row("kvcal e2e", "batch", sh, fit > 0 ? std::floor(fit) : 0.0, "seqs");
         }
         std::fflush(stdout);

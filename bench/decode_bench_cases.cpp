@@ -46,9 +46,12 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
   c.name = name;
   packed_config pc;
   c.unsupported = packed_config_of(r, &pc);
-  if (c.unsupported.empty() && (pc.h2o || pc.window))  // the kernel alone is the fp16 one
-    c.unsupported = std::string(pc.h2o ? "h2o" : "window") +
-                    " eviction: timed end to end by bench_model --kv-cache h2o,streaming-llm";
+  if (c.unsupported.empty() && (pc.h2o || pc.window || pc.learned))  // the kernel: fp16's
+    c.unsupported =
+        std::string(pc.h2o      ? "h2o"
+                    : pc.window ? "window"
+                                : "learned") +
+        " eviction: timed end to end by bench_model --kv-cache h2o,streaming-llm,learned";
   if (c.unsupported.empty()) {
     c.bits = pc.bits;
     c.group = pc.group;

@@ -15,6 +15,7 @@
 #include "kernels/common/progress.h"
 #include "model/attention_error_probe.h"
 #include "model/full_cache.h"
+#include "model/gpu_learned_scorer.h"
 #include "model/gpu_packed_cache.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
@@ -166,6 +167,9 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       o.window = pc.window;
       o.sinks = pc.sinks;
       o.recent = pc.recent;
+      if (pc.learned)  // the policy weights go to the device once, shared by every cache made
+        o.learned = std::make_shared<const gpu_learned_scorer>(f.recipe(), f.tensors().tensors(),
+                                                               device, path);
       gpu_opts.push_back(o);
     }
   }
@@ -224,7 +228,7 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
         ps.ppl.cached_tokens = gc.length();
         ps.ppl.fp16_bytes = static_cast<double>(gc.length() * cfg.num_hidden_layers *
                                                 cfg.num_key_value_heads * cfg.head_dim * 2 * 2);
-        ps.ppl.fixed_bytes = 0;
+        ps.ppl.fixed_bytes = gpu_opts[i].learned ? gpu_opts[i].learned->bytes() : 0;
         continue;
       }
       runtime_cache rc(cfg, ps.path, 1);

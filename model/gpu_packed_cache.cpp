@@ -7,6 +7,7 @@
 #include "kernels/cpu/rope.h"
 #include "model/attention_lse.h"
 #include "model/full_cache.h"
+#include "model/gpu_learned_scorer.h"
 #include "runtime/rope.h"
 
 #if KVCAL_TORCH_CUDA && KVCAL_WITH_CUDA
@@ -59,6 +60,9 @@ at::Tensor gpu_packed_cache::prompt_evict(int, const at::Tensor&) {
 }
 void gpu_packed_cache::step_counters(int) {}
 void gpu_packed_cache::set_host_length(std::int64_t) {}
+std::pair<at::Tensor, at::Tensor> gpu_packed_cache::held_rows(int) const {
+  return {};
+}
 std::vector<int> gpu_packed_cache::device_counters(int) const {
   return {};
 }
@@ -77,7 +81,7 @@ evict_budget budget_of(const gpu_packed_cache::options& o) {
   }
   b.retain = o.retain;
   b.tokens = o.tokens;
-  b.heavy = o.heavy;
+  b.heavy = o.learned ? 1.0 : o.heavy;  // learned: only the fp16 window is protected
   b.window = o.residual;
   return b;
 }
@@ -101,6 +105,7 @@ struct gpu_packed_cache::layer_state {
   // H2O: [B * n_kv, rows] positions / scores, counters [ev_rows * B], rows held (host).
   at::Tensor pos, score, ectr;
   std::int64_t held = 0;
+  at::Tensor prompt_score;  // learned: a prompt's scores [B, n_kv, T] fp32, for prompt_evict
 };
 
 gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
@@ -120,7 +125,17 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(o.bits == 16 || o.group == 32 || o.group == 64 || o.group == 128,
               "gpu_packed_cache: group ", o.group, " (32, 64, 128)");
   KVCAL_CHECK(o.residual >= 0 && o.piece >= 1, "gpu_packed_cache: residual and piece");
-  KVCAL_CHECK(!(o.h2o && o.window), "gpu_packed_cache: h2o and window eviction are exclusive");
+  KVCAL_CHECK(int{o.h2o} + int{o.window} + int{o.learned != nullptr} <= 1,
+              "gpu_packed_cache: h2o, window and learned eviction are exclusive");
+  KVCAL_CHECK(
+      !o.learned || ((o.retain > 0.0 && o.retain <= 1.0) || (o.retain == 0.0 && o.tokens >= 1)),
+      "gpu_packed_cache: learned eviction budget retain ", o.retain, " / tokens ", o.tokens,
+      " (retain in (0, 1] or tokens >= 1)");
+  KVCAL_CHECK(!o.learned || (o.learned->n_layers() == cfg.num_hidden_layers &&
+                             o.learned->n_kv_heads() == cfg.num_key_value_heads),
+              "gpu_packed_cache: the learned scorer has ", o.learned ? o.learned->n_layers() : 0,
+              " layers / ", o.learned ? o.learned->n_kv_heads() : 0, " KV heads, the model ",
+              cfg.num_hidden_layers, " / ", cfg.num_key_value_heads);
   KVCAL_CHECK(!o.window || (o.sinks >= 0 && o.recent >= 0 && o.sinks + o.recent >= 1),
               "gpu_packed_cache: window eviction needs sinks, recent >= 0 and sinks + recent >= 1, "
               "got ",
@@ -226,6 +241,7 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
   const std::int64_t B = batch_;
   if (o_.evicts()) {
     if (T > 1) {  // a prompt: held as given until its attend selects the kept rows
+      if (o_.learned) s.prompt_score = o_.learned->score(layer, kv);  // [B, n_kv, T]
       s.n = T;
       return;
     }
@@ -244,6 +260,11 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     ap.v_new = v32.data_ptr<float>();
     ap.t_new = 1;
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
+    if (o_.learned) {  // fixed at arrival, written into the row the device step picked
+      at::Tensor row = s.ectr.narrow(0, ev_row * B, B).to(at::kLong).view({B, 1, 1});
+      s.score.view({B, n_kv_, win_cap_})
+          .scatter_(2, row.expand({B, n_kv_, 1}), o_.learned->score(layer, kv));  // [B, n_kv, 1]
+    }
     ++s.held;
     ++s.n;
     return;
@@ -433,6 +454,8 @@ at::Tensor gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
     hp.score_stride = T;
     check_launch(launch_h2o_prompt_scores(hp, stream), "gpu_packed_cache: H2O prompt scores");
   }
+  if (o_.learned) score = s.prompt_score.contiguous();  // scored at append
+  s.prompt_score = at::Tensor();
   const evict_budget bud = budget_of(o_);
   const std::int64_t R = evict_retained(bud, T);
   const std::int64_t vals[ev_rows] = {T, T, T, R};  // row, held, seen, out (kv_counters.h)
@@ -472,6 +495,7 @@ void gpu_packed_cache::reset() {
     // place, so a captured graph keeps its pointers).
     s->ctr.zero_();
     if (s->ectr.defined()) s->ectr.zero_();
+    s->prompt_score = at::Tensor();
   }
 }
 
@@ -554,6 +578,13 @@ std::size_t gpu_packed_cache::bytes_used() const {
 std::int64_t gpu_packed_cache::held(int layer) const {
   const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
   return o_.evicts() ? s.held : s.n;
+}
+
+std::pair<at::Tensor, at::Tensor> gpu_packed_cache::held_rows(int layer) const {
+  const layer_state& s = *layers_.at(static_cast<std::size_t>(layer));
+  KVCAL_CHECK(o_.evicts(), "gpu_packed_cache: held_rows needs an evicting cache");
+  return {s.pos.view({batch_, n_kv_, win_cap_}).narrow(2, 0, s.held),
+          s.score.view({batch_, n_kv_, win_cap_}).narrow(2, 0, s.held)};
 }
 
 #endif

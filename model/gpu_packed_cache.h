@@ -23,6 +23,10 @@
 // The rule is the CPU runtime's (runtime/eviction/evicting_layer.h: eviction at the end of
 // attend, budget floor(retain x seen)); scores are fp32 here, double there.
 //
+// Learned eviction (options::learned): the same rows and kernels as H2O with heavy share 1 (the
+// recent share is the fp16 window only), scores from the preset's scorer when tokens arrive
+// (a prompt's too, for its select_kept), no logits and no accumulation.
+//
 // Counters (tokens held, compressed ranges, eviction rows) live on the device, per layer. A
 // prompt (T > 1, eager) writes them with one small host-to-device copy per piece; a decode step
 // (T == 1) advances them on the device (kernels/cuda/kv_step.h) and launches every kernel with
@@ -43,12 +47,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "model/kv_cache.h"
 #include "runtime/model_config.h"
 
 namespace kvcal {
+
+class gpu_learned_scorer;
 
 class gpu_packed_cache : public kv_cache {
  public:
@@ -72,7 +79,11 @@ class gpu_packed_cache : public kv_cache {
     bool window = false;
     int sinks = 0;
     int recent = 0;
-    bool evicts() const { return h2o || window; }
+    // Learned eviction (bits 16; model/gpu_learned_scorer.h): each new token gets the preset
+    // scorer's score per KV head, fixed; budget retain / tokens as H2O, the newest
+    // max(1, residual) tokens protected, the rest kept by score (the CPU's learned rule).
+    std::shared_ptr<const gpu_learned_scorer> learned;
+    bool evicts() const { return h2o || window || learned; }
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
@@ -100,6 +111,9 @@ class gpu_packed_cache : public kv_cache {
   // The device counters of `layer`, read back (synchronizes: tests only): int32
   // [kv_ctr_rows * B] then, under eviction, [ev_rows * B] (kernels/cuda/kv_counters.h).
   std::vector<int> device_counters(int layer) const;
+  // Eviction: positions (int32) and scores (fp32) of the held rows of `layer`, each
+  // [B, n_kv, held(layer)] on the device, rows in no particular order (tests compare kept sets).
+  std::pair<at::Tensor, at::Tensor> held_rows(int layer) const;
 
  private:
   struct layer_state;

@@ -69,18 +69,30 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   for (const auto& l : r.layers) {
     if (!l.heads.empty()) return fail("per-KV-head methods: no CUDA kernel yet");
     if (l.policy.kind != token_policy_kind::full && l.policy.kind != token_policy_kind::h2o &&
-        l.policy.kind != token_policy_kind::window)
+        l.policy.kind != token_policy_kind::window && l.policy.kind != token_policy_kind::learned)
       return fail(std::string("eviction (") + token_policy_name(l.policy.kind) +
-                  "): no CUDA kernel yet (h2o and window only)");
+                  "): no CUDA kernel yet (h2o, window and learned only)");
     if (l.guard > 0) return fail("high-precision guard: no CUDA kernel yet");
     if (l.policy.kind != l0.policy.kind || l.policy.heavy != l0.policy.heavy ||
         l.policy.sinks != l0.policy.sinks || l.policy.recent != l0.policy.recent ||
         l.budget.kind != l0.budget.kind || l.budget.tokens != l0.budget.tokens ||
-        l.budget.retain != l0.budget.retain)
+        l.budget.retain != l0.budget.retain ||
+        l.policy.learned.features != l0.policy.learned.features ||
+        l.policy.learned.in_dim != l0.policy.learned.in_dim ||
+        l.policy.learned.mlp_hidden != l0.policy.learned.mlp_hidden ||
+        l.policy.learned.threshold != l0.policy.learned.threshold)
       return fail("layers differ in token policy or budget: the kernels take one for all");
     if (!l.head_budgets.empty()) return fail("per-KV-head budgets: no CUDA eviction yet");
     if (l.policy.kind == token_policy_kind::h2o && l.budget.kind == budget_kind::none)
       return fail("h2o without a budget: nothing to evict");
+    // A threshold evicts every token scored below it, so the rows held are unbounded (the GPU
+    // cache allocates R + 1 rows for a budget R and drops one per step).
+    if (l.policy.kind == token_policy_kind::learned && l.policy.learned.threshold)
+      return fail(
+          "learned eviction with a threshold: the GPU cache evicts to a token budget only (use "
+          "budget retain / tokens without threshold, or the CPU runtime)");
+    if (l.policy.kind == token_policy_kind::learned && l.budget.kind == budget_kind::none)
+      return fail("learned eviction without a budget: nothing to evict");
     if (l.policy.kind == token_policy_kind::full && l.budget.kind != budget_kind::none)
       return fail("token budget without an evicting policy: no CUDA eviction");
     if (!same_method(l.k, l0.k) || !same_method(l.v, l0.v) || l.residual != l0.residual)
@@ -117,9 +129,14 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   const bool kq = l0.k.kind == kv_method_kind::quant, vq = l0.v.kind == kv_method_kind::quant;
   const bool evicts = l0.policy.kind == token_policy_kind::h2o;
   const bool window = l0.policy.kind == token_policy_kind::window;
-  if ((evicts || window) && (kq || vq))
-    return fail(std::string(evicts ? "h2o" : "window") +
+  const bool learned = l0.policy.kind == token_policy_kind::learned;
+  if ((evicts || window || learned) && (kq || vq))
+    return fail(std::string(token_policy_name(l0.policy.kind)) +
                 " eviction with quantized K / V: the GPU evicts fp16 caches only");
+  // The CPU's learned eviction waits while the context is <= compress_after and protects
+  // max(residual, keep_recent): neither is in the GPU cache's rule.
+  if (learned && r.adaptive.enabled)
+    return fail("learned eviction with the adaptive mode: not in the GPU cache");
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;
     c.residual = 0;  // fp16: nothing is compressed (H2O's recent share reads the residual below)
@@ -131,14 +148,15 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
       c.sinks = static_cast<int>(l0.policy.sinks);
       c.recent = static_cast<int>(l0.policy.recent);
     }
-    if (evicts) {
-      c.h2o = true;
-      c.heavy = l0.policy.heavy;
+    if (evicts || learned) {
+      c.h2o = evicts;
+      c.learned = learned;
+      c.heavy = evicts ? l0.policy.heavy : 1.0;  // learned: the fp16 window is the recent share
       c.residual = static_cast<int>(l0.residual);
       if (l0.budget.kind == budget_kind::retain) {
         if (!(l0.budget.retain > 0.0 && l0.budget.retain <= 1.0))
-          return fail("h2o budget retain " + std::to_string(l0.budget.retain) +
-                      " (the kernels need (0, 1])");
+          return fail(std::string(token_policy_name(l0.policy.kind)) + " budget retain " +
+                      std::to_string(l0.budget.retain) + " (the kernels need (0, 1])");
         c.retain = l0.budget.retain;
       } else {
         c.tokens = static_cast<int>(std::max<std::int64_t>(1, l0.budget.tokens));

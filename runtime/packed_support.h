@@ -1,8 +1,9 @@
 // Which presets the CUDA kernels (kernels/cuda/packed_kv.h) can run, and as what: every layer the
 // same KIVI-style quantization (K per-channel groups along tokens, V per-token groups,
-// asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or fp16 with H2O
-// or window (sinks + recent) eviction (every layer the same policy and budget:
-// kernels/cuda/evict.h); or the V latent mode: K fp16 or KIVI per-channel (2/4/8-bit,
+// asymmetric, one bit width and group for K and V, an fp16 residual) or fp16; or fp16 with H2O,
+// window (sinks + recent) or learned eviction (every layer the same policy and budget:
+// kernels/cuda/evict.h; learned: a budget, not a threshold, and no adaptive mode); or the V
+// latent mode: K fp16 or KIVI per-channel (2/4/8-bit,
 // asymmetric) with V a PCA or linear autoencoder (hidden 0) latent of rank 16/32/64/96/128
 // (<= head_dim) and 16/8/4 bits, without eviction. No other policy, no guard, no per-head methods
 // or budgets, no MLP autoencoders. Adaptive presets (compress_after / keep_recent) map as the CPU
@@ -36,6 +37,10 @@ struct packed_config {
   bool window = false;
   int sinks = 0;
   int recent = 0;
+  // Learned eviction (bits 16 only): the preset's scorer (layers.<l>.policy.*) scores each token
+  // when it arrives; budget `retain` / `tokens` as h2o; the newest max(1, residual) tokens are
+  // protected (learned_policy::recent), the rest kept by score.
+  bool learned = false;
   // Adaptive presets: no records while a sequence holds <= compress_after tokens (-1: off).
   std::int64_t compress_after = -1;
   // V latent mode: v_latent_kind pca | ae (linear), else none (off). v_latent_rank 0 only for

@@ -172,7 +172,9 @@ TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other poli
   r = recipe_of("h2o");
   for (auto& l : r.layers) l.budget.kind = kvcal::budget_kind::none;
   CHECK(kvcal::packed_config_of(r, &c).find("without a budget") != std::string::npos);
-  CHECK(kvcal::packed_config_of(recipe_of("learned-eviction"), &c).find("eviction (learned)") !=
+  r = recipe_of("h2o");  // policies without a GPU rule are named
+  for (auto& l : r.layers) l.policy.kind = kvcal::token_policy_kind::lru;
+  CHECK(kvcal::packed_config_of(r, &c).find("eviction (lru): no CUDA kernel yet") !=
         std::string::npos);
   kvcal::packed_config w;  // StreamingLLM: fp16, 4 sinks + 1020 recent
   CHECK(kvcal::packed_config_of(recipe_of("streaming-llm"), &w).empty());
@@ -181,6 +183,73 @@ TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other poli
   CHECK(w.bits == 16);
   CHECK(w.sinks == 4);
   CHECK(w.recent == 1020);
+}
+
+TEST_CASE("packed_config_of: learned eviction with a budget maps to the GPU; threshold refused") {
+  kvcal::packed_config c;
+  const auto t = recipe_of("learned-eviction");
+  REQUIRE(t.layers[0].policy.kind == kvcal::token_policy_kind::learned);
+  CHECK(kvcal::packed_config_of(t, &c).empty());
+  CHECK(c.learned);
+  CHECK(!c.h2o);
+  CHECK(!c.window);
+  CHECK(c.bits == 16);
+  CHECK(c.heavy == 1.0);  // nothing but the fp16 window is protected (learned_policy::recent)
+  CHECK(c.retain == doctest::Approx(0.125));
+  CHECK(c.tokens == 0);
+  CHECK(c.residual == 0);
+  CHECK(kvcal::decode_case_of(t, "learned-eviction").unsupported.find("--kv-cache") !=
+        std::string::npos);  // timed end to end, not as a kernel case
+
+  auto r = t;  // a token budget and an fp16 window
+  for (auto& l : r.layers) {
+    l.budget.kind = kvcal::budget_kind::tokens;
+    l.budget.tokens = 40;
+    l.residual = 16;
+  }
+  CHECK(kvcal::packed_config_of(r, &c).empty());
+  CHECK(c.learned);
+  CHECK(c.tokens == 40);
+  CHECK(c.retain == 0.0);
+  CHECK(c.residual == 16);
+
+  auto why = [](kvcal::preset_recipe x) {
+    kvcal::packed_config o;
+    return kvcal::packed_config_of(x, &o);
+  };
+  r = t;  // a threshold: the rows held are not bounded by a budget
+  for (auto& l : r.layers) l.policy.learned.threshold = 0.5;
+  CHECK(why(r).find("learned eviction with a threshold") != std::string::npos);
+  for (auto& l : r.layers) l.budget.kind = kvcal::budget_kind::none;  // threshold only
+  CHECK(why(r).find("learned eviction with a threshold") != std::string::npos);
+  r = t;
+  for (auto& l : r.layers) l.budget.kind = kvcal::budget_kind::none;
+  CHECK(why(r).find("learned eviction without a budget") != std::string::npos);
+  r = t;  // one layer with another scorer shape
+  r.layers[2].policy.learned.mlp_hidden = 64;
+  CHECK(why(r).find("token policy or budget") != std::string::npos);
+  r = t;
+  r.layers[0].policy.learned.features = kvcal::policy_features::key;
+  CHECK(why(r).find("token policy or budget") != std::string::npos);
+  r = t;  // quantized K / V
+  const auto kivi = recipe_of("kivi-4");
+  for (std::size_t i = 0; i < r.layers.size(); ++i) {
+    r.layers[i].k = kivi.layers[i].k;
+    r.layers[i].v = kivi.layers[i].v;
+  }
+  CHECK(why(r).find("learned eviction with quantized K / V") != std::string::npos);
+  r = t;  // the adaptive mode (eviction waits on the CPU)
+  r.adaptive.enabled = true;
+  r.adaptive.compress_after = 64;
+  r.adaptive.keep_recent = 32;
+  CHECK(why(r).find("learned eviction with the adaptive mode") != std::string::npos);
+  r = t;
+  r.layers[1].head_budgets.assign(static_cast<std::size_t>(ref_config().num_key_value_heads),
+                                  r.layers[1].budget);
+  CHECK(!why(r).empty());
+  r = t;
+  r.layers[0].guard = 0.25;
+  CHECK(why(r).find("guard") != std::string::npos);
 }
 
 #if KVCAL_WITH_CUDA
@@ -217,6 +286,42 @@ TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget an
           }
         }
       }
+  // Learned (the GPU cache runs it as heavy 1: only the fp16 window is recent).
+  for (int residual : {0, 1, 16})
+    for (int mode = 0; mode < 2; ++mode) {
+      kvcal::layer_recipe lr = recipe_of("learned-eviction").layers[0];
+      lr.residual = residual;
+      if (mode == 1) {
+        lr.budget.kind = kvcal::budget_kind::tokens;
+        lr.budget.tokens = 37;
+      }
+      const std::int64_t H = cfg.num_key_value_heads, I = lr.policy.learned.in_dim;
+      std::vector<float> w(static_cast<std::size_t>(H * I)), bias(static_cast<std::size_t>(H));
+      std::vector<kvcal::tensor_view> tv(2);
+      tv[0].name = "layers.0.policy.weight";
+      tv[0].shape = {H, I};
+      tv[0].data = reinterpret_cast<const std::uint8_t*>(w.data());
+      tv[0].nbytes = w.size() * sizeof(float);
+      tv[1].name = "layers.0.policy.bias";
+      tv[1].shape = {H};
+      tv[1].data = reinterpret_cast<const std::uint8_t*>(bias.data());
+      tv[1].nbytes = bias.size() * sizeof(float);
+      const auto pol =
+          kvcal::make_policy(lr, 0, residual, tv, cfg.num_key_value_heads, cfg.head_dim, "test");
+      kvcal::evict_budget b;
+      b.heavy = 1.0;
+      b.window = residual;
+      if (mode == 1)
+        b.tokens = 37;
+      else
+        b.retain = lr.budget.retain;
+      for (std::int64_t seen = 1; seen <= 3000; ++seen) {
+        const std::int64_t R = pol->retained(seen, 0);
+        REQUIRE(kvcal::evict_retained(b, seen) == R);
+        for (std::int64_t held : {R, R + 1, seen})
+          REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held));
+      }
+    }
   // Window policy (sinks + recent): select_kept's sinks = min(sinks, R, n), recent =
   // min(recent(R), n - sinks).
   for (int sinks : {0, 1, 4, 50})
