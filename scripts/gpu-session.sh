@@ -37,7 +37,7 @@ phase_model() {
 # also replayed from a CUDA graph: rows "e2e graph"), sequences that fit
 phase_e2e() {
   "$B"/bench/bench_model "$CK" --prefill 4096 --batch 8 --no-graph --steps 16 \
-    --kv-cache ${E2E_KINDS:-full,fp16,kivi-4,kivi-2,h2o} --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"
+    --kv-cache ${E2E_KINDS:-full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned} --kv-context ${E2E_CTX:-32768} --kv-batch ${E2E_B:-8} 2>&1 | tee "$O/e2e.log"
 }
 phase_capture() { phase_capture_ref; phase_capture_7b; }
 phase_capture_ref() {
@@ -82,6 +82,18 @@ phase_sanitize() {
     stamp "sanitizer $tool: test_evict_gpu"
     timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/test_evict_gpu 2>&1 | tail -4
     echo "rc ${PIPESTATUS[0]}"
+  done
+}
+# The session-4 kernels under compute-sanitizer (register-direct, latent, eviction, graph step,
+# H2O prompt scores), 60 s each (rc 124 = cut by the timeout, not an error).
+phase_sanitize_new() {
+  for tool in memcheck racecheck; do
+    for t in "test_kernels_gpu -tc=decode?attention:?register*" "test_kernels_gpu -tc=latent?append*" \
+             test_evict_gpu test_kv_step_gpu "test_h2o_prompt_gpu -tc=*sliding?window*"; do
+      stamp "sanitizer $tool: $t"
+      timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 "$B"/tests/$t 2>&1 | tail -3
+      echo "rc ${PIPESTATUS[0]}"
+    done
   done
 }
 phase_pca() {
