@@ -133,10 +133,11 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   if ((evicts || window || learned) && (kq || vq))
     return fail(std::string(token_policy_name(l0.policy.kind)) +
                 " eviction with quantized K / V: the GPU evicts fp16 caches only");
-  // The CPU's learned eviction waits while the context is <= compress_after and protects
+  // The CPU's evicting layers wait while the context is <= compress_after and protect
   // max(residual, keep_recent): neither is in the GPU cache's rule.
-  if (learned && r.adaptive.enabled)
-    return fail("learned eviction with the adaptive mode: not in the GPU cache");
+  if ((evicts || window || learned) && r.adaptive.enabled)
+    return fail(std::string(token_policy_name(l0.policy.kind)) +
+                " eviction with the adaptive mode: not in the GPU cache");
   if (!kq && !vq) {  // fp16 K and V
     c.bits = 16;
     c.residual = 0;  // fp16: nothing is compressed (H2O's recent share reads the residual below)

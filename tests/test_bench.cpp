@@ -172,6 +172,12 @@ TEST_CASE("packed_config_of: the h2o template is fp16 + H2O eviction; other poli
   r = recipe_of("h2o");
   for (auto& l : r.layers) l.budget.kind = kvcal::budget_kind::none;
   CHECK(kvcal::packed_config_of(r, &c).find("without a budget") != std::string::npos);
+  r = recipe_of("h2o");  // the CPU's adaptive mode delays eviction: not in the GPU rule
+  r.adaptive.enabled = true;
+  r.adaptive.compress_after = 512;
+  r.adaptive.keep_recent = 256;
+  CHECK(kvcal::packed_config_of(r, &c).find("h2o eviction with the adaptive mode") !=
+        std::string::npos);
   r = recipe_of("h2o");  // policies without a GPU rule are named
   for (auto& l : r.layers) l.policy.kind = kvcal::token_policy_kind::lru;
   CHECK(kvcal::packed_config_of(r, &c).find("eviction (lru): no CUDA kernel yet") !=
