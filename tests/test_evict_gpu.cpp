@@ -36,41 +36,12 @@
 #include "kernels/cuda/h2o_score.h"
 #include "runtime/eviction/policy.h"
 #include "runtime/eviction/select.h"
+#include "tests/gpu_test_util.h"
 
 using namespace kvcal;
+using kvcal::test::dbuf;
 
 namespace {
-
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (cuda_device_count() <= 0) {       \
-      MESSAGE("no CUDA device: skipped"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
-#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
-
-template <typename T>
-struct dbuf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit dbuf(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-  }
-  explicit dbuf(const std::vector<T>& h) : dbuf(h.size()) {
-    REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~dbuf() { cudaFree(p); }
-  dbuf(const dbuf&) = delete;
-  dbuf& operator=(const dbuf&) = delete;
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
 
 std::size_t sz(std::int64_t x) {
   return static_cast<std::size_t>(x);

@@ -45,47 +45,12 @@
 #include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
 #include "runtime/kv_codec.h"
+#include "tests/gpu_test_util.h"
 
 using namespace kvcal;
+using kvcal::test::dbuf;
 
 namespace {
-
-bool have_gpu() {
-  return cuda_device_count() > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (!have_gpu()) {                    \
-      MESSAGE("no CUDA device: skipped"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
-#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
-
-// Device buffer of T, freed at scope exit.
-template <typename T>
-struct dbuf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit dbuf(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-  }
-  dbuf(const std::vector<T>& h) : dbuf(h.size()) { upload(h); }
-  ~dbuf() { cudaFree(p); }
-  dbuf(const dbuf&) = delete;
-  dbuf& operator=(const dbuf&) = delete;
-  void upload(const std::vector<T>& h) {
-    REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
 
 float fp16_round(float x) {
   return fp16_to_float(float_to_fp16(x));
