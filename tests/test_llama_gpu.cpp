@@ -33,6 +33,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/model_config.h"
 #include "runtime/packed_support.h"
+#include "tests/ref_capture.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
 #include "train/policy_train.h"
@@ -537,32 +538,22 @@ TEST_CASE("kvcal eval --gpu-kernels h2o: decode-PPL close to the CPU runtime's, 
 
 namespace {
 
-// Random learned-policy weights for recipe `r` (layers.<l>.policy.*), views into `keep`.
-std::vector<tensor_view> random_policy(const preset_recipe& r, std::vector<at::Tensor>& keep) {
-  std::vector<tensor_view> tv;
-  auto add = [&](const std::string& name, const at::Tensor& t) {
-    keep.push_back(t.contiguous());
-    tensor_view v;
-    v.name = name;
-    v.dtype = st_dtype::F32;
-    v.shape = t.sizes().vec();
-    v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
-    v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
-    tv.push_back(v);
-  };
+// Random learned-policy weights for recipe `r` (layers.<l>.policy.*).
+tensor_views_f32 random_policy(const preset_recipe& r) {
+  tensor_views_f32 tv;
   for (std::size_t l = 0; l < r.layers.size(); ++l) {
     const learned_params& p = r.layers[l].policy.learned;
     const std::int64_t H = r.model.n_kv_heads, I = p.in_dim, M = p.mlp_hidden;
     const std::string pre = "layers." + std::to_string(l) + ".policy.";
     const double sc = 1.0 / std::sqrt(static_cast<double>(I));
     if (M == 0) {
-      add(pre + "weight", at::randn({H, I}).mul_(sc));
-      add(pre + "bias", at::randn({H}));
+      tv.add(pre + "weight", at::randn({H, I}).mul_(sc));
+      tv.add(pre + "bias", at::randn({H}));
     } else {
-      add(pre + "fc1.weight", at::randn({M, I}).mul_(sc));
-      add(pre + "fc1.bias", at::randn({M}).mul_(0.3));
-      add(pre + "fc2.weight", at::randn({H, M}).mul_(1.0 / std::sqrt(static_cast<double>(M))));
-      add(pre + "fc2.bias", at::randn({H}));
+      tv.add(pre + "fc1.weight", at::randn({M, I}).mul_(sc));
+      tv.add(pre + "fc1.bias", at::randn({M}).mul_(0.3));
+      tv.add(pre + "fc2.weight", at::randn({H, M}).mul_(1.0 / std::sqrt(static_cast<double>(M))));
+      tv.add(pre + "fc2.bias", at::randn({H}));
     }
   }
   return tv;
@@ -606,8 +597,8 @@ TEST_CASE("gpu_packed_cache learned: kept tokens and logits equal the CPU runtim
           l.policy.learned.in_dim = cfg.head_dim;
           l.policy.learned.mlp_hidden = 16;
         }
-      std::vector<at::Tensor> keep;
-      const std::vector<tensor_view> tv = random_policy(r, keep);
+      const tensor_views_f32 policy = random_policy(r);
+      const std::vector<tensor_view>& tv = policy.views;
       runtime_cache rc(cfg, r, tv, B);
       packed_config pcfg;
       REQUIRE(packed_config_of(r, &pcfg).empty());
@@ -693,26 +684,9 @@ TEST_CASE("kvcal eval --gpu-kernels learned-eviction: decode-PPL close to the CP
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  std::ifstream in(src + "/data/calib.txt", std::ios::binary);
-  std::string text(6000, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<std::size_t>(in.gcount()));
-  kvcal::test::write_bytes(dir + "/calib-slice.txt", text);
-  capture_params cp;
-  cp.model_dir = model;
-  cp.text_files = {dir + "/calib-slice.txt"};
-  cp.out = dir + "/cap.h5";
-  cp.seq_len = 64;
-  cp.max_tokens = 4 * 64;
-  cp.batch = 4;
-  cp.store = "float32";
-  cp.record = "k,hidden,attn";
-  cp.attn_window = 16;
-  cp.show_progress = false;
-  cp.command_line = "test";
-  run_capture(cp);
+  const std::string cap = kvcal::test::tiny_ref_capture(scratch);
   policy_train_params tp;
-  tp.captures = {cp.out};
+  tp.captures = {cap};
   tp.out = dir + "/policy.safetensors";
   tp.recipe = "future-attn";
   tp.hidden = {32};
