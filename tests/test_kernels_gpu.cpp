@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/random_basis.h"
 #include "kernels/common/cuda_device.h"
 #include "kernels/common/error.h"
 #include "kernels/common/half.h"
@@ -926,22 +927,11 @@ namespace {
 // (random_rows(.., 1.0f): channel 3 has mean 1), through kvcal::pca_maps like the CPU cache.
 std::vector<linear_maps> random_pca(std::mt19937& rng, int n_kv, int r, int d) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const std::size_t D = static_cast<std::size_t>(d), R = static_cast<std::size_t>(r);
+  const std::size_t D = static_cast<std::size_t>(d);
   std::vector<linear_maps> out;
   for (int g = 0; g < n_kv; ++g) {
-    std::vector<float> basis(R * D), mean(D);
-    for (std::size_t i = 0; i < R; ++i) {
-      float* row = &basis[i * D];
-      for (std::size_t c = 0; c < D; ++c) row[c] = nd(rng);
-      for (std::size_t j = 0; j < i; ++j) {
-        double dot = 0;
-        for (std::size_t c = 0; c < D; ++c) dot += static_cast<double>(row[c]) * basis[j * D + c];
-        for (std::size_t c = 0; c < D; ++c) row[c] -= static_cast<float>(dot) * basis[j * D + c];
-      }
-      double nrm = 0;
-      for (std::size_t c = 0; c < D; ++c) nrm += static_cast<double>(row[c]) * row[c];
-      for (std::size_t c = 0; c < D; ++c) row[c] = static_cast<float>(row[c] / std::sqrt(nrm));
-    }
+    const std::vector<float> basis = random_orthonormal_rows(rng, nd, r, d);
+    std::vector<float> mean(D);
     for (auto& x : mean) x = 0.05f * nd(rng);
     mean[3] += 1.0f;
     out.push_back(pca_maps(basis.data(), mean.data(), r, d));
