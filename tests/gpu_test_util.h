@@ -1,6 +1,6 @@
 // Helpers shared by the raw-CUDA test binaries (test_kernels_gpu, test_evict_gpu,
-// test_kv_step_gpu): skip without a device, launch checks naming the launcher's message, and a
-// zero-filled device buffer freed at scope exit.
+// test_kv_step_gpu): skip without a device, launch checks naming the launcher's message, a
+// zero-filled device buffer freed at scope exit, and one decode-attention run.
 //   dbuf<float> d(host);  launch_x(...);  std::vector<float> back = d.download();
 #pragma once
 
@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "kernels/common/cuda_device.h"
+#include "kernels/cuda/decode_attention.h"
 
 // Passes the test case with a message when the machine has no CUDA device.
 #define SKIP_WITHOUT_GPU()                 \
@@ -49,5 +51,16 @@ struct dbuf {
     return h;
   }
 };
+
+// Sizes and allocates p's workspace (freed on return; the caller's p is not changed), launches
+// decode attention on the default stream and waits for it.
+inline void run_decode_attention(decode_attention_params p) {
+  const std::size_t ws = decode_attention_workspace_size(p);
+  dbuf<std::uint8_t> dws(ws);
+  p.workspace = dws.p;
+  p.workspace_bytes = ws;
+  CUDA_OK(launch_decode_attention(p, nullptr));
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
 
 }  // namespace kvcal::test
