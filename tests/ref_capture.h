@@ -1,5 +1,6 @@
-// A tiny capture of the reference model kvcal-ref-v1 (data/models/), shared by the tests that
-// train and export an eviction policy from it (test_calibrated_eviction, test_llama_gpu).
+// A tiny capture of the reference model kvcal-ref-v1 (data/models/) and a quick policy training
+// on it, shared by the tests that export an eviction preset from them (test_calibrated_eviction,
+// test_llama_gpu).
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 
 #include "calibrate/capture.h"
 #include "tests/test_util.h"
+#include "train/policy_train.h"
 
 namespace kvcal::test {
 
@@ -38,6 +40,22 @@ inline std::string tiny_ref_capture(const scratch_dir& dir) {
   p.command_line = "test";
   run_capture(p);
   return p.out;
+}
+
+// train-policy on the capture `cap` (recipe, one hidden layer of `hidden`, 2 epochs of batch 64,
+// quiet, no report), the network written to `out`.
+inline void train_ref_policy(const std::string& cap, const std::string& out,
+                             const std::string& recipe, int hidden) {
+  policy_train_params tp;
+  tp.captures = {cap};
+  tp.out = out;
+  tp.recipe = recipe;
+  tp.hidden = {hidden};
+  tp.epochs = 2;
+  tp.batch = 64;
+  tp.show_progress = false;
+  tp.write_report = false;
+  run_train_policy(tp);
 }
 
 }  // namespace kvcal::test

@@ -92,16 +92,8 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
   };
   for (const chain ch : {chain{"future-attn", 32, false}, chain{"h2o-label", 16, true}}) {
     CAPTURE(ch.recipe);
-    policy_train_params tp;
-    tp.captures = {cap};
-    tp.out = dir.file(std::string(ch.recipe) + ".safetensors");
-    tp.recipe = ch.recipe;
-    tp.hidden = {ch.hidden};
-    tp.epochs = 2;
-    tp.batch = 64;
-    tp.show_progress = false;
-    tp.write_report = false;
-    run_train_policy(tp);
+    const std::string policy = dir.file(std::string(ch.recipe) + ".safetensors");
+    test::train_ref_policy(cap, policy, ch.recipe, ch.hidden);
 
     export_params ep;
     if (ch.key) {  // the key-feature variant of the learned-eviction template
@@ -112,7 +104,7 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
       ep.template_name = "learned-eviction";
     }
     ep.model_dir = ref_model();
-    ep.policy = tp.out;
+    ep.policy = policy;
     ep.out = dir.file(std::string(ch.recipe) + "-preset.safetensors");
     ep.context = seq_len;
     const export_result ex = export_preset(ep);
@@ -126,7 +118,7 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
     for (std::int64_t t = 48; t < seq_len; ++t) logits = m.forward(ids.narrow(1, t, 1), rc);
     CHECK(logits.isfinite().all().item<bool>());
 
-    const safetensors_file pf(tp.out);
+    const safetensors_file pf(policy);
     double max_err = 0;
     std::int64_t compared = 0;
     for (int l = 0; l < L; ++l) {

@@ -578,6 +578,29 @@ TEST_CASE(
   }
 }
 
+namespace {
+
+// max |register-direct - pipelined| over the outputs of case c (d 128) for random queries of
+// n_heads heads; every register-direct output must be finite.
+float rd_vs_pipelined(std::mt19937& rng, const cache_case& c, int n_heads) {
+  const int max_n = *std::max_element(c.n.begin(), c.n.end());
+  const rope_tables rope = make_rope(max_n, 128, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
+  for (auto& x : q) x = u(rng);
+  const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
+  const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
+  REQUIRE(a.size() == b.size());
+  float diff = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(std::isfinite(b[i]));
+    diff = std::max(diff, std::fabs(a[i] - b[i]));
+  }
+  return diff;
+}
+
+}  // namespace
+
 // Against the pipelined kernel on the same bytes: the dequantized and rotated K / V elements and
 // the rotated queries are the same fp16 values, but the mma sums run over channels (scores) and
 // tokens (outputs) in another order, so S differs by fp32 rounding and P = exp2(S - m) may round
@@ -598,20 +621,7 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
           CAPTURE(ratio);
           const cache_case c =
               build_case(rng, 3, 2, 128, bits, group, {group == 32 ? 1100 : 333, 97, 200}, vgroup);
-          const int n_heads = 2 * ratio;
-          const int max_n = *std::max_element(c.n.begin(), c.n.end());
-          const rope_tables rope = make_rope(max_n, 128, 1.0f);
-          std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-          std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
-          for (auto& x : q) x = u(rng);
-          const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
-          const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
-          REQUIRE(a.size() == b.size());
-          float diff = 0.0f;
-          for (std::size_t i = 0; i < a.size(); ++i) {
-            REQUIRE(std::isfinite(b[i]));
-            diff = std::max(diff, std::fabs(a[i] - b[i]));
-          }
+          const float diff = rd_vs_pipelined(rng, c, 2 * ratio);
           CHECK(diff <= 1e-3f);
           worst = std::max(worst, diff);
         }
@@ -625,20 +635,7 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
       CAPTURE(ratio);
       CAPTURE(lens[0]);
       const cache_case c = build_case(rng, 3, 2, 128, 16, 32, lens);
-      const int n_heads = 2 * ratio;
-      const int max_n = *std::max_element(c.n.begin(), c.n.end());
-      const rope_tables rope = make_rope(max_n, 128, 1.0f);
-      std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-      std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
-      for (auto& x : q) x = u(rng);
-      const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
-      const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
-      REQUIRE(a.size() == b.size());
-      float diff = 0.0f;
-      for (std::size_t i = 0; i < a.size(); ++i) {
-        REQUIRE(std::isfinite(b[i]));
-        diff = std::max(diff, std::fabs(a[i] - b[i]));
-      }
+      const float diff = rd_vs_pipelined(rng, c, 2 * ratio);
       CHECK(diff <= 1e-3f);
       worst16 = std::max(worst16, diff);
     }

@@ -15,6 +15,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "calibrate/capture.h"
 #include "cli/app.h"
@@ -74,6 +75,40 @@ bool have_gpu() {
 }
 
 const at::Device cuda(at::kCUDA, 0);
+
+// `kvcal ARGS`; the test stops unless it exits 0 (its stderr in the message).
+void run_cli(const std::vector<std::string>& a) {
+  std::ostringstream out, err;
+  const int rc = cli::run(a, out, err);
+  INFO(err.str());
+  REQUIRE(rc == 0);
+}
+
+// `kvcal eval` of `preset` on data/eval.txt (CUDA, fp32, context 320, 640 tokens) on the CPU
+// runtime and through the CUDA kernels (--gpu-kernels); the JSON reports {cpu, gpu} (written to
+// dir/cpu.json, dir/gpu.json). --prefill 1: every scored token is decoded one at a time through
+// the cache, the same computation in both runtimes (the GPU cache attends a longer prompt
+// exactly).
+std::pair<nlohmann::json, nlohmann::json> eval_cpu_gpu(const std::string& model,
+                                                       const std::string& preset,
+                                                       const std::string& dir) {
+  const std::string src = KVCAL_SOURCE_DIR;
+  std::vector<std::string> base = {
+      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
+      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
+      preset,         "--context", "320",     "--prefill", "1",
+      "--max-tokens", "640",       "-q"};
+  auto cpu = base, gpu = base;
+  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
+  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
+  run_cli(cpu);
+  run_cli(gpu);
+  auto read = [](const std::string& p) {
+    std::ifstream f(p);
+    return nlohmann::json::parse(f);
+  };
+  return {read(dir + "/cpu.json"), read(dir + "/gpu.json")};
+}
 
 }  // namespace
 
@@ -334,33 +369,11 @@ TEST_CASE(
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
   for (const std::string t : {"kivi-4", "kivi-2", "fp16"}) {
     CAPTURE(t);
     const std::string preset = dir + "/" + t + ".safetensors";
-    run({"export", "--template", t, "--model", model, "--out", preset, "-q"});
-    // --prefill 1: every scored token is decoded one at a time through the cache, the same
-    // computation in both runtimes (the GPU cache attends a longer prompt exactly).
-    std::vector<std::string> base = {
-        "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-        "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-        preset,         "--context", "320",     "--prefill", "1",
-        "--max-tokens", "640",       "-q"};
-    auto cpu = base, gpu = base;
-    cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-    gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-    run(cpu);
-    run(gpu);
-    auto read = [](const std::string& p) {
-      std::ifstream f(p);
-      return nlohmann::json::parse(f);
-    };
-    const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+    run_cli({"export", "--template", t, "--model", model, "--out", preset, "-q"});
+    const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
     const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
     const double base_ppl = jc["baseline"]["ppl"];
     MESSAGE(t, ": decode-PPL CPU runtime ", pc, ", CUDA kernels ", pg, ", baseline ", base_ppl);
@@ -503,29 +516,9 @@ TEST_CASE("kvcal eval --gpu-kernels h2o: decode-PPL close to the CPU runtime's, 
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
   const std::string preset = dir + "/h2o.safetensors";
-  run({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
-  std::vector<std::string> base = {
-      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-      preset,         "--context", "320",     "--prefill", "1",
-      "--max-tokens", "640",       "-q"};
-  auto cpu = base, gpu = base;
-  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-  run(cpu);
-  run(gpu);
-  auto read = [](const std::string& p) {
-    std::ifstream f(p);
-    return nlohmann::json::parse(f);
-  };
-  const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+  run_cli({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
+  const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
   const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
   MESSAGE("h2o: decode-PPL CPU runtime ", pc, ", CUDA kernels ", pg, ", baseline ",
           double(jc["baseline"]["ppl"]));
@@ -685,45 +678,16 @@ TEST_CASE("kvcal eval --gpu-kernels learned-eviction: decode-PPL close to the CP
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
   const std::string cap = kvcal::test::tiny_ref_capture(scratch);
-  policy_train_params tp;
-  tp.captures = {cap};
-  tp.out = dir + "/policy.safetensors";
-  tp.recipe = "future-attn";
-  tp.hidden = {32};
-  tp.epochs = 2;
-  tp.batch = 64;
-  tp.show_progress = false;
-  tp.write_report = false;
-  run_train_policy(tp);
+  const std::string policy = dir + "/policy.safetensors";
+  kvcal::test::train_ref_policy(cap, policy, "future-attn", 32);
   export_params ep;
   ep.template_name = "learned-eviction";
   ep.model_dir = model;
-  ep.policy = tp.out;
+  ep.policy = policy;
   ep.out = dir + "/learned.safetensors";
   ep.context = 320;
   export_preset(ep);
-
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
-  std::vector<std::string> base = {
-      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-      ep.out,         "--context", "320",     "--prefill", "1",
-      "--max-tokens", "640",       "-q"};
-  auto cpu = base, gpu = base;
-  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-  run(cpu);
-  run(gpu);
-  auto read = [](const std::string& p) {
-    std::ifstream f(p);
-    return nlohmann::json::parse(f);
-  };
-  const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+  const auto [jc, jg] = eval_cpu_gpu(model, ep.out, dir);
   const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
   MESSAGE("learned-eviction (future-attn MLP 32): decode-PPL CPU runtime ", pc, ", CUDA kernels ",
           pg, ", baseline ", double(jc["baseline"]["ppl"]));
