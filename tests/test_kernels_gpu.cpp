@@ -132,6 +132,41 @@ struct cache_case {
   std::vector<std::vector<float>> k_ref, v_ref;  // [slot] -> [n, d]
 };
 
+// K records of blocks [0, kc / group) of one slot's keys k [n, d] (CPU reference) into c.k_rec,
+// what they decode to into kr [n, d].
+void put_k_records(cache_case& c, std::size_t slot, const std::vector<float>& k, int bits,
+                   int group, int kc, std::vector<float>& kr) {
+  const int d = c.d;
+  const std::size_t D = static_cast<std::size_t>(d);
+  for (int blk = 0; blk < kc / group; ++blk) {
+    std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
+                                  static_cast<std::size_t>(blk)) *
+                                 c.krb];
+    cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
+    cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+  }
+}
+
+// One slot's fp16 rows k, v [n, d]: the rows t >= min(kc, vc) (still in the window ring) into
+// c's ring, and the values of the tokens without a record (t >= kc / vc) into kr / vr.
+void put_window(cache_case& c, std::size_t slot, int n, int kc, int vc, const std::vector<float>& k,
+                const std::vector<float>& v, std::vector<float>& kr, std::vector<float>& vr) {
+  const std::size_t D = static_cast<std::size_t>(c.d);
+  for (int t = 0; t < n; ++t) {
+    const std::size_t row =
+        (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
+    for (std::size_t i = 0; i < D; ++i) {
+      const std::size_t at = static_cast<std::size_t>(t) * D + i;
+      if (t >= std::min(kc, vc)) {  // still in the window ring
+        c.k_win[row + i] = float_to_fp16(k[at]);
+        c.v_win[row + i] = float_to_fp16(v[at]);
+      }
+      if (t >= kc) kr[at] = k[at];
+      if (t >= vc) vr[at] = v[at];
+    }
+  }
+}
+
 cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int group,
                       const std::vector<int>& lens, int vgroup = 0) {
   cache_case c;
@@ -168,13 +203,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
       for (auto& x : k) x = fp16_round(x);  // the window holds fp16; records are made from it
       for (auto& x : v) x = fp16_round(x);
       std::vector<float> kr(k.size()), vr(v.size());
-      for (int blk = 0; blk < kc / group; ++blk) {
-        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
-                                      static_cast<std::size_t>(blk)) *
-                                     c.krb];
-        cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
-        cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
-      }
+      put_k_records(c, slot, k, bits, group, kc, kr);
       for (int t = 0; t < vc; ++t) {
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
                                       static_cast<std::size_t>(t)) *
@@ -182,19 +211,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
         cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, bits, c.vgroup, rec);
         cpu_v_decode(rec, d, bits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
       }
-      for (int t = 0; t < n; ++t) {
-        const std::size_t row =
-            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
-        for (std::size_t i = 0; i < D; ++i) {
-          const std::size_t at = static_cast<std::size_t>(t) * D + i;
-          if (t >= std::min(kc, vc)) {  // still in the window ring
-            c.k_win[row + i] = float_to_fp16(k[at]);
-            c.v_win[row + i] = float_to_fp16(v[at]);
-          }
-          if (t >= kc) kr[at] = k[at];
-          if (t >= vc) vr[at] = v[at];
-        }
-      }
+      put_window(c, slot, n, kc, vc, k, v, kr, vr);
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
     }
@@ -1027,13 +1044,7 @@ latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbi
       for (auto& x : k) x = fp16_round(x);
       for (auto& x : v) x = fp16_round(x);
       std::vector<float> kr(k.size()), vr(v.size());
-      for (int blk = 0; blk < kc / kgroup; ++blk) {
-        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
-                                      static_cast<std::size_t>(blk)) *
-                                     c.krb];
-        cpu_k_record(&k[static_cast<std::size_t>(blk * kgroup) * D], d, kbits, kgroup, rec);
-        cpu_k_decode(rec, d, kbits, kgroup, &kr[static_cast<std::size_t>(blk * kgroup) * D]);
-      }
+      put_k_records(c, slot, k, kbits, kgroup, kc, kr);
       for (int t = 0; t < vc; ++t) {
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
                                       static_cast<std::size_t>(t)) *
@@ -1043,19 +1054,7 @@ latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbi
         codec->decode_latent(rec, z.data());
         for (float x : z) L.z_max = std::max(L.z_max, std::fabs(x));
       }
-      for (int t = 0; t < n; ++t) {
-        const std::size_t row =
-            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
-        for (std::size_t i = 0; i < D; ++i) {
-          const std::size_t at = static_cast<std::size_t>(t) * D + i;
-          if (t >= std::min(kc, vc)) {
-            c.k_win[row + i] = float_to_fp16(k[at]);
-            c.v_win[row + i] = float_to_fp16(v[at]);
-          }
-          if (t >= kc) kr[at] = k[at];
-          if (t >= vc) vr[at] = v[at];
-        }
-      }
+      put_window(c, slot, n, kc, vc, k, v, kr, vr);
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
     }
