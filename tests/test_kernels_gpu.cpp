@@ -904,19 +904,40 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   CHECK(err <= kAttentionBound);
 }
 
+namespace {
+
+// A decode-attention launch over `view` that succeeds (4 query heads of d 64, queries 0.1, RoPE
+// tables of rope_rows rows), its buffers and workspace kept alive: the bad-input tests change
+// one field of p at a time.
+struct good_launch {
+  rope_tables rope;
+  dbuf<float> dq, dcos, dsin, dout;
+  decode_attention_params p;
+  dbuf<std::uint8_t> dws;
+  good_launch(const packed_kv_view& view, int rope_rows, int max_tokens)
+      : rope(make_rope(rope_rows, 64, 1.0f)),
+        dq(std::vector<float>(4 * 64, 0.1f)),
+        dcos(rope.cos),
+        dsin(rope.sin),
+        dout(4 * 64),
+        p(attention_params(view, 4, dq.p, dcos.p, dsin.p, rope_rows, max_tokens, dout.p)),
+        dws(decode_attention_workspace_size(p)) {
+    p.workspace = dws.p;
+    p.workspace_bytes = dws.n;
+    CUDA_OK(launch_decode_attention(p, nullptr));
+  }
+};
+
+}  // namespace
+
 TEST_CASE("unsupported shapes: cudaErrorInvalidValue with a message naming the value") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(15);
   const cache_case c = build_case(rng, 1, 2, 64, 2, 32, {40});
   device_case dc(c);
-  const rope_tables rope = make_rope(64, 64, 1.0f);
-  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
-  decode_attention_params p = attention_params(dc.view, 4, dq.p, dcos.p, dsin.p, 64, 40, dout.p);
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
+  const good_launch good(dc.view, 64, 40);
+  const decode_attention_params& p = good.p;
+  const std::size_t ws = good.dws.n;  // the workspace size
   auto expect = [&](decode_attention_params bad, const std::string& needle) {
     CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
     CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
@@ -1336,14 +1357,8 @@ TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   std::mt19937 rng(23);
   const latent_case L = build_latent_case(rng, 1, 2, 64, 2, 32, {80}, 16, 8, 8);
   device_latent_case dl(L);
-  const rope_tables rope = make_rope(80, 64, 1.0f);
-  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
-  decode_attention_params p = attention_params(dl.view, 4, dq.p, dcos.p, dsin.p, 80, 80, dout.p);
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
+  const good_launch good(dl.view, 80, 80);
+  const decode_attention_params& p = good.p;
   auto expect = [&](decode_attention_params bad, const std::string& needle) {
     CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
     CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());

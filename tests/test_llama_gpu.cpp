@@ -76,6 +76,24 @@ bool have_gpu() {
 
 const at::Device cuda(at::kCUDA, 0);
 
+// The prompt ids[:, :prompt], then one token at a time up to N, through g (CUDA) on gpu_cache and
+// c (CPU) on cpu_cache: max |logit difference| (last position) over every step.
+double max_logit_diff(const llama_model& g, kv_cache& gpu_cache, const llama_model& c,
+                      kv_cache& cpu_cache, const at::Tensor& ids, std::int64_t prompt,
+                      std::int64_t N) {
+  double worst =
+      compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), gpu_cache, {logits_mode::last}).cpu(),
+              c.forward(ids.narrow(1, 0, prompt), cpu_cache, {logits_mode::last}))
+          .max_abs;
+  for (std::int64_t t = prompt; t < N; ++t) {
+    const at::Tensor x = ids.narrow(1, t, 1);
+    worst = std::max(worst, compare(g.forward(x.to(cuda), gpu_cache, {logits_mode::last}).cpu(),
+                                    c.forward(x, cpu_cache, {logits_mode::last}))
+                                .max_abs);
+  }
+  return worst;
+}
+
 // `kvcal ARGS`; the test stops unless it exits 0 (its stderr in the message).
 void run_cli(const std::vector<std::string>& a) {
   std::ostringstream out, err;
@@ -464,16 +482,7 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
     gpu_packed_cache::options o0 = o;
     o0.heavy = 0.0;
     gpu_packed_cache pc0(cfg, B, N, o0, cuda);
-    double worst =
-        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pc0, {logits_mode::last}).cpu(),
-                c.forward(ids.narrow(1, 0, prompt), rc0, {logits_mode::last}))
-            .max_abs;
-    for (std::int64_t t = prompt; t < N; ++t) {
-      const at::Tensor x = ids.narrow(1, t, 1);
-      worst = std::max(worst, compare(g.forward(x.to(cuda), pc0, {logits_mode::last}).cpu(),
-                                      c.forward(x, rc0, {logits_mode::last}))
-                                  .max_abs);
-    }
+    const double worst = max_logit_diff(g, pc0, c, rc0, ids, prompt, N);
     MESSAGE("h2o heavy 0 (newest R only), prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
     CHECK(worst <= 5e-2);
   }
@@ -491,16 +500,7 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
     ow.recent = 60;
     gpu_packed_cache pcw(cfg, B, N, ow, cuda);
     CHECK(pcw.rows_per_slot() == 65);
-    double worst =
-        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pcw, {logits_mode::last}).cpu(),
-                c.forward(ids.narrow(1, 0, prompt), rcw, {logits_mode::last}))
-            .max_abs;
-    for (std::int64_t t = prompt; t < N; ++t) {
-      const at::Tensor x = ids.narrow(1, t, 1);
-      worst = std::max(worst, compare(g.forward(x.to(cuda), pcw, {logits_mode::last}).cpu(),
-                                      c.forward(x, rcw, {logits_mode::last}))
-                                  .max_abs);
-    }
+    const double worst = max_logit_diff(g, pcw, c, rcw, ids, prompt, N);
     CHECK(pcw.held(0) == 64);
     MESSAGE("streaming-llm 4 + 60, prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
     CHECK(worst <= 5e-2);
