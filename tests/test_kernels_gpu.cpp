@@ -263,6 +263,16 @@ packed_kv_view records_view(int B, int n_kv, int d, std::uint8_t* k_rec, std::in
   return view;
 }
 
+// Appends t_new tokens k_new, v_new [B, t_new, n_kv, d] (device) to view's window ring.
+void window_append(const packed_kv_view& view, const float* k_new, const float* v_new, int t_new) {
+  kv_window_append_params ap;
+  ap.kv = view;
+  ap.k_new = k_new;
+  ap.v_new = v_new;
+  ap.t_new = t_new;
+  CUDA_OK(launch_kv_window_append(ap, nullptr));
+}
+
 // Device copy of a cache_case and the view over it.
 struct device_case {
   dbuf<std::uint8_t> k_rec, v_rec;
@@ -390,12 +400,7 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
           view.k_group = group;
           view.v_group = vgroup;
           view.n_tokens = zero.p;
-          kv_window_append_params ap;
-          ap.kv = view;
-          ap.k_new = dk.p;
-          ap.v_new = dv.p;
-          ap.t_new = T;
-          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          window_append(view, dk.p, dv.p, T);
           quant_compress_params cp;
           cp.kv = view;
           cp.k_from = zero.p;
@@ -779,12 +784,7 @@ struct e2e_cache {
       }
     dbuf<float> dkn(kn), dvn(vn);
     dn.upload(std::vector<int>(B, n));
-    kv_window_append_params ap;
-    ap.kv = view;
-    ap.k_new = dkn.p;
-    ap.v_new = dvn.p;
-    ap.t_new = t_new;
-    CUDA_OK(launch_kv_window_append(ap, nullptr));
+    window_append(view, dkn.p, dvn.p, t_new);
     n += t_new;
     const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
     dkc.upload(std::vector<int>(B, kc));
@@ -1182,12 +1182,7 @@ TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linea
           view.v_latent_bits = bits;
           view.v_enc_w = ew.p;
           view.v_enc_b = eb.p;
-          kv_window_append_params ap;
-          ap.kv = view;
-          ap.k_new = dv.p;
-          ap.v_new = dv.p;
-          ap.t_new = T;
-          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          window_append(view, dv.p, dv.p, T);
           latent_compress_params lp;
           lp.kv = view;
           lp.v_from = vfrom.p;
