@@ -20,6 +20,7 @@
 #include "kernels/cuda/h2o_prompt.h"
 #include "model/attention_lse.h"
 #include "model/full_cache.h"
+#include "model/h2o_prompt_params.h"
 
 using namespace kvcal;
 
@@ -71,26 +72,8 @@ int main(int argc, char** argv) try {
   const double t_flash =
       time_ms(static_cast<int>(reps), [&] { a = causal_attention_lse(q, k, v); });
   at::Tensor score = at::empty({B, nkv, T}, o.dtype(at::kFloat));
-  h2o_prompt_params p;
-  p.batch = static_cast<int>(B);
-  p.n_heads = static_cast<int>(H);
-  p.n_kv = static_cast<int>(nkv);
-  p.tokens = static_cast<int>(T);
-  p.head_dim = static_cast<int>(d);
-  p.q = q.data_ptr();
-  p.q_stride_b = q.stride(0);
-  p.q_stride_h = q.stride(1);
-  p.q_stride_t = q.stride(2);
-  p.k = k.data_ptr();
-  p.k_stride_b = k.stride(0);
-  p.k_stride_h = k.stride(1);
-  p.k_stride_t = k.stride(2);
-  p.lse = a.lse.data_ptr<float>();
-  p.lse_stride_b = a.lse.stride(0);
-  p.lse_stride_h = a.lse.stride(1);
-  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  p.score = score.data_ptr<float>();
-  p.score_stride = T;
+  const h2o_prompt_params p =
+      h2o_prompt_params_of(q, k, a.lse, score, 1.0 / std::sqrt(static_cast<double>(d)));
   const double t_kernel = time_ms(static_cast<int>(reps), [&] {
     check_launch(launch_h2o_prompt_scores(p, nullptr), "bench_h2o_prompt: kernel");
   });

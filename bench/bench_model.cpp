@@ -149,25 +149,14 @@ std::shared_ptr<const gpu_learned_scorer> synthetic_scorer(const model_config& c
   lr.budget.kind = budget_kind::retain;
   lr.budget.retain = 0.125;
   r.layers.assign(static_cast<std::size_t>(c.num_hidden_layers), lr);
-  std::vector<at::Tensor> keep;  // host copies the views point at
-  std::vector<tensor_view> tv;
-  auto add = [&](const std::string& name, at::Tensor t) {
-    keep.push_back(t.contiguous());
-    tensor_view v;
-    v.name = name;
-    v.dtype = st_dtype::F32;
-    v.shape = t.sizes().vec();
-    v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
-    v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
-    tv.push_back(v);
-  };
+  tensor_views_f32 tv;  // host copies the views point at
   const std::int64_t H = c.num_key_value_heads, I = c.hidden_size;
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string pre = "layers." + std::to_string(l) + ".policy.";
-    add(pre + "weight", at::randn({H, I}).div_(std::sqrt(static_cast<double>(I))));
-    add(pre + "bias", at::zeros({H}));
+    tv.add(pre + "weight", at::randn({H, I}).div_(std::sqrt(static_cast<double>(I))));
+    tv.add(pre + "bias", at::zeros({H}));
   }
-  return std::make_shared<const gpu_learned_scorer>(r, tv, device, "synthetic scorer");
+  return std::make_shared<const gpu_learned_scorer>(r, tv.views, device, "synthetic scorer");
 }
 
 // One table row; bench/transformers_model.py prints the same columns.

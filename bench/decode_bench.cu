@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/decode_bench.h"
+#include "bench/random_basis.h"
 #include "kernels/common/error.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/decode_attention.h"
@@ -63,22 +64,10 @@ linear_maps synthetic_pca(int n_kv, int r, int d) {
   linear_maps all;
   all.rank = r;
   all.d = d;
-  const std::size_t D = static_cast<std::size_t>(d), R = static_cast<std::size_t>(r);
+  const std::size_t D = static_cast<std::size_t>(d);
   for (int g = 0; g < n_kv; ++g) {
-    std::vector<float> basis(R * D), mean(D);
-    for (std::size_t i = 0; i < R; ++i) {
-      float* row = &basis[i * D];
-      for (std::size_t c = 0; c < D; ++c) row[c] = nd(rng);
-      for (std::size_t j = 0; j < i; ++j) {
-        const float* o = &basis[j * D];
-        double dot = 0;
-        for (std::size_t c = 0; c < D; ++c) dot += static_cast<double>(row[c]) * o[c];
-        for (std::size_t c = 0; c < D; ++c) row[c] -= static_cast<float>(dot) * o[c];
-      }
-      double nrm = 0;
-      for (std::size_t c = 0; c < D; ++c) nrm += static_cast<double>(row[c]) * row[c];
-      for (std::size_t c = 0; c < D; ++c) row[c] = static_cast<float>(row[c] / std::sqrt(nrm));
-    }
+    const std::vector<float> basis = random_orthonormal_rows(rng, nd, r, d);
+    std::vector<float> mean(D);
     for (auto& x : mean) x = 0.1f * nd(rng);
     const linear_maps m = pca_maps(basis.data(), mean.data(), r, d);
     all.enc_w.insert(all.enc_w.end(), m.enc_w.begin(), m.enc_w.end());

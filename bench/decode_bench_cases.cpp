@@ -25,18 +25,16 @@ std::vector<decode_case> builtin_decode_cases() {
   // then the register-direct one.
   for (bool rd : {false, true}) {
     const std::string tag = rd ? " (register-direct)" : "";
-    decode_case knlp{
-        "V PCA r32 int8 + K fp16 (knlp, synthetic)" + tag, 16, 32, 256, true, "", false, rd};
-    knlp.v_latent = true;
-    knlp.v_latent_rank = 32;
-    knlp.v_latent_bits = 8;
-    v.push_back(knlp);
-    decode_case hyb{
-        "V PCA r32 int8 + K kivi-2 (hybrid, synthetic)" + tag, 2, 32, 128, true, "", false, rd};
-    hyb.v_latent = true;
-    hyb.v_latent_rank = 32;
-    hyb.v_latent_bits = 8;
-    v.push_back(hyb);
+    // V: PCA rank 32, int8 latents; K at k_bits, fp16 window `residual`.
+    const auto pca_v = [&](const std::string& name, int k_bits, int residual) {
+      decode_case c{name + tag, k_bits, 32, residual, true, "", false, rd};
+      c.v_latent = true;
+      c.v_latent_rank = 32;
+      c.v_latent_bits = 8;
+      v.push_back(c);
+    };
+    pca_v("V PCA r32 int8 + K fp16 (knlp, synthetic)", 16, 256);
+    pca_v("V PCA r32 int8 + K kivi-2 (hybrid, synthetic)", 2, 128);
   }
   return v;
 }

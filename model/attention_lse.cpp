@@ -28,6 +28,28 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k) {
               q.sizes(), " and ", k.sizes());
 }
 
+// The scaled causal logits of q_in [B, H, T, d] against k [B, n_kv, T, d] (fp32), chunk by chunk
+// of queries so that the [B, H, chunk, T] logits stay near 512 MB: fn(i0, c, e, sc) for queries
+// [i0, i0 + c) and keys [0, e = i0 + c), sc [B, n_kv, G, c, e] fp32 with -inf above the diagonal.
+template <typename Fn>
+void for_each_causal_chunk(const at::Tensor& q_in, const at::Tensor& k, Fn&& fn) {
+  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), d = q_in.size(3);
+  const std::int64_t nkv = k.size(1), G = H / nkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  const std::int64_t chunk =
+      std::max<std::int64_t>(1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * H * T));
+  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
+    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
+    at::Tensor q = q_in.narrow(2, i0, c).to(at::kFloat).reshape({B, nkv, G * c, d});
+    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
+    sc = sc.view({B, nkv, G, c, e});  // [B, n_kv, G, c, e]
+    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
+    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
+    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
+    fn(i0, c, e, sc);
+  }
+}
+
 }  // namespace
 
 bool flash_lse_available(const at::Tensor& q) {
@@ -76,45 +98,26 @@ attention_lse causal_attention_lse(const at::Tensor& q, const at::Tensor& k, con
 
 at::Tensor causal_lse_reference(const at::Tensor& q_in, const at::Tensor& k_in) {
   check_shapes(q_in, k_in);
-  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), d = q_in.size(3);
+  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2);
   const std::int64_t nkv = k_in.size(1), G = H / nkv;
   at::Tensor k = k_in.to(at::kFloat);
   at::Tensor lse = at::empty({B, nkv, G, T}, k.options());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const std::int64_t chunk =
-      std::max<std::int64_t>(1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * H * T));
-  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
-    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
-    at::Tensor q = q_in.narrow(2, i0, c).to(at::kFloat).reshape({B, nkv, G * c, d});
-    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
-    sc = sc.view({B, nkv, G, c, e});
-    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
-    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
-    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
-    lse.narrow(3, i0, c).copy_(at::logsumexp(sc, -1));
-  }
+  for_each_causal_chunk(q_in, k,
+                        [&](std::int64_t i0, std::int64_t c, std::int64_t, at::Tensor& sc) {
+                          lse.narrow(3, i0, c).copy_(at::logsumexp(sc, -1));
+                        });
   return lse.view({B, H, T});
 }
 
 at::Tensor h2o_scores_reference(const at::Tensor& q_in, const at::Tensor& k_in) {
   check_shapes(q_in, k_in);
-  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), d = q_in.size(3);
+  const std::int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2);
   const std::int64_t nkv = k_in.size(1), G = H / nkv;
   at::Tensor k = k_in.to(at::kFloat);
   at::Tensor score = at::zeros({B, nkv, T}, k.options());
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-  const std::int64_t chunk =
-      std::max<std::int64_t>(1, (std::int64_t{1} << 27) / std::max<std::int64_t>(1, B * H * T));
-  for (std::int64_t i0 = 0; i0 < T; i0 += chunk) {
-    const std::int64_t c = std::min(chunk, T - i0), e = i0 + c;  // keys [0, e) are visible
-    at::Tensor q = q_in.narrow(2, i0, c).to(at::kFloat).reshape({B, nkv, G * c, d});
-    at::Tensor sc = at::matmul(q, k.narrow(2, 0, e).transpose(2, 3)).mul_(scale);
-    sc = sc.view({B, nkv, G, c, e});  // [B, n_kv, G, c, e]
-    at::Tensor kp = at::arange(e, k.options().dtype(at::kLong)).view({1, e});
-    at::Tensor qp = at::arange(i0, e, k.options().dtype(at::kLong)).view({c, 1});
-    sc.masked_fill_(kp > qp, -std::numeric_limits<double>::infinity());
+  for_each_causal_chunk(q_in, k, [&](std::int64_t, std::int64_t, std::int64_t e, at::Tensor& sc) {
     score.narrow(2, 0, e).add_(at::softmax(sc, -1).sum({2, 3}).div_(static_cast<double>(G)));
-  }
+  });
   return score;
 }
 

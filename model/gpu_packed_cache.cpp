@@ -22,6 +22,7 @@
 #include "kernels/cuda/kv_step.h"
 #include "kernels/cuda/packed_kv.h"
 #include "kernels/cuda/quant_append.h"
+#include "model/h2o_prompt_params.h"
 #endif
 
 namespace kvcal {
@@ -431,27 +432,8 @@ at::Tensor gpu_packed_cache::prompt_evict(int layer, const at::Tensor& q_rope) {
     };
     q16 = ready(q16);
     k16 = ready(k16);
-    h2o_prompt_params hp;
-    hp.batch = static_cast<int>(B);
-    hp.n_heads = static_cast<int>(n_heads_);
-    hp.n_kv = static_cast<int>(n_kv_);
-    hp.tokens = static_cast<int>(T);
-    hp.head_dim = static_cast<int>(d_);
-    hp.bf16 = kt == at::kBFloat16;
-    hp.q = q16.data_ptr();
-    hp.q_stride_b = q16.stride(0);
-    hp.q_stride_h = q16.stride(1);
-    hp.q_stride_t = q16.stride(2);
-    hp.k = k16.data_ptr();
-    hp.k_stride_b = k16.stride(0);
-    hp.k_stride_h = k16.stride(1);
-    hp.k_stride_t = k16.stride(2);
-    hp.lse = a.lse.data_ptr<float>();
-    hp.lse_stride_b = a.lse.stride(0);
-    hp.lse_stride_h = a.lse.stride(1);
-    hp.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_)));
-    hp.score = score.data_ptr<float>();
-    hp.score_stride = T;
+    const h2o_prompt_params hp =
+        h2o_prompt_params_of(q16, k16, a.lse, score, 1.0 / std::sqrt(static_cast<double>(d_)));
     check_launch(launch_h2o_prompt_scores(hp, stream), "gpu_packed_cache: H2O prompt scores");
   }
   if (o_.learned) score = s.prompt_score.contiguous();  // scored at append

@@ -67,4 +67,15 @@ const char* compute_dtype_name(at::ScalarType t) {
   }
 }
 
+void tensor_views_f32::add(const std::string& name, const at::Tensor& t) {
+  keep.push_back(t.contiguous());
+  tensor_view v;
+  v.name = name;
+  v.dtype = st_dtype::F32;
+  v.shape = t.sizes().vec();
+  v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
+  v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
+  views.push_back(v);
+}
+
 }  // namespace kvcal

@@ -259,6 +259,32 @@ TEST_CASE("packed_config_of: learned eviction with a budget maps to the GPU; thr
 }
 
 #if KVCAL_WITH_CUDA
+namespace {
+
+// The GPU rule (heavy share, fp16 window `residual`, a budget of 37 tokens or the recipe's retain
+// fraction) against the CPU policy `pol` of layer `lr` for seen 1 .. 3000: retained R, the recent
+// share and (with `no_sinks`) zero sinks, for held R, R + 1 and seen.
+void check_scored_rule(const kvcal::eviction_policy& pol, const kvcal::layer_recipe& lr,
+                       double heavy, int residual, bool tokens_37, bool no_sinks) {
+  kvcal::evict_budget b;
+  b.heavy = heavy;
+  b.window = residual;
+  if (tokens_37)
+    b.tokens = 37;
+  else
+    b.retain = lr.budget.retain;
+  for (std::int64_t seen = 1; seen <= 3000; ++seen) {
+    const std::int64_t R = pol.retained(seen, 0);
+    REQUIRE(kvcal::evict_retained(b, seen) == R);
+    for (std::int64_t held : {R, R + 1, seen}) {
+      REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol.recent(R), held));
+      if (no_sinks) REQUIRE(kvcal::evict_sinks(b, R, held) == 0);
+    }
+  }
+}
+
+}  // namespace
+
 TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget and recent share") {
   // The reference: runtime/eviction (h2o_policy::retained / recent, select_kept's min with n).
   const auto cfg = ref_config();
@@ -276,21 +302,7 @@ TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget an
         }
         const auto pol =
             kvcal::make_policy(lr, 0, residual, {}, cfg.num_key_value_heads, cfg.head_dim, "test");
-        kvcal::evict_budget b;
-        b.heavy = heavy;
-        b.window = residual;
-        if (mode == 2)
-          b.tokens = 37;
-        else
-          b.retain = lr.budget.retain;
-        for (std::int64_t seen = 1; seen <= 3000; ++seen) {
-          const std::int64_t R = pol->retained(seen, 0);
-          REQUIRE(kvcal::evict_retained(b, seen) == R);
-          for (std::int64_t held : {R, R + 1, seen}) {
-            REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held));
-            REQUIRE(kvcal::evict_sinks(b, R, held) == 0);
-          }
-        }
+        check_scored_rule(*pol, lr, heavy, residual, mode == 2, true);
       }
   // Learned (the GPU cache runs it as heavy 1: only the fp16 window is recent).
   for (int residual : {0, 1, 16})
@@ -314,19 +326,7 @@ TEST_CASE("GPU eviction rule (kernels/cuda/evict.h) = the CPU policy's budget an
       tv[1].nbytes = bias.size() * sizeof(float);
       const auto pol =
           kvcal::make_policy(lr, 0, residual, tv, cfg.num_key_value_heads, cfg.head_dim, "test");
-      kvcal::evict_budget b;
-      b.heavy = 1.0;
-      b.window = residual;
-      if (mode == 1)
-        b.tokens = 37;
-      else
-        b.retain = lr.budget.retain;
-      for (std::int64_t seen = 1; seen <= 3000; ++seen) {
-        const std::int64_t R = pol->retained(seen, 0);
-        REQUIRE(kvcal::evict_retained(b, seen) == R);
-        for (std::int64_t held : {R, R + 1, seen})
-          REQUIRE(kvcal::evict_recent(b, R, held) == std::min(pol->recent(R), held));
-      }
+      check_scored_rule(*pol, lr, 1.0, residual, mode == 1, false);
     }
   // Window policy (sinks + recent): select_kept's sinks = min(sinks, R, n), recent =
   // min(recent(R), n - sinks).

@@ -21,6 +21,7 @@
 #include "runtime/byte_accounting.h"
 #include "runtime/eviction/evicting_layer.h"
 #include "runtime/io/safetensors.h"
+#include "tests/ref_capture.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
 #include "train/policy_train.h"
@@ -41,31 +42,7 @@ bool have_ref() {
   return static_cast<bool>(std::ifstream(ref_model() + "/config.json"));
 }
 
-constexpr std::int64_t seq_len = 64;
-
-// 4 sequences of 64 tokens from the start of data/calib.txt, fp32 activations.
-std::string tiny_capture(const test::scratch_dir& dir) {
-  std::ifstream in(std::string(KVCAL_SOURCE_DIR) + "/data/calib.txt", std::ios::binary);
-  std::string text(6000, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<std::size_t>(in.gcount()));
-  const std::string txt = dir.file("calib-slice.txt");
-  test::write_bytes(txt, text);
-  capture_params p;
-  p.model_dir = ref_model();
-  p.text_files = {txt};
-  p.out = dir.file("cap.h5");
-  p.seq_len = seq_len;
-  p.max_tokens = 4 * seq_len;
-  p.batch = 4;
-  p.store = "float32";
-  p.record = "k,hidden,attn";
-  p.attn_window = 16;
-  p.show_progress = false;
-  p.command_line = "test";
-  run_capture(p);
-  return p.out;
-}
+constexpr std::int64_t seq_len = test::ref_capture_seq_len;
 
 at::Tensor tensor_of(const safetensors_file& f, const std::string& name) {
   const tensor_view& t = f.at(name);
@@ -97,7 +74,7 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
   }
   set_log_level(log_level::error);
   test::scratch_dir dir;
-  const std::string cap = tiny_capture(dir);
+  const std::string cap = test::tiny_ref_capture(dir);
   capture_reader cr(cap);
   REQUIRE(cr.n_tokens() == 4 * seq_len);
   const llama_model m = llama_model::load(ref_model(), at::kCPU, at::kFloat);
@@ -115,16 +92,8 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
   };
   for (const chain ch : {chain{"future-attn", 32, false}, chain{"h2o-label", 16, true}}) {
     CAPTURE(ch.recipe);
-    policy_train_params tp;
-    tp.captures = {cap};
-    tp.out = dir.file(std::string(ch.recipe) + ".safetensors");
-    tp.recipe = ch.recipe;
-    tp.hidden = {ch.hidden};
-    tp.epochs = 2;
-    tp.batch = 64;
-    tp.show_progress = false;
-    tp.write_report = false;
-    run_train_policy(tp);
+    const std::string policy = dir.file(std::string(ch.recipe) + ".safetensors");
+    test::train_ref_policy(cap, policy, ch.recipe, ch.hidden);
 
     export_params ep;
     if (ch.key) {  // the key-feature variant of the learned-eviction template
@@ -135,7 +104,7 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
       ep.template_name = "learned-eviction";
     }
     ep.model_dir = ref_model();
-    ep.policy = tp.out;
+    ep.policy = policy;
     ep.out = dir.file(std::string(ch.recipe) + "-preset.safetensors");
     ep.context = seq_len;
     const export_result ex = export_preset(ep);
@@ -149,7 +118,7 @@ TEST_CASE("learned chain on kvcal-ref-v1: capture -> train-policy -> export -> r
     for (std::int64_t t = 48; t < seq_len; ++t) logits = m.forward(ids.narrow(1, t, 1), rc);
     CHECK(logits.isfinite().all().item<bool>());
 
-    const safetensors_file pf(tp.out);
+    const safetensors_file pf(policy);
     double max_err = 0;
     std::int64_t compared = 0;
     for (int l = 0; l < L; ++l) {
@@ -244,7 +213,7 @@ TEST_CASE("export --head-budgets on a kvcal-ref-v1 capture: entropies match a na
   }
   set_log_level(log_level::error);
   test::scratch_dir dir;
-  const std::string cap = tiny_capture(dir);
+  const std::string cap = test::tiny_ref_capture(dir);
   capture_reader cr(cap);
   const head_entropy e = attention_entropy(cr);
   const int L = static_cast<int>(cr.header().n_layers),

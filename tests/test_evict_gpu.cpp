@@ -36,44 +36,30 @@
 #include "kernels/cuda/h2o_score.h"
 #include "runtime/eviction/policy.h"
 #include "runtime/eviction/select.h"
+#include "tests/gpu_test_util.h"
 
 using namespace kvcal;
+using kvcal::test::dbuf;
+using kvcal::test::run_decode_attention;
 
 namespace {
 
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (cuda_device_count() <= 0) {       \
-      MESSAGE("no CUDA device: skipped"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
-#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
-
-template <typename T>
-struct dbuf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit dbuf(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-  }
-  explicit dbuf(const std::vector<T>& h) : dbuf(h.size()) {
-    REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~dbuf() { cudaFree(p); }
-  dbuf(const dbuf&) = delete;
-  dbuf& operator=(const dbuf&) = delete;
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
-
 std::size_t sz(std::int64_t x) {
   return static_cast<std::size_t>(x);
+}
+
+// An fp16 ring [B, n_kv, cap, d] of keys k and values v (device), no records, as the kernels'
+// view; the caller sets the counters.
+packed_kv_view fp16_ring(int B, int n_kv, int d, std::uint16_t* k, std::uint16_t* v, int cap) {
+  packed_kv_view kv;
+  kv.batch = B;
+  kv.n_kv = n_kv;
+  kv.head_dim = d;
+  kv.k_bits = kv.v_bits = 16;
+  kv.k_win = reinterpret_cast<__half*>(k);
+  kv.v_win = reinterpret_cast<__half*>(v);
+  kv.win_cap = cap;
+  return kv;
 }
 
 // ---- decode attention over keys after RoPE, with logits / row_stats --------------------------
@@ -92,13 +78,7 @@ rotated_result run_rotated(const std::vector<std::uint16_t>& k, const std::vecto
   std::vector<float> nan_fill(nl, std::nanf(""));
   dbuf<float> dlog(nan_fill), dstats(sz(B) * sz(n_heads) * 2);
   decode_attention_params p;
-  p.kv.batch = B;
-  p.kv.n_kv = n_kv;
-  p.kv.head_dim = d;
-  p.kv.k_bits = p.kv.v_bits = 16;
-  p.kv.k_win = reinterpret_cast<__half*>(dk.p);
-  p.kv.v_win = reinterpret_cast<__half*>(dv.p);
-  p.kv.win_cap = cap;
+  p.kv = fp16_ring(B, n_kv, d, dk.p, dv.p, cap);
   p.kv.n_tokens = dn.p;
   p.kv.keys_rotated = true;
   p.n_heads = n_heads;
@@ -110,12 +90,7 @@ rotated_result run_rotated(const std::vector<std::uint16_t>& k, const std::vecto
     p.logits = dlog.p;
     p.row_stats = dstats.p;
   }
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  run_decode_attention(p);
   return {dout.download(), dlog.download(), dstats.download()};
 }
 
@@ -407,13 +382,7 @@ void check_evict_one(std::mt19937& rng, int B, int n_kv, int d, const std::vecto
   dbuf<int> dpos(s.pos), dheld(s.held), dseen(s.seen), dout(sz(B));
   dbuf<float> dscore(s.score);
   evict_one_params p;
-  p.kv.batch = B;
-  p.kv.n_kv = n_kv;
-  p.kv.head_dim = d;
-  p.kv.k_bits = p.kv.v_bits = 16;
-  p.kv.k_win = reinterpret_cast<__half*>(dk.p);
-  p.kv.v_win = reinterpret_cast<__half*>(dv.p);
-  p.kv.win_cap = s.cap;
+  p.kv = fp16_ring(B, n_kv, d, dk.p, dv.p, s.cap);
   p.pos = dpos.p;
   p.score = dscore.p;
   p.held = dheld.p;

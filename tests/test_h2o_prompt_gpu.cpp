@@ -23,6 +23,7 @@
 #include "kernels/cuda/h2o_prompt.h"
 #include "model/attention_lse.h"
 #include "model/full_cache.h"
+#include "model/h2o_prompt_params.h"
 #include "tests/torch_doctest.h"
 
 using namespace kvcal;
@@ -70,28 +71,9 @@ at::Tensor kernel_scores(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          std::int64_t window) {
   const std::int64_t B = q.size(0), T = q.size(2), nkv = k.size(1);
   at::Tensor score = at::full({B, nkv, T + 5}, -7.0f, q.options().dtype(at::kFloat));
-  h2o_prompt_params p;
-  p.batch = static_cast<int>(B);
-  p.n_heads = static_cast<int>(q.size(1));
-  p.n_kv = static_cast<int>(nkv);
-  p.tokens = static_cast<int>(T);
-  p.head_dim = static_cast<int>(q.size(3));
-  p.bf16 = q.scalar_type() == at::kBFloat16;
-  p.q = q.data_ptr();
-  p.q_stride_b = q.stride(0);
-  p.q_stride_h = q.stride(1);
-  p.q_stride_t = q.stride(2);
-  p.k = k.data_ptr();
-  p.k_stride_b = k.stride(0);
-  p.k_stride_h = k.stride(1);
-  p.k_stride_t = k.stride(2);
-  p.lse = lse.data_ptr<float>();
-  p.lse_stride_b = lse.stride(0);
-  p.lse_stride_h = lse.stride(1);
-  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  h2o_prompt_params p =
+      h2o_prompt_params_of(q, k, lse, score, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
   p.window = static_cast<int>(window);
-  p.score = score.data_ptr<float>();
-  p.score_stride = T + 5;
   const cudaError_t err = launch_h2o_prompt_scores(p, nullptr);
   REQUIRE_MESSAGE(err == cudaSuccess, last_launch_error());
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/random_basis.h"
 #include "kernels/common/cuda_device.h"
 #include "kernels/common/error.h"
 #include "kernels/common/half.h"
@@ -45,47 +46,13 @@
 #include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/quant_append.h"
 #include "runtime/kv_codec.h"
+#include "tests/gpu_test_util.h"
 
 using namespace kvcal;
+using kvcal::test::dbuf;
+using kvcal::test::run_decode_attention;
 
 namespace {
-
-bool have_gpu() {
-  return cuda_device_count() > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (!have_gpu()) {                    \
-      MESSAGE("no CUDA device: skipped"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
-#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
-
-// Device buffer of T, freed at scope exit.
-template <typename T>
-struct dbuf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit dbuf(std::size_t count) : n(count) {
-    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-    REQUIRE(cudaMemset(p, 0, std::max<std::size_t>(count, 1) * sizeof(T)) == cudaSuccess);
-  }
-  dbuf(const std::vector<T>& h) : dbuf(h.size()) { upload(h); }
-  ~dbuf() { cudaFree(p); }
-  dbuf(const dbuf&) = delete;
-  dbuf& operator=(const dbuf&) = delete;
-  void upload(const std::vector<T>& h) {
-    REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
 
 float fp16_round(float x) {
   return fp16_to_float(float_to_fp16(x));
@@ -165,6 +132,41 @@ struct cache_case {
   std::vector<std::vector<float>> k_ref, v_ref;  // [slot] -> [n, d]
 };
 
+// K records of blocks [0, kc / group) of one slot's keys k [n, d] (CPU reference) into c.k_rec,
+// what they decode to into kr [n, d].
+void put_k_records(cache_case& c, std::size_t slot, const std::vector<float>& k, int bits,
+                   int group, int kc, std::vector<float>& kr) {
+  const int d = c.d;
+  const std::size_t D = static_cast<std::size_t>(d);
+  for (int blk = 0; blk < kc / group; ++blk) {
+    std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
+                                  static_cast<std::size_t>(blk)) *
+                                 c.krb];
+    cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
+    cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+  }
+}
+
+// One slot's fp16 rows k, v [n, d]: the rows t >= min(kc, vc) (still in the window ring) into
+// c's ring, and the values of the tokens without a record (t >= kc / vc) into kr / vr.
+void put_window(cache_case& c, std::size_t slot, int n, int kc, int vc, const std::vector<float>& k,
+                const std::vector<float>& v, std::vector<float>& kr, std::vector<float>& vr) {
+  const std::size_t D = static_cast<std::size_t>(c.d);
+  for (int t = 0; t < n; ++t) {
+    const std::size_t row =
+        (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
+    for (std::size_t i = 0; i < D; ++i) {
+      const std::size_t at = static_cast<std::size_t>(t) * D + i;
+      if (t >= std::min(kc, vc)) {  // still in the window ring
+        c.k_win[row + i] = float_to_fp16(k[at]);
+        c.v_win[row + i] = float_to_fp16(v[at]);
+      }
+      if (t >= kc) kr[at] = k[at];
+      if (t >= vc) vr[at] = v[at];
+    }
+  }
+}
+
 cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int group,
                       const std::vector<int>& lens, int vgroup = 0) {
   cache_case c;
@@ -201,13 +203,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
       for (auto& x : k) x = fp16_round(x);  // the window holds fp16; records are made from it
       for (auto& x : v) x = fp16_round(x);
       std::vector<float> kr(k.size()), vr(v.size());
-      for (int blk = 0; blk < kc / group; ++blk) {
-        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
-                                      static_cast<std::size_t>(blk)) *
-                                     c.krb];
-        cpu_k_record(&k[static_cast<std::size_t>(blk * group) * D], d, bits, group, rec);
-        cpu_k_decode(rec, d, bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
-      }
+      put_k_records(c, slot, k, bits, group, kc, kr);
       for (int t = 0; t < vc; ++t) {
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
                                       static_cast<std::size_t>(t)) *
@@ -215,19 +211,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
         cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, bits, c.vgroup, rec);
         cpu_v_decode(rec, d, bits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
       }
-      for (int t = 0; t < n; ++t) {
-        const std::size_t row =
-            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
-        for (std::size_t i = 0; i < D; ++i) {
-          const std::size_t at = static_cast<std::size_t>(t) * D + i;
-          if (t >= std::min(kc, vc)) {  // still in the window ring
-            c.k_win[row + i] = float_to_fp16(k[at]);
-            c.v_win[row + i] = float_to_fp16(v[at]);
-          }
-          if (t >= kc) kr[at] = k[at];
-          if (t >= vc) vr[at] = v[at];
-        }
-      }
+      put_window(c, slot, n, kc, vc, k, v, kr, vr);
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
     }
@@ -260,6 +244,35 @@ std::vector<float> reference_attention(const cache_case& c, int b, int n_heads, 
   return out;
 }
 
+// The layout of B x n_kv slots: k_slot / v_slot records each (device k_rec / v_rec, null for
+// none) and an fp16 ring of cap rows (k_win / v_win); bits, groups and counters are the caller's.
+packed_kv_view records_view(int B, int n_kv, int d, std::uint8_t* k_rec, std::int64_t k_slot,
+                            std::uint8_t* v_rec, std::int64_t v_slot, std::uint16_t* k_win,
+                            std::uint16_t* v_win, int cap) {
+  packed_kv_view view;
+  view.batch = B;
+  view.n_kv = n_kv;
+  view.head_dim = d;
+  view.k_rec = k_rec;
+  view.v_rec = v_rec;
+  view.k_slot_records = k_slot;
+  view.v_slot_records = v_slot;
+  view.k_win = reinterpret_cast<__half*>(k_win);
+  view.v_win = reinterpret_cast<__half*>(v_win);
+  view.win_cap = cap;
+  return view;
+}
+
+// Appends t_new tokens k_new, v_new [B, t_new, n_kv, d] (device) to view's window ring.
+void window_append(const packed_kv_view& view, const float* k_new, const float* v_new, int t_new) {
+  kv_window_append_params ap;
+  ap.kv = view;
+  ap.k_new = k_new;
+  ap.v_new = v_new;
+  ap.t_new = t_new;
+  CUDA_OK(launch_kv_window_append(ap, nullptr));
+}
+
 // Device copy of a cache_case and the view over it.
 struct device_case {
   dbuf<std::uint8_t> k_rec, v_rec;
@@ -268,24 +281,33 @@ struct device_case {
   packed_kv_view view;
   explicit device_case(const cache_case& c)
       : k_rec(c.k_rec), v_rec(c.v_rec), k_win(c.k_win), v_win(c.v_win), n(c.n), kc(c.kc), vc(c.vc) {
-    view.batch = c.B;
-    view.n_kv = c.n_kv;
-    view.head_dim = c.d;
+    view = records_view(c.B, c.n_kv, c.d, k_rec.p, c.k_slot_records, v_rec.p, c.v_slot_records,
+                        k_win.p, v_win.p, c.cap);
     view.k_bits = view.v_bits = c.bits;
     view.k_group = c.bits == 16 ? 32 : c.group;
     view.v_group = c.bits == 16 ? 32 : c.vgroup;
-    view.k_rec = k_rec.p;
-    view.v_rec = v_rec.p;
-    view.k_slot_records = c.k_slot_records;
-    view.v_slot_records = c.v_slot_records;
-    view.k_win = reinterpret_cast<__half*>(k_win.p);
-    view.v_win = reinterpret_cast<__half*>(v_win.p);
-    view.win_cap = c.cap;
     view.n_tokens = n.p;
     view.k_compressed = kc.p;
     view.v_compressed = vc.p;
   }
 };
+
+// Decode attention over kv for queries q [B, n_heads, d] (device), RoPE tables of rope_rows
+// rows, output out [B, n_heads, d]; the variant flags and the workspace are the caller's.
+decode_attention_params attention_params(const packed_kv_view& kv, int n_heads, const float* q,
+                                         const float* rope_cos, const float* rope_sin,
+                                         int rope_rows, int max_tokens, float* out) {
+  decode_attention_params p;
+  p.kv = kv;
+  p.n_heads = n_heads;
+  p.q = q;
+  p.rope_cos = rope_cos;
+  p.rope_sin = rope_sin;
+  p.rope_rows = rope_rows;
+  p.max_tokens = max_tokens;
+  p.out = out;
+  return p;
+}
 
 // Runs decode attention on the case (queries q [B, n_heads, d]) and returns the output.
 std::vector<float> run_attention(const cache_case& c, int n_heads, const std::vector<float>& q,
@@ -295,25 +317,13 @@ std::vector<float> run_attention(const cache_case& c, int n_heads, const std::ve
   device_case dc(c);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
   dbuf<float> dout(q.size());
-  decode_attention_params p;
-  p.kv = dc.view;
-  p.n_heads = n_heads;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = std::max(max_n, 32);
+  decode_attention_params p =
+      attention_params(dc.view, n_heads, dq.p, dcos.p, dsin.p, std::max(max_n, 32), max_n, dout.p);
   p.rope_attention_scaling = rope.scaling;
-  p.max_tokens = max_n;
-  p.out = dout.p;
   p.half_dequant = half_dequant;
   p.pipelined = pipelined;
   p.register_direct = register_direct;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  run_decode_attention(p);
   return dout.download();
 }
 
@@ -384,27 +394,13 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
           dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * T) * D), vwin(kwin.n);
           dbuf<int> zero(std::vector<int>(B, 0)), kto(std::vector<int>(B, kc)),
               vto(std::vector<int>(B, vc));
-          packed_kv_view view;
-          view.batch = B;
-          view.n_kv = n_kv;
-          view.head_dim = d;
+          packed_kv_view view =
+              records_view(B, n_kv, d, krec.p, kslot, vrec.p, vslot, kwin.p, vwin.p, T);
           view.k_bits = view.v_bits = bits;
           view.k_group = group;
           view.v_group = vgroup;
-          view.k_rec = krec.p;
-          view.v_rec = vrec.p;
-          view.k_slot_records = kslot;
-          view.v_slot_records = vslot;
-          view.k_win = reinterpret_cast<__half*>(kwin.p);
-          view.v_win = reinterpret_cast<__half*>(vwin.p);
-          view.win_cap = T;
           view.n_tokens = zero.p;
-          kv_window_append_params ap;
-          ap.kv = view;
-          ap.k_new = dk.p;
-          ap.v_new = dv.p;
-          ap.t_new = T;
-          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          window_append(view, dk.p, dv.p, T);
           quant_compress_params cp;
           cp.kv = view;
           cp.k_from = zero.p;
@@ -604,6 +600,29 @@ TEST_CASE(
   }
 }
 
+namespace {
+
+// max |register-direct - pipelined| over the outputs of case c (d 128) for random queries of
+// n_heads heads; every register-direct output must be finite.
+float rd_vs_pipelined(std::mt19937& rng, const cache_case& c, int n_heads) {
+  const int max_n = *std::max_element(c.n.begin(), c.n.end());
+  const rope_tables rope = make_rope(max_n, 128, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
+  for (auto& x : q) x = u(rng);
+  const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
+  const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
+  REQUIRE(a.size() == b.size());
+  float diff = 0.0f;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(std::isfinite(b[i]));
+    diff = std::max(diff, std::fabs(a[i] - b[i]));
+  }
+  return diff;
+}
+
+}  // namespace
+
 // Against the pipelined kernel on the same bytes: the dequantized and rotated K / V elements and
 // the rotated queries are the same fp16 values, but the mma sums run over channels (scores) and
 // tokens (outputs) in another order, so S differs by fp32 rounding and P = exp2(S - m) may round
@@ -624,20 +643,7 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
           CAPTURE(ratio);
           const cache_case c =
               build_case(rng, 3, 2, 128, bits, group, {group == 32 ? 1100 : 333, 97, 200}, vgroup);
-          const int n_heads = 2 * ratio;
-          const int max_n = *std::max_element(c.n.begin(), c.n.end());
-          const rope_tables rope = make_rope(max_n, 128, 1.0f);
-          std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-          std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
-          for (auto& x : q) x = u(rng);
-          const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
-          const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
-          REQUIRE(a.size() == b.size());
-          float diff = 0.0f;
-          for (std::size_t i = 0; i < a.size(); ++i) {
-            REQUIRE(std::isfinite(b[i]));
-            diff = std::max(diff, std::fabs(a[i] - b[i]));
-          }
+          const float diff = rd_vs_pipelined(rng, c, 2 * ratio);
           CHECK(diff <= 1e-3f);
           worst = std::max(worst, diff);
         }
@@ -651,20 +657,7 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
       CAPTURE(ratio);
       CAPTURE(lens[0]);
       const cache_case c = build_case(rng, 3, 2, 128, 16, 32, lens);
-      const int n_heads = 2 * ratio;
-      const int max_n = *std::max_element(c.n.begin(), c.n.end());
-      const rope_tables rope = make_rope(max_n, 128, 1.0f);
-      std::uniform_real_distribution<float> u(-1.5f, 1.5f);
-      std::vector<float> q(static_cast<std::size_t>(c.B * n_heads * 128));
-      for (auto& x : q) x = u(rng);
-      const std::vector<float> a = run_attention(c, n_heads, q, rope, true, true, false);
-      const std::vector<float> b = run_attention(c, n_heads, q, rope, true, true, true);
-      REQUIRE(a.size() == b.size());
-      float diff = 0.0f;
-      for (std::size_t i = 0; i < a.size(); ++i) {
-        REQUIRE(std::isfinite(b[i]));
-        diff = std::max(diff, std::fabs(a[i] - b[i]));
-      }
+      const float diff = rd_vs_pipelined(rng, c, 2 * ratio);
       CHECK(diff <= 1e-3f);
       worst16 = std::max(worst16, diff);
     }
@@ -743,39 +736,44 @@ TEST_CASE("decode attention: register_direct falls back for unsupported shapes")
   }
 }
 
-TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {
-  SKIP_WITHOUT_GPU();
-  std::mt19937 rng(14);
-  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
-  const int prefill = 150, steps = 70, total = prefill + steps, ratio = 7;
-  const std::size_t D = static_cast<std::size_t>(d);
-  const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, group);
-  const std::int64_t kslot = total / group + 1, vslot = total;
-  dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
-      vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
-  dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * cap) * D), vwin(kwin.n);
-  dbuf<int> dn(B), dkc(B), dvc(B), dkto(B), dvto(B);
+namespace {
+
+// The end-to-end tests' device cache, filled step by step: B x n_kv slots of kslot K records
+// (krb bytes) and vslot V records (vrb bytes), an fp16 ring of cap rows and the counters (n, kc,
+// vc also on the host). `view` holds the layout; the caller sets bits, groups, latent fields.
+struct e2e_cache {
+  dbuf<std::uint8_t> krec, vrec;
+  dbuf<std::uint16_t> kwin, vwin;
+  dbuf<int> dn, dkc, dvc, dkto, dvto;
   packed_kv_view view;
-  view.batch = B;
-  view.n_kv = n_kv;
-  view.head_dim = d;
-  view.k_bits = view.v_bits = bits;
-  view.k_group = view.v_group = group;
-  view.k_rec = krec.p;
-  view.v_rec = vrec.p;
-  view.k_slot_records = kslot;
-  view.v_slot_records = vslot;
-  view.k_win = reinterpret_cast<__half*>(kwin.p);
-  view.v_win = reinterpret_cast<__half*>(vwin.p);
-  view.win_cap = cap;
-  view.n_tokens = dn.p;
-  view.k_compressed = dkc.p;
-  view.v_compressed = dvc.p;
-  // All tokens, [B, total, n_kv, d], kept on the host for the reference.
-  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
-  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
   int n = 0, kc = 0, vc = 0;
-  auto append = [&](int t_new) {
+
+  e2e_cache(int B, int n_kv, int d, std::int64_t kslot, std::size_t krb, std::int64_t vslot,
+            std::size_t vrb, int cap)
+      : krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
+        vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb),
+        kwin(static_cast<std::size_t>(B * n_kv * cap) * static_cast<std::size_t>(d)),
+        vwin(kwin.n),
+        dn(B),
+        dkc(B),
+        dvc(B),
+        dkto(B),
+        dvto(B) {
+    view = records_view(B, n_kv, d, krec.p, kslot, vrec.p, vslot, kwin.p, vwin.p, cap);
+    view.n_tokens = dn.p;
+    view.k_compressed = dkc.p;
+    view.v_compressed = dvc.p;
+  }
+
+  // Appends tokens [n, n + t_new) of k, v [B, total, n_kv, d] through the window kernel; then,
+  // with from (dkc / dvc) and to (dkto / dvto) counters uploaded, compress(kc2, vc2) launches the
+  // compression of K tokens [kc, kc2) and V tokens [vc, vc2) (all but the newest `residual`, K in
+  // whole groups); then the counters advance.
+  template <typename Compress>
+  void append(const std::vector<float>& k, const std::vector<float>& v, int total, int residual,
+              int group, int t_new, Compress&& compress) {
+    const int B = view.batch, n_kv = view.n_kv;
+    const std::size_t D = static_cast<std::size_t>(view.head_dim);
     std::vector<float> kn(static_cast<std::size_t>(B * t_new * n_kv) * D), vn(kn.size());
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < t_new; ++i) {
@@ -786,36 +784,67 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
       }
     dbuf<float> dkn(kn), dvn(vn);
     dn.upload(std::vector<int>(B, n));
-    kv_window_append_params ap;
-    ap.kv = view;
-    ap.k_new = dkn.p;
-    ap.v_new = dvn.p;
-    ap.t_new = t_new;
-    CUDA_OK(launch_kv_window_append(ap, nullptr));
+    window_append(view, dkn.p, dvn.p, t_new);
     n += t_new;
     const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
     dkc.upload(std::vector<int>(B, kc));
     dvc.upload(std::vector<int>(B, vc));
     dkto.upload(std::vector<int>(B, kc2));
     dvto.upload(std::vector<int>(B, vc2));
-    quant_compress_params cp;
-    cp.kv = view;
-    cp.k_from = dkc.p;
-    cp.k_to = dkto.p;
-    cp.v_from = dvc.p;
-    cp.v_to = dvto.p;
-    cp.max_k_blocks = (kc2 - kc) / group;
-    cp.max_v_tokens = vc2 - vc;
-    CUDA_OK(launch_quant_compress(cp, nullptr));
+    compress(kc2, vc2);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     kc = kc2;
     vc = vc2;
     dn.upload(std::vector<int>(B, n));
     dkc.upload(std::vector<int>(B, kc));
     dvc.upload(std::vector<int>(B, vc));
+  }
+};
+
+// max |out - ref| of decode attention's out [B, n_heads, d] against reference_attention on c.
+float max_error(const cache_case& c, int n_heads, const std::vector<float>& q,
+                const rope_tables& rope, const std::vector<float>& out) {
+  const std::size_t D = static_cast<std::size_t>(c.d);
+  float err = 0.0f;
+  for (int b = 0; b < c.B; ++b) {
+    const auto ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
+  }
+  return err;
+}
+
+}  // namespace
+
+TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(14);
+  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
+  const int prefill = 150, steps = 70, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, group);
+  const std::int64_t kslot = total / group + 1, vslot = total;
+  e2e_cache e(B, n_kv, d, kslot, krb, vslot, vrb, cap);
+  e.view.k_bits = e.view.v_bits = bits;
+  e.view.k_group = e.view.v_group = group;
+  // All tokens, [B, total, n_kv, d], kept on the host for the reference.
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  const auto compress = [&](int kc2, int vc2) {
+    quant_compress_params cp;
+    cp.kv = e.view;
+    cp.k_from = e.dkc.p;
+    cp.k_to = e.dkto.p;
+    cp.v_from = e.dvc.p;
+    cp.v_to = e.dvto.p;
+    cp.max_k_blocks = (kc2 - e.kc) / group;
+    cp.max_v_tokens = vc2 - e.vc;
+    CUDA_OK(launch_quant_compress(cp, nullptr));
   };
-  append(prefill);
-  for (int s = 0; s < steps; ++s) append(1);
+  e.append(k, v, total, residual, group, prefill, compress);
+  for (int s = 0; s < steps; ++s) e.append(k, v, total, residual, group, 1, compress);
+  const int n = e.n, kc = e.kc, vc = e.vc;
   REQUIRE(n == total);
   // The CPU reads the GPU-written records and window back.
   cache_case c;
@@ -825,8 +854,8 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   c.bits = bits;
   c.group = group;
   c.n.assign(B, n);
-  const auto hk = krec.download(), hv = vrec.download();
-  const auto hkw = kwin.download(), hvw = vwin.download();
+  const auto hk = e.krec.download(), hv = e.vrec.download();
+  const auto hkw = e.kwin.download(), hvw = e.vwin.download();
   for (int b = 0; b < B; ++b)
     for (int g = 0; g < n_kv; ++g) {
       const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
@@ -868,54 +897,47 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
   for (auto& x : q) x = u(rng);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
-  decode_attention_params p;
-  p.kv = view;
-  p.n_heads = n_heads;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = total;
-  p.max_tokens = total;
-  p.out = dout.p;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  const auto out = dout.download();
-  float err = 0.0f;
-  for (int b = 0; b < B; ++b) {
-    const auto ref =
-        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
-    for (std::size_t i = 0; i < ref.size(); ++i)
-      err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
-  }
+  run_decode_attention(
+      attention_params(e.view, n_heads, dq.p, dcos.p, dsin.p, total, total, dout.p));
+  const float err = max_error(c, n_heads, q, rope, dout.download());
   MESSAGE("end to end: max |gpu - ref| = ", err);
   CHECK(err <= kAttentionBound);
 }
+
+namespace {
+
+// A decode-attention launch over `view` that succeeds (4 query heads of d 64, queries 0.1, RoPE
+// tables of rope_rows rows), its buffers and workspace kept alive: the bad-input tests change
+// one field of p at a time.
+struct good_launch {
+  rope_tables rope;
+  dbuf<float> dq, dcos, dsin, dout;
+  decode_attention_params p;
+  dbuf<std::uint8_t> dws;
+  good_launch(const packed_kv_view& view, int rope_rows, int max_tokens)
+      : rope(make_rope(rope_rows, 64, 1.0f)),
+        dq(std::vector<float>(4 * 64, 0.1f)),
+        dcos(rope.cos),
+        dsin(rope.sin),
+        dout(4 * 64),
+        p(attention_params(view, 4, dq.p, dcos.p, dsin.p, rope_rows, max_tokens, dout.p)),
+        dws(decode_attention_workspace_size(p)) {
+    p.workspace = dws.p;
+    p.workspace_bytes = dws.n;
+    CUDA_OK(launch_decode_attention(p, nullptr));
+  }
+};
+
+}  // namespace
 
 TEST_CASE("unsupported shapes: cudaErrorInvalidValue with a message naming the value") {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(15);
   const cache_case c = build_case(rng, 1, 2, 64, 2, 32, {40});
   device_case dc(c);
-  const rope_tables rope = make_rope(64, 64, 1.0f);
-  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
-  decode_attention_params p;
-  p.kv = dc.view;
-  p.n_heads = 4;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = 64;
-  p.max_tokens = 40;
-  p.out = dout.p;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
+  const good_launch good(dc.view, 64, 40);
+  const decode_attention_params& p = good.p;
+  const std::size_t ws = good.dws.n;  // the workspace size
   auto expect = [&](decode_attention_params bad, const std::string& needle) {
     CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
     CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
@@ -961,22 +983,11 @@ namespace {
 // (random_rows(.., 1.0f): channel 3 has mean 1), through kvcal::pca_maps like the CPU cache.
 std::vector<linear_maps> random_pca(std::mt19937& rng, int n_kv, int r, int d) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  const std::size_t D = static_cast<std::size_t>(d), R = static_cast<std::size_t>(r);
+  const std::size_t D = static_cast<std::size_t>(d);
   std::vector<linear_maps> out;
   for (int g = 0; g < n_kv; ++g) {
-    std::vector<float> basis(R * D), mean(D);
-    for (std::size_t i = 0; i < R; ++i) {
-      float* row = &basis[i * D];
-      for (std::size_t c = 0; c < D; ++c) row[c] = nd(rng);
-      for (std::size_t j = 0; j < i; ++j) {
-        double dot = 0;
-        for (std::size_t c = 0; c < D; ++c) dot += static_cast<double>(row[c]) * basis[j * D + c];
-        for (std::size_t c = 0; c < D; ++c) row[c] -= static_cast<float>(dot) * basis[j * D + c];
-      }
-      double nrm = 0;
-      for (std::size_t c = 0; c < D; ++c) nrm += static_cast<double>(row[c]) * row[c];
-      for (std::size_t c = 0; c < D; ++c) row[c] = static_cast<float>(row[c] / std::sqrt(nrm));
-    }
+    const std::vector<float> basis = random_orthonormal_rows(rng, nd, r, d);
+    std::vector<float> mean(D);
     for (auto& x : mean) x = 0.05f * nd(rng);
     mean[3] += 1.0f;
     out.push_back(pca_maps(basis.data(), mean.data(), r, d));
@@ -1054,13 +1065,7 @@ latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbi
       for (auto& x : k) x = fp16_round(x);
       for (auto& x : v) x = fp16_round(x);
       std::vector<float> kr(k.size()), vr(v.size());
-      for (int blk = 0; blk < kc / kgroup; ++blk) {
-        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(c.k_slot_records) +
-                                      static_cast<std::size_t>(blk)) *
-                                     c.krb];
-        cpu_k_record(&k[static_cast<std::size_t>(blk * kgroup) * D], d, kbits, kgroup, rec);
-        cpu_k_decode(rec, d, kbits, kgroup, &kr[static_cast<std::size_t>(blk * kgroup) * D]);
-      }
+      put_k_records(c, slot, k, kbits, kgroup, kc, kr);
       for (int t = 0; t < vc; ++t) {
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
                                       static_cast<std::size_t>(t)) *
@@ -1070,19 +1075,7 @@ latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbi
         codec->decode_latent(rec, z.data());
         for (float x : z) L.z_max = std::max(L.z_max, std::fabs(x));
       }
-      for (int t = 0; t < n; ++t) {
-        const std::size_t row =
-            (slot * static_cast<std::size_t>(c.cap) + static_cast<std::size_t>(t % c.cap)) * D;
-        for (std::size_t i = 0; i < D; ++i) {
-          const std::size_t at = static_cast<std::size_t>(t) * D + i;
-          if (t >= std::min(kc, vc)) {
-            c.k_win[row + i] = float_to_fp16(k[at]);
-            c.v_win[row + i] = float_to_fp16(v[at]);
-          }
-          if (t >= kc) kr[at] = k[at];
-          if (t >= vc) vr[at] = v[at];
-        }
-      }
+      put_window(c, slot, n, kc, vc, k, v, kr, vr);
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
     }
@@ -1118,23 +1111,11 @@ std::vector<float> run_latent_attention(const latent_case& L, int n_heads,
   device_latent_case dl(L);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin);
   dbuf<float> dout(q.size());
-  decode_attention_params p;
-  p.kv = dl.view;
-  p.n_heads = n_heads;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = std::max(max_n, 32);
+  decode_attention_params p =
+      attention_params(dl.view, n_heads, dq.p, dcos.p, dsin.p, std::max(max_n, 32), max_n, dout.p);
   p.rope_attention_scaling = rope.scaling;
-  p.max_tokens = max_n;
-  p.out = dout.p;
   p.register_direct = register_direct;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
-  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  run_decode_attention(p);
   return dout.download();
 }
 
@@ -1194,27 +1175,14 @@ TEST_CASE("latent append: GPU latent records are byte-identical to the CPU linea
           dbuf<float> ew(concat(maps, &linear_maps::enc_w)), eb(concat(maps, &linear_maps::enc_b));
           dbuf<int> zero(std::vector<int>(B, 0)), vfrom(std::vector<int>(B, from)),
               vto(std::vector<int>(B, T));
-          packed_kv_view view;
-          view.batch = B;
-          view.n_kv = n_kv;
-          view.head_dim = d;
+          packed_kv_view view = records_view(B, n_kv, d, nullptr, 0, vrec.p, T, kwin.p, vwin.p, T);
           view.k_bits = 16;
-          view.v_rec = vrec.p;
-          view.v_slot_records = T;
-          view.k_win = reinterpret_cast<__half*>(kwin.p);
-          view.v_win = reinterpret_cast<__half*>(vwin.p);
-          view.win_cap = T;
           view.n_tokens = zero.p;
           view.v_latent_rank = r;
           view.v_latent_bits = bits;
           view.v_enc_w = ew.p;
           view.v_enc_b = eb.p;
-          kv_window_append_params ap;
-          ap.kv = view;
-          ap.k_new = dv.p;
-          ap.v_new = dv.p;
-          ap.t_new = T;
-          CUDA_OK(launch_kv_window_append(ap, nullptr));
+          window_append(view, dv.p, dv.p, T);
           latent_compress_params lp;
           lp.kv = view;
           lp.v_from = vfrom.p;
@@ -1384,22 +1352,8 @@ TEST_CASE("V latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   std::mt19937 rng(23);
   const latent_case L = build_latent_case(rng, 1, 2, 64, 2, 32, {80}, 16, 8, 8);
   device_latent_case dl(L);
-  const rope_tables rope = make_rope(80, 64, 1.0f);
-  dbuf<float> dq(std::vector<float>(4 * 64, 0.1f)), dcos(rope.cos), dsin(rope.sin), dout(4 * 64);
-  decode_attention_params p;
-  p.kv = dl.view;
-  p.n_heads = 4;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = 80;
-  p.max_tokens = 80;
-  p.out = dout.p;
-  const std::size_t ws = decode_attention_workspace_size(p);
-  dbuf<std::uint8_t> dws(ws);
-  p.workspace = dws.p;
-  p.workspace_bytes = ws;
-  CUDA_OK(launch_decode_attention(p, nullptr));
+  const good_launch good(dl.view, 80, 80);
+  const decode_attention_params& p = good.p;
   auto expect = [&](decode_attention_params bad, const std::string& needle) {
     CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
     CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
@@ -1460,87 +1414,42 @@ TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, 
   L.maps = random_pca(rng, n_kv, rank, d);
   dbuf<float> ew(concat(L.maps, &linear_maps::enc_w)), eb(concat(L.maps, &linear_maps::enc_b)),
       dw(concat(L.maps, &linear_maps::dec_w)), db(concat(L.maps, &linear_maps::dec_b));
-  dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
-      vrec(static_cast<std::size_t>(B * n_kv * vslot) * vrb);
-  dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * cap) * D), vwin(kwin.n);
-  dbuf<int> dn(B), dkc(B), dvc(B), dkto(B), dvto(B);
-  packed_kv_view view;
-  view.batch = B;
-  view.n_kv = n_kv;
-  view.head_dim = d;
-  view.k_bits = bits;
-  view.k_group = group;
-  view.k_rec = krec.p;
-  view.v_rec = vrec.p;
-  view.k_slot_records = kslot;
-  view.v_slot_records = vslot;
-  view.k_win = reinterpret_cast<__half*>(kwin.p);
-  view.v_win = reinterpret_cast<__half*>(vwin.p);
-  view.win_cap = cap;
-  view.n_tokens = dn.p;
-  view.k_compressed = dkc.p;
-  view.v_compressed = dvc.p;
-  view.v_latent_rank = rank;
-  view.v_latent_bits = lbits;
-  view.v_enc_w = ew.p;
-  view.v_enc_b = eb.p;
-  view.v_dec_w = dw.p;
-  view.v_dec_b = db.p;
+  e2e_cache e(B, n_kv, d, kslot, krb, vslot, vrb, cap);
+  e.view.k_bits = bits;
+  e.view.k_group = group;
+  e.view.v_latent_rank = rank;
+  e.view.v_latent_bits = lbits;
+  e.view.v_enc_w = ew.p;
+  e.view.v_enc_b = eb.p;
+  e.view.v_dec_w = dw.p;
+  e.view.v_dec_b = db.p;
   std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
   std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
-  int n = 0, kc = 0, vc = 0;
-  auto append = [&](int t_new) {
-    std::vector<float> kn(static_cast<std::size_t>(B * t_new * n_kv) * D), vn(kn.size());
-    for (int b = 0; b < B; ++b)
-      for (int i = 0; i < t_new; ++i) {
-        const std::size_t src = (static_cast<std::size_t>(b * total + n + i)) * n_kv * D;
-        const std::size_t dst = (static_cast<std::size_t>(b * t_new + i)) * n_kv * D;
-        std::copy(&k[src], &k[src] + n_kv * D, &kn[dst]);
-        std::copy(&v[src], &v[src] + n_kv * D, &vn[dst]);
-      }
-    dbuf<float> dkn(kn), dvn(vn);
-    dn.upload(std::vector<int>(B, n));
-    kv_window_append_params ap;
-    ap.kv = view;
-    ap.k_new = dkn.p;
-    ap.v_new = dvn.p;
-    ap.t_new = t_new;
-    CUDA_OK(launch_kv_window_append(ap, nullptr));
-    n += t_new;
-    const int kc2 = std::max(0, n - residual) / group * group, vc2 = std::max(0, n - residual);
-    dkc.upload(std::vector<int>(B, kc));
-    dvc.upload(std::vector<int>(B, vc));
-    dkto.upload(std::vector<int>(B, kc2));
-    dvto.upload(std::vector<int>(B, vc2));
+  const auto compress = [&](int kc2, int vc2) {
     quant_compress_params cp;
-    cp.kv = view;
-    cp.k_from = dkc.p;
-    cp.k_to = dkto.p;
-    cp.max_k_blocks = (kc2 - kc) / group;
+    cp.kv = e.view;
+    cp.k_from = e.dkc.p;
+    cp.k_to = e.dkto.p;
+    cp.max_k_blocks = (kc2 - e.kc) / group;
     CUDA_OK(launch_quant_compress(cp, nullptr));
     latent_compress_params lp;
-    lp.kv = view;
-    lp.v_from = dvc.p;
-    lp.v_to = dvto.p;
-    lp.max_v_tokens = vc2 - vc;
+    lp.kv = e.view;
+    lp.v_from = e.dvc.p;
+    lp.v_to = e.dvto.p;
+    lp.max_v_tokens = vc2 - e.vc;
     CUDA_OK(launch_latent_compress(lp, nullptr));
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    kc = kc2;
-    vc = vc2;
-    dn.upload(std::vector<int>(B, n));
-    dkc.upload(std::vector<int>(B, kc));
-    dvc.upload(std::vector<int>(B, vc));
   };
-  append(prefill);
-  for (int s = 0; s < steps; ++s) append(1);
+  e.append(k, v, total, residual, group, prefill, compress);
+  for (int s = 0; s < steps; ++s) e.append(k, v, total, residual, group, 1, compress);
+  const int n = e.n, kc = e.kc, vc = e.vc;
   REQUIRE(n == total);
   cache_case& c = L.c;
   c.B = B;
   c.n_kv = n_kv;
   c.d = d;
   c.n.assign(B, n);
-  const auto hk = krec.download(), hv = vrec.download();
-  const auto hkw = kwin.download(), hvw = vwin.download();
+  const auto hk = e.krec.download(), hv = e.vrec.download();
+  const auto hkw = e.kwin.download(), hvw = e.vwin.download();
   std::size_t bad = 0;
   std::vector<std::uint8_t> want(vrb);
   std::vector<float> z(static_cast<std::size_t>(rank)), x(D);
@@ -1580,32 +1489,13 @@ TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, 
   std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
   for (auto& e : q) e = u(rng);
   dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
-  decode_attention_params p;
-  p.kv = view;
-  p.n_heads = n_heads;
-  p.q = dq.p;
-  p.rope_cos = dcos.p;
-  p.rope_sin = dsin.p;
-  p.rope_rows = total;
-  p.max_tokens = total;
-  p.out = dout.p;
+  decode_attention_params p =
+      attention_params(e.view, n_heads, dq.p, dcos.p, dsin.p, total, total, dout.p);
   for (bool rd : {false, true}) {  // the smem-tile kernel, then the register-direct one
     CAPTURE(rd);
     p.register_direct = rd;
-    const std::size_t ws = decode_attention_workspace_size(p);
-    dbuf<std::uint8_t> dws(ws);
-    p.workspace = dws.p;
-    p.workspace_bytes = ws;
-    CUDA_OK(launch_decode_attention(p, nullptr));
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    const auto out = dout.download();
-    float err = 0.0f;
-    for (int b = 0; b < B; ++b) {
-      const auto ref =
-          reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b * n_heads) * D], rope);
-      for (std::size_t i = 0; i < ref.size(); ++i)
-        err = std::max(err, std::fabs(out[static_cast<std::size_t>(b * n_heads) * D + i] - ref[i]));
-    }
+    run_decode_attention(p);
+    const float err = max_error(c, n_heads, q, rope, dout.download());
     MESSAGE("end to end, V latent", rd ? " (register-direct)" : "", ": max |gpu - ref| = ", err,
             " (bound ", latent_bound(L), ")");
     CHECK(err <= latent_bound(L));

@@ -12,30 +12,12 @@
 
 #include "kernels/common/cuda_device.h"
 #include "kernels/cuda/kv_step.h"
+#include "tests/gpu_test_util.h"
 
 using namespace kvcal;
+using kvcal::test::dbuf;
 
 namespace {
-
-#define CUDA_OK(expr) REQUIRE_MESSAGE((expr) == cudaSuccess, #expr, ": ", last_launch_error())
-
-template <typename T>
-struct dbuf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit dbuf(const std::vector<T>& h) : n(h.size()) {
-    REQUIRE(cudaMalloc(&p, std::max<std::size_t>(n, 1) * sizeof(T)) == cudaSuccess);
-    REQUIRE(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~dbuf() { cudaFree(p); }
-  dbuf(const dbuf&) = delete;
-  dbuf& operator=(const dbuf&) = delete;
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
-    return h;
-  }
-};
 
 // One launch captured on `stream` into an executable graph.
 cudaGraphExec_t capture(const kv_step_params& p, cudaStream_t stream) {
@@ -53,10 +35,7 @@ cudaGraphExec_t capture(const kv_step_params& p, cudaStream_t stream) {
 }  // namespace
 
 TEST_CASE("kv_step replayed from a CUDA graph advances the counters as the host rule") {
-  if (cuda_device_count() <= 0) {
-    MESSAGE("no CUDA device: skipped");
-    return;
-  }
+  SKIP_WITHOUT_GPU();
   cudaStream_t stream = nullptr;
   CUDA_OK(cudaStreamCreate(&stream));
   const int B = 3;

@@ -13,6 +13,7 @@
 
 #include "kernels/common/error.h"
 #include "model/gpu_learned_scorer.h"
+#include "model/torch_util.h"
 #include "runtime/eviction/learned.h"
 #include "tests/torch_doctest.h"
 
@@ -21,20 +22,8 @@ using namespace kvcal;
 namespace {
 
 // A learned-policy recipe of L layers and its random tensors (views into `keep`).
-struct policy_set {
+struct policy_set : tensor_views_f32 {
   preset_recipe r;
-  std::vector<at::Tensor> keep;
-  std::vector<tensor_view> views;
-  void add(const std::string& name, const at::Tensor& t) {
-    keep.push_back(t.contiguous());
-    tensor_view v;
-    v.name = name;
-    v.dtype = st_dtype::F32;
-    v.shape = t.sizes().vec();
-    v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
-    v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
-    views.push_back(v);
-  }
 };
 
 policy_set make_set(int L, int H, int d, policy_features f, std::int64_t in_dim,

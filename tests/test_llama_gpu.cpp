@@ -15,6 +15,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "calibrate/capture.h"
 #include "cli/app.h"
@@ -33,6 +34,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/model_config.h"
 #include "runtime/packed_support.h"
+#include "tests/ref_capture.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
 #include "train/policy_train.h"
@@ -73,6 +75,58 @@ bool have_gpu() {
 }
 
 const at::Device cuda(at::kCUDA, 0);
+
+// The prompt ids[:, :prompt], then one token at a time up to N, through g (CUDA) on gpu_cache and
+// c (CPU) on cpu_cache: max |logit difference| (last position) over every step.
+double max_logit_diff(const llama_model& g, kv_cache& gpu_cache, const llama_model& c,
+                      kv_cache& cpu_cache, const at::Tensor& ids, std::int64_t prompt,
+                      std::int64_t N) {
+  double worst =
+      compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), gpu_cache, {logits_mode::last}).cpu(),
+              c.forward(ids.narrow(1, 0, prompt), cpu_cache, {logits_mode::last}))
+          .max_abs;
+  for (std::int64_t t = prompt; t < N; ++t) {
+    const at::Tensor x = ids.narrow(1, t, 1);
+    worst = std::max(worst, compare(g.forward(x.to(cuda), gpu_cache, {logits_mode::last}).cpu(),
+                                    c.forward(x, cpu_cache, {logits_mode::last}))
+                                .max_abs);
+  }
+  return worst;
+}
+
+// `kvcal ARGS`; the test stops unless it exits 0 (its stderr in the message).
+void run_cli(const std::vector<std::string>& a) {
+  std::ostringstream out, err;
+  const int rc = cli::run(a, out, err);
+  INFO(err.str());
+  REQUIRE(rc == 0);
+}
+
+// `kvcal eval` of `preset` on data/eval.txt (CUDA, fp32, context 320, 640 tokens) on the CPU
+// runtime and through the CUDA kernels (--gpu-kernels); the JSON reports {cpu, gpu} (written to
+// dir/cpu.json, dir/gpu.json). --prefill 1: every scored token is decoded one at a time through
+// the cache, the same computation in both runtimes (the GPU cache attends a longer prompt
+// exactly).
+std::pair<nlohmann::json, nlohmann::json> eval_cpu_gpu(const std::string& model,
+                                                       const std::string& preset,
+                                                       const std::string& dir) {
+  const std::string src = KVCAL_SOURCE_DIR;
+  std::vector<std::string> base = {
+      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
+      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
+      preset,         "--context", "320",     "--prefill", "1",
+      "--max-tokens", "640",       "-q"};
+  auto cpu = base, gpu = base;
+  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
+  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
+  run_cli(cpu);
+  run_cli(gpu);
+  auto read = [](const std::string& p) {
+    std::ifstream f(p);
+    return nlohmann::json::parse(f);
+  };
+  return {read(dir + "/cpu.json"), read(dir + "/gpu.json")};
+}
 
 }  // namespace
 
@@ -333,33 +387,11 @@ TEST_CASE(
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
   for (const std::string t : {"kivi-4", "kivi-2", "fp16"}) {
     CAPTURE(t);
     const std::string preset = dir + "/" + t + ".safetensors";
-    run({"export", "--template", t, "--model", model, "--out", preset, "-q"});
-    // --prefill 1: every scored token is decoded one at a time through the cache, the same
-    // computation in both runtimes (the GPU cache attends a longer prompt exactly).
-    std::vector<std::string> base = {
-        "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-        "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-        preset,         "--context", "320",     "--prefill", "1",
-        "--max-tokens", "640",       "-q"};
-    auto cpu = base, gpu = base;
-    cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-    gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-    run(cpu);
-    run(gpu);
-    auto read = [](const std::string& p) {
-      std::ifstream f(p);
-      return nlohmann::json::parse(f);
-    };
-    const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+    run_cli({"export", "--template", t, "--model", model, "--out", preset, "-q"});
+    const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
     const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
     const double base_ppl = jc["baseline"]["ppl"];
     MESSAGE(t, ": decode-PPL CPU runtime ", pc, ", CUDA kernels ", pg, ", baseline ", base_ppl);
@@ -450,16 +482,7 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
     gpu_packed_cache::options o0 = o;
     o0.heavy = 0.0;
     gpu_packed_cache pc0(cfg, B, N, o0, cuda);
-    double worst =
-        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pc0, {logits_mode::last}).cpu(),
-                c.forward(ids.narrow(1, 0, prompt), rc0, {logits_mode::last}))
-            .max_abs;
-    for (std::int64_t t = prompt; t < N; ++t) {
-      const at::Tensor x = ids.narrow(1, t, 1);
-      worst = std::max(worst, compare(g.forward(x.to(cuda), pc0, {logits_mode::last}).cpu(),
-                                      c.forward(x, rc0, {logits_mode::last}))
-                                  .max_abs);
-    }
+    const double worst = max_logit_diff(g, pc0, c, rc0, ids, prompt, N);
     MESSAGE("h2o heavy 0 (newest R only), prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
     CHECK(worst <= 5e-2);
   }
@@ -477,16 +500,7 @@ TEST_CASE("gpu_packed_cache h2o: decode equals the CPU runtime's H2O up to near-
     ow.recent = 60;
     gpu_packed_cache pcw(cfg, B, N, ow, cuda);
     CHECK(pcw.rows_per_slot() == 65);
-    double worst =
-        compare(g.forward(ids.narrow(1, 0, prompt).to(cuda), pcw, {logits_mode::last}).cpu(),
-                c.forward(ids.narrow(1, 0, prompt), rcw, {logits_mode::last}))
-            .max_abs;
-    for (std::int64_t t = prompt; t < N; ++t) {
-      const at::Tensor x = ids.narrow(1, t, 1);
-      worst = std::max(worst, compare(g.forward(x.to(cuda), pcw, {logits_mode::last}).cpu(),
-                                      c.forward(x, rcw, {logits_mode::last}))
-                                  .max_abs);
-    }
+    const double worst = max_logit_diff(g, pcw, c, rcw, ids, prompt, N);
     CHECK(pcw.held(0) == 64);
     MESSAGE("streaming-llm 4 + 60, prompt ", prompt, ": max |dlogit| GPU vs CPU ", worst);
     CHECK(worst <= 5e-2);
@@ -502,29 +516,9 @@ TEST_CASE("kvcal eval --gpu-kernels h2o: decode-PPL close to the CPU runtime's, 
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
   const std::string preset = dir + "/h2o.safetensors";
-  run({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
-  std::vector<std::string> base = {
-      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-      preset,         "--context", "320",     "--prefill", "1",
-      "--max-tokens", "640",       "-q"};
-  auto cpu = base, gpu = base;
-  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-  run(cpu);
-  run(gpu);
-  auto read = [](const std::string& p) {
-    std::ifstream f(p);
-    return nlohmann::json::parse(f);
-  };
-  const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+  run_cli({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
+  const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
   const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
   MESSAGE("h2o: decode-PPL CPU runtime ", pc, ", CUDA kernels ", pg, ", baseline ",
           double(jc["baseline"]["ppl"]));
@@ -537,32 +531,22 @@ TEST_CASE("kvcal eval --gpu-kernels h2o: decode-PPL close to the CPU runtime's, 
 
 namespace {
 
-// Random learned-policy weights for recipe `r` (layers.<l>.policy.*), views into `keep`.
-std::vector<tensor_view> random_policy(const preset_recipe& r, std::vector<at::Tensor>& keep) {
-  std::vector<tensor_view> tv;
-  auto add = [&](const std::string& name, const at::Tensor& t) {
-    keep.push_back(t.contiguous());
-    tensor_view v;
-    v.name = name;
-    v.dtype = st_dtype::F32;
-    v.shape = t.sizes().vec();
-    v.data = reinterpret_cast<const std::uint8_t*>(keep.back().data_ptr<float>());
-    v.nbytes = static_cast<std::size_t>(keep.back().nbytes());
-    tv.push_back(v);
-  };
+// Random learned-policy weights for recipe `r` (layers.<l>.policy.*).
+tensor_views_f32 random_policy(const preset_recipe& r) {
+  tensor_views_f32 tv;
   for (std::size_t l = 0; l < r.layers.size(); ++l) {
     const learned_params& p = r.layers[l].policy.learned;
     const std::int64_t H = r.model.n_kv_heads, I = p.in_dim, M = p.mlp_hidden;
     const std::string pre = "layers." + std::to_string(l) + ".policy.";
     const double sc = 1.0 / std::sqrt(static_cast<double>(I));
     if (M == 0) {
-      add(pre + "weight", at::randn({H, I}).mul_(sc));
-      add(pre + "bias", at::randn({H}));
+      tv.add(pre + "weight", at::randn({H, I}).mul_(sc));
+      tv.add(pre + "bias", at::randn({H}));
     } else {
-      add(pre + "fc1.weight", at::randn({M, I}).mul_(sc));
-      add(pre + "fc1.bias", at::randn({M}).mul_(0.3));
-      add(pre + "fc2.weight", at::randn({H, M}).mul_(1.0 / std::sqrt(static_cast<double>(M))));
-      add(pre + "fc2.bias", at::randn({H}));
+      tv.add(pre + "fc1.weight", at::randn({M, I}).mul_(sc));
+      tv.add(pre + "fc1.bias", at::randn({M}).mul_(0.3));
+      tv.add(pre + "fc2.weight", at::randn({H, M}).mul_(1.0 / std::sqrt(static_cast<double>(M))));
+      tv.add(pre + "fc2.bias", at::randn({H}));
     }
   }
   return tv;
@@ -606,8 +590,8 @@ TEST_CASE("gpu_packed_cache learned: kept tokens and logits equal the CPU runtim
           l.policy.learned.in_dim = cfg.head_dim;
           l.policy.learned.mlp_hidden = 16;
         }
-      std::vector<at::Tensor> keep;
-      const std::vector<tensor_view> tv = random_policy(r, keep);
+      const tensor_views_f32 policy = random_policy(r);
+      const std::vector<tensor_view>& tv = policy.views;
       runtime_cache rc(cfg, r, tv, B);
       packed_config pcfg;
       REQUIRE(packed_config_of(r, &pcfg).empty());
@@ -693,63 +677,17 @@ TEST_CASE("kvcal eval --gpu-kernels learned-eviction: decode-PPL close to the CP
   const kvcal::test::scratch_dir scratch;
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
-  std::ifstream in(src + "/data/calib.txt", std::ios::binary);
-  std::string text(6000, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<std::size_t>(in.gcount()));
-  kvcal::test::write_bytes(dir + "/calib-slice.txt", text);
-  capture_params cp;
-  cp.model_dir = model;
-  cp.text_files = {dir + "/calib-slice.txt"};
-  cp.out = dir + "/cap.h5";
-  cp.seq_len = 64;
-  cp.max_tokens = 4 * 64;
-  cp.batch = 4;
-  cp.store = "float32";
-  cp.record = "k,hidden,attn";
-  cp.attn_window = 16;
-  cp.show_progress = false;
-  cp.command_line = "test";
-  run_capture(cp);
-  policy_train_params tp;
-  tp.captures = {cp.out};
-  tp.out = dir + "/policy.safetensors";
-  tp.recipe = "future-attn";
-  tp.hidden = {32};
-  tp.epochs = 2;
-  tp.batch = 64;
-  tp.show_progress = false;
-  tp.write_report = false;
-  run_train_policy(tp);
+  const std::string cap = kvcal::test::tiny_ref_capture(scratch);
+  const std::string policy = dir + "/policy.safetensors";
+  kvcal::test::train_ref_policy(cap, policy, "future-attn", 32);
   export_params ep;
   ep.template_name = "learned-eviction";
   ep.model_dir = model;
-  ep.policy = tp.out;
+  ep.policy = policy;
   ep.out = dir + "/learned.safetensors";
   ep.context = 320;
   export_preset(ep);
-
-  auto run = [](std::vector<std::string> a) {
-    std::ostringstream out, err;
-    const int rc = cli::run(a, out, err);
-    INFO(err.str());
-    REQUIRE(rc == 0);
-  };
-  std::vector<std::string> base = {
-      "eval",         "--model",   model,     "--text",    src + "/data/eval.txt",
-      "--device",     "cuda",      "--dtype", "fp32",      "--preset",
-      ep.out,         "--context", "320",     "--prefill", "1",
-      "--max-tokens", "640",       "-q"};
-  auto cpu = base, gpu = base;
-  cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
-  gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-  run(cpu);
-  run(gpu);
-  auto read = [](const std::string& p) {
-    std::ifstream f(p);
-    return nlohmann::json::parse(f);
-  };
-  const auto jc = read(dir + "/cpu.json"), jg = read(dir + "/gpu.json");
+  const auto [jc, jg] = eval_cpu_gpu(model, ep.out, dir);
   const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
   MESSAGE("learned-eviction (future-attn MLP 32): decode-PPL CPU runtime ", pc, ", CUDA kernels ",
           pg, ", baseline ", double(jc["baseline"]["ppl"]));
