@@ -9,12 +9,13 @@
 //
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
-//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned --kv-context 32768]   (issue 11: TTFT,
-//       TPOT and sequences that fit, through full_cache or the CUDA kernels' gpu_packed_cache;
-//       for gpu_packed_cache also the TPOT of the same greedy steps replayed from a CUDA graph,
-//       row "e2e graph", right after the eager ones: --warmup + --steps more tokens, the first
-//       warm-up step is the eager step + capture; --no-kv-graph skips it, --no-graph only the
-//       plain cache's graph rows; "learned" runs a synthetic scorer, rows named learned-synthetic)
+//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned --kv-context 32768]   (issue
+//       11: TTFT, TPOT and sequences that fit, through full_cache or the CUDA kernels'
+//       gpu_packed_cache; for gpu_packed_cache also the TPOT of the same greedy steps replayed from
+//       a CUDA graph, row "e2e graph", right after the eager ones: --warmup + --steps more tokens,
+//       the first warm-up step is the eager step + capture; --no-kv-graph skips it, --no-graph only
+//       the plain cache's graph rows; "learned" runs a synthetic scorer, rows named
+//       learned-synthetic)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -104,12 +105,11 @@ options parse(int argc, char** argv) {
     else if (a == "--kv-batch")
       o.kv_batch = std::stoll(value());
     else if (a == "-h" || a == "--help") {
-      std::cout
-          << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
-             "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-             "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
-             "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned] "
-             "[--kv-context 32768] [--kv-batch 8] [--no-kv-graph]\n";
+      std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
+                   "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
+                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
+                   "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned] "
+                   "[--kv-context 32768] [--kv-batch 8] [--no-kv-graph]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);

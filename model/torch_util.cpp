@@ -9,16 +9,26 @@ namespace {
 
 at::ScalarType scalar_type(st_dtype t) {
   switch (t) {
-    case st_dtype::BOOL: return at::kBool;
-    case st_dtype::U8: return at::kByte;
-    case st_dtype::I8: return at::kChar;
-    case st_dtype::I16: return at::kShort;
-    case st_dtype::I32: return at::kInt;
-    case st_dtype::I64: return at::kLong;
-    case st_dtype::F16: return at::kHalf;
-    case st_dtype::BF16: return at::kBFloat16;
-    case st_dtype::F32: return at::kFloat;
-    case st_dtype::F64: return at::kDouble;
+    case st_dtype::BOOL:
+      return at::kBool;
+    case st_dtype::U8:
+      return at::kByte;
+    case st_dtype::I8:
+      return at::kChar;
+    case st_dtype::I16:
+      return at::kShort;
+    case st_dtype::I32:
+      return at::kInt;
+    case st_dtype::I64:
+      return at::kLong;
+    case st_dtype::F16:
+      return at::kHalf;
+    case st_dtype::BF16:
+      return at::kBFloat16;
+    case st_dtype::F32:
+      return at::kFloat;
+    case st_dtype::F64:
+      return at::kDouble;
   }
   KVCAL_ASSERT(false, "unhandled st_dtype");
   return at::kFloat;
@@ -60,10 +70,14 @@ at::ScalarType parse_compute_dtype(const std::string& value, const std::string& 
 
 const char* compute_dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "fp32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "fp16";
-    default: return "unsupported";
+    case at::kFloat:
+      return "fp32";
+    case at::kBFloat16:
+      return "bf16";
+    case at::kHalf:
+      return "fp16";
+    default:
+      return "unsupported";
   }
 }
 

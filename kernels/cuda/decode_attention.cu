@@ -16,7 +16,6 @@ constexpr int kWarps = 4;      // warps per CTA, each with its own softmax state
 constexpr int kTile = 32;      // tokens per warp iteration (RoPE rows are formed per tile)
 constexpr int kHeadTile = 16;  // query heads per CTA: the 16 rows of the mma tile
 
-
 // Layout of the in-tile RoPE rows in smem: pair c of row j at j * RROW + (c / P) * SB + c % P.
 // The skew makes the 16-byte reads of a quarter warp (2 tokens x 4 lanes) hit 8 different bank
 // groups (P = d / 8 pairs per lane).

@@ -162,7 +162,6 @@ __device__ __forceinline__ void warp_copy_async(std::uint8_t* dst, const std::ui
   for (int i = done + 4 * lane; i < nbytes; i += 4 * 32) cp_async4(dst + i, src + i);
 }
 
-
 // NB bytes of shared memory at p (aligned to min(NB, 16)) as 32-bit words.
 template <int NB>
 __device__ __forceinline__ void load_words_smem(const std::uint8_t* p, unsigned* w) {
@@ -186,7 +185,6 @@ __device__ __forceinline__ void load_words_smem(const std::uint8_t* p, unsigned*
     }
   }
 }
-
 
 }  // namespace cuda_dev
 }  // namespace kvcal
