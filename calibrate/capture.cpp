@@ -233,8 +233,12 @@ struct batch_buffers {
 
 class writer_thread {
  public:
-  writer_thread(capture_writer& w, std::function<void(std::int64_t)> on_commit)
-      : w_(w), on_commit_(std::move(on_commit)), t_([this] { loop(); }) {}
+  writer_thread(capture_writer& w, std::function<void(std::int64_t)> on_commit,
+                std::function<void(std::int64_t)> before_commit)
+      : w_(w),
+        on_commit_(std::move(on_commit)),
+        before_commit_(std::move(before_commit)),
+        t_([this] { loop(); }) {}
   ~writer_thread() {
     {
       std::lock_guard<std::mutex> l(m_);
@@ -302,6 +306,7 @@ class writer_thread {
                                                              {capture_pos_path, b.pos.data()}};
     for (const auto& [path, t] : b.data) rows.emplace_back(path, t.data_ptr());
     w_.write(rows, b.rows);
+    if (before_commit_) before_commit_(w_.header().n_sequences + b.sequences);
     w_.commit(b.rows, b.sequences);
     bytes_ = w_.file_bytes();
     committed_ = w_.header().n_sequences;
@@ -309,7 +314,7 @@ class writer_thread {
   }
 
   capture_writer& w_;
-  std::function<void(std::int64_t)> on_commit_;
+  std::function<void(std::int64_t)> on_commit_, before_commit_;
   std::mutex m_;
   std::condition_variable cv_;
   batch_buffers* pending_ = nullptr;
@@ -589,7 +594,7 @@ capture_result run_capture(const capture_params& params) {
   const auto t_loop = std::chrono::steady_clock::now();
   const std::int64_t bytes_before = w->file_bytes();
   {
-    writer_thread wt(*w, p.maybe_on_commit);
+    writer_thread wt(*w, p.maybe_on_commit, p.maybe_before_commit);
     int set = 0;
     std::size_t i = static_cast<std::size_t>(first_seq);
     bool stopped = false;

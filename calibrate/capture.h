@@ -55,9 +55,12 @@ struct capture_params {
   bool show_progress = true;
 
   // For tests: stop (leaving OUT.partial, as an interruption would) once this many sequences are
-  // committed (0 = never), and a callback after every commit (total committed sequences).
+  // committed (0 = never), a callback after every commit (total committed sequences), and one on
+  // the writer thread after a batch's rows are written but before their commit (the total the
+  // commit will make): an interruption there leaves written, uncommitted rows.
   std::int64_t stop_after_sequences = 0;
   std::function<void(std::int64_t)> maybe_on_commit;
+  std::function<void(std::int64_t)> maybe_before_commit;
 };
 
 struct capture_result {
