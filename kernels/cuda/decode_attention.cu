@@ -510,19 +510,8 @@ __device__ __forceinline__ void latent_partial_out(const decode_attention_params
   float* stats = scratch + H * VR;  // [16][2] (max, den)
   for (int i = threadIdx.x; i < nh * VR; i += blockDim.x) {
     const int h = i / VR, c = i % VR;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * H + h) * 2]);
-    float num = 0.0f, den = 0.0f;
-    if (mx > -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float mw = red_ml[(w * H + h) * 2];
-        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
-        num += f * red_o[(w * H + h) * D + c];
-        den += f * red_ml[(w * H + h) * 2 + 1];
-      }
-    }
+    float num, den;
+    const float mx = merge_warp_partials<kWarps, H>(red_o, red_ml, D, h, c, num, den);
     zs[h * VR + c] = num;
     if (c == 0) {
       stats[2 * h] = mx;
@@ -857,19 +846,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_DA_MIN_BLOCKS)
   float* ws_acc = ws_ml + static_cast<std::int64_t>(kv.batch) * p.n_heads * n_parts * 2;
   for (int i = threadIdx.x; i < nh * D; i += blockDim.x) {
     const int h = i / D, c = i % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * H + h) * 2]);
-    float num = 0.0f, den = 0.0f;
-    if (mx > -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float mw = red_ml[(w * H + h) * 2];
-        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
-        num += f * red_o[(w * H + h) * D + c];
-        den += f * red_ml[(w * H + h) * 2 + 1];
-      }
-    }
+    float num, den;
+    const float mx = merge_warp_partials<kWarps, H>(red_o, red_ml, D, h, c, num, den);
     const std::int64_t row =
         (static_cast<std::int64_t>(b) * p.n_heads + head0 + h) * n_parts + part;
     ws_acc[row * D + c] = num;

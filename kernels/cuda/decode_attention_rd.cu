@@ -654,19 +654,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   float* stats = zs + kHeads * W;
   for (int i = threadIdx.x; i < nh * W; i += blockDim.x) {
     const int h = i / W, c = i % W;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_ml[(w * kHeads + h) * 2]);
-    float num = 0.0f, den = 0.0f;
-    if (mx > -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float mw = red_ml[(w * kHeads + h) * 2];
-        const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
-        num += f * red_o[(w * kHeads + h) * D + c];
-        den += f * red_ml[(w * kHeads + h) * 2 + 1];
-      }
-    }
+    float num, den;
+    const float mx = merge_warp_partials<kWarps, kHeads>(red_o, red_ml, D, h, c, num, den);
     if constexpr (VM > 0) {
       zs[h * W + c] = num;
       if (c == 0) {

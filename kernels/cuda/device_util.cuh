@@ -186,5 +186,30 @@ __device__ __forceinline__ void load_words_smem(const std::uint8_t* p, unsigned*
   }
 }
 
+// ---- split-KV partials ----------------------------------------------------------------
+
+// Log-sum-exp merge of the W warps' partial states of row h, column c: red_o [W][H][ld] (the
+// unnormalized outputs, leading dimension ld), red_ml [W][H][2] (max in log2 units, sum). Returns
+// the merged max; num / den are the merged output and sum (0 when no warp saw a token).
+template <int W, int H>
+__device__ __forceinline__ float merge_warp_partials(const float* red_o, const float* red_ml,
+                                                     int ld, int h, int c, float& num, float& den) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < W; ++w) mx = fmaxf(mx, red_ml[(w * H + h) * 2]);
+  num = 0.0f;
+  den = 0.0f;
+  if (mx > -INFINITY) {
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const float mw = red_ml[(w * H + h) * 2];
+      const float f = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+      num += f * red_o[(w * H + h) * ld + c];
+      den += f * red_ml[(w * H + h) * 2 + 1];
+    }
+  }
+  return mx;
+}
+
 }  // namespace cuda_dev
 }  // namespace kvcal
