@@ -36,6 +36,14 @@
 // (k_bits 16, every token in the ring) or per-channel records. Attention runs on latents:
 // P V = (P Z) dec_w^T + (sum P) dec_b (kernels/cuda/decode_attention.h).
 //   v_rec: [B, n_kv, v_slot_records, latent_record_bytes(r, v_latent_bits)]
+//
+// K latent mode (k_latent_rank rk > 0; PCA or linear-autoencoder keys): a compressed K token is
+// a per-token linear-codec record as above (rank rk, k_latent_bits), of the key BEFORE RoPE:
+//   k_rec: [B, n_kv, k_slot_records, latent_record_bytes(rk, k_latent_bits)], record t for
+//          t < k_compressed[b] (any count: no K group), k_slot_records >= max tokens
+//   k_enc_w: [n_kv, rk, d]  k_enc_b: [n_kv, rk]  k_dec_w: [n_kv, d, rk]  k_dec_b: [n_kv, d]
+// Decode attention reconstructs k = dec_w z + dec_b and rotates it at its position (a rotated
+// key does not factor through a fixed basis); k_bits / k_group are then unused.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -77,6 +85,13 @@ struct packed_kv_view {
   const float* v_enc_b = nullptr;  // [n_kv, r]    (append)
   const float* v_dec_w = nullptr;  // [n_kv, d, r] (attention)
   const float* v_dec_b = nullptr;  // [n_kv, d]    (attention)
+  // K latent mode (see the header comment); 0 = off.
+  int k_latent_rank = 0;
+  int k_latent_bits = 16;          // 16 | 8 | 4
+  const float* k_enc_w = nullptr;  // [n_kv, rk, d] (append)
+  const float* k_enc_b = nullptr;  // [n_kv, rk]    (append)
+  const float* k_dec_w = nullptr;  // [n_kv, d, rk] (attention)
+  const float* k_dec_b = nullptr;  // [n_kv, d]     (attention)
 };
 
 // Bytes of one record (same numbers as runtime/kv_codec.cpp, asymmetric).
