@@ -10,6 +10,7 @@
 #                (tests/fixtures/check_capture.py), and the capture benchmark on the 7B checkpoint
 #     decode     kvcal bench (presets vs torch SDPA in-process) + bench/sdpa_baseline.py; DEC_ARGS
 #     decode_dev bench_decode: fp16 / kivi with fp32 and fp16 dequantization arithmetic
+#     prof       SASS + Nsight Compute source-level profile of the register-direct kernel (PRESET)
 #     sanitize   compute-sanitizer memcheck + racecheck on test_kernels_gpu (subset)
 #     pca        bench_pca + torch baseline
 #     train      bench_train (7B-shaped synthetic capture, CPU and CUDA)
@@ -95,6 +96,18 @@ phase_sanitize_new() {
       echo "rc ${PIPESTATUS[0]}"
     done
   done
+}
+# Register-direct kernel profile at B8 L32k (PRESET, default kivi-4): SASS of the object file and
+# Nsight Compute per-instruction executed counts (source page) + the details page.
+phase_prof() {
+  local pr=${PRESET:-kivi-4} obj
+  obj=$(find "$B" -name "decode_attention_rd.cu.o" | head -1)
+  cuobjdump -sass "$obj" >"$O/rd.sass" 2>&1 || echo "cuobjdump failed"
+  ncu -k regex:decode_attention_rd_kernel -c 1 --set full --import-source no -f -o "$O/rd" \
+    "$B"/cli/kvcal bench --batch 8 --len 32768 --preset "$pr" >"$O/prof-run.log" 2>&1 || tail -5 "$O/prof-run.log"
+  ncu -i "$O/rd.ncu-rep" --page source --print-source sass --csv >"$O/rd-source.csv" 2>&1 | tail -2
+  ncu -i "$O/rd.ncu-rep" --page details >"$O/rd-details.txt" 2>&1
+  grep -E "Duration|Executed Instructions|Issue Slots Busy|Achieved Occupancy|Registers Per|Memory Throughput|DRAM Throughput" "$O/rd-details.txt" | head -20
 }
 phase_pca() {
   "$B"/bench/bench_pca 2>&1 | tee "$O/pca.log"
