@@ -83,16 +83,20 @@ __device__ __forceinline__ __half2 run_pair(const unsigned* w, int i) {
   }
 }
 
-// half2 (code idx of run a, code idx of run b) - 1024 of two runs of 16 codes (idx < 16): the
-// bytes holding the codes side by side (PRMT), then shift, mask and the 0x6400 exponent (LOP3).
+// half2 (code idx of run a, code idx of run b) of two runs of 16 codes (idx < 16): the bytes
+// holding the codes side by side (PRMT; shared by the codes of one byte), mask and the 0x6400
+// exponent (LOP3: 1024 + code << s, s the code's bit offset in its byte), then one exact HADD2 /
+// HFMA2 by (2^-s, -1024 2^-s) as code_pair (device_util.cuh).
 template <int BITS>
 __device__ __forceinline__ __half2 code_pair2(const unsigned* wa, const unsigned* wb, int idx) {
   constexpr int PER_WORD = 32 / BITS;
-  const int w = idx / PER_WORD, bit = (idx % PER_WORD) * BITS, k = bit / 8;
+  const int w = idx / PER_WORD, bit = (idx % PER_WORD) * BITS, k = bit / 8, s = bit % 8;
   const unsigned t = __byte_perm(wa[w], wb[w], static_cast<unsigned>(k | ((k + 4) << 8)));
-  constexpr unsigned mask = ((1u << BITS) - 1u) * 0x00010001u;
-  const unsigned v = ((t >> (bit % 8)) & mask) | 0x64006400u;
-  return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+  const unsigned v = (t & ((((1u << BITS) - 1u) << s) * 0x00010001u)) | 0x64006400u;
+  if (s == 0) return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+  const unsigned mul = static_cast<unsigned>((15 - s) << 10) * 0x00010001u;  // 2^-s
+  const unsigned add = (0x8000u | static_cast<unsigned>((25 - s) << 10)) * 0x00010001u;
+  return __hfma2(as_h2(v), as_h2(mul), as_h2(add));
 }
 
 // The in-tile rotation of the half_dequant kernels: (lo, hi) of channels c, c + 64 by angle j f.
@@ -106,23 +110,38 @@ __device__ __forceinline__ void rotate(__half2 lo, __half2 hi, unsigned c, unsig
 template <int BITS, int GROUP>
 __device__ __forceinline__ void issue_k(const packed_kv_view& kv, std::int64_t slot, int p0,
                                         bool has, int kc, const float* rope_cos,
-                                        const float* rope_sin, bool rotated, std::uint8_t* buf,
-                                        int lane) {
-  if (has && !rotated) {  // the RoPE rows of p0 (16-byte copies where the tables allow, else 4)
-    constexpr int R = rd_stage<BITS>::k_rope;
-    warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF), 4 * HALF,
-                    lane);
-    warp_copy_async(buf + R + 4 * HALF, reinterpret_cast<const std::uint8_t*>(rope_sin + p0 * HALF),
-                    4 * HALF, lane);
+                                        const float* rope_sin, bool rotated, bool a16,
+                                        std::uint8_t* buf, int lane) {
+  constexpr int R = rd_stage<BITS>::k_rope;
+  // a16 (CTA-uniform): the RoPE tables and K records are 16-byte aligned, so every copy below is
+  // (rows of 256 bytes, records and tile offsets multiples of 16): fixed 16-byte copies per lane.
+  if (has && !rotated) {  // the RoPE rows of p0: lanes 0-15 cos, 16-31 sin
+    if (a16) {
+      cp_async16(buf + R + 16 * lane, reinterpret_cast<const std::uint8_t*>(
+                                          (lane < 16 ? rope_cos : rope_sin) + p0 * HALF) +
+                                          16 * (lane % 16));
+    } else {
+      warp_copy_async(buf + R, reinterpret_cast<const std::uint8_t*>(rope_cos + p0 * HALF),
+                      4 * HALF, lane);
+      warp_copy_async(buf + R + 4 * HALF,
+                      reinterpret_cast<const std::uint8_t*>(rope_sin + p0 * HALF), 4 * HALF, lane);
+    }
   }
   if constexpr (BITS != 16) {
     if (has && p0 < kc) {
       const int grp = GROUP > 0 ? GROUP : kv.k_group;
       const std::int64_t rec_bytes = 4 * D + static_cast<std::int64_t>(grp) * D * BITS / 8;
       const std::uint8_t* rec = kv.k_rec + (slot * kv.k_slot_records + p0 / grp) * rec_bytes;
-      warp_copy_async(buf, rec, 4 * D, lane);
-      warp_copy_async(buf + 4 * D, rec + 4 * D + (p0 % grp) * D * BITS / 8, kTile * D * BITS / 8,
-                      lane);
+      const std::uint8_t* codes = rec + 4 * D + (p0 % grp) * D * BITS / 8;
+      if (a16) {  // scales + zeros: 32 chunks; codes: 32 BITS chunks
+        cp_async16(buf + 16 * lane, rec + 16 * lane);
+#pragma unroll
+        for (int i = 0; i < BITS; ++i)
+          cp_async16(buf + 4 * D + 16 * (lane + 32 * i), codes + 16 * (lane + 32 * i));
+      } else {
+        warp_copy_async(buf, rec, 4 * D, lane);
+        warp_copy_async(buf + 4 * D, codes, kTile * D * BITS / 8, lane);
+      }
     }
   }
   cp_async_commit();  // possibly empty: keeps the wait_group count uniform
@@ -406,6 +425,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   const int ng = QV ? D / kv.v_group : 1, vgrp = QV ? 16 * g / kv.v_group : 0;
   const int v_rb = rd_stage<BITS>::v_rec_bytes(ng);
   const bool rotated = BITS == 16 && kv.keys_rotated;  // keys and queries already after RoPE
+  const bool a16 =
+      ((reinterpret_cast<std::uintptr_t>(p.rope_cos) |
+        reinterpret_cast<std::uintptr_t>(p.rope_sin) | reinterpret_cast<std::uintptr_t>(kv.k_rec)) &
+       15u) == 0;
   std::uint8_t* stk = area + static_cast<std::size_t>(warp) * (stage_k + stage_v);
   std::uint8_t* stv = stk + stage_k;
 
@@ -423,12 +446,14 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   const int vcs = QV ? vc : 0;  // V stage range
   // The first tile's stages go out before the setup so that their latency overlaps it.
   issue_k<BITS, GROUP>(kv, slot, tile0 * kTile, tile0 < tile_end, kc, p.rope_cos, p.rope_sin,
-                       rotated, stk, lane);
+                       rotated, a16, stk, lane);
   issue_v(kv, slot, tile0 * kTile, tile0 < tile_end, vcs, v_rb, stv, lane);
 
   // Queries (scaled by softmax_scale * log2(e); zero rows past the group) and the lane RoPE rows
   // (keys_rotated: identity rows, cos 1 and sin 0 rotate exactly, in the stage and in rope_s).
-  const float qscale = p.softmax_scale * 1.4426950408889634f;
+  // RoPE's attention scaling divides the rotated query; it is linear, so it goes in here.
+  const float qscale =
+      p.softmax_scale * 1.4426950408889634f / (rotated ? 1.0f : p.rope_attention_scaling);
 #pragma unroll
   for (int k = 0; k < kHeads * D / (32 * kWarps); ++k) {
     const int i = threadIdx.x + k * 32 * kWarps, h = i / D, c = i % D;
@@ -464,7 +489,6 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
 #pragma unroll
   for (int i = 0; i < NO; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2t, 2t + 1
-  const float inv_as = rotated ? 1.0f : 1.0f / p.rope_attention_scaling;
   // Optional logits (log2 units, the values entering the softmax): row of head head0 + h is h.
   float* const logits =
       p.logits == nullptr
@@ -490,14 +514,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
         const float4 s = *reinterpret_cast<const float4*>(sin0 + f);
         const float4 x = *reinterpret_cast<const float4*>(qrow + f);
         const float4 y = *reinterpret_cast<const float4*>(qrow + HALF + f);
-        qb[2 * q4][0] =
-            pack_half2((x.x * c.x + y.x * s.x) * inv_as, (x.y * c.y + y.y * s.y) * inv_as);
-        qb[2 * q4][1] =
-            pack_half2((y.x * c.x - x.x * s.x) * inv_as, (y.y * c.y - x.y * s.y) * inv_as);
-        qb[2 * q4 + 1][0] =
-            pack_half2((x.z * c.z + y.z * s.z) * inv_as, (x.w * c.w + y.w * s.w) * inv_as);
-        qb[2 * q4 + 1][1] =
-            pack_half2((y.z * c.z - x.z * s.z) * inv_as, (y.w * c.w - x.w * s.w) * inv_as);
+        qb[2 * q4][0] = pack_half2(x.x * c.x + y.x * s.x, x.y * c.y + y.y * s.y);
+        qb[2 * q4][1] = pack_half2(y.x * c.x - x.x * s.x, y.y * c.y - x.y * s.y);
+        qb[2 * q4 + 1][0] = pack_half2(x.z * c.z + y.z * s.z, x.w * c.w + y.w * s.w);
+        qb[2 * q4 + 1][1] = pack_half2(y.z * c.z - x.z * s.z, y.w * c.w - x.w * s.w);
       }
     }
     // 2. S^T: m-tile mt holds tokens 16mt + g (rows g) and 16mt + g + 8 (rows g + 8). A tile is
@@ -511,7 +531,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
     __syncwarp();
     issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin,
-                         rotated, stk, lane);  // K stage consumed
+                         rotated, a16, stk, lane);  // K stage consumed
 
     // 3. Mask, optional logits (this CTA's tokens only), online softmax: heads 2t + e over the
     //    lanes of the same t.

@@ -115,21 +115,32 @@ __device__ __forceinline__ unsigned h2_bits(__half2 h) {
 }
 
 // Codes 2k, 2k+1 of a chunk of 8 codes (w: the chunk's 8 * BITS bits, LSB first) as half2.
+// The byte holding both codes goes to the low byte of each half under the fp16 exponent of 1024
+// (one PRMT); masking leaves 1024 + code << s in each half (one LOP3, s the code's bit offset in
+// the byte), and one HFMA2 by (2^-s, -1024 2^-s) gives the codes exactly (powers of two).
 template <int BITS>
 __device__ __forceinline__ __half2 code_pair(const unsigned* w, int k) {
-  unsigned v;
-  if constexpr (BITS == 2) {
-    const unsigned x = w[0] >> (4 * k);
-    v = (x & 0x3u) | ((x << 14) & 0x30000u) | 0x64006400u;
-  } else if constexpr (BITS == 4) {
-    const unsigned x = w[0] >> (8 * k);
-    v = (x & 0xFu) | ((x << 12) & 0xF0000u) | 0x64006400u;
-  } else {
-    static_assert(BITS == 8, "code_pair: 2, 4 or 8 bits");
+  if constexpr (BITS == 8) {
     const unsigned b = (2 * k) % 4;
-    v = __byte_perm(w[k / 2], 0x64646464u, b | (4u << 4) | ((b + 1) << 8) | (4u << 12));
+    const unsigned v =
+        __byte_perm(w[k / 2], 0x64646464u, b | (4u << 4) | ((b + 1) << 8) | (4u << 12));
+    return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+  } else {
+    static_assert(BITS == 2 || BITS == 4, "code_pair: 2, 4 or 8 bits");
+    // byte j holds codes 2k, 2k + 1 at bit offsets s0, s1
+    constexpr int PB = 8 / BITS;  // codes per byte
+    const unsigned j = 2 * k / PB;
+    const int s0 = (2 * k) % PB * BITS, s1 = s0 + BITS;
+    const unsigned t = __byte_perm(w[0], 0x64646464u, j | (4u << 4) | (j << 8) | (4u << 12));
+    const unsigned m = (((1u << BITS) - 1u) << s0) | ((((1u << BITS) - 1u) << s1) << 16);
+    const unsigned v = (t & m) | 0x64006400u;
+    // fp16 bits of 2^e (|e| < 15): exponent field e + 15; 0x8000 the sign.
+    const unsigned mul =
+        static_cast<unsigned>((15 - s0) << 10) | (static_cast<unsigned>((15 - s1) << 10) << 16);
+    const unsigned add = (0x8000u | static_cast<unsigned>((25 - s0) << 10)) |
+                         ((0x8000u | static_cast<unsigned>((25 - s1) << 10)) << 16);
+    return __hfma2(as_h2(v), as_h2(mul), as_h2(add));
   }
-  return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
 }
 
 __device__ __forceinline__ void cp_async16(std::uint8_t* dst, const std::uint8_t* src) {
