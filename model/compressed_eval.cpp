@@ -151,11 +151,6 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       const std::string why = packed_config_of(f.recipe(), &pc);
       KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
                   " (drop --gpu-kernels to use the CPU runtime)");
-      KVCAL_CHECK(!pc.v_latent() && pc.compress_after < 0, path,
-                  ": the GPU cache cannot run this preset yet: ",
-                  pc.v_latent() ? "V latents (PCA / AE) are in the kernels and kvcal bench only"
-                                : "adaptive compress_after is not in the GPU cache",
-                  " (drop --gpu-kernels to use the CPU runtime)");
       gpu_packed_cache::options o;
       o.bits = pc.bits;
       o.group = pc.group;
@@ -167,6 +162,15 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
       o.window = pc.window;
       o.sinks = pc.sinks;
       o.recent = pc.recent;
+      o.compress_after = pc.compress_after;
+      if (pc.v_latent()) {  // the preset's maps, uploaded once by each cache made
+        KVCAL_CHECK(pc.v_latent_rank > 0, path,
+                    ": V latent rank 0 (a template's; export the preset with --pca)");
+        o.v_latent_rank = pc.v_latent_rank;
+        o.v_latent_bits = pc.v_latent_bits;
+        o.v_maps = std::make_shared<const latent_map_set>(
+            packed_latent_maps(f.recipe(), f.tensors().tensors(), /*value=*/true, path));
+      }
       if (pc.learned)  // the policy weights go to the device once, shared by every cache made
         o.learned = std::make_shared<const gpu_learned_scorer>(f.recipe(), f.tensors().tensors(),
                                                                device, path);
@@ -228,7 +232,8 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
         ps.ppl.cached_tokens = gc.length();
         ps.ppl.fp16_bytes = static_cast<double>(gc.length() * cfg.num_hidden_layers *
                                                 cfg.num_key_value_heads * cfg.head_dim * 2 * 2);
-        ps.ppl.fixed_bytes = gpu_opts[i].learned ? gpu_opts[i].learned->bytes() : 0;
+        ps.ppl.fixed_bytes =
+            gc.fixed_bytes() + (gpu_opts[i].learned ? gpu_opts[i].learned->bytes() : 0);
         continue;
       }
       runtime_cache rc(cfg, ps.path, 1);
