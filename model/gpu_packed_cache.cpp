@@ -203,9 +203,9 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(!o.v_latent() || latent_rank_ok(o.v_latent_rank, cfg.head_dim),
               "gpu_packed_cache: V latent rank ", o.v_latent_rank,
               " (16, 32, 64, 96 or 128, at most head_dim ", cfg.head_dim, ")");
-  KVCAL_CHECK(!o.v_latent() || o.v_latent_bits == 16 || o.v_latent_bits == 8 ||
-                  o.v_latent_bits == 4,
-              "gpu_packed_cache: V latent bits ", o.v_latent_bits, " (16, 8 or 4)");
+  KVCAL_CHECK(
+      !o.v_latent() || o.v_latent_bits == 16 || o.v_latent_bits == 8 || o.v_latent_bits == 4,
+      "gpu_packed_cache: V latent bits ", o.v_latent_bits, " (16, 8 or 4)");
   KVCAL_CHECK(!o.v_latent() || (o.v_maps && static_cast<std::int64_t>(o.v_maps->size()) ==
                                                 cfg.num_hidden_layers),
               "gpu_packed_cache: the V latent mode needs the maps of all ", cfg.num_hidden_layers,
@@ -218,8 +218,8 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
               window_, ") is shorter than the capacity: not supported by the kernels");
   const bool latent = o.v_latent();
-  const bool kfp16 = o.bits == 16;       // K: every key in the ring
-  const bool fp16 = kfp16 && !latent;    // nothing compressed
+  const bool kfp16 = o.bits == 16;     // K: every key in the ring
+  const bool fp16 = kfp16 && !latent;  // nothing compressed
   rule_.residual = o.residual;
   rule_.group = o.group;
   rule_.k_quant = !kfp16;
@@ -227,7 +227,8 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   rule_.compress_after = o.compress_after;
   // The ring holds every token not yet in records of both streams: at most residual + group - 1
   // plus a piece, or, dormant (adaptive), compress_after plus a piece.
-  const std::int64_t ring = std::max<std::int64_t>(o.residual + o.group, o.compress_after) + o.piece;
+  const std::int64_t ring =
+      std::max<std::int64_t>(o.residual + o.group, o.compress_after) + o.piece;
   win_cap_ = static_cast<int>(kfp16 ? capacity : std::min<std::int64_t>(capacity, ring));
   // H2O: R is non-decreasing in the tokens seen, so R(capacity) + 1 rows hold every step.
   if (o.evicts()) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
@@ -244,8 +245,8 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
         {std::max<std::int64_t>(
             1, slots * k_slot * static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
         u8);
-    s->v_rec =
-        at::empty({std::max<std::int64_t>(1, slots * v_slot * static_cast<std::int64_t>(v_rb))}, u8);
+    s->v_rec = at::empty(
+        {std::max<std::int64_t>(1, slots * v_slot * static_cast<std::int64_t>(v_rb))}, u8);
     s->k_win = at::empty({slots, win_cap_, d_}, f16);
     s->v_win = at::empty({slots, win_cap_, d_}, f16);
     s->ctr = at::zeros({kv_ctr_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
@@ -384,9 +385,8 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     // A decode step always launches with the same bounds (one K block and one V token, or the
     // crossing of compress_after; the kernels skip empty ranges); a prompt piece with its own.
     const int step_k = kv_step_max_k_blocks(rule_), step_v = kv_step_max_v_tokens(rule_);
-    KVCAL_ASSERT(
-        T > 1 || (k2 - s.kc <= std::int64_t{step_k} * o_.group && v2 - s.vc <= step_v),
-        "gpu_packed_cache: a step compresses more than its bounds (counters out of step)");
+    KVCAL_ASSERT(T > 1 || (k2 - s.kc <= std::int64_t{step_k} * o_.group && v2 - s.vc <= step_v),
+                 "gpu_packed_cache: a step compresses more than its bounds (counters out of step)");
     const int max_k = T == 1 ? step_k : static_cast<int>((k2 - s.kc) / o_.group);
     const int max_v = T == 1 ? step_v : static_cast<int>(v2 - s.vc);
     const bool latent = o_.v_latent();
@@ -658,12 +658,13 @@ std::size_t gpu_packed_cache::bytes_used() const {
     // K records of kc tokens, V records of vc tokens (latent or quantized), fp16 rows of the rest
     // (kc = 0 for fp16 keys, vc = 0 for an fp16 cache).
     const std::size_t k_rb = rule_.k_quant ? k_record_bytes(d, o_.bits, o_.group) : 0;
-    const std::size_t v_rb = o_.v_latent() ? latent_record_bytes_of(o_.v_latent_rank,
-                                                                    o_.v_latent_bits)
+    const std::size_t v_rb = o_.v_latent()
+                                 ? latent_record_bytes_of(o_.v_latent_rank, o_.v_latent_bits)
                              : rule_.v_quant ? v_record_bytes(d, o_.bits, o_.group)
                                              : 0;
     n += slots *
-         (static_cast<std::size_t>(s->kc / o_.group) * k_rb + static_cast<std::size_t>(s->vc) * v_rb +
+         (static_cast<std::size_t>(s->kc / o_.group) * k_rb +
+          static_cast<std::size_t>(s->vc) * v_rb +
           static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) * static_cast<std::size_t>(d) * 2);
   }
   return n;

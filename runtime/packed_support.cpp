@@ -73,13 +73,14 @@ latent_map_set packed_latent_maps(const preset_recipe& r, const std::vector<tens
   for (std::size_t l = 0; l < r.layers.size(); ++l) {
     const layer_recipe& lr = r.layers[l];
     for (std::int64_t h = 0; h < r.model.n_kv_heads; ++h) {
-      const kv_method& m = value ? lr.v_of(static_cast<std::size_t>(h))
-                                 : lr.k_of(static_cast<std::size_t>(h));
-      KVCAL_CHECK(m.kind == kv_method_kind::pca || (m.kind == kv_method_kind::ae && m.ae.hidden == 0),
-                  source, ": layers[", l, "] ", value ? "V" : "K", " head ", h,
-                  " is not a PCA / linear autoencoder latent");
-      const std::string prefix = "layers." + std::to_string(l) + (value ? ".v" : ".k") +
-                                 ".heads." + std::to_string(h);
+      const kv_method& m =
+          value ? lr.v_of(static_cast<std::size_t>(h)) : lr.k_of(static_cast<std::size_t>(h));
+      KVCAL_CHECK(
+          m.kind == kv_method_kind::pca || (m.kind == kv_method_kind::ae && m.ae.hidden == 0),
+          source, ": layers[", l, "] ", value ? "V" : "K", " head ", h,
+          " is not a PCA / linear autoencoder latent");
+      const std::string prefix =
+          "layers." + std::to_string(l) + (value ? ".v" : ".k") + ".heads." + std::to_string(h);
       const auto codec = make_stream_codec(m, d, tensors, prefix, source);
       KVCAL_ASSERT(codec->maps(), "a linear codec without maps");
       maps[l].push_back(*codec->maps());

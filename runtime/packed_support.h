@@ -17,7 +17,8 @@
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
-//   if (c.v_latent()) maps = kvcal::packed_latent_maps(recipe, file.tensors().tensors(), true, path);
+//   if (c.v_latent()) maps = kvcal::packed_latent_maps(recipe, file.tensors().tensors(), true,
+//   path);
 #pragma once
 
 #include <cstdint>

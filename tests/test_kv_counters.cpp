@@ -81,9 +81,9 @@ TEST_CASE("kv step counters: adaptive compress_after and V-only rules = the CPU 
     bool k_quant;
     std::int64_t compress_after;
   };
-  for (const rule_case rc : {rule_case{256, 32, false, 512}, rule_case{256, 32, true, 512},
-                             rule_case{48, 32, false, 96}, rule_case{128, 32, true, -1},
-                             rule_case{128, 64, false, -1}, rule_case{300, 32, true, 100}})
+  for (const rule_case rc :
+       {rule_case{256, 32, false, 512}, rule_case{256, 32, true, 512}, rule_case{48, 32, false, 96},
+        rule_case{128, 32, true, -1}, rule_case{128, 64, false, -1}, rule_case{300, 32, true, 100}})
     for (std::int64_t piece : {1, 7, 256}) {
       CAPTURE(rc.residual);
       CAPTURE(rc.group);

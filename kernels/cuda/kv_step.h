@@ -26,8 +26,8 @@ struct kv_step_params {
   // Packed counters [kv_ctr_rows * B] (null: skip) and the rule's constants.
   int* ctr = nullptr;
   int residual = 0, group = 32;
-  bool quant = false;  // false: fp16 cache, nothing is compressed
-  bool k_fp16 = false;  // with quant: only V is compressed (V latent mode with fp16 keys)
+  bool quant = false;       // false: fp16 cache, nothing is compressed
+  bool k_fp16 = false;      // with quant: only V is compressed (V latent mode with fp16 keys)
   int compress_after = -1;  // adaptive mode (kv_counters.h): dormant while n <= compress_after
   // Eviction counters [ev_rows * B] (null: skip) and the rows' positions / scores
   // [B, n_kv, rows] (both required with ectr).
