@@ -17,11 +17,11 @@
 #include "model/full_cache.h"
 #include "model/gpu_learned_scorer.h"
 #include "model/gpu_packed_cache.h"
+#include "model/gpu_packed_options.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
 #include "model/torch_util.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/packed_support.h"
 #include "runtime/preset.h"
 
 namespace kvcal {
@@ -146,36 +146,8 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     preset_file f(path);
     check_fingerprint(f.recipe().model, cfg, path, config_path);  // names both files
     presets.push_back({path, f.recipe().name, {}});
-    if (p.gpu_kernels) {
-      packed_config pc;
-      const std::string why = packed_config_of(f.recipe(), &pc);
-      KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
-                  " (drop --gpu-kernels to use the CPU runtime)");
-      gpu_packed_cache::options o;
-      o.bits = pc.bits;
-      o.group = pc.group;
-      o.residual = pc.residual;
-      o.h2o = pc.h2o;
-      o.heavy = pc.heavy;
-      o.retain = pc.retain;
-      o.tokens = pc.tokens;
-      o.window = pc.window;
-      o.sinks = pc.sinks;
-      o.recent = pc.recent;
-      o.compress_after = pc.compress_after;
-      if (pc.v_latent()) {  // the preset's maps, uploaded once by each cache made
-        KVCAL_CHECK(pc.v_latent_rank > 0, path,
-                    ": V latent rank 0 (a template's; export the preset with --pca)");
-        o.v_latent_rank = pc.v_latent_rank;
-        o.v_latent_bits = pc.v_latent_bits;
-        o.v_maps = std::make_shared<const latent_map_set>(
-            packed_latent_maps(f.recipe(), f.tensors().tensors(), /*value=*/true, path));
-      }
-      if (pc.learned)  // the policy weights go to the device once, shared by every cache made
-        o.learned = std::make_shared<const gpu_learned_scorer>(f.recipe(), f.tensors().tensors(),
-                                                               device, path);
-      gpu_opts.push_back(o);
-    }
+    if (p.gpu_kernels)
+      gpu_opts.push_back(gpu_packed_options_of(f.recipe(), f.tensors().tensors(), path, device));
   }
   std::vector<task_instance> insts;
   std::vector<std::string> files = p.task_files;
