@@ -6,7 +6,7 @@
 // Packed counters of one layer, int32 [kv_ctr_rows][B] (row r of sequence b at r * B + b):
 //   n_old            tokens held before this append (the window append writes from there)
 //   [k_from, k_to)   K tokens that become per-channel records this append (multiples of group)
-//   [v_from, v_to)   V tokens that become per-token records this append
+//   [v_from, v_to)   V tokens that become per-token (quantized or latent) records this append
 //   n_new, kc_new, vc_new   held / K-compressed / V-compressed tokens after it
 // KIVI rule: the newest `residual` tokens stay fp16; older ones are compressed, K in whole
 // groups: kc(n) = floor(max(0, n - residual) / group) x group, vc(n) = max(0, n - residual)
