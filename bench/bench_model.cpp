@@ -9,13 +9,15 @@
 //
 //   build-gpu/bench/bench_model /tmp/qwen7b-random [--device cuda] [--dtype bf16]
 //       [--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] [--reps 3]
-//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned --kv-context 32768]   (issue
+//       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned,knlp-v-pca-int8,
+//        hybrid-k2-vpca8 --kv-context 32768]   (issue
 //       11: TTFT, TPOT and sequences that fit, through full_cache or the CUDA kernels'
 //       gpu_packed_cache; for gpu_packed_cache also the TPOT of the same greedy steps replayed from
 //       a CUDA graph, row "e2e graph", right after the eager ones: --warmup + --steps more tokens,
 //       the first warm-up step is the eager step + capture; --no-kv-graph skips it, --no-graph only
 //       the plain cache's graph rows; "learned" runs a synthetic scorer, rows named
-//       learned-synthetic)
+//       learned-synthetic; knlp-v-pca-int8 / hybrid-k2-vpca8 run a synthetic V PCA of rank 32,
+//       int8, rows knlp-r32-synthetic / hybrid-r32-synthetic)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,10 +25,12 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench/random_basis.h"
 #include "kernels/common/error.h"
 #include "model/decode_graph.h"
 #include "model/full_cache.h"
@@ -34,6 +38,7 @@
 #include "model/gpu_packed_cache.h"
 #include "model/llama.h"
 #include "model/torch_util.h"
+#include "runtime/kv_codec.h"
 
 using namespace kvcal;
 
@@ -105,11 +110,13 @@ options parse(int argc, char** argv) {
     else if (a == "--kv-batch")
       o.kv_batch = std::stoll(value());
     else if (a == "-h" || a == "--help") {
-      std::cout << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
-                   "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
-                   "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
-                   "       [--kv-cache full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned] "
-                   "[--kv-context 32768] [--kv-batch 8] [--no-kv-graph]\n";
+      std::cout
+          << "usage: bench_model CHECKPOINT_DIR [--device cuda] [--dtype bf16] "
+             "[--prefill 4096,16384] [--context 4096] [--batch 1,8] [--steps 32] "
+             "[--warmup 4] [--reps 3] [--no-readback] [--no-graph]\n"
+             "       [--kv-cache "
+             "full,fp16,kivi-4,kivi-2,h2o,streaming-llm,learned,knlp-v-pca-int8,hybrid-k2-vpca8] "
+             "[--kv-context 32768] [--kv-batch 8] [--no-kv-graph]\n";
       std::exit(0);
     } else if (!a.empty() && a[0] == '-')
       KVCAL_FAIL("unknown option ", a);
@@ -157,6 +164,23 @@ std::shared_ptr<const gpu_learned_scorer> synthetic_scorer(const model_config& c
     tv.add(pre + "bias", at::zeros({H}));
   }
   return std::make_shared<const gpu_learned_scorer>(r, tv.views, device, "synthetic scorer");
+}
+
+// V PCA maps of rank r for every layer and KV head: random orthonormal rows (bench/random_basis.h)
+// and a small random mean, as `kvcal bench` uses (speed does not depend on the basis).
+std::shared_ptr<const latent_map_set> synthetic_v_maps(const model_config& c, int r) {
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int d = static_cast<int>(c.head_dim);
+  auto maps = std::make_shared<latent_map_set>(static_cast<std::size_t>(c.num_hidden_layers));
+  for (auto& layer : *maps)
+    for (std::int64_t g = 0; g < c.num_key_value_heads; ++g) {
+      const std::vector<float> basis = random_orthonormal_rows(rng, nd, r, d);
+      std::vector<float> mean(static_cast<std::size_t>(d));
+      for (auto& x : mean) x = 0.1f * nd(rng);
+      layer.push_back(pca_maps(basis.data(), mean.data(), r, d));
+    }
+  return maps;
 }
 
 // One table row; bench/transformers_model.py prints the same columns.
@@ -279,10 +303,20 @@ int main(int argc, char** argv) {
             po.window = true;
             po.sinks = 4;
             po.recent = 1020;
+          } else if (kind == "knlp-v-pca-int8" || kind == "hybrid-k2-vpca8") {
+            // Their templates with a synthetic V PCA of rank 32, int8 latents: knlp K fp16,
+            // adaptive 512 / 256; hybrid K 2-bit group 32, residual 128.
+            const bool knlp = kind == "knlp-v-pca-int8";
+            po.bits = knlp ? 16 : 2;
+            po.residual = knlp ? 256 : 128;
+            po.compress_after = knlp ? 512 : -1;
+            po.v_latent_rank = 32;
+            po.v_latent_bits = 8;
+            po.v_maps = synthetic_v_maps(c, 32);
           } else
             KVCAL_FAIL("--kv-cache: unknown kind '", kind,
                        "' (full, fp16, kivi-4, kivi-2, h2o, "
-                       "streaming-llm, learned)");
+                       "streaming-llm, learned, knlp-v-pca-int8, hybrid-k2-vpca8)");
           auto g = std::make_unique<gpu_packed_cache>(c, B, cap, po, device);
           packed = g.get();
           cache = std::move(g);
@@ -316,7 +350,10 @@ int main(int argc, char** argv) {
                          static_cast<double>(c.num_hidden_layers * c.num_key_value_heads * cap *
                                              c.head_dim) *
                          2.0;
-        const std::string name = kind == "learned" ? "learned-synthetic" : kind;
+        const std::string name = kind == "learned"           ? "learned-synthetic"
+                                 : kind == "knlp-v-pca-int8" ? "knlp-r32-synthetic"
+                                 : kind == "hybrid-k2-vpca8" ? "hybrid-r32-synthetic"
+                                                             : kind;
         const std::string shape = name + " B" + std::to_string(B) + " ctx" + std::to_string(L);
         row("kvcal e2e", "ttft", shape, ttft * 1e3, "ms");
         row("kvcal e2e", "tpot", shape, ms, "ms/step");

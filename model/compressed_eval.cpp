@@ -17,11 +17,11 @@
 #include "model/full_cache.h"
 #include "model/gpu_learned_scorer.h"
 #include "model/gpu_packed_cache.h"
+#include "model/gpu_packed_options.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
 #include "model/torch_util.h"
 #include "runtime/io/atomic_file.h"
-#include "runtime/packed_support.h"
 #include "runtime/preset.h"
 
 namespace kvcal {
@@ -146,32 +146,8 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
     preset_file f(path);
     check_fingerprint(f.recipe().model, cfg, path, config_path);  // names both files
     presets.push_back({path, f.recipe().name, {}});
-    if (p.gpu_kernels) {
-      packed_config pc;
-      const std::string why = packed_config_of(f.recipe(), &pc);
-      KVCAL_CHECK(why.empty(), path, ": the CUDA kernels cannot run this preset: ", why,
-                  " (drop --gpu-kernels to use the CPU runtime)");
-      KVCAL_CHECK(!pc.v_latent() && pc.compress_after < 0, path,
-                  ": the GPU cache cannot run this preset yet: ",
-                  pc.v_latent() ? "V latents (PCA / AE) are in the kernels and kvcal bench only"
-                                : "adaptive compress_after is not in the GPU cache",
-                  " (drop --gpu-kernels to use the CPU runtime)");
-      gpu_packed_cache::options o;
-      o.bits = pc.bits;
-      o.group = pc.group;
-      o.residual = pc.residual;
-      o.h2o = pc.h2o;
-      o.heavy = pc.heavy;
-      o.retain = pc.retain;
-      o.tokens = pc.tokens;
-      o.window = pc.window;
-      o.sinks = pc.sinks;
-      o.recent = pc.recent;
-      if (pc.learned)  // the policy weights go to the device once, shared by every cache made
-        o.learned = std::make_shared<const gpu_learned_scorer>(f.recipe(), f.tensors().tensors(),
-                                                               device, path);
-      gpu_opts.push_back(o);
-    }
+    if (p.gpu_kernels)
+      gpu_opts.push_back(gpu_packed_options_of(f.recipe(), f.tensors().tensors(), path, device));
   }
   std::vector<task_instance> insts;
   std::vector<std::string> files = p.task_files;
@@ -228,7 +204,8 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
         ps.ppl.cached_tokens = gc.length();
         ps.ppl.fp16_bytes = static_cast<double>(gc.length() * cfg.num_hidden_layers *
                                                 cfg.num_key_value_heads * cfg.head_dim * 2 * 2);
-        ps.ppl.fixed_bytes = gpu_opts[i].learned ? gpu_opts[i].learned->bytes() : 0;
+        ps.ppl.fixed_bytes =
+            gc.fixed_bytes() + (gpu_opts[i].learned ? gpu_opts[i].learned->bytes() : 0);
         continue;
       }
       runtime_cache rc(cfg, ps.path, 1);

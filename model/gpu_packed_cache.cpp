@@ -20,6 +20,7 @@
 #include "kernels/cuda/h2o_score.h"
 #include "kernels/cuda/kv_counters.h"
 #include "kernels/cuda/kv_step.h"
+#include "kernels/cuda/latent_append.h"
 #include "kernels/cuda/packed_kv.h"
 #include "kernels/cuda/quant_append.h"
 #include "model/h2o_prompt_params.h"
@@ -30,6 +31,7 @@ namespace kvcal {
 #ifndef KVCAL_GPU_PACKED
 
 struct gpu_packed_cache::layer_state {};
+struct gpu_packed_cache::device_maps {};
 
 gpu_packed_cache::gpu_packed_cache(const model_config&, std::int64_t, std::int64_t, const options&,
                                    at::Device)
@@ -51,6 +53,9 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
   return 0;
 }
 std::size_t gpu_packed_cache::bytes_used() const {
+  return 0;
+}
+std::size_t gpu_packed_cache::fixed_bytes() const {
   return 0;
 }
 std::int64_t gpu_packed_cache::held(int) const {
@@ -96,7 +101,50 @@ void put_counters(at::Tensor& ctr, const std::int64_t* vals, int rows, std::int6
   ctr.copy_(h, /*non_blocking=*/true);
 }
 
+bool latent_rank_ok(int r, std::int64_t d) {
+  return (r == 16 || r == 32 || r == 64 || r == 96 || r == 128) && r <= d;
+}
+
 }  // namespace
+
+// One layer's latent maps on the device, fp32 (kernels/cuda/packed_kv.h):
+//   enc_w [n_kv, r, d]  enc_b [n_kv, r]  dec_w [n_kv, d, r]  dec_b [n_kv, d]
+struct gpu_packed_cache::device_maps {
+  at::Tensor enc_w, enc_b, dec_w, dec_b;
+  std::size_t bytes() const {
+    return enc_w.defined() ? static_cast<std::size_t>(enc_w.nbytes() + enc_b.nbytes() +
+                                                      dec_w.nbytes() + dec_b.nbytes())
+                           : 0;
+  }
+  // heads: one linear_maps per KV head (rank r, dim d), checked against the cache's shapes.
+  static device_maps upload(const std::vector<linear_maps>& heads, std::int64_t n_kv, int r,
+                            std::int64_t d, at::Device device, const char* what, int layer) {
+    KVCAL_CHECK(static_cast<std::int64_t>(heads.size()) == n_kv, "gpu_packed_cache: ", what,
+                " maps of layer ", layer, " have ", heads.size(), " KV heads, the model ", n_kv);
+    const std::size_t R = static_cast<std::size_t>(r), D = static_cast<std::size_t>(d);
+    std::vector<float> ew, eb, dw, db;
+    for (std::size_t h = 0; h < heads.size(); ++h) {
+      const linear_maps& m = heads[h];
+      KVCAL_CHECK(m.rank == r && m.d == d && m.enc_w.size() == R * D && m.enc_b.size() == R &&
+                      m.dec_w.size() == D * R && m.dec_b.size() == D,
+                  "gpu_packed_cache: ", what, " maps of layer ", layer, " KV head ", h,
+                  " are rank ", m.rank, " x dim ", m.d, ", the cache's ", r, " x ", d);
+      ew.insert(ew.end(), m.enc_w.begin(), m.enc_w.end());
+      eb.insert(eb.end(), m.enc_b.begin(), m.enc_b.end());
+      dw.insert(dw.end(), m.dec_w.begin(), m.dec_w.end());
+      db.insert(db.end(), m.dec_b.begin(), m.dec_b.end());
+    }
+    auto up = [&](const std::vector<float>& v, at::IntArrayRef shape) {
+      return at::from_blob(const_cast<float*>(v.data()), shape, at::kFloat).to(device);
+    };
+    device_maps dm;
+    dm.enc_w = up(ew, {n_kv, r, d});
+    dm.enc_b = up(eb, {n_kv, r});
+    dm.dec_w = up(dw, {n_kv, d, r});
+    dm.dec_b = up(db, {n_kv, d});
+    return dm;
+  }
+};
 
 struct gpu_packed_cache::layer_state {
   at::Tensor k_rec, v_rec, k_win, v_win, ctr;  // ctr: [kv_ctr_rows * B] int32 (kv_counters.h)
@@ -107,6 +155,7 @@ struct gpu_packed_cache::layer_state {
   at::Tensor pos, score, ectr;
   std::int64_t held = 0;
   at::Tensor prompt_score;  // learned: a prompt's scores [B, n_kv, T] fp32, for prompt_evict
+  device_maps v_maps;       // V latent mode
 };
 
 gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
@@ -143,6 +192,24 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
               o.sinks, " + ", o.recent);
   KVCAL_CHECK(!o.evicts() || o.bits == 16, "gpu_packed_cache: eviction needs fp16 (bits 16), got ",
               o.bits);
+  KVCAL_CHECK(o.k_latent_rank == 0,
+              "gpu_packed_cache: K latent: needs the K-latent kernels (latent append of keys, "
+              "reconstruct-then-rotate decode attention), not in this build");
+  KVCAL_CHECK(!o.evicts() || (!o.v_latent() && o.compress_after < 0),
+              "gpu_packed_cache: eviction with V latents or the adaptive mode is not supported");
+  KVCAL_CHECK(o.compress_after >= -1, "gpu_packed_cache: compress_after ", o.compress_after,
+              " (-1: off, else >= 0)");
+  KVCAL_CHECK(o.v_latent_rank >= 0, "gpu_packed_cache: V latent rank ", o.v_latent_rank);
+  KVCAL_CHECK(!o.v_latent() || latent_rank_ok(o.v_latent_rank, cfg.head_dim),
+              "gpu_packed_cache: V latent rank ", o.v_latent_rank,
+              " (16, 32, 64, 96 or 128, at most head_dim ", cfg.head_dim, ")");
+  KVCAL_CHECK(
+      !o.v_latent() || o.v_latent_bits == 16 || o.v_latent_bits == 8 || o.v_latent_bits == 4,
+      "gpu_packed_cache: V latent bits ", o.v_latent_bits, " (16, 8 or 4)");
+  KVCAL_CHECK(!o.v_latent() || (o.v_maps && static_cast<std::int64_t>(o.v_maps->size()) ==
+                                                cfg.num_hidden_layers),
+              "gpu_packed_cache: the V latent mode needs the maps of all ", cfg.num_hidden_layers,
+              " layers, got ", o.v_maps ? o.v_maps->size() : 0);
   KVCAL_CHECK(!o.h2o || (o.retain > 0.0 && o.retain <= 1.0) || (o.retain == 0.0 && o.tokens >= 1),
               "gpu_packed_cache: H2O budget retain ", o.retain, " / tokens ", o.tokens,
               " (retain in (0, 1] or tokens >= 1)");
@@ -150,16 +217,28 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
               " (in [0, 1])");
   KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
               window_, ") is shorter than the capacity: not supported by the kernels");
-  const bool fp16 = o.bits == 16;
-  win_cap_ = static_cast<int>(
-      fp16 ? capacity : std::min<std::int64_t>(capacity, o.residual + o.group + o.piece));
+  const bool latent = o.v_latent();
+  const bool kfp16 = o.bits == 16;     // K: every key in the ring
+  const bool fp16 = kfp16 && !latent;  // nothing compressed
+  rule_.residual = o.residual;
+  rule_.group = o.group;
+  rule_.k_quant = !kfp16;
+  rule_.v_quant = !fp16;
+  rule_.compress_after = o.compress_after;
+  // The ring holds every token not yet in records of both streams: at most residual + group - 1
+  // plus a piece, or, dormant (adaptive), compress_after plus a piece.
+  const std::int64_t ring =
+      std::max<std::int64_t>(o.residual + o.group, o.compress_after) + o.piece;
+  win_cap_ = static_cast<int>(kfp16 ? capacity : std::min<std::int64_t>(capacity, ring));
   // H2O: R is non-decreasing in the tokens seen, so R(capacity) + 1 rows hold every step.
   if (o.evicts()) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
   const int d = static_cast<int>(d_);
   const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
   const std::int64_t slots = batch * n_kv_;
-  const std::int64_t k_slot = fp16 ? 0 : capacity / o.group + 1, v_slot = fp16 ? 0 : capacity;
+  const std::int64_t k_slot = kfp16 ? 0 : capacity / o.group + 1, v_slot = fp16 ? 0 : capacity;
+  const std::size_t v_rb = latent ? latent_record_bytes_of(o.v_latent_rank, o.v_latent_bits)
+                                  : v_record_bytes(d, o.bits, o.group);
   for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     auto s = std::make_unique<layer_state>();
     s->k_rec = at::empty(
@@ -167,9 +246,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
             1, slots * k_slot * static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
         u8);
     s->v_rec = at::empty(
-        {std::max<std::int64_t>(
-            1, slots * v_slot * static_cast<std::int64_t>(v_record_bytes(d, o.bits, o.group)))},
-        u8);
+        {std::max<std::int64_t>(1, slots * v_slot * static_cast<std::int64_t>(v_rb))}, u8);
     s->k_win = at::empty({slots, win_cap_, d_}, f16);
     s->v_win = at::empty({slots, win_cap_, d_}, f16);
     s->ctr = at::zeros({kv_ctr_rows * batch}, at::TensorOptions().dtype(at::kInt).device(device));
@@ -177,8 +254,20 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
     v.batch = static_cast<int>(batch);
     v.n_kv = static_cast<int>(n_kv_);
     v.head_dim = d;
-    v.k_bits = v.v_bits = o.bits;
-    v.k_group = v.v_group = fp16 ? 32 : o.group;
+    v.k_bits = o.bits;
+    v.v_bits = latent ? 16 : o.bits;  // the latent mode ignores v_bits / v_group
+    v.k_group = kfp16 ? 32 : o.group;
+    v.v_group = fp16 || latent ? 32 : o.group;
+    if (latent) {
+      s->v_maps = device_maps::upload((*o.v_maps)[static_cast<std::size_t>(l)], n_kv_,
+                                      o.v_latent_rank, d_, device, "V", static_cast<int>(l));
+      v.v_latent_rank = o.v_latent_rank;
+      v.v_latent_bits = o.v_latent_bits;
+      v.v_enc_w = s->v_maps.enc_w.data_ptr<float>();
+      v.v_enc_b = s->v_maps.enc_b.data_ptr<float>();
+      v.v_dec_w = s->v_maps.dec_w.data_ptr<float>();
+      v.v_dec_b = s->v_maps.dec_b.data_ptr<float>();
+    }
     v.k_rec = s->k_rec.data_ptr<std::uint8_t>();
     v.v_rec = s->v_rec.data_ptr<std::uint8_t>();
     v.k_slot_records = k_slot;
@@ -275,9 +364,8 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     // [B, t, n_kv, d] fp32: the kernels' token-major input.
     at::Tensor k32 = k.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
     at::Tensor v32 = kv.v.narrow(2, i, t).transpose(1, 2).to(at::kFloat).contiguous();
-    const bool quant = o_.bits != 16;
     int rows[kv_ctr_rows];  // the host mirror's next counters (kernels/cuda/kv_counters.h)
-    kv_step_rows(rows, s.n, s.kc, s.vc, t, o_.residual, o_.group, quant);
+    kv_step_rows(rows, s.n, s.kc, s.vc, t, rule_);
     const std::int64_t n2 = rows[kv_n_new], k2 = rows[kv_k_to], v2 = rows[kv_v_to];
     if (T == 1) {
       step_counters(layer);  // the same rule on the device: no host value in the launches
@@ -294,22 +382,37 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     ap.v_new = v32.data_ptr<float>();
     ap.t_new = static_cast<int>(t);
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
-    // A decode step always launches with the bounds of one K block and one V token (the kernels
-    // skip empty ranges); a prompt piece with its own.
-    if (quant && (T == 1 || k2 > s.kc || v2 > s.vc)) {
+    // A decode step always launches with the same bounds (one K block and one V token, or the
+    // crossing of compress_after; the kernels skip empty ranges); a prompt piece with its own.
+    const int step_k = kv_step_max_k_blocks(rule_), step_v = kv_step_max_v_tokens(rule_);
+    KVCAL_ASSERT(T > 1 || (k2 - s.kc <= std::int64_t{step_k} * o_.group && v2 - s.vc <= step_v),
+                 "gpu_packed_cache: a step compresses more than its bounds (counters out of step)");
+    const int max_k = T == 1 ? step_k : static_cast<int>((k2 - s.kc) / o_.group);
+    const int max_v = T == 1 ? step_v : static_cast<int>(v2 - s.vc);
+    const bool latent = o_.v_latent();
+    // K records (and V records unless latent) in one launch.
+    if (rule_.k_quant && (T == 1 || k2 > s.kc || (!latent && v2 > s.vc))) {
       quant_compress_params cp;
       cp.kv = s.view;
       cp.kv.n_tokens = ctr + kv_n_new * B;
       cp.k_from = ctr + kv_k_from * B;
       cp.k_to = ctr + kv_k_to * B;
-      cp.v_from = ctr + kv_v_from * B;
-      cp.v_to = ctr + kv_v_to * B;
-      KVCAL_ASSERT(
-          T > 1 || (k2 - s.kc <= o_.group && v2 - s.vc <= 1),
-          "gpu_packed_cache: a step compresses more than one block (counters out of step)");
-      cp.max_k_blocks = T == 1 ? 1 : static_cast<int>((k2 - s.kc) / o_.group);
-      cp.max_v_tokens = T == 1 ? 1 : static_cast<int>(v2 - s.vc);
+      cp.max_k_blocks = max_k;
+      if (!latent) {
+        cp.v_from = ctr + kv_v_from * B;
+        cp.v_to = ctr + kv_v_to * B;
+        cp.max_v_tokens = max_v;
+      }
       check_launch(launch_quant_compress(cp, stream), "gpu_packed_cache: compress");
+    }
+    if (latent && (T == 1 || v2 > s.vc)) {  // V tokens leaving the window -> latent records
+      latent_compress_params lp;
+      lp.kv = s.view;
+      lp.kv.n_tokens = ctr + kv_n_new * B;
+      lp.v_from = ctr + kv_v_from * B;
+      lp.v_to = ctr + kv_v_to * B;
+      lp.max_v_tokens = max_v;
+      check_launch(launch_latent_compress(lp, stream), "gpu_packed_cache: latent compress");
     }
     s.n = n2;
     s.kc = k2;
@@ -497,7 +600,9 @@ void gpu_packed_cache::step_counters(int layer) {
     p.ctr = s.ctr.data_ptr<int>();
     p.residual = o_.residual;
     p.group = o_.group;
-    p.quant = o_.bits != 16;
+    p.quant = rule_.v_quant;
+    p.k_fp16 = !rule_.k_quant;
+    p.compress_after = static_cast<int>(rule_.compress_after);
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(s.ctr.device().index());
   check_launch(launch_kv_step(p, stream), "gpu_packed_cache: counter step");
@@ -508,11 +613,10 @@ void gpu_packed_cache::step_counters(int layer) {
 void gpu_packed_cache::set_host_length(std::int64_t n) {
   KVCAL_CHECK(n >= 0 && n <= capacity_, "gpu_packed_cache: length ", n, " outside [0, ", capacity_,
               "]");
-  const bool quant = o_.bits != 16;
   for (auto& s : layers_) {
     s->n = n;
-    s->kc = kv_k_compressed(n, o_.residual, o_.group, quant);
-    s->vc = kv_v_compressed(n, o_.residual, quant);
+    s->kc = kv_k_compressed(n, rule_);
+    s->vc = kv_v_compressed(n, rule_);
     s->held = o_.evicts() ? evict_retained(budget_of(o_), n) : 0;
     s->prompt_k = at::Tensor();
     s->prompt_v = at::Tensor();
@@ -533,6 +637,12 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
                                   s->v_win.nbytes()) +
          (o_.evicts() ? static_cast<std::size_t>(s->pos.nbytes() + s->score.nbytes()) : 0);
   if (o_.evicts()) n += static_cast<std::size_t>(logits_.nbytes() + row_stats_.nbytes());
+  return n + fixed_bytes();
+}
+
+std::size_t gpu_packed_cache::fixed_bytes() const {
+  std::size_t n = 0;
+  for (const auto& s : layers_) n += s->v_maps.bytes();
   return n;
 }
 
@@ -545,13 +655,16 @@ std::size_t gpu_packed_cache::bytes_used() const {
       n += slots * static_cast<std::size_t>(s->held) * (static_cast<std::size_t>(d) * 2 * 2 + 8);
       continue;
     }
-    if (o_.bits == 16) {
-      n += slots * static_cast<std::size_t>(s->n) * static_cast<std::size_t>(d) * 2 * 2;
-      continue;
-    }
+    // K records of kc tokens, V records of vc tokens (latent or quantized), fp16 rows of the rest
+    // (kc = 0 for fp16 keys, vc = 0 for an fp16 cache).
+    const std::size_t k_rb = rule_.k_quant ? k_record_bytes(d, o_.bits, o_.group) : 0;
+    const std::size_t v_rb = o_.v_latent()
+                                 ? latent_record_bytes_of(o_.v_latent_rank, o_.v_latent_bits)
+                             : rule_.v_quant ? v_record_bytes(d, o_.bits, o_.group)
+                                             : 0;
     n += slots *
-         (static_cast<std::size_t>(s->kc / o_.group) * k_record_bytes(d, o_.bits, o_.group) +
-          static_cast<std::size_t>(s->vc) * v_record_bytes(d, o_.bits, o_.group) +
+         (static_cast<std::size_t>(s->kc / o_.group) * k_rb +
+          static_cast<std::size_t>(s->vc) * v_rb +
           static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) * static_cast<std::size_t>(d) * 2);
   }
   return n;

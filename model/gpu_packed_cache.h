@@ -27,10 +27,19 @@
 // recent share is the fp16 window only), scores from the preset's scorer when tokens arrive
 // (a prompt's too, for its select_kept), no logits and no accumulation.
 //
+// V latent mode (options::v_latent_rank; PCA / linear-AE values, knlp-v-pca-int8,
+// hybrid-k2-vpca8): K fp16 (bits 16, every key in the ring) or KIVI per-channel records; V
+// tokens leaving the window become the CPU linear codec's latent records (launch_latent_compress,
+// byte-identical), decode attention runs on the latents (P Z) dec_w^T + (sum P) dec_b. The maps
+// (fp32 [n_kv, r, d] / [n_kv, d, r] per layer) go to the device once, at construction. Adaptive
+// presets (options::compress_after) keep everything fp16 until a sequence holds more than
+// compress_after tokens, as the CPU cache does.
+//
 // Counters (tokens held, compressed ranges, eviction rows) live on the device, per layer. A
 // prompt (T > 1, eager) writes them with one small host-to-device copy per piece; a decode step
 // (T == 1) advances them on the device (kernels/cuda/kv_step.h) and launches every kernel with
-// fixed grid bounds (at most one K block and one V token compressed per step), so its launches
+// fixed grid bounds (at most one K block and one V token compressed per step, or the crossing of
+// compress_after: kv_step_max_k_blocks / kv_step_max_v_tokens), so its launches
 // are the same at every step and a CUDA graph can capture and replay it (graph_safe(), every
 // mode; model/decode_graph.h). Nothing is read back; the host keeps a mirror of the counters for
 // its checks and bytes_used (every sequence advances alike). Capacity is fixed at construction
@@ -50,8 +59,10 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/kv_counters.h"
 #include "model/kv_cache.h"
 #include "runtime/model_config.h"
+#include "runtime/packed_support.h"
 
 namespace kvcal {
 
@@ -83,7 +94,23 @@ class gpu_packed_cache : public kv_cache {
     // scorer's score per KV head, fixed; budget retain / tokens as H2O, the newest
     // max(1, residual) tokens protected, the rest kept by score (the CPU's learned rule).
     std::shared_ptr<const gpu_learned_scorer> learned;
+    // Adaptive mode (knlp): nothing is compressed while a sequence holds <= compress_after
+    // tokens, then the rule above with `residual` = max(residual, keep_recent) (the CPU cache's;
+    // -1: off). The decode step that crosses it compresses compress_after + 1 - residual tokens.
+    std::int64_t compress_after = -1;
+    // V latent mode (PCA / linear AE values, kernels/cuda/packed_kv.h): v_latent_rank > 0 (16 |
+    // 32 | 64 | 96 | 128, <= head_dim), latent bits 16 | 8 | 4 and the maps of every layer and
+    // KV head (runtime/packed_support.h packed_latent_maps; uploaded once). `bits` is then K's:
+    // 16 = fp16 keys (all in the ring), 2 | 4 | 8 = KIVI per-channel records of `group` tokens.
+    int v_latent_rank = 0;
+    int v_latent_bits = 16;
+    std::shared_ptr<const latent_map_set> v_maps;
+    // K latent mode (packed_kv.h): refused until the K-latent kernels are in the build.
+    int k_latent_rank = 0;
+    int k_latent_bits = 16;
+    std::shared_ptr<const latent_map_set> k_maps;
     bool evicts() const { return h2o || window || learned; }
+    bool v_latent() const { return v_latent_rank > 0; }
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,
@@ -99,10 +126,13 @@ class gpu_packed_cache : public kv_cache {
   std::int64_t graph_capacity() const override { return capacity_; }
   void set_host_length(std::int64_t n) override;
 
-  // Device bytes allocated for records and windows (every layer).
+  // Device bytes allocated for records, windows and latent maps (every layer).
   std::size_t bytes_allocated() const;
-  // Bytes the held tokens occupy: records in use + window rows of uncompressed tokens.
+  // Bytes the held tokens occupy: records in use + window rows of uncompressed tokens (the CPU
+  // runtime's cache_stats::bytes_used; the maps are fixed_bytes()).
   std::size_t bytes_used() const;
+  // Fixed device bytes independent of the context: the latent maps (fp32 enc / dec, every layer).
+  std::size_t fixed_bytes() const;
   std::int64_t capacity() const { return capacity_; }
   // Rows allocated per (sequence, KV head): capacity, or R + 1 under eviction.
   int rows_per_slot() const { return win_cap_; }
@@ -117,8 +147,10 @@ class gpu_packed_cache : public kv_cache {
 
  private:
   struct layer_state;
+  struct device_maps;
   std::int64_t batch_, capacity_, n_kv_, n_heads_, d_, window_;
   options o_;
+  kv_rule rule_;  // what is compressed when (kernels/cuda/kv_counters.h)
   int win_cap_ = 0;
   std::vector<std::unique_ptr<layer_state>> layers_;
   at::Tensor rope_cos_, rope_sin_;  // [capacity, d / 2] fp32 on the device

@@ -4,17 +4,22 @@
 #include <cstdint>
 #include <sstream>
 
+#include "kernels/common/error.h"
+
 namespace kvcal {
 
 namespace {
 
 // Why one K or V method is not what the kernels read (empty: it is).
 std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
-  if (m.kind == kv_method_kind::pca) return std::string(what) + " PCA latent: no CUDA kernel yet";
   if (m.kind == kv_method_kind::ae && m.ae.hidden > 0)
     return std::string(what) + " MLP autoencoder (hidden " + std::to_string(m.ae.hidden) +
            "): not linear, no CUDA kernel (the kernels attend linear latents only)";
-  if (m.kind == kv_method_kind::ae) return std::string(what) + " autoencoder: no CUDA kernel yet";
+  // K latents: packed_kv.h has the K latent mode's layout; its append / attention kernels are
+  // not in this build yet (the V latent mode's are).
+  if (m.kind == kv_method_kind::pca || m.kind == kv_method_kind::ae)
+    return std::string(what) + (m.kind == kv_method_kind::pca ? " PCA" : " autoencoder") +
+           " latent: needs the K-latent kernels (not in this build)";
   if (m.kind != kv_method_kind::quant) return "";
   std::ostringstream s;
   if (m.quant.axis != want)
@@ -60,6 +65,29 @@ bool same_method(const kv_method& a, const kv_method& b) {
 }
 
 }  // namespace
+
+latent_map_set packed_latent_maps(const preset_recipe& r, const std::vector<tensor_view>& tensors,
+                                  bool value, const std::string& source) {
+  const int d = static_cast<int>(r.model.head_dim);
+  latent_map_set maps(r.layers.size());
+  for (std::size_t l = 0; l < r.layers.size(); ++l) {
+    const layer_recipe& lr = r.layers[l];
+    for (std::int64_t h = 0; h < r.model.n_kv_heads; ++h) {
+      const kv_method& m =
+          value ? lr.v_of(static_cast<std::size_t>(h)) : lr.k_of(static_cast<std::size_t>(h));
+      KVCAL_CHECK(
+          m.kind == kv_method_kind::pca || (m.kind == kv_method_kind::ae && m.ae.hidden == 0),
+          source, ": layers[", l, "] ", value ? "V" : "K", " head ", h,
+          " is not a PCA / linear autoencoder latent");
+      const std::string prefix =
+          "layers." + std::to_string(l) + (value ? ".v" : ".k") + ".heads." + std::to_string(h);
+      const auto codec = make_stream_codec(m, d, tensors, prefix, source);
+      KVCAL_ASSERT(codec->maps(), "a linear codec without maps");
+      maps[l].push_back(*codec->maps());
+    }
+  }
+  return maps;
+}
 
 std::string packed_config_of(const preset_recipe& r, packed_config* out) {
   packed_config c;

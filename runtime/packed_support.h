@@ -6,19 +6,27 @@
 // latent mode: K fp16 or KIVI per-channel (2/4/8-bit,
 // asymmetric) with V a PCA or linear autoencoder (hidden 0) latent of rank 16/32/64/96/128
 // (<= head_dim) and 16/8/4 bits, without eviction. No other policy, no guard, no per-head methods
-// or budgets, no MLP autoencoders. Adaptive presets (compress_after / keep_recent) map as the CPU
+// or budgets, no MLP autoencoders, no K latents yet (packed_kv.h has their layout; their kernels
+// are not in this build). Adaptive presets (compress_after / keep_recent) map as the CPU
 // cache runs them: the fp16 window is max(residual, keep_recent) and nothing is compressed while
-// a sequence holds at most compress_after tokens (the caller's compress schedule; kvcal bench's
-// contexts are all longer). Used by the GPU cache (model/gpu_packed_cache.h) and `kvcal bench`,
-// which name the reason for anything else instead of skipping it silently.
+// a sequence holds at most compress_after tokens (the GPU cache's device counters follow the same
+// rule, kernels/cuda/kv_counters.h; kvcal bench's contexts are all longer). Used by the GPU cache
+// (model/gpu_packed_cache.h, `kvcal eval --gpu-kernels`) and `kvcal bench`, which name the reason
+// for anything else instead of skipping it silently. packed_latent_maps reads the latent maps of
+// an accepted preset from its tensors, for the GPU cache to upload.
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
+//   if (c.v_latent()) maps = kvcal::packed_latent_maps(recipe, file.tensors().tensors(), true,
+//   path);
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "runtime/io/safetensors.h"
+#include "runtime/kv_codec.h"
 #include "runtime/preset_recipe.h"
 
 namespace kvcal {
@@ -53,5 +61,13 @@ struct packed_config {
 
 // Empty when the kernels can run `r` (then *out is its configuration), else the reason.
 std::string packed_config_of(const preset_recipe& r, packed_config* out);
+
+// The fp32 encoder / decoder maps of one stream's latents, [layer][KV head] (each rank x d).
+using latent_map_set = std::vector<std::vector<linear_maps>>;
+// The maps of every layer's V (value) or K latents of `r` (PCA: pca_maps of basis and mean;
+// linear AE: its weights; runtime/kv_codec.h), read from the preset's tensors. Errors name
+// `source` and the tensor or the layer whose method is not a linear latent.
+latent_map_set packed_latent_maps(const preset_recipe& r, const std::vector<tensor_view>& tensors,
+                                  bool value, const std::string& source);
 
 }  // namespace kvcal

@@ -4,8 +4,13 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "bench/decode_bench.h"
 #include "cli/app.h"
@@ -107,6 +112,107 @@ TEST_CASE("V latent presets map to the latent mode (runtime/packed_support)") {
   auto mixed = r;
   mixed.layers[1].v.ae.latent = 16;
   CHECK(kvcal::packed_config_of(mixed, &pc).find("layers differ") != std::string::npos);
+}
+
+// The GPU cache's latent maps read from a preset's tensors (packed_latent_maps), against the
+// PCA codec's definition written out here: z = B (x - mu), x' = B^T z + mu, so enc_w = B,
+// enc_b = -B mu, dec_w = B^T, dec_b = mu; bad tensors and non-latent layers refused by name.
+TEST_CASE("packed_latent_maps: the preset's V PCA maps per layer and KV head; errors name it") {
+  auto r = kvcal::expand_recipe(kvcal::preset_template("knlp-v-pca-int8"), ref_config(), "knlp",
+                                kvcal::recipe_parse_options{true});
+  const int rank = 32, d = static_cast<int>(r.model.head_dim);
+  const int H = static_cast<int>(r.model.n_kv_heads), L = static_cast<int>(r.layers.size());
+  for (auto& l : r.layers) l.v.pca.rank = rank;
+  kvcal::packed_config pc;
+  REQUIRE(kvcal::packed_config_of(r, &pc).empty());
+  CHECK(pc.v_latent_rank == rank);
+  CHECK(pc.compress_after == 512);
+  // Tensors: basis [rank, d] (any rows: the maps do not need orthonormality), mean [d].
+  std::vector<std::vector<float>> store;
+  std::vector<kvcal::tensor_view> tv;
+  auto add = [&](const std::string& name, std::vector<std::int64_t> shape, float seed) {
+    std::size_t n = 1;
+    for (auto x : shape) n *= static_cast<std::size_t>(x);
+    std::vector<float> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = std::sin(seed + 0.37f * static_cast<float>(i));
+    store.push_back(std::move(v));
+  };
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes;
+  for (int l = 0; l < L; ++l)
+    for (int h = 0; h < H; ++h) {
+      const std::string p = "layers." + std::to_string(l) + ".v.heads." + std::to_string(h);
+      shapes.push_back({p + ".pca.basis", {rank, d}});
+      add(p + ".pca.basis", {rank, d}, static_cast<float>(10 * l + h));
+      shapes.push_back({p + ".pca.mean", {d}});
+      add(p + ".pca.mean", {d}, static_cast<float>(100 + 10 * l + h));
+    }
+  for (std::size_t i = 0; i < store.size(); ++i) {
+    kvcal::tensor_view t;
+    t.name = shapes[i].first;
+    t.dtype = kvcal::st_dtype::F32;
+    t.shape = shapes[i].second;
+    t.data = reinterpret_cast<const std::uint8_t*>(store[i].data());
+    t.nbytes = store[i].size() * sizeof(float);
+    tv.push_back(t);
+  }
+  const kvcal::latent_map_set maps = kvcal::packed_latent_maps(r, tv, true, "p.safetensors");
+  REQUIRE(static_cast<int>(maps.size()) == L);
+  double worst = 0;
+  for (int l = 0; l < L; ++l) {
+    REQUIRE(static_cast<int>(maps[static_cast<std::size_t>(l)].size()) == H);
+    for (int h = 0; h < H; ++h) {
+      const kvcal::linear_maps& m = maps[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+      const std::vector<float>& B = store[static_cast<std::size_t>(2 * (l * H + h))];
+      const std::vector<float>& mu = store[static_cast<std::size_t>(2 * (l * H + h) + 1)];
+      REQUIRE(m.rank == rank);
+      REQUIRE(m.d == d);
+      for (int i = 0; i < rank; ++i) {
+        double eb = 0;
+        for (int c = 0; c < d; ++c) {
+          const float b = B[static_cast<std::size_t>(i * d + c)];
+          worst =
+              std::max(worst, std::abs(double(m.enc_w[static_cast<std::size_t>(i * d + c)]) - b));
+          worst = std::max(worst,
+                           std::abs(double(m.dec_w[static_cast<std::size_t>(c * rank + i)]) - b));
+          eb -= double(b) * mu[static_cast<std::size_t>(c)];
+        }
+        worst = std::max(worst, std::abs(m.enc_b[static_cast<std::size_t>(i)] - eb) / 8);
+      }
+      for (int c = 0; c < d; ++c)
+        worst = std::max(worst, std::abs(double(m.dec_b[static_cast<std::size_t>(c)]) -
+                                         mu[static_cast<std::size_t>(c)]));
+    }
+  }
+  CHECK(worst <= 1e-5);
+  // A missing tensor names the file and the tensor; a layer whose V is not a latent is named.
+  auto short_tv = tv;
+  short_tv.pop_back();
+  auto msg = [](auto&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string e1 =
+      msg([&] { kvcal::packed_latent_maps(r, short_tv, true, "p.safetensors"); });
+  CHECK_MESSAGE(e1.find("p.safetensors") != std::string::npos, e1);
+  CHECK_MESSAGE(e1.find("heads.1.pca.mean") != std::string::npos, e1);
+  const std::string e2 = msg([&] { kvcal::packed_latent_maps(r, tv, false, "p.safetensors"); });
+  CHECK_MESSAGE(e2.find("layers[0] K head 0 is not a PCA") != std::string::npos, e2);
+  // K latents: refused until the K-latent kernels are in the build, naming them.
+  auto kl = r;
+  for (auto& l : kl.layers) {
+    l.k.kind = kvcal::kv_method_kind::pca;
+    l.k.pca.rank = 32;
+  }
+  CHECK(kvcal::packed_config_of(kl, &pc).find("K PCA latent: needs the K-latent kernels") !=
+        std::string::npos);
+  const auto ae16 = kvcal::expand_recipe(kvcal::preset_template("ae-16"), ref_config(), "ae-16",
+                                         kvcal::recipe_parse_options{true});
+  CHECK(kvcal::packed_config_of(ae16, &pc).find("K autoencoder latent: needs the K-latent") !=
+        std::string::npos);
 }
 
 TEST_CASE("what the kernels cannot run is refused with the reason") {

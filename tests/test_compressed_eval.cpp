@@ -3,8 +3,12 @@
 // 2-bit is worse on the reference model; the retrieval harness reads, selects and scores task
 // files; generate --greedy is argmax decoding; bad inputs fail naming the file (and line).
 #include <cmath>
+#include <exception>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "cli/app.h"
 #include "kernels/common/error.h"
@@ -13,10 +17,14 @@
 #include "model/compressed_eval.h"
 #include "model/full_cache.h"
 #include "model/generate.h"
+#include "model/gpu_packed_options.h"
 #include "model/runtime_cache.h"
 #include "model/tasks_eval.h"
 #include "model/tokenizer.h"
 #include "presets/preset_export.h"
+#include "presets/preset_template.h"
+#include "runtime/kv_codec.h"
+#include "runtime/model_config.h"
 #include "runtime/preset_recipe.h"
 #include "tests/test_recipes.h"
 #include "tests/test_util.h"
@@ -313,4 +321,70 @@ TEST_CASE("reference model: 2-bit worse than baseline, 8-bit close; passkey with
   REQUIRE(r.task_instances == 2);
   CHECK(r.accuracy("passkey", 0) == 1.0);
   MESSAGE("passkey@256 kivi-2: ", r.accuracy("passkey", 1));
+}
+
+// `kvcal eval --gpu-kernels` builds each preset's GPU cache options with gpu_packed_options_of
+// (no device needed to build them): a V PCA preset maps to the V latent mode with its adaptive
+// rule and the maps of every layer and KV head (PCA: dec_w = basis^T, dec_b = mean); a rank the
+// kernels do not take is refused naming the preset and the reason.
+TEST_CASE("gpu_packed_options_of: V PCA presets map to the GPU cache's latent mode") {
+  const model_config cfg =
+      read_model_config(std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1/config.json");
+  preset_recipe r =
+      expand_recipe(preset_template("knlp-v-pca-int8"), cfg, "knlp", recipe_parse_options{true});
+  const int rank = 32, d = static_cast<int>(cfg.head_dim);
+  for (auto& l : r.layers) l.v.pca.rank = rank;
+  std::vector<std::vector<float>> store;
+  std::vector<tensor_view> tv;
+  for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    for (std::int64_t h = 0; h < cfg.num_key_value_heads; ++h)
+      for (const bool basis : {true, false}) {
+        const std::size_t n = basis ? static_cast<std::size_t>(rank * d) : std::size_t(d);
+        std::vector<float> v(n);
+        for (std::size_t i = 0; i < n; ++i)
+          v[i] = std::cos(0.1f * static_cast<float>(i + 7 * l + h));
+        store.push_back(std::move(v));
+        tensor_view t;
+        t.name = "layers." + std::to_string(l) + ".v.heads." + std::to_string(h) +
+                 (basis ? ".pca.basis" : ".pca.mean");
+        t.shape = basis ? std::vector<std::int64_t>{rank, d} : std::vector<std::int64_t>{d};
+        tv.push_back(t);
+      }
+  for (std::size_t i = 0; i < tv.size(); ++i) {  // pointers once the store stopped growing
+    tv[i].data = reinterpret_cast<const std::uint8_t*>(store[i].data());
+    tv[i].nbytes = store[i].size() * sizeof(float);
+  }
+  const gpu_packed_cache::options o = gpu_packed_options_of(r, tv, "knlp.safetensors", at::kCPU);
+  CHECK(o.bits == 16);  // K fp16
+  CHECK(o.residual == 256);
+  CHECK(o.compress_after == 512);
+  CHECK(o.v_latent_rank == rank);
+  CHECK(o.v_latent_bits == 8);
+  CHECK(o.k_latent_rank == 0);
+  CHECK(!o.evicts());
+  REQUIRE(o.v_maps);
+  REQUIRE(static_cast<std::int64_t>(o.v_maps->size()) == cfg.num_hidden_layers);
+  const linear_maps& m = (*o.v_maps)[3][1];  // layer 3, KV head 1
+  const std::vector<float>& basis =
+      store[static_cast<std::size_t>(2 * (3 * cfg.num_key_value_heads + 1))];
+  const std::vector<float>& mean =
+      store[static_cast<std::size_t>(2 * (3 * cfg.num_key_value_heads + 1) + 1)];
+  REQUIRE(m.rank == rank);
+  for (int c = 0; c < d; ++c) {
+    CHECK(m.dec_b[static_cast<std::size_t>(c)] == mean[static_cast<std::size_t>(c)]);
+    for (int i = 0; i < rank; ++i)
+      CHECK(m.dec_w[static_cast<std::size_t>(c * rank + i)] ==
+            basis[static_cast<std::size_t>(i * d + c)]);
+  }
+  auto r48 = r;
+  for (auto& l : r48.layers) l.v.pca.rank = 48;
+  std::string err;
+  try {
+    gpu_packed_options_of(r48, tv, "knlp.safetensors", at::kCPU);
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  CHECK_MESSAGE(err.find("knlp.safetensors: the CUDA kernels cannot run this preset: V latent "
+                         "rank 48") != std::string::npos,
+                err);
 }

@@ -2,7 +2,8 @@
 // CUDA-graph-safe decode step advances on the device: against the formula gpu_packed_cache used
 // on the host before (rest = max(0, n - residual), K in whole groups) and against a naive
 // token-by-token window; the one-token step's ranges fit the fixed grid bounds (one K block, one
-// V token); the eviction counters keep R(seen) rows, the host mirror's rule.
+// V token); the adaptive (compress_after) and V-only rules against the CPU cache's compress();
+// the eviction counters keep R(seen) rows, the host mirror's rule.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -66,6 +67,81 @@ TEST_CASE("kv step counters = the old host formula and a naive window, in fixed 
             vc = rows[kvcal::kv_vc_new];
           }
         }
+}
+
+// The adaptive (knlp) and V-only (latent V with fp16 K) rules against the CPU cache's compress()
+// (runtime/compressed_cache.cpp), written out naively: after each append of t tokens, nothing
+// while n <= compress_after, else each stream compresses whole blocks of what lies beyond the
+// window (K blocks of `group`, V one token). The decode step's ranges stay inside
+// kv_step_max_k_blocks / kv_step_max_v_tokens (the fixed grid bounds), and the crossing of
+// compress_after really needs them (more than one token at once).
+TEST_CASE("kv step counters: adaptive compress_after and V-only rules = the CPU cache's compress") {
+  struct rule_case {
+    int residual, group;
+    bool k_quant;
+    std::int64_t compress_after;
+  };
+  for (const rule_case rc :
+       {rule_case{256, 32, false, 512}, rule_case{256, 32, true, 512}, rule_case{48, 32, false, 96},
+        rule_case{128, 32, true, -1}, rule_case{128, 64, false, -1}, rule_case{300, 32, true, 100}})
+    for (std::int64_t piece : {1, 7, 256}) {
+      CAPTURE(rc.residual);
+      CAPTURE(rc.group);
+      CAPTURE(rc.k_quant);
+      CAPTURE(rc.compress_after);
+      CAPTURE(piece);
+      kvcal::kv_rule r;
+      r.residual = rc.residual;
+      r.group = rc.group;
+      r.k_quant = rc.k_quant;
+      r.v_quant = true;
+      r.compress_after = rc.compress_after;
+      std::int64_t n = 0, kc = 0, vc = 0, nk = 0, nv = 0;
+      int max_dv = 0, max_dk = 0;
+      while (n < 1200) {
+        const std::int64_t t = n < 300 ? piece : 1;  // a prompt in pieces, then decode steps
+        int rows[kvcal::kv_ctr_rows];
+        kvcal::kv_step_rows(rows, n, kc, vc, t, r);
+        n += t;
+        // compressed_cache::compress, naively
+        const bool dormant = rc.compress_after >= 0 && n <= rc.compress_after;
+        const std::int64_t eligible = dormant ? 0 : std::max<std::int64_t>(0, n - rc.residual);
+        if (rc.k_quant)
+          while (nk + rc.group <= eligible) nk += rc.group;
+        while (nv < eligible) ++nv;
+        REQUIRE(rows[kvcal::kv_n_old] == n - t);
+        REQUIRE(rows[kvcal::kv_n_new] == n);
+        REQUIRE(rows[kvcal::kv_kc_new] == nk);
+        REQUIRE(rows[kvcal::kv_vc_new] == nv);
+        REQUIRE(rows[kvcal::kv_k_from] == kc);
+        REQUIRE(rows[kvcal::kv_v_from] == vc);
+        REQUIRE(kvcal::kv_k_compressed(n, r) == nk);
+        REQUIRE(kvcal::kv_v_compressed(n, r) == nv);
+        if (t == 1) {
+          const int dk = (rows[kvcal::kv_k_to] - rows[kvcal::kv_k_from]) / rc.group;
+          const int dv = rows[kvcal::kv_v_to] - rows[kvcal::kv_v_from];
+          REQUIRE(dk <= kvcal::kv_step_max_k_blocks(r));
+          REQUIRE(dv <= kvcal::kv_step_max_v_tokens(r));
+          max_dk = std::max(max_dk, dk);
+          max_dv = std::max(max_dv, dv);
+        }
+        // the ring (max(residual + group, compress_after) + piece rows) holds every token not
+        // yet in records of both streams, before this append's compress too
+        const std::int64_t ring =
+            std::max<std::int64_t>(rc.residual + rc.group, rc.compress_after) + piece;
+        REQUIRE(n - std::min(rc.k_quant ? kc : vc, vc) <= ring);
+        kc = rows[kvcal::kv_kc_new];
+        vc = rows[kvcal::kv_vc_new];
+      }
+      // The decode-step bounds are tight when the crossing happens in a decode step.
+      if (rc.compress_after >= 300 && rc.compress_after + 1 > rc.residual) {
+        CHECK(max_dv == kvcal::kv_step_max_v_tokens(r));
+        CHECK(max_dv == rc.compress_after + 1 - rc.residual);
+        if (rc.k_quant) CHECK(max_dk == kvcal::kv_step_max_k_blocks(r));
+      }
+      if (rc.compress_after < 0) CHECK(kvcal::kv_step_max_v_tokens(r) == 1);
+      if (!rc.k_quant) CHECK(kc == 0);
+    }
 }
 
 TEST_CASE("eviction step counters keep R(seen) rows (the host mirror's rule)") {

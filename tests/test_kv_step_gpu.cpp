@@ -1,8 +1,9 @@
 // kernels/cuda/kv_step.h on the GPU (label gpu): the step kernel captured once in a CUDA graph
 // (raw CUDA graph API, no libtorch) and replayed advances the packed / eviction counters exactly
 // as the host rule iterated step by step (kernels/cuda/kv_counters.h), writes the new row's
-// position and zero score, and refuses bad parameters. Frozen counters (the pre-issue host copy
-// captured in a graph) would fail the comparison at the second replay.
+// position and zero score (also under the adaptive and V-only rules), and refuses bad parameters.
+// Frozen counters (the pre-issue host copy captured in a graph) would fail the comparison at the
+// second replay.
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -76,6 +77,53 @@ TEST_CASE("kv_step replayed from a CUDA graph advances the counters as the host 
         if (quant) CHECK(kc == (300 - residual) / group * group);
         cudaGraphExecDestroy(exec);
       }
+  }
+  SUBCASE("packed: adaptive compress_after and V-only (latent V, fp16 K) rules") {
+    // knlp-like (K fp16, window 48, dormant up to 96) and hybrid-adaptive (K records): a prompt of
+    // 40, then 200 replayed steps, the crossing (49 V tokens at once) among them.
+    for (bool k_fp16 : {true, false}) {
+      CAPTURE(k_fp16);
+      kv_rule rule;
+      rule.residual = 48;
+      rule.group = 32;
+      rule.k_quant = !k_fp16;
+      rule.v_quant = true;
+      rule.compress_after = 96;
+      int rows[kv_ctr_rows];
+      kv_step_rows(rows, 0, 0, 0, 40, rule);
+      std::vector<int> host(static_cast<std::size_t>(kv_ctr_rows * B));
+      for (int r = 0; r < kv_ctr_rows; ++r)
+        for (int b = 0; b < B; ++b) host[static_cast<std::size_t>(r * B + b)] = rows[r];
+      dbuf<int> ctr(host);
+      kv_step_params p;
+      p.batch = B;
+      p.ctr = ctr.p;
+      p.residual = rule.residual;
+      p.group = rule.group;
+      p.quant = true;
+      p.k_fp16 = k_fp16;
+      p.compress_after = 96;
+      cudaGraphExec_t exec = capture(p, stream);
+      std::int64_t n = rows[kv_n_new], kc = rows[kv_kc_new], vc = rows[kv_vc_new];
+      int widest = 0;
+      for (int step = 0; step < 200; ++step) {
+        CUDA_OK(cudaGraphLaunch(exec, stream));
+        CUDA_OK(cudaStreamSynchronize(stream));
+        kv_step_rows(rows, n, kc, vc, 1, rule);
+        const std::vector<int> got = ctr.download();
+        for (int r = 0; r < kv_ctr_rows; ++r)
+          for (int b = 0; b < B; ++b) REQUIRE(got[static_cast<std::size_t>(r * B + b)] == rows[r]);
+        widest = std::max(widest, rows[kv_v_to] - rows[kv_v_from]);
+        n = rows[kv_n_new];
+        kc = rows[kv_kc_new];
+        vc = rows[kv_vc_new];
+      }
+      CHECK(widest == 49);  // the crossing: 97 - 48 tokens in one step
+      CHECK(widest == kv_step_max_v_tokens(rule));
+      CHECK(vc == 240 - 48);
+      CHECK(kc == (k_fp16 ? 0 : (240 - 48) / 32 * 32));
+      cudaGraphExecDestroy(exec);
+    }
   }
   SUBCASE("eviction: free row, held, seen, and the new row's position / score") {
     const int n_kv = 2, T = 40, steps = 50, rows_per_slot = T + steps + 1;

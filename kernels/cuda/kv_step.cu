@@ -11,9 +11,12 @@ __global__ void kv_step_kernel(kv_step_params p) {
   const int B = p.batch;
   for (int b = threadIdx.x; b < B; b += blockDim.x) {
     if (p.ctr) {
+      kv_rule rule = kv_rule_of(p.residual, p.group, p.quant);
+      rule.k_quant = p.quant && !p.k_fp16;
+      rule.compress_after = p.compress_after;
       int rows[kv_ctr_rows];
       kv_step_rows(rows, p.ctr[kv_n_new * B + b], p.ctr[kv_kc_new * B + b],
-                   p.ctr[kv_vc_new * B + b], p.t_new, p.residual, p.group, p.quant);
+                   p.ctr[kv_vc_new * B + b], p.t_new, rule);
       for (int r = 0; r < kv_ctr_rows; ++r) p.ctr[r * B + b] = rows[r];
     }
     if (p.ectr) {
