@@ -10,6 +10,7 @@
 #                (tests/fixtures/check_capture.py), and the capture benchmark on the 7B checkpoint
 #     decode     kvcal bench (presets vs torch SDPA in-process) + bench/sdpa_baseline.py; DEC_ARGS
 #     decode_dev bench_decode: fp16 / kivi with fp32 and fp16 dequantization arithmetic
+#     latent_eval eval --gpu-kernels vs CPU on knlp-v-pca-int8 / hybrid-k2-vpca8 (rank-32 PCA)
 #     prof       SASS + Nsight Compute source-level profile of the register-direct kernel (PRESET)
 #     sanitize   compute-sanitizer memcheck + racecheck on test_kernels_gpu (subset)
 #     pca        bench_pca + torch baseline
@@ -108,6 +109,18 @@ phase_prof() {
   ncu -i "$O/rd.ncu-rep" --page source --print-source sass --csv >"$O/rd-source.csv" 2>&1 | tail -2
   ncu -i "$O/rd.ncu-rep" --page details >"$O/rd-details.txt" 2>&1
   grep -E "Duration|Executed Instructions|Issue Slots Busy|Achieved Occupancy|Registers Per|Memory Throughput|DRAM Throughput" "$O/rd-details.txt" | head -20
+}
+# eval --gpu-kernels vs the CPU runtime on the V-latent presets (rank-32 PCA of the reference model)
+phase_latent_eval() {
+  local K="$B"/cli/kvcal W=/tmp/lat; mkdir -p "$W"
+  $K -q capture --model data/models/kvcal-ref-v1 --text data/calib.txt --out $W/calib.h5 --max-tokens 1024 --seq-len 128 --record k,v
+  $K -q fit-pca --capture $W/calib.h5 --out $W/pca.h5 --rank 32 --no-svg
+  for t in knlp-v-pca-int8 hybrid-k2-vpca8; do
+    $K -q export --template $t --model data/models/kvcal-ref-v1 --pca $W/pca.h5 --out $W/$t.safetensors
+  done
+  local A="--model data/models/kvcal-ref-v1 --text data/eval.txt --device cuda --dtype fp32 --preset $W/knlp-v-pca-int8.safetensors $W/hybrid-k2-vpca8.safetensors --context 768 --prefill 1 --max-tokens 1536"
+  stamp "eval CPU runtime"; $K eval $A --json "$O/lat-cpu.json" 2>&1 | tail -8
+  stamp "eval --gpu-kernels"; $K eval $A --gpu-kernels --json "$O/lat-gpu.json" 2>&1 | tail -8
 }
 phase_pca() {
   "$B"/bench/bench_pca 2>&1 | tee "$O/pca.log"
