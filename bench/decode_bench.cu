@@ -98,10 +98,9 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   KVCAL_CHECK(!latent || m.v_latent_rank > 0, m.name, ": V latent case without a rank");
   const bool klat = m.k_latent;  // K latent records (with the V latent mode)
   KVCAL_CHECK(!klat || (latent && m.k_latent_rank > 0 && m.k_latent_rank == m.v_latent_rank),
-              m.name,
-              ": the K latent mode needs the V latent mode of the same rank");
+              m.name, ": the K latent mode needs the V latent mode of the same rank");
   const bool kfp16 = m.bits == 16 && !klat;  // every key in the ring
-  const bool fp16 = kfp16 && !latent;  // the fp16 baseline: nothing compressed
+  const bool fp16 = kfp16 && !latent;        // the fp16 baseline: nothing compressed
   const int chunk = std::min(L, 4096);
   const int cap = kfp16 ? L : chunk + std::max(256, m.residual + m.group);
   const std::int64_t kslot = klat ? L : kfp16 ? 0 : L / m.group + 1, vslot = fp16 ? 0 : L;
@@ -302,9 +301,9 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   decode_timing r;
   r.us = 1000.0 * times[times.size() / 2];
   const double k_recs = klat ? static_cast<double>(k_done) : static_cast<double>(k_done / m.group);
-  const double k_bytes = kfp16 ? 2.0 * L * d
-                               : k_recs * static_cast<double>(krb) +
-                                     static_cast<double>(L - k_done) * d * 2;
+  const double k_bytes =
+      kfp16 ? 2.0 * L * d
+            : k_recs * static_cast<double>(krb) + static_cast<double>(L - k_done) * d * 2;
   const double v_bytes = static_cast<double>(v_done) * static_cast<double>(vrb) +
                          static_cast<double>(L - v_done) * d * 2;
   const double per_slot = k_bytes + v_bytes;

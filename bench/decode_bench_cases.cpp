@@ -37,8 +37,8 @@ std::vector<decode_case> builtin_decode_cases() {
     pca_v("V PCA r32 int8 + K kivi-2 (hybrid, synthetic)", 2, 128);
   }
   // K latent mode (register-direct only): ae-16's layout, K and V latents of rank 16, fp16.
-  decode_case kl{"K+V latent r16 fp16 (ae-16, synthetic) (register-direct)", 16, 32, 0, true, "",
-                 true, true};
+  decode_case kl{
+      "K+V latent r16 fp16 (ae-16, synthetic) (register-direct)", 16, 32, 0, true, "", true, true};
   kl.v_latent = kl.k_latent = true;
   kl.v_latent_rank = kl.k_latent_rank = 16;
   kl.v_latent_bits = kl.k_latent_bits = 16;
@@ -74,9 +74,8 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
   decode_case c;
   c.name = name;
   packed_config pc;
-  const bool k_latent =
-      !r.layers.empty() && (r.layers[0].k.kind == kv_method_kind::pca ||
-                            r.layers[0].k.kind == kv_method_kind::ae);
+  const bool k_latent = !r.layers.empty() && (r.layers[0].k.kind == kv_method_kind::pca ||
+                                              r.layers[0].k.kind == kv_method_kind::ae);
   if (k_latent) {
     preset_recipe rk = r;  // K as fp16 for the rest of the checks (layers must agree on K too)
     const kv_method& k0 = r.layers[0].k;
@@ -91,9 +90,10 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
     if (c.unsupported.empty())
       c.unsupported = k_latent_of(r.layers[0].k, static_cast<int>(r.model.head_dim),
                                   &c.k_latent_rank, &c.k_latent_bits);
-    if (c.unsupported.empty()) c.unsupported = packed_config_of(rk, &pc);
-    if (c.unsupported.empty() && !pc.v_latent())
+    const kv_method_kind vk = r.layers[0].v.kind;
+    if (c.unsupported.empty() && vk != kv_method_kind::pca && vk != kv_method_kind::ae)
       c.unsupported = "K latent without a V latent: the kernels take K and V latents together";
+    if (c.unsupported.empty()) c.unsupported = packed_config_of(rk, &pc);
     if (c.unsupported.empty() && pc.compress_after >= 0)
       c.unsupported = "K latent with an adaptive schedule: not in the bench yet";
     c.k_latent = true;

@@ -215,8 +215,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     if (c.v_latent)
       io.out << "\n"
              << c.name << ": " << (c.k_latent ? "K and V" : "V")
-             << " PCA latents on a random orthonormal basis of rank "
-             << c.v_latent_rank << " (synthetic data: the bench has no calibration; the speed "
+             << " PCA latents on a random orthonormal basis of rank " << c.v_latent_rank
+             << " (synthetic data: the bench has no calibration; the speed "
              << "does not depend on the basis)";
     if (c.compress_after >= 0)
       io.out << "\n"

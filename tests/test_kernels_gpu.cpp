@@ -1520,9 +1520,9 @@ namespace {
 struct k_latent_case {
   latent_case L;
   int klbits = 16;
-  std::vector<linear_maps> k_maps;             // [n_kv]
-  std::vector<std::vector<float>> k_model;     // [slot] -> [n, d]
-  float dk_norm = 0.0f;                        // max_t || k_model[t] - k_ref[t] ||_2
+  std::vector<linear_maps> k_maps;          // [n_kv]
+  std::vector<std::vector<float>> k_model;  // [slot] -> [n, d]
+  float dk_norm = 0.0f;                     // max_t || k_model[t] - k_ref[t] ||_2
 };
 
 k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std::vector<int>& lens,
@@ -1550,9 +1550,9 @@ k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std:
       std::vector<float>& kr = c.k_ref[slot];  // fp16 keys (build_latent_case, K fp16)
       std::vector<float> km = kr;
       for (int t = 0; t < vc; ++t) {
-        std::uint8_t* rec = &c.k_rec[(slot * static_cast<std::size_t>(max_n) +
-                                      static_cast<std::size_t>(t)) *
-                                     c.krb];
+        std::uint8_t* rec =
+            &c.k_rec[(slot * static_cast<std::size_t>(max_n) + static_cast<std::size_t>(t)) *
+                     c.krb];
         float* k = &kr[static_cast<std::size_t>(t) * D];
         codec->encode(k, rec);
         codec->decode(rec, k);
@@ -1561,8 +1561,8 @@ k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std:
         for (std::size_t ch = 0; ch < D; ++ch) {
           double s = m.dec_b[ch];
           for (int i = 0; i < rank; ++i)
-            s += static_cast<double>(fp16_round(m.dec_w[ch * static_cast<std::size_t>(rank) +
-                                                        static_cast<std::size_t>(i)])) *
+            s += static_cast<double>(fp16_round(
+                     m.dec_w[ch * static_cast<std::size_t>(rank) + static_cast<std::size_t>(i)])) *
                  static_cast<double>(fp16_round(z[static_cast<std::size_t>(i)]));
           const float x = fp16_round(static_cast<float>(s));
           km[static_cast<std::size_t>(t) * D + ch] = x;
@@ -1673,8 +1673,7 @@ TEST_CASE("K latent append: GPU K (and V) latent records are byte-identical to t
               veb(concat(vmaps, &linear_maps::enc_b));
           dbuf<int> zero(std::vector<int>(B, 0)), kf(std::vector<int>(B, kfrom)),
               vf(std::vector<int>(B, vfrom)), to(std::vector<int>(B, T));
-          packed_kv_view view =
-              records_view(B, n_kv, d, krec.p, T, vrec.p, T, kwin.p, vwin.p, T);
+          packed_kv_view view = records_view(B, n_kv, d, krec.p, T, vrec.p, T, kwin.p, vwin.p, T);
           view.k_bits = 16;
           view.n_tokens = zero.p;
           view.k_latent_rank = r;
@@ -1712,9 +1711,9 @@ TEST_CASE("K latent append: GPU K (and V) latent records are byte-identical to t
                     make_codec(pca_method(rank, lb), d, &maps[static_cast<std::size_t>(g)]);
                 const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
                 for (int t = 0; t < T; ++t) {
-                  const std::uint8_t* got = &got_all[(slot * static_cast<std::size_t>(T) +
-                                                      static_cast<std::size_t>(t)) *
-                                                     rb];
+                  const std::uint8_t* got =
+                      &got_all[(slot * static_cast<std::size_t>(T) + static_cast<std::size_t>(t)) *
+                               rb];
                   if (t < from) {
                     touched += std::any_of(got, got + rb, [](std::uint8_t u) { return u != 0; });
                     continue;
@@ -1735,8 +1734,8 @@ TEST_CASE("K latent append: GPU K (and V) latent records are byte-identical to t
                 }
               }
             CHECK(touched == 0);
-            CHECK_MESSAGE(bad == 0, what, " records differ; max |decoded gpu - decoded cpu| = ",
-                          dec_err);
+            CHECK_MESSAGE(bad == 0, what,
+                          " records differ; max |decoded gpu - decoded cpu| = ", dec_err);
           };
           check("K", k, kmaps, r, bits, kfrom, krec.download(), krb);
           check("V", v, vmaps, vr, vbits, vfrom, vrec.download(), vrb);
@@ -1814,8 +1813,7 @@ TEST_CASE("K latent mode: unsupported shapes give cudaErrorInvalidValue with a m
     bad.workspace_bytes = ws.n;
     CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
     CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
-    CHECK_THROWS_AS(check_launch(launch_decode_attention(bad, nullptr), "attention"),
-                    kvcal::error);
+    CHECK_THROWS_AS(check_launch(launch_decode_attention(bad, nullptr), "attention"), kvcal::error);
   };
   decode_attention_params bad = p;
   bad.register_direct = false;  // no other kernel reads latent keys: refused, no fallback
@@ -1846,8 +1844,7 @@ TEST_CASE("K latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   cp.k_to = to.p;
   cp.max_k_blocks = 1;
   CHECK(launch_quant_compress(cp, nullptr) == cudaErrorInvalidValue);
-  CHECK_MESSAGE(last_launch_error().find("latent mode") != std::string::npos,
-                last_launch_error());
+  CHECK_MESSAGE(last_launch_error().find("latent mode") != std::string::npos, last_launch_error());
   // The K latent append: its own checks, naming the K stream.
   latent_compress_params lp;
   lp.kv = dk.view;

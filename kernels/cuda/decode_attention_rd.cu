@@ -389,12 +389,14 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
 // Bytes of the K latent tables in shared memory: dec_w^T B fragments, uint4 [8 kk][KL / 16 ks]
 // [32 lanes] = (lo b0, lo b1, hi b0, hi b1) (16-byte reads by the warp, conflict-free), then
 // dec_b fp32 [D].
-constexpr __host__ __device__ int kl_table_bytes(int kl) { return kl * 256 + D * 4; }
+constexpr __host__ __device__ int kl_table_bytes(int kl) {
+  return kl * 256 + D * 4;
+}
 
 // Fills the tables of KV head kvh (all threads of the CTA; the caller syncs).
 template <int KL>
-__device__ __forceinline__ void fill_k_latent_tables(const packed_kv_view& kv, int kvh,
-                                                     uint4* fr, float* db) {
+__device__ __forceinline__ void fill_k_latent_tables(const packed_kv_view& kv, int kvh, uint4* fr,
+                                                     float* db) {
   constexpr int KS = KL / 16;
   const float* w = kv.k_dec_w + static_cast<std::int64_t>(kvh) * D * KL;  // [D, KL]
   for (int i = threadIdx.x; i < 8 * KS * 32 * 4; i += blockDim.x) {
@@ -414,8 +416,7 @@ __device__ __forceinline__ void fill_k_latent_tables(const packed_kv_view& kv, i
 // 16-bit latents read as they are, 8 / 4-bit ones as code * scale + zero (one HFMA2, the V latent
 // path's arithmetic); zeros when !ok.
 template <int KL, int LB>
-__device__ __forceinline__ void k_latent_run(const std::uint8_t* rec, bool ok, int t,
-                                             unsigned* z) {
+__device__ __forceinline__ void k_latent_run(const std::uint8_t* rec, bool ok, int t, unsigned* z) {
   constexpr int NP = KL / 8;  // half2 pairs per lane and token
   if constexpr (LB == 16) {
     if (ok) {
@@ -488,8 +489,10 @@ __device__ __forceinline__ void key_scores_latent(const packed_kv_view& kv, std:
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      if (mt == 0) sacc[0][e] = sc[e];
-      else sacc[1][e] = sc[e];
+      if (mt == 0)
+        sacc[0][e] = sc[e];
+      else
+        sacc[1][e] = sc[e];
     }
   }
 }
@@ -578,8 +581,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     }
   }
   // K latent tables after the stages (the end-of-CTA reduction may overwrite them).
-  [[maybe_unused]] uint4* const kl_fr = reinterpret_cast<uint4*>(area + kWarps * (stage_k + stage_v));
-  [[maybe_unused]] float* const kl_db = reinterpret_cast<float*>(area + kWarps * (stage_k + stage_v) + KL * 256);
+  [[maybe_unused]] uint4* const kl_fr =
+      reinterpret_cast<uint4*>(area + kWarps * (stage_k + stage_v));
+  [[maybe_unused]] float* const kl_db =
+      reinterpret_cast<float*>(area + kWarps * (stage_k + stage_v) + KL * 256);
   if constexpr (KL > 0) fill_k_latent_tables<KL>(kv, kvh, kl_fr, kl_db);
   __syncthreads();
 

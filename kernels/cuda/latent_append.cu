@@ -124,16 +124,18 @@ cudaError_t launch_latent_compress(const latent_compress_params& p, cudaStream_t
   set_launch_error("");
   if (kv.batch <= 0 || kv.n_kv <= 0) return cudaSuccess;
   if (do_v && p.max_v_tokens > 0) {
-    const latent_stream s{kv.v_win,   kv.v_rec,         kv.v_slot_records, kv.v_enc_w, kv.v_enc_b,
-                          kv.v_latent_rank, kv.v_latent_bits, p.v_from,  p.v_to};
+    const latent_stream s{kv.v_win,         kv.v_rec,   kv.v_slot_records,
+                          kv.v_enc_w,       kv.v_enc_b, kv.v_latent_rank,
+                          kv.v_latent_bits, p.v_from,   p.v_to};
     latent_compress_kernel<<<dim3((p.max_v_tokens + kTokens - 1) / kTokens, kv.n_kv, kv.batch), d,
                              0, stream>>>(s, kv.n_kv, d, kv.win_cap);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
   if (do_k && p.max_k_tokens > 0) {
-    const latent_stream s{kv.k_win,   kv.k_rec,         kv.k_slot_records, kv.k_enc_w, kv.k_enc_b,
-                          kv.k_latent_rank, kv.k_latent_bits, p.k_from,  p.k_to};
+    const latent_stream s{kv.k_win,         kv.k_rec,   kv.k_slot_records,
+                          kv.k_enc_w,       kv.k_enc_b, kv.k_latent_rank,
+                          kv.k_latent_bits, p.k_from,   p.k_to};
     latent_compress_kernel<<<dim3((p.max_k_tokens + kTokens - 1) / kTokens, kv.n_kv, kv.batch), d,
                              0, stream>>>(s, kv.n_kv, d, kv.win_cap);
     return cudaGetLastError();

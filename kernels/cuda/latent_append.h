@@ -8,8 +8,8 @@
 //   scale rules of kernels/cpu/quantize.h (store_latent). Records are therefore byte-identical
 //   to the CPU's for all latent bits when the host does not contract a*b+c into an FMA.
 // The window append itself is launch_kv_window_append (kernels/cuda/quant_append.h); KIVI K
-// records, if any, are launch_quant_compress with null V pointers (it refuses a K latent view). Allocates nothing, reads no device
-// memory on the host (CUDA-graph safe).
+// records, if any, are launch_quant_compress with null V pointers (it refuses a K latent view).
+// Allocates nothing, reads no device memory on the host (CUDA-graph safe).
 //
 //   kvcal::latent_compress_params p{view, v_from, v_to, max_v_tokens, k_from, k_to, max_k_tokens};
 //   kvcal::check_launch(kvcal::launch_latent_compress(p, stream), "latent compress");
