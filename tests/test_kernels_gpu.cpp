@@ -1525,6 +1525,24 @@ struct k_latent_case {
   float dk_norm = 0.0f;                     // max_t || k_model[t] - k_ref[t] ||_2
 };
 
+// The key of the GPU's arithmetic from latents z (CPU-decoded: fp32 of the record): z and dec_w
+// rounded to fp16, the sum exact, k rounded to fp16, into out [d]; returns ||out - k_codec||_2.
+float model_key(const linear_maps& m, const std::vector<float>& z, const float* k_codec,
+                float* out) {
+  const std::size_t R = static_cast<std::size_t>(m.rank);
+  double dn = 0.0;
+  for (std::size_t ch = 0; ch < static_cast<std::size_t>(m.d); ++ch) {
+    double s = m.dec_b[ch];
+    for (std::size_t i = 0; i < R; ++i)
+      s += static_cast<double>(fp16_round(m.dec_w[ch * R + i])) *
+           static_cast<double>(fp16_round(z[i]));
+    out[ch] = fp16_round(static_cast<float>(s));
+    dn +=
+        (static_cast<double>(out[ch]) - k_codec[ch]) * (static_cast<double>(out[ch]) - k_codec[ch]);
+  }
+  return static_cast<float>(std::sqrt(dn));
+}
+
 k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std::vector<int>& lens,
                                   int rank, int klbits, int vlbits, int residual) {
   constexpr int d = 128;
@@ -1557,18 +1575,7 @@ k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std:
         codec->encode(k, rec);
         codec->decode(rec, k);
         codec->decode_latent(rec, z.data());
-        double dn = 0.0;
-        for (std::size_t ch = 0; ch < D; ++ch) {
-          double s = m.dec_b[ch];
-          for (int i = 0; i < rank; ++i)
-            s += static_cast<double>(fp16_round(
-                     m.dec_w[ch * static_cast<std::size_t>(rank) + static_cast<std::size_t>(i)])) *
-                 static_cast<double>(fp16_round(z[static_cast<std::size_t>(i)]));
-          const float x = fp16_round(static_cast<float>(s));
-          km[static_cast<std::size_t>(t) * D + ch] = x;
-          dn += (static_cast<double>(x) - k[ch]) * (static_cast<double>(x) - k[ch]);
-        }
-        K.dk_norm = std::max(K.dk_norm, static_cast<float>(std::sqrt(dn)));
+        K.dk_norm = std::max(K.dk_norm, model_key(m, z, k, &km[static_cast<std::size_t>(t) * D]));
       }
       K.k_model.push_back(std::move(km));
     }
@@ -1868,4 +1875,127 @@ TEST_CASE("K latent mode: unsupported shapes give cudaErrorInvalidValue with a m
   badc.k_from = nullptr;
   expect_c(badc, "nothing to encode");
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// ae-16's layout (K and V latents of rank 16, fp16; here PCA maps) filled by the GPU step by step
+// (window append, one latent compress launch for K and V; the ring wraps), then attention; the
+// CPU decodes what the GPU wrote (latent records through the codecs, window rows) for the
+// reference and re-encodes the fp16 window rows to check the K and V records byte for byte.
+TEST_CASE("end to end, K latent: GPU append + K and V latent compress step by step, attention") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(34);
+  const int B = 2, n_kv = 2, d = 128, residual = 64, cap = 256, rank = 16, klbits = 16;
+  const int vlbits = 16, prefill = 150, steps = 170, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = latent_record_bytes_of(rank, klbits);
+  const std::size_t vrb = latent_record_bytes_of(rank, vlbits);
+  k_latent_case K;
+  K.klbits = klbits;
+  K.k_maps = random_pca(rng, n_kv, rank, d);
+  latent_case& L = K.L;
+  L.rank = rank;
+  L.lbits = vlbits;
+  L.maps = random_pca(rng, n_kv, rank, d);
+  dbuf<float> ew(concat(L.maps, &linear_maps::enc_w)), eb(concat(L.maps, &linear_maps::enc_b)),
+      dw(concat(L.maps, &linear_maps::dec_w)), db(concat(L.maps, &linear_maps::dec_b));
+  dbuf<float> kew(concat(K.k_maps, &linear_maps::enc_w)),
+      keb(concat(K.k_maps, &linear_maps::enc_b)), kdw(concat(K.k_maps, &linear_maps::dec_w)),
+      kdb(concat(K.k_maps, &linear_maps::dec_b));
+  e2e_cache e(B, n_kv, d, total, krb, total, vrb, cap);
+  e.view.k_bits = 16;
+  e.view.v_latent_rank = rank;
+  e.view.v_latent_bits = vlbits;
+  e.view.v_enc_w = ew.p;
+  e.view.v_enc_b = eb.p;
+  e.view.v_dec_w = dw.p;
+  e.view.v_dec_b = db.p;
+  e.view.k_latent_rank = rank;
+  e.view.k_latent_bits = klbits;
+  e.view.k_enc_w = kew.p;
+  e.view.k_enc_b = keb.p;
+  e.view.k_dec_w = kdw.p;
+  e.view.k_dec_b = kdb.p;
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  const auto compress = [&](int kc2, int vc2) {
+    latent_compress_params lp;
+    lp.kv = e.view;
+    lp.k_from = e.dkc.p;
+    lp.k_to = e.dkto.p;
+    lp.max_k_tokens = kc2 - e.kc;
+    lp.v_from = e.dvc.p;
+    lp.v_to = e.dvto.p;
+    lp.max_v_tokens = vc2 - e.vc;
+    CUDA_OK(launch_latent_compress(lp, nullptr));
+  };
+  // K group 1: the K and V compressed ranges stay equal (the K latent mode's requirement).
+  e.append(k, v, total, residual, 1, prefill, compress);
+  for (int s = 0; s < steps; ++s) e.append(k, v, total, residual, 1, 1, compress);
+  const int n = e.n, vc = e.vc;
+  REQUIRE(n == total);
+  REQUIRE(e.kc == vc);
+  cache_case& c = L.c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.n.assign(B, n);
+  const auto hk = e.krec.download(), hv = e.vrec.download();
+  const auto hkw = e.kwin.download(), hvw = e.vwin.download();
+  std::size_t bad_k = 0, bad_v = 0;
+  std::vector<std::uint8_t> want(std::max(krb, vrb));
+  std::vector<float> z(static_cast<std::size_t>(rank)), x(D);
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      const linear_maps& km = K.k_maps[static_cast<std::size_t>(g)];
+      auto kcodec = make_codec(pca_method(rank, klbits), d, &km);
+      auto vcodec = make_codec(pca_method(rank, vlbits), d, &L.maps[static_cast<std::size_t>(g)]);
+      std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size()), kmod(kr.size());
+      for (int t = 0; t < vc; ++t) {
+        const std::size_t at = static_cast<std::size_t>(t) * D;
+        const std::size_t src = (static_cast<std::size_t>(b * total + t) * n_kv + g) * D;
+        const std::uint8_t* krec = &hk[(slot * static_cast<std::size_t>(total) + t) * krb];
+        const std::uint8_t* vrec = &hv[(slot * static_cast<std::size_t>(total) + t) * vrb];
+        kcodec->decode(krec, &kr[at]);
+        kcodec->decode_latent(krec, z.data());
+        K.dk_norm = std::max(K.dk_norm, model_key(km, z, &kr[at], &kmod[at]));
+        for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(k[src + i]);
+        kcodec->encode(x.data(), want.data());
+        bad_k += std::memcmp(krec, want.data(), krb) != 0;
+        vcodec->decode(vrec, &vr[at]);
+        vcodec->decode_latent(vrec, z.data());
+        for (float e2 : z) L.z_max = std::max(L.z_max, std::fabs(e2));
+        for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(v[src + i]);
+        vcodec->encode(x.data(), want.data());
+        bad_v += std::memcmp(vrec, want.data(), vrb) != 0;
+      }
+      for (int t = vc; t < n; ++t)  // window rows (fp16) from the ring
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
+          const std::size_t at = static_cast<std::size_t>(t) * D + i;
+          kr[at] = kmod[at] = fp16_to_float(hkw[row]);
+          vr[at] = fp16_to_float(hvw[row]);
+        }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+      K.k_model.push_back(std::move(kmod));
+    }
+  CHECK(bad_k == 0);
+  CHECK(bad_v == 0);
+  const int n_heads = n_kv * ratio;
+  const rope_tables rope = make_rope(total, d, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
+  for (auto& e2 : q) e2 = u(rng);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+  decode_attention_params p =
+      attention_params(e.view, n_heads, dq.p, dcos.p, dsin.p, total, total, dout.p);
+  run_decode_attention(p);
+  const std::vector<float> out = dout.download();
+  const float e_model = k_latent_error(K, K.k_model, n_heads, q, rope, out);
+  const float e_codec = k_latent_error(K, c.k_ref, n_heads, q, rope, out);
+  MESSAGE("end to end, K latent: |gpu - model| = ", e_model, " (bound ", latent_bound(L),
+          "), |gpu - codec| = ", e_codec, " (bound ", k_latent_codec_bound(K, q), ")");
+  CHECK(e_model <= latent_bound(L));
+  CHECK(e_codec <= k_latent_codec_bound(K, q));
 }
