@@ -84,7 +84,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
        "on|off: run the preset rows with the register-direct kernel where it covers the shape "
        "(decode_attention_params::register_direct)")
       ("latent-rank", po::value<int>(&latent_rank)->default_value(32),
-       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64, 96, 128; "
+       "PCA rank (V, and K in the K latent mode) of templates whose rank comes from the PCA file "
+       "(16, 32, 64, 96, 128; "
        "at most head_dim); the bench has "
        "no calibration: latent rows use a random orthonormal basis (synthetic data)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
