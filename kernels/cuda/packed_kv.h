@@ -48,7 +48,8 @@
 // CPU codec's. Decode attention runs it only in the register-direct kernel (head_dim 128) and
 // only with the V latent mode of the same rank and the same compressed range: k_compressed[b]
 // == v_compressed[b] (the kernel reads latent keys for [0, v_compressed), the ring after; a
-// device value, not checked on the host); every other launcher refuses k_latent_rank != 0.
+// device value, not checked on the host). The window append serves both modes; the KIVI compress
+// (quant_compress), evict_one and the other decode kernels refuse k_latent_rank != 0.
 #pragma once
 
 #include <cuda_fp16.h>
