@@ -455,15 +455,26 @@ __device__ __forceinline__ void key_scores_latent(const packed_kv_view& kv, std:
   constexpr int KS = KL / 16, NP = KL / 8;
   const int g = lane / 4, t4 = lane % 4;
   const std::int64_t rb = static_cast<std::int64_t>(latent_record_bytes_of(KL, LB));
-  // One m-tile at a time (not unrolled: two in flight spill at 128 registers); its scores in
-  // sc, moved to sacc[mt] with constant indices.
+  // Latents of tokens g, g + 8 of m-tile mt into a, b.
+  const auto load = [&](int mt, unsigned* za, unsigned* zb) {
+    const int j0 = p0 + 16 * mt + g, j1 = j0 + 8;
+    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j0) * rb, j0 < t_hi, t4, za);
+    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j1) * rb, j1 < t_hi, t4, zb);
+  };
+  // Ranks <= 32: the second m-tile's latents are loaded before the first's reconstruction (their
+  // latency hidden behind it; 2 KL / 4 more registers, no spills).
+  constexpr bool PF = KL <= 32;
+  unsigned z0[NP], z1[NP], n0[PF ? NP : 1], n1[PF ? NP : 1];
+  load(0, z0, z1);
+  if constexpr (PF) load(1, n0, n1);
+    // One m-tile at a time (not unrolled: two in flight spill at 128 registers); its scores in
+    // sc, moved to sacc[mt] with constant indices.
 #pragma unroll 1
   for (int mt = 0; mt < 2; ++mt) {
     float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const int j0 = p0 + 16 * mt + g, j1 = j0 + 8;
-    unsigned z0[NP], z1[NP];  // tokens j0, j1
-    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j0) * rb, j0 < t_hi, t4, z0);
-    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j1) * rb, j1 < t_hi, t4, z1);
+    if constexpr (!PF) {
+      if (mt == 1) load(1, z0, z1);
+    }
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       const float2 bl = *reinterpret_cast<const float2*>(db + 16 * t4 + 2 * kk);
@@ -493,6 +504,10 @@ __device__ __forceinline__ void key_scores_latent(const packed_kv_view& kv, std:
         sacc[0][e] = sc[e];
       else
         sacc[1][e] = sc[e];
+    }
+    if constexpr (PF) {
+#pragma unroll
+      for (int i = 0; i < NP; ++i) z0[i] = n0[i], z1[i] = n1[i];
     }
   }
 }
