@@ -64,7 +64,8 @@ struct decode_timing {
 // fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined,
 // kivi-4 / kivi-2 / fp16 register-direct, and the V latent mode (synthetic PCA rank 32, int8)
 // with K fp16 and K kivi-2, each with the smem-tile and the register-direct kernel, and the K
-// latent mode (K and V latents of rank 16, fp16: ae-16's layout): the development table.
+// latent mode (K and V latents of rank 16, fp16: ae-16's layout; rank 32 int8 with a 256-token
+// window): the development table.
 std::vector<decode_case> builtin_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);

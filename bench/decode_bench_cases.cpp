@@ -36,13 +36,17 @@ std::vector<decode_case> builtin_decode_cases() {
     pca_v("V PCA r32 int8 + K fp16 (knlp, synthetic)", 16, 256);
     pca_v("V PCA r32 int8 + K kivi-2 (hybrid, synthetic)", 2, 128);
   }
-  // K latent mode (register-direct only): ae-16's layout, K and V latents of rank 16, fp16.
-  decode_case kl{
-      "K+V latent r16 fp16 (ae-16, synthetic) (register-direct)", 16, 32, 0, true, "", true, true};
-  kl.v_latent = kl.k_latent = true;
-  kl.v_latent_rank = kl.k_latent_rank = 16;
-  kl.v_latent_bits = kl.k_latent_bits = 16;
-  v.push_back(kl);
+  // K latent mode (register-direct only): ae-16's layout (K and V latents of rank 16, fp16, no
+  // window), then PCA K and V of rank 32, int8, window 256 (knlp's V with K compressed too).
+  const auto kv_latent = [&](const std::string& name, int rank, int bits, int residual) {
+    decode_case c{name + " (register-direct)", 16, 32, residual, true, "", true, true};
+    c.v_latent = c.k_latent = true;
+    c.v_latent_rank = c.k_latent_rank = rank;
+    c.v_latent_bits = c.k_latent_bits = bits;
+    v.push_back(c);
+  };
+  kv_latent("K+V latent r16 fp16 (ae-16, synthetic)", 16, 16, 0);
+  kv_latent("K+V PCA r32 int8 (synthetic)", 32, 8, 256);
   return v;
 }
 
