@@ -23,9 +23,9 @@ struct latent_stream {
   const int* to = nullptr;    // [B]
 };
 
-// kTokens latent records: grid (ceil(max_v_tokens / kTokens), n_kv, B), block d (thread c loads
-// channel c of each token; thread i < r computes z_i of every token, one enc_w load per channel
-// for all of them, each sum in the host's order without FMA; thread j < kTokens quantizes
+// kTokens latent records of one stream: grid (ceil(max tokens / kTokens), n_kv, B), block d (thread
+// c loads channel c of each token; thread i < r computes z_i of every token, one enc_w load per
+// channel for all of them, each sum in the host's order without FMA; thread j < kTokens quantizes
 // token j's group).
 __global__ void latent_compress_kernel(latent_stream s, int n_kv, int d, int win_cap) {
   __shared__ float xs[kTokens][128];
