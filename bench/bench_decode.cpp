@@ -9,7 +9,8 @@
 // (presets/templates: K per-channel, V per-token, group 32, asymmetric, fp16 residual 128), each
 // with fp32 and half_dequant (fp16 arithmetic) dequantization, then the pipelined and the
 // register-direct (decode_attention_params::register_direct) kernels; V PCA latents (rank 32,
-// int8, a synthetic basis) with K fp16 and with K kivi-2.
+// int8, a synthetic basis) with K fp16 and with K kivi-2; K and V latents (the K latent mode,
+// register-direct: rank 16 fp16 as ae-16, rank 32 int8).
 #include <cstdio>
 #include <cstdlib>
 #include <exception>

@@ -3,8 +3,9 @@
 // "bytes read" counts what the kernels load: packed records + fp16 windows of every (sequence,
 // KV head), the queries, the RoPE table rows (one per 32 tokens, shared by the heads) and the
 // split partials written and read back; in the V latent mode also the latent records (with their
-// scale / zero) and dec_w / dec_b once per KV head (the CTAs re-read them from L2). Latent cases
-// use a random orthonormal basis and mean (synthetic; no calibration in the bench).
+// scale / zero) and dec_w / dec_b once per KV head (the CTAs re-read them from L2); in the K
+// latent mode the same for K (latent K records, K dec_w / dec_b). Latent cases use a random
+// orthonormal basis and mean (synthetic; no calibration in the bench).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -58,8 +59,8 @@ T* dalloc(std::size_t n) {
 
 // Synthetic PCA maps of n_kv heads (random orthonormal basis rows by Gram-Schmidt, small random
 // mean), concatenated: enc_w [n_kv, r, d], enc_b [n_kv, r], dec_w [n_kv, d, r], dec_b [n_kv, d].
-linear_maps synthetic_pca(int n_kv, int r, int d) {
-  std::mt19937 rng(1234);
+linear_maps synthetic_pca(int n_kv, int r, int d, unsigned seed = 1234) {
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   linear_maps all;
   all.rank = r;
@@ -95,12 +96,17 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   const std::size_t D = static_cast<std::size_t>(d);
   const bool latent = m.v_latent;
   KVCAL_CHECK(!latent || m.v_latent_rank > 0, m.name, ": V latent case without a rank");
-  const bool kfp16 = m.bits == 16;     // every key in the ring
-  const bool fp16 = kfp16 && !latent;  // the fp16 baseline: nothing compressed
+  const bool klat = m.k_latent;  // K latent records (with the V latent mode)
+  KVCAL_CHECK(!klat || (latent && m.k_latent_rank > 0 && m.k_latent_rank == m.v_latent_rank),
+              m.name, ": the K latent mode needs the V latent mode of the same rank");
+  const bool kfp16 = m.bits == 16 && !klat;  // every key in the ring
+  const bool fp16 = kfp16 && !latent;        // the fp16 baseline: nothing compressed
   const int chunk = std::min(L, 4096);
   const int cap = kfp16 ? L : chunk + std::max(256, m.residual + m.group);
-  const std::int64_t kslot = kfp16 ? 0 : L / m.group + 1, vslot = fp16 ? 0 : L;
-  const std::size_t krb = kfp16 ? 0 : k_record_bytes(d, m.bits, m.group);
+  const std::int64_t kslot = klat ? L : kfp16 ? 0 : L / m.group + 1, vslot = fp16 ? 0 : L;
+  const std::size_t krb = klat    ? latent_record_bytes_of(m.k_latent_rank, m.k_latent_bits)
+                          : kfp16 ? 0
+                                  : k_record_bytes(d, m.bits, m.group);
   const std::size_t vrb = latent ? latent_record_bytes_of(m.v_latent_rank, m.v_latent_bits)
                           : fp16 ? 0
                                  : v_record_bytes(d, m.bits, m.group);
@@ -109,9 +115,9 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   kv.batch = B;
   kv.n_kv = n_kv;
   kv.head_dim = d;
-  kv.k_bits = m.bits;
+  kv.k_bits = klat ? 16 : m.bits;
   kv.v_bits = latent ? 16 : m.bits;
-  kv.k_group = kfp16 ? 32 : m.group;
+  kv.k_group = kfp16 || klat ? 32 : m.group;
   kv.v_group = fp16 || latent ? 32 : m.group;
   float *enc_w = nullptr, *enc_b = nullptr, *dec_w = nullptr, *dec_b = nullptr;
   if (latent) {
@@ -126,6 +132,20 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
     kv.v_enc_b = enc_b;
     kv.v_dec_w = dec_w;
     kv.v_dec_b = dec_b;
+  }
+  float *k_enc_w = nullptr, *k_enc_b = nullptr, *k_dec_w = nullptr, *k_dec_b = nullptr;
+  if (klat) {
+    const linear_maps maps = synthetic_pca(n_kv, m.k_latent_rank, d, 4321);
+    k_enc_w = upload(maps.enc_w);
+    k_enc_b = upload(maps.enc_b);
+    k_dec_w = upload(maps.dec_w);
+    k_dec_b = upload(maps.dec_b);
+    kv.k_latent_rank = m.k_latent_rank;
+    kv.k_latent_bits = m.k_latent_bits;
+    kv.k_enc_w = k_enc_w;
+    kv.k_enc_b = k_enc_b;
+    kv.k_dec_w = k_dec_w;
+    kv.k_dec_b = k_dec_b;
   }
   kv.k_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(kslot) * krb);
   kv.v_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(vslot) * vrb);
@@ -169,7 +189,9 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
     set(vc, v_done);
     const int n2 = n + t_new;
     const bool dormant = m.compress_after >= 0 && n2 <= m.compress_after;  // adaptive presets
-    const int k2 = kfp16 || dormant ? 0 : std::max(0, n2 - m.residual) / m.group * m.group;
+    const int k2 = kfp16 || dormant ? 0
+                   : klat           ? std::max(0, n2 - m.residual)  // per token, = v2
+                                    : std::max(0, n2 - m.residual) / m.group * m.group;
     const int v2 = fp16 || dormant ? 0 : std::max(0, n2 - m.residual);
     set(kto, k2);
     set(vto, v2);
@@ -180,7 +202,7 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
     ap.v_new = vn;
     ap.t_new = t_new;
     CUDA_OK(launch_kv_window_append(ap, nullptr));
-    if (!kfp16) {
+    if (!kfp16 && !klat) {
       quant_compress_params cp;
       cp.kv = kv;
       cp.k_from = kc;
@@ -199,6 +221,11 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
       lp.v_from = vc;
       lp.v_to = vto;
       lp.max_v_tokens = v2 - v_done;
+      if (klat) {
+        lp.k_from = kc;
+        lp.k_to = kto;
+        lp.max_k_tokens = k2 - k_done;
+      }
       CUDA_OK(launch_latent_compress(lp, nullptr));
     }
     CUDA_OK(cudaEventRecord(a1));
@@ -273,14 +300,17 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
 
   decode_timing r;
   r.us = 1000.0 * times[times.size() / 2];
-  const double k_bytes = kfp16 ? 2.0 * L * d
-                               : static_cast<double>(k_done / m.group) * static_cast<double>(krb) +
-                                     static_cast<double>(L - k_done) * d * 2;
+  const double k_recs = klat ? static_cast<double>(k_done) : static_cast<double>(k_done / m.group);
+  const double k_bytes =
+      kfp16 ? 2.0 * L * d
+            : k_recs * static_cast<double>(krb) + static_cast<double>(L - k_done) * d * 2;
   const double v_bytes = static_cast<double>(v_done) * static_cast<double>(vrb) +
                          static_cast<double>(L - v_done) * d * 2;
   const double per_slot = k_bytes + v_bytes;
   const double maps_bytes =
-      latent ? static_cast<double>(n_kv) * (static_cast<double>(d) * m.v_latent_rank + d) * 4 : 0.0;
+      (latent ? static_cast<double>(n_kv) * (static_cast<double>(d) * m.v_latent_rank + d) * 4
+              : 0.0) +
+      (klat ? static_cast<double>(n_kv) * (static_cast<double>(d) * m.k_latent_rank + d) * 4 : 0.0);
   const double parts = static_cast<double>(ws) / 4.0 / (d + 2);  // rows of (m, l, acc)
   r.bytes = per_slot * static_cast<double>(slots) + maps_bytes +
             static_cast<double>(q_elems) * 4 * 2 + static_cast<double>((L + 31) / 32 + 32) * d * 4 +
@@ -308,6 +338,10 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   cudaFree(enc_b);
   cudaFree(dec_w);
   cudaFree(dec_b);
+  cudaFree(k_enc_w);
+  cudaFree(k_enc_b);
+  cudaFree(k_dec_w);
+  cudaFree(k_dec_b);
   cudaFree(flush);
   cudaEventDestroy(a0);
   cudaEventDestroy(a1);

@@ -4,8 +4,9 @@
 //
 // A case is a kernel configuration (fp16, or KIVI-style quantization: K per-channel groups along
 // tokens, V per-token groups, asymmetric, fp16 residual window; or the V latent mode: K fp16 or
-// per-channel quantized, V a PCA latent of 16/8/4 bits). The bench has no calibration: latent
-// cases run on a random orthonormal basis (synthetic data; the speed does not depend on it).
+// per-channel quantized, V a PCA latent of 16/8/4 bits; or the K latent mode: K and V latents of
+// one rank, e.g. ae-16). The bench has no calibration: latent cases run on a random orthonormal
+// basis (synthetic data; the speed does not depend on it).
 // decode_case_of() maps a preset recipe to a case, or says why the CUDA kernels cannot run it yet
 // (the row is then printed as unsupported rather than silently skipped).
 //
@@ -38,6 +39,14 @@ struct decode_case {
   int v_latent_rank = 0;             // 16 | 32 | 64
   int v_latent_bits = 16;            // 16 | 8 | 4
   std::int64_t compress_after = -1;  // adaptive presets: no records up to this many tokens
+  // K latent mode (PCA / linear-AE keys, reconstruct-then-rotate; with the V latent mode of the
+  // same rank only; rank 0 only for a template, the caller sets one). Mapped here from the recipe
+  // (runtime/packed_support does not map K latents yet); `bits` / `group` are then unused.
+  bool k_latent = false;
+  int k_latent_rank = 0;
+  int k_latent_bits = 16;
+  bool k_latent_ae = false;  // the recipe's K is an autoencoder (else PCA): the row's label
+  bool v_latent_ae = false;
 };
 
 struct decode_shape {
@@ -54,8 +63,9 @@ struct decode_timing {
 
 // fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined,
 // kivi-4 / kivi-2 / fp16 register-direct, and the V latent mode (synthetic PCA rank 32, int8)
-// with K fp16 and K kivi-2, each with the smem-tile and the register-direct kernel: the
-// development table.
+// with K fp16 and K kivi-2, each with the smem-tile and the register-direct kernel, and the K
+// latent mode (K and V latents of rank 16, fp16: ae-16's layout; rank 32 int8 with a 256-token
+// window): the development table.
 std::vector<decode_case> builtin_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);

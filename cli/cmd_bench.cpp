@@ -84,7 +84,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
        "on|off: run the preset rows with the register-direct kernel where it covers the shape "
        "(decode_attention_params::register_direct)")
       ("latent-rank", po::value<int>(&latent_rank)->default_value(32),
-       "V PCA rank of templates whose rank comes from the PCA file (16, 32, 64, 96, 128; "
+       "PCA rank (V, and K in the K latent mode) of templates whose rank comes from the PCA file "
+       "(16, 32, 64, 96, 128; "
        "at most head_dim); the bench has "
        "no calibration: latent rows use a random orthonormal basis (synthetic data)")
       ("json", po::value<std::string>(&json_out), "also write the rows to this JSON file");
@@ -141,7 +142,9 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     c.register_direct = register_direct == "on";
     if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
       if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
-      c.name += " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
+      if (c.k_latent && c.k_latent_rank == 0) c.k_latent_rank = latent_rank;
+      c.name += c.k_latent ? " (K+V latent r" + std::to_string(c.v_latent_rank) + " synthetic)"
+                           : " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
     }
     // The row says so only where the kernel covers the shape (else the flag changes nothing):
     // head_dim 128; fp16 or K records of group 32 / 64 / 128; V latents of rank 16 / 32 / 64 /
@@ -153,6 +156,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
         !c.v_latent || rank == 16 || rank == 32 || rank == 64 || rank == 96 || rank == 128;
     if (c.register_direct && c.unsupported.empty() && s.head_dim == 128 && k_rd && v_rd)
       c.name += " (register-direct)";
+    if (c.k_latent && c.unsupported.empty() && !c.register_direct)
+      c.unsupported = "K latent mode: the register-direct kernel only (--register-direct on)";
     cases.push_back(c);
   }
 
@@ -210,8 +215,9 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     if (!c.unsupported.empty()) continue;
     if (c.v_latent)
       io.out << "\n"
-             << c.name << ": V PCA latents on a random orthonormal basis of rank "
-             << c.v_latent_rank << " (synthetic data: the bench has no calibration; the speed "
+             << c.name << ": " << (c.k_latent ? "K and V" : "V")
+             << " PCA latents on a random orthonormal basis of rank " << c.v_latent_rank
+             << " (synthetic data: the bench has no calibration; the speed "
              << "does not depend on the basis)";
     if (c.compress_after >= 0)
       io.out << "\n"

@@ -213,10 +213,59 @@ TEST_CASE("packed_latent_maps: the preset's V PCA maps per layer and KV head; er
                                          kvcal::recipe_parse_options{true});
   CHECK(kvcal::packed_config_of(ae16, &pc).find("K autoencoder latent: needs the K-latent") !=
         std::string::npos);
+TEST_CASE("K latent presets map to the K latent mode in the bench (ae-16)") {
+  // Qwen2.5-7B attention shapes (head_dim 128: the register-direct kernel's), as kvcal bench.
+  kvcal::model_config cfg = ref_config();
+  cfg.num_attention_heads = 28;
+  cfg.num_key_value_heads = 4;
+  cfg.head_dim = 128;
+  cfg.hidden_size = 28 * 128;
+  auto recipe = [&](const std::string& name) {
+    return kvcal::expand_recipe(kvcal::preset_template(name), cfg, name,
+                                kvcal::recipe_parse_options{true});
+  };
+  const auto r = recipe("ae-16");
+  const auto c = kvcal::decode_case_of(r, "ae-16");
+  CHECK_MESSAGE(c.unsupported.empty(), c.unsupported);
+  CHECK(c.k_latent);
+  CHECK(c.k_latent_ae);
+  CHECK(c.k_latent_rank == 16);
+  CHECK(c.k_latent_bits == 16);
+  CHECK(c.v_latent);
+  CHECK(c.v_latent_ae);
+  CHECK(c.v_latent_rank == 16);
+  CHECK(c.v_latent_bits == 16);
+  CHECK(c.bits == 16);
+  CHECK(!kvcal::decode_case_of(recipe("kivi-4"), "kivi-4").k_latent);
+  // Refused with the reason: an MLP K, K and V ranks that differ, 2-bit K latents, K latents
+  // without V latents, layers with different K methods; head_dim 64.
+  auto why = [](const kvcal::preset_recipe& x) {
+    return kvcal::decode_case_of(x, "x").unsupported;
+  };
+  auto mlp = r;
+  for (auto& l : mlp.layers) l.k.ae.hidden = 64;
+  CHECK(why(mlp).find("K MLP autoencoder") != std::string::npos);
+  auto r32 = r;
+  for (auto& l : r32.layers) l.k.ae.latent = 32;
+  CHECK(why(r32).find("one rank for both") != std::string::npos);
+  auto b2 = r;
+  for (auto& l : b2.layers) l.k.ae.latent_bits = 2;
+  CHECK(why(b2).find("K latent 2-bit") != std::string::npos);
+  auto kpca = recipe("kivi-4");
+  for (auto& l : kpca.layers) {
+    l.k = kvcal::kv_method{};
+    l.k.kind = kvcal::kv_method_kind::pca;
+    l.k.pca.rank = 16;
+  }
+  CHECK(why(kpca).find("without a V latent") != std::string::npos);
+  auto mixed = r;
+  mixed.layers[1].k.ae.latent = 32;
+  CHECK(why(mixed).find("layers differ in the K method") != std::string::npos);
+  CHECK(case_of("ae-16").unsupported.find("head_dim 64") != std::string::npos);
 }
 
 TEST_CASE("what the kernels cannot run is refused with the reason") {
-  CHECK(case_of("ae-16").unsupported.find("autoencoder") != std::string::npos);
+  CHECK(case_of("ae-16").unsupported.find("K latent mode at head_dim 64") != std::string::npos);
   // h2o runs on the GPU (fp16 + eviction) but is timed end to end, not as a kernel case.
   CHECK(case_of("h2o").unsupported.find("bench_model --kv-cache h2o") != std::string::npos);
   CHECK(case_of("streaming-llm").unsupported.find("window eviction: timed end to end") !=
@@ -490,8 +539,8 @@ TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU"
   }
 }
 
-TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16 and V latents") {
-  int rd = 0, rd_latent = 0, rd_fp16 = 0;
+TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16, V and K latents") {
+  int rd = 0, rd_latent = 0, rd_fp16 = 0, rd_k_latent = 0;
   for (const auto& c : kvcal::builtin_decode_cases()) {
     // Every register-direct row names itself, and the other rows do not.
     CHECK(c.register_direct == (c.name.find("register-direct") != std::string::npos));
@@ -499,7 +548,14 @@ TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16 a
       ++rd;
       CHECK(c.unsupported.empty());
       CHECK((c.bits == 4 || c.bits == 2 || c.bits == 16));
-      if (c.v_latent) {
+      if (c.k_latent) {  // ae-16's layout, then PCA r32 int8
+        ++rd_k_latent;
+        CHECK(c.v_latent);
+        CHECK(c.k_latent_rank == c.v_latent_rank);
+        CHECK(c.k_latent_bits == c.v_latent_bits);
+        CHECK(((c.k_latent_rank == 16 && c.k_latent_bits == 16) ||
+               (c.k_latent_rank == 32 && c.k_latent_bits == 8)));
+      } else if (c.v_latent) {
         ++rd_latent;
         CHECK(c.v_latent_rank == 32);
         CHECK(c.v_latent_bits == 8);
@@ -508,7 +564,8 @@ TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16 a
       }
     }
   }
-  CHECK(rd == 5);
+  CHECK(rd == 7);
   CHECK(rd_latent == 2);
   CHECK(rd_fp16 == 1);
+  CHECK(rd_k_latent == 2);
 }

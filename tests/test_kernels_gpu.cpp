@@ -22,6 +22,12 @@
 //                   kernel and the register-direct one; register-direct vs smem-tile within
 //                   1e-3 max(1, max|v'|); d 64 falls back bit-identically; bad latent shapes;
 //                   end to end (KIVI-2 K + PCA int8 V filled step by step, ring wrapping)
+//   K latent mode   K (and V, one launch) latent append byte-identical to the CPU codec's; decode
+//                   attention with PCA K and V latents of one rank (16 - 128, K / V latent bits
+//                   16 / 8 / 4) against attention_dense_ref twice: on the keys of the GPU's
+//                   arithmetic (fp16 z, dec_w, k), bound latent_bound(); on the codec's fp32
+//                   keys, plus the bound of the score change their difference causes; every
+//                   unsupported K latent shape refused (no fallback), also by quant_compress
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
@@ -1500,4 +1506,496 @@ TEST_CASE("end to end, V latent: GPU append + K / latent compress step by step, 
             " (bound ", latent_bound(L), ")");
     CHECK(err <= latent_bound(L));
   }
+}
+
+// ---- K latent mode (PCA / linear-AE keys, reconstruct-then-rotate, packed_kv.h) ---------------
+
+namespace {
+
+// The K latent mode on top of a latent_case (K fp16, V latents of the same rank): K tokens
+// t < vc become the CPU linear codec's records of their own random PCA maps (keys before RoPE);
+// c.k_ref holds what the codec decodes (fp32), k_model the GPU arithmetic's keys: z rounded to
+// fp16 (8 / 4-bit latents: the HFMA2 of code, scale, zero), dec_w rounded to fp16, the sum exact,
+// k rounded to fp16. Window rows t >= vc stay fp16 keys in the ring.
+struct k_latent_case {
+  latent_case L;
+  int klbits = 16;
+  std::vector<linear_maps> k_maps;          // [n_kv]
+  std::vector<std::vector<float>> k_model;  // [slot] -> [n, d]
+  float dk_norm = 0.0f;                     // max_t || k_model[t] - k_ref[t] ||_2
+};
+
+// The key of the GPU's arithmetic from latents z (CPU-decoded: fp32 of the record): z and dec_w
+// rounded to fp16, the sum exact, k rounded to fp16, into out [d]; returns ||out - k_codec||_2.
+float model_key(const linear_maps& m, const std::vector<float>& z, const float* k_codec,
+                float* out) {
+  const std::size_t R = static_cast<std::size_t>(m.rank);
+  double dn = 0.0;
+  for (std::size_t ch = 0; ch < static_cast<std::size_t>(m.d); ++ch) {
+    double s = m.dec_b[ch];
+    for (std::size_t i = 0; i < R; ++i)
+      s += static_cast<double>(fp16_round(m.dec_w[ch * R + i])) *
+           static_cast<double>(fp16_round(z[i]));
+    out[ch] = fp16_round(static_cast<float>(s));
+    dn +=
+        (static_cast<double>(out[ch]) - k_codec[ch]) * (static_cast<double>(out[ch]) - k_codec[ch]);
+  }
+  return static_cast<float>(std::sqrt(dn));
+}
+
+k_latent_case build_k_latent_case(std::mt19937& rng, int B, int n_kv, const std::vector<int>& lens,
+                                  int rank, int klbits, int vlbits, int residual) {
+  constexpr int d = 128;
+  k_latent_case K;
+  K.klbits = klbits;
+  K.L = build_latent_case(rng, B, n_kv, d, 16, 32, lens, rank, vlbits, residual);
+  K.k_maps = random_pca(rng, n_kv, rank, d);
+  cache_case& c = K.L.c;
+  const std::size_t D = d;
+  const int max_n = *std::max_element(lens.begin(), lens.end());
+  c.krb = latent_record_bytes_of(rank, klbits);
+  c.k_slot_records = max_n;
+  c.k_rec.assign(static_cast<std::size_t>(B * n_kv * max_n) * c.krb, 0);
+  std::vector<float> z(static_cast<std::size_t>(rank));
+  for (int b = 0; b < B; ++b) {
+    const int vc = c.vc[static_cast<std::size_t>(b)];
+    c.kc[static_cast<std::size_t>(b)] = vc;  // the K and V compressed ranges are the same
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      const linear_maps& m = K.k_maps[static_cast<std::size_t>(g)];
+      auto codec = make_codec(pca_method(rank, klbits), d, &m);
+      REQUIRE(codec->record_bytes() == c.krb);
+      std::vector<float>& kr = c.k_ref[slot];  // fp16 keys (build_latent_case, K fp16)
+      std::vector<float> km = kr;
+      for (int t = 0; t < vc; ++t) {
+        std::uint8_t* rec =
+            &c.k_rec[(slot * static_cast<std::size_t>(max_n) + static_cast<std::size_t>(t)) *
+                     c.krb];
+        float* k = &kr[static_cast<std::size_t>(t) * D];
+        codec->encode(k, rec);
+        codec->decode(rec, k);
+        codec->decode_latent(rec, z.data());
+        K.dk_norm = std::max(K.dk_norm, model_key(m, z, k, &km[static_cast<std::size_t>(t) * D]));
+      }
+      K.k_model.push_back(std::move(km));
+    }
+  }
+  return K;
+}
+
+// Device copy: the latent_case's plus the K latent fields.
+struct device_k_latent_case {
+  device_latent_case dl;
+  dbuf<float> ew, eb, dw, db;
+  packed_kv_view view;
+  explicit device_k_latent_case(const k_latent_case& K)
+      : dl(K.L),
+        ew(concat(K.k_maps, &linear_maps::enc_w)),
+        eb(concat(K.k_maps, &linear_maps::enc_b)),
+        dw(concat(K.k_maps, &linear_maps::dec_w)),
+        db(concat(K.k_maps, &linear_maps::dec_b)),
+        view(dl.view) {
+    view.k_latent_rank = K.L.rank;
+    view.k_latent_bits = K.klbits;
+    view.k_enc_w = ew.p;
+    view.k_enc_b = eb.p;
+    view.k_dec_w = dw.p;
+    view.k_dec_b = db.p;
+  }
+};
+
+// max |out - ref| over the batch, the reference reading keys `keys` ([slot] -> [n, d]).
+float k_latent_error(const k_latent_case& K, const std::vector<std::vector<float>>& keys,
+                     int n_heads, const std::vector<float>& q, const rope_tables& rope,
+                     const std::vector<float>& out) {
+  cache_case c = K.L.c;
+  c.k_ref = keys;
+  const std::size_t HD = static_cast<std::size_t>(n_heads * c.d);
+  float err = 0.0f;
+  for (int b = 0; b < c.B; ++b) {
+    const std::vector<float> ref =
+        reference_attention(c, b, n_heads, &q[static_cast<std::size_t>(b) * HD], rope);
+    for (std::size_t j = 0; j < ref.size(); ++j) {
+      const float g = out[static_cast<std::size_t>(b) * HD + j];
+      REQUIRE(std::isfinite(g));
+      err = std::max(err, std::fabs(g - ref[j]));
+    }
+  }
+  return err;
+}
+
+// The bound against the codec's fp32 keys: the model bound plus what the model's keys move the
+// scores, |q . R(k_model - k_ref)| / sqrt(d) <= ||q|| max_t ||dk|| / sqrt(d) = ds (RoPE keeps
+// norms), which moves a convex mix of values by at most max|v'| (e^{2 ds} - 1).
+float k_latent_codec_bound(const k_latent_case& K, const std::vector<float>& q) {
+  const int d = K.L.c.d;
+  float qn = 0.0f;
+  for (std::size_t h = 0; h < q.size() / static_cast<std::size_t>(d); ++h) {
+    double s = 0.0;
+    for (int c = 0; c < d; ++c) {
+      const double x = q[h * static_cast<std::size_t>(d) + static_cast<std::size_t>(c)];
+      s += x * x;
+    }
+    qn = std::max(qn, static_cast<float>(std::sqrt(s)));
+  }
+  float vmax = 1.0f;
+  for (const auto& v : K.L.c.v_ref)
+    for (float x : v) vmax = std::max(vmax, std::fabs(x));
+  const double ds = qn * K.dk_norm / std::sqrt(static_cast<double>(d));
+  return latent_bound(K.L) + vmax * static_cast<float>(std::expm1(2.0 * ds));
+}
+
+}  // namespace
+
+TEST_CASE("K latent append: GPU K (and V) latent records are byte-identical to the CPU codec's") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31);
+  for (int d : {64, 128})
+    for (int r : {16, 64, 128})
+      for (int bits : {16, 8, 4})
+        for (int T : {1, 17, 97}) {
+          if (r > d) continue;
+          // K tokens [kfrom, T) and V tokens [vfrom, T) of one launch; V rank 16, 8-bit.
+          const int B = 3, n_kv = 2, kfrom = T / 3, vfrom = T / 2, vr = 16, vbits = 8;
+          CAPTURE(d);
+          CAPTURE(r);
+          CAPTURE(bits);
+          CAPTURE(T);
+          const std::size_t D = static_cast<std::size_t>(d);
+          const auto kmaps = random_pca(rng, n_kv, r, d);
+          const auto vmaps = random_pca(rng, n_kv, vr, d);
+          const std::vector<float> k =
+              random_rows(rng, static_cast<std::size_t>(B * T * n_kv), d, 4.0f);
+          const std::vector<float> v =
+              random_rows(rng, static_cast<std::size_t>(B * T * n_kv), d, 1.0f);
+          const std::size_t krb = latent_record_bytes_of(r, bits);
+          const std::size_t vrb = latent_record_bytes_of(vr, vbits);
+          dbuf<float> dk(k), dv(v);
+          dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * T) * krb);
+          dbuf<std::uint8_t> vrec(static_cast<std::size_t>(B * n_kv * T) * vrb);
+          dbuf<std::uint16_t> kwin(static_cast<std::size_t>(B * n_kv * T) * D), vwin(kwin.n);
+          dbuf<float> kew(concat(kmaps, &linear_maps::enc_w)),
+              keb(concat(kmaps, &linear_maps::enc_b));
+          dbuf<float> vew(concat(vmaps, &linear_maps::enc_w)),
+              veb(concat(vmaps, &linear_maps::enc_b));
+          dbuf<int> zero(std::vector<int>(B, 0)), kf(std::vector<int>(B, kfrom)),
+              vf(std::vector<int>(B, vfrom)), to(std::vector<int>(B, T));
+          packed_kv_view view = records_view(B, n_kv, d, krec.p, T, vrec.p, T, kwin.p, vwin.p, T);
+          view.k_bits = 16;
+          view.n_tokens = zero.p;
+          view.k_latent_rank = r;
+          view.k_latent_bits = bits;
+          view.k_enc_w = kew.p;
+          view.k_enc_b = keb.p;
+          view.v_latent_rank = vr;
+          view.v_latent_bits = vbits;
+          view.v_enc_w = vew.p;
+          view.v_enc_b = veb.p;
+          window_append(view, dk.p, dv.p, T);
+          latent_compress_params lp;
+          lp.kv = view;
+          lp.k_from = kf.p;
+          lp.k_to = to.p;
+          lp.max_k_tokens = T - kfrom;
+          lp.v_from = vf.p;
+          lp.v_to = to.p;
+          lp.max_v_tokens = T - vfrom;
+          CUDA_OK(launch_latent_compress(lp, nullptr));
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          // Per stream: records [from, T) equal the codec's on the fp16 window rows, the rest
+          // untouched (zeros); the decoded difference of any mismatch for the message.
+          auto check = [&](const char* what, const std::vector<float>& x_all,
+                           const std::vector<linear_maps>& maps, int rank, int lb, int from,
+                           const std::vector<std::uint8_t>& got_all, std::size_t rb) {
+            CAPTURE(what);
+            std::size_t bad = 0, touched = 0;
+            float dec_err = 0.0f;
+            std::vector<std::uint8_t> want(rb);
+            std::vector<float> x(D), a(D), bb(D);
+            for (int b = 0; b < B; ++b)
+              for (int g = 0; g < n_kv; ++g) {
+                auto codec =
+                    make_codec(pca_method(rank, lb), d, &maps[static_cast<std::size_t>(g)]);
+                const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+                for (int t = 0; t < T; ++t) {
+                  const std::uint8_t* got =
+                      &got_all[(slot * static_cast<std::size_t>(T) + static_cast<std::size_t>(t)) *
+                               rb];
+                  if (t < from) {
+                    touched += std::any_of(got, got + rb, [](std::uint8_t u) { return u != 0; });
+                    continue;
+                  }
+                  const std::size_t src =
+                      (static_cast<std::size_t>(b * T + t) * static_cast<std::size_t>(n_kv) +
+                       static_cast<std::size_t>(g)) *
+                      D;
+                  for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(x_all[src + i]);
+                  codec->encode(x.data(), want.data());
+                  if (std::memcmp(got, want.data(), rb) != 0) {
+                    ++bad;
+                    codec->decode(got, a.data());
+                    codec->decode(want.data(), bb.data());
+                    for (std::size_t i = 0; i < D; ++i)
+                      dec_err = std::max(dec_err, std::fabs(a[i] - bb[i]));
+                  }
+                }
+              }
+            CHECK(touched == 0);
+            CHECK_MESSAGE(bad == 0, what,
+                          " records differ; max |decoded gpu - decoded cpu| = ", dec_err);
+          };
+          check("K", k, kmaps, r, bits, kfrom, krec.download(), krb);
+          check("V", v, vmaps, vr, vbits, vfrom, vrec.download(), vrb);
+        }
+}
+
+TEST_CASE("decode attention with K latents (reconstruct-then-rotate) matches the CPU reference") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(32);
+  float worst_model = 0.0f, worst_codec = 0.0f;
+  int cases = 0, i = 0;
+  // Every (rank, K latent bits) once, V latent bits, T, batch, GQA ratio and residual rotating
+  // over them (T 4099 in four cases; residual 0: an empty window range).
+  const int Ts[] = {1, 17, 97, 4099}, Bs[] = {1, 3}, ratios[] = {1, 4, 7}, residuals[] = {8, 0, 45};
+  const int vbits_of[] = {16, 8, 4};
+  for (int r : {16, 32, 64, 96, 128})
+    for (int klbits : {16, 8, 4}) {
+      const int T = Ts[i % 4], B = Bs[(i / 4) % 2], ratio = ratios[i % 3];
+      const int residual = residuals[(i / 2) % 3], vlbits = vbits_of[(i / 3) % 3];
+      ++i;
+      CAPTURE(r);
+      CAPTURE(klbits);
+      CAPTURE(vlbits);
+      CAPTURE(T);
+      CAPTURE(B);
+      CAPTURE(ratio);
+      CAPTURE(residual);
+      const k_latent_case K =
+          build_k_latent_case(rng, B, 2, lengths(B, T), r, klbits, vlbits, residual);
+      const int n_heads = 2 * ratio, d = 128;
+      const int max_n = *std::max_element(K.L.c.n.begin(), K.L.c.n.end());
+      const rope_tables rope = make_rope(std::max(max_n, 32), d, 1.0f);
+      std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+      std::vector<float> q(static_cast<std::size_t>(B * n_heads * d));
+      for (auto& x : q) x = u(rng);
+      device_k_latent_case dk(K);
+      dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+      decode_attention_params p = attention_params(dk.view, n_heads, dq.p, dcos.p, dsin.p,
+                                                   std::max(max_n, 32), max_n, dout.p);
+      REQUIRE(decode_attention_rd_supported(p));
+      run_decode_attention(p);
+      const std::vector<float> out = dout.download();
+      // Against the GPU arithmetic's keys: the V latent path's bound (fp16 rotation, P, V
+      // latents). Against the codec's fp32 keys: plus the keys' fp16 roundings, from the data.
+      const float e_model = k_latent_error(K, K.k_model, n_heads, q, rope, out);
+      const float e_codec = k_latent_error(K, K.L.c.k_ref, n_heads, q, rope, out);
+      CHECK(e_model <= latent_bound(K.L));
+      CHECK(e_codec <= k_latent_codec_bound(K, q));
+      MESSAGE("K latent r", r, " k", klbits, " v", vlbits, " T", T, ": |gpu - model| = ", e_model,
+              " (bound ", latent_bound(K.L), "), |gpu - codec| = ", e_codec, " (bound ",
+              k_latent_codec_bound(K, q), ")");
+      worst_model = std::max(worst_model, e_model);
+      worst_codec = std::max(worst_codec, e_codec);
+      ++cases;
+    }
+  MESSAGE("decode attention, K latent: ", cases, " cases, max |gpu - model| = ", worst_model,
+          ", max |gpu - codec| = ", worst_codec);
+}
+
+TEST_CASE("K latent mode: unsupported shapes give cudaErrorInvalidValue with a message") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(33);
+  const k_latent_case K = build_k_latent_case(rng, 1, 2, {80}, 16, 8, 8, 8);
+  device_k_latent_case dk(K);
+  dbuf<float> q(static_cast<std::size_t>(4 * 128)), out(q.n);
+  const rope_tables rope = make_rope(96, 128, 1.0f);
+  dbuf<float> dcos(rope.cos), dsin(rope.sin);
+  const decode_attention_params p =
+      attention_params(dk.view, 4, q.p, dcos.p, dsin.p, 96, 80, out.p);
+  REQUIRE(decode_attention_rd_supported(p));
+  run_decode_attention(p);  // the good case runs
+  auto expect = [&](decode_attention_params bad, const std::string& needle) {
+    dbuf<std::uint8_t> ws(decode_attention_workspace_size(bad) + 16);
+    bad.workspace = ws.p;
+    bad.workspace_bytes = ws.n;
+    CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+    CHECK_THROWS_AS(check_launch(launch_decode_attention(bad, nullptr), "attention"), kvcal::error);
+  };
+  decode_attention_params bad = p;
+  bad.register_direct = false;  // no other kernel reads latent keys: refused, no fallback
+  expect(bad, "register-direct kernel");
+  bad = p;
+  bad.kv.v_latent_rank = 32;  // K 16, V 32
+  expect(bad, "V rank 32");
+  bad = p;
+  bad.kv.k_latent_rank = 48;
+  expect(bad, "k_latent_rank 48");
+  bad = p;
+  bad.kv.k_latent_bits = 2;
+  expect(bad, "k_latent_bits 2");
+  bad = p;
+  bad.kv.v_latent_rank = 0;  // K latents without V latents
+  expect(bad, "K latent mode");
+  bad = p;
+  bad.kv.keys_rotated = true;
+  expect(bad, "K latent mode");
+  bad = p;
+  bad.kv.k_dec_w = nullptr;
+  expect(bad, "k_dec_w");
+  // The KIVI K compress refuses a K latent view (its records are not per-channel ones).
+  dbuf<int> zero(std::vector<int>(1, 0)), to(std::vector<int>(1, 32));
+  quant_compress_params cp;
+  cp.kv = dk.view;
+  cp.k_from = zero.p;
+  cp.k_to = to.p;
+  cp.max_k_blocks = 1;
+  CHECK(launch_quant_compress(cp, nullptr) == cudaErrorInvalidValue);
+  CHECK_MESSAGE(last_launch_error().find("latent mode") != std::string::npos, last_launch_error());
+  // The K latent append: its own checks, naming the K stream.
+  latent_compress_params lp;
+  lp.kv = dk.view;
+  lp.k_from = zero.p;
+  lp.k_to = to.p;
+  lp.max_k_tokens = 32;
+  auto expect_c = [&](latent_compress_params badc, const std::string& needle) {
+    CHECK(launch_latent_compress(badc, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+  };
+  latent_compress_params badc = lp;
+  badc.kv.k_latent_rank = 24;
+  expect_c(badc, "K latent rank 24");
+  badc = lp;
+  badc.kv.k_latent_bits = 2;
+  expect_c(badc, "K latent bits 2");
+  badc = lp;
+  badc.kv.k_enc_w = nullptr;
+  expect_c(badc, "K records, window, enc_w");
+  badc = lp;
+  badc.k_from = nullptr;
+  expect_c(badc, "nothing to encode");
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// ae-16's layout (K and V latents of rank 16, fp16; here PCA maps) filled by the GPU step by step
+// (window append, one latent compress launch for K and V; the ring wraps), then attention; the
+// CPU decodes what the GPU wrote (latent records through the codecs, window rows) for the
+// reference and re-encodes the fp16 window rows to check the K and V records byte for byte.
+TEST_CASE("end to end, K latent: GPU append + K and V latent compress step by step, attention") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(34);
+  const int B = 2, n_kv = 2, d = 128, residual = 64, cap = 256, rank = 16, klbits = 16;
+  const int vlbits = 16, prefill = 150, steps = 170, total = prefill + steps, ratio = 7;
+  const std::size_t D = static_cast<std::size_t>(d);
+  const std::size_t krb = latent_record_bytes_of(rank, klbits);
+  const std::size_t vrb = latent_record_bytes_of(rank, vlbits);
+  k_latent_case K;
+  K.klbits = klbits;
+  K.k_maps = random_pca(rng, n_kv, rank, d);
+  latent_case& L = K.L;
+  L.rank = rank;
+  L.lbits = vlbits;
+  L.maps = random_pca(rng, n_kv, rank, d);
+  dbuf<float> ew(concat(L.maps, &linear_maps::enc_w)), eb(concat(L.maps, &linear_maps::enc_b)),
+      dw(concat(L.maps, &linear_maps::dec_w)), db(concat(L.maps, &linear_maps::dec_b));
+  dbuf<float> kew(concat(K.k_maps, &linear_maps::enc_w)),
+      keb(concat(K.k_maps, &linear_maps::enc_b)), kdw(concat(K.k_maps, &linear_maps::dec_w)),
+      kdb(concat(K.k_maps, &linear_maps::dec_b));
+  e2e_cache e(B, n_kv, d, total, krb, total, vrb, cap);
+  e.view.k_bits = 16;
+  e.view.v_latent_rank = rank;
+  e.view.v_latent_bits = vlbits;
+  e.view.v_enc_w = ew.p;
+  e.view.v_enc_b = eb.p;
+  e.view.v_dec_w = dw.p;
+  e.view.v_dec_b = db.p;
+  e.view.k_latent_rank = rank;
+  e.view.k_latent_bits = klbits;
+  e.view.k_enc_w = kew.p;
+  e.view.k_enc_b = keb.p;
+  e.view.k_dec_w = kdw.p;
+  e.view.k_dec_b = kdb.p;
+  std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
+  std::vector<float> v = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 1.0f);
+  const auto compress = [&](int kc2, int vc2) {
+    latent_compress_params lp;
+    lp.kv = e.view;
+    lp.k_from = e.dkc.p;
+    lp.k_to = e.dkto.p;
+    lp.max_k_tokens = kc2 - e.kc;
+    lp.v_from = e.dvc.p;
+    lp.v_to = e.dvto.p;
+    lp.max_v_tokens = vc2 - e.vc;
+    CUDA_OK(launch_latent_compress(lp, nullptr));
+  };
+  // K group 1: the K and V compressed ranges stay equal (the K latent mode's requirement).
+  e.append(k, v, total, residual, 1, prefill, compress);
+  for (int s = 0; s < steps; ++s) e.append(k, v, total, residual, 1, 1, compress);
+  const int n = e.n, vc = e.vc;
+  REQUIRE(n == total);
+  REQUIRE(e.kc == vc);
+  cache_case& c = L.c;
+  c.B = B;
+  c.n_kv = n_kv;
+  c.d = d;
+  c.n.assign(B, n);
+  const auto hk = e.krec.download(), hv = e.vrec.download();
+  const auto hkw = e.kwin.download(), hvw = e.vwin.download();
+  std::size_t bad_k = 0, bad_v = 0;
+  std::vector<std::uint8_t> want(std::max(krb, vrb));
+  std::vector<float> z(static_cast<std::size_t>(rank)), x(D);
+  for (int b = 0; b < B; ++b)
+    for (int g = 0; g < n_kv; ++g) {
+      const std::size_t slot = static_cast<std::size_t>(b * n_kv + g);
+      const linear_maps& km = K.k_maps[static_cast<std::size_t>(g)];
+      auto kcodec = make_codec(pca_method(rank, klbits), d, &km);
+      auto vcodec = make_codec(pca_method(rank, vlbits), d, &L.maps[static_cast<std::size_t>(g)]);
+      std::vector<float> kr(static_cast<std::size_t>(n) * D), vr(kr.size()), kmod(kr.size());
+      for (int t = 0; t < vc; ++t) {
+        const std::size_t at = static_cast<std::size_t>(t) * D;
+        const std::size_t src = (static_cast<std::size_t>(b * total + t) * n_kv + g) * D;
+        const std::uint8_t* krec = &hk[(slot * static_cast<std::size_t>(total) + t) * krb];
+        const std::uint8_t* vrec = &hv[(slot * static_cast<std::size_t>(total) + t) * vrb];
+        kcodec->decode(krec, &kr[at]);
+        kcodec->decode_latent(krec, z.data());
+        K.dk_norm = std::max(K.dk_norm, model_key(km, z, &kr[at], &kmod[at]));
+        for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(k[src + i]);
+        kcodec->encode(x.data(), want.data());
+        bad_k += std::memcmp(krec, want.data(), krb) != 0;
+        vcodec->decode(vrec, &vr[at]);
+        vcodec->decode_latent(vrec, z.data());
+        for (float e2 : z) L.z_max = std::max(L.z_max, std::fabs(e2));
+        for (std::size_t i = 0; i < D; ++i) x[i] = fp16_round(v[src + i]);
+        vcodec->encode(x.data(), want.data());
+        bad_v += std::memcmp(vrec, want.data(), vrb) != 0;
+      }
+      for (int t = vc; t < n; ++t)  // window rows (fp16) from the ring
+        for (std::size_t i = 0; i < D; ++i) {
+          const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
+          const std::size_t at = static_cast<std::size_t>(t) * D + i;
+          kr[at] = kmod[at] = fp16_to_float(hkw[row]);
+          vr[at] = fp16_to_float(hvw[row]);
+        }
+      c.k_ref.push_back(std::move(kr));
+      c.v_ref.push_back(std::move(vr));
+      K.k_model.push_back(std::move(kmod));
+    }
+  CHECK(bad_k == 0);
+  CHECK(bad_v == 0);
+  const int n_heads = n_kv * ratio;
+  const rope_tables rope = make_rope(total, d, 1.0f);
+  std::uniform_real_distribution<float> u(-1.5f, 1.5f);
+  std::vector<float> q(static_cast<std::size_t>(B * n_heads) * D);
+  for (auto& e2 : q) e2 = u(rng);
+  dbuf<float> dq(q), dcos(rope.cos), dsin(rope.sin), dout(q.size());
+  decode_attention_params p =
+      attention_params(e.view, n_heads, dq.p, dcos.p, dsin.p, total, total, dout.p);
+  run_decode_attention(p);
+  const std::vector<float> out = dout.download();
+  const float e_model = k_latent_error(K, K.k_model, n_heads, q, rope, out);
+  const float e_codec = k_latent_error(K, c.k_ref, n_heads, q, rope, out);
+  MESSAGE("end to end, K latent: |gpu - model| = ", e_model, " (bound ", latent_bound(L),
+          "), |gpu - codec| = ", e_codec, " (bound ", k_latent_codec_bound(K, q), ")");
+  CHECK(e_model <= latent_bound(L));
+  CHECK(e_codec <= k_latent_codec_bound(K, q));
 }

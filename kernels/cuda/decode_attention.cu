@@ -1124,6 +1124,18 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
       return invalid("V latent mode needs the latent records, v_compressed and dec_w / dec_b");
     if (!aligned(kv.v_dec_w, 16)) return invalid("V latent dec_w must be 16-byte aligned");
   }
+  if (kv.k_latent_rank != 0) {
+    // Only the register-direct kernel reads latent keys; no other kernel may see this view.
+    if (!p.register_direct || !decode_attention_rd_supported(p))
+      return invalid("K latent mode (k_latent_rank " + std::to_string(kv.k_latent_rank) +
+                     ", k_latent_bits " + std::to_string(kv.k_latent_bits) +
+                     ") runs only in the register-direct kernel: needs register_direct, head_dim "
+                     "128, keys before RoPE, the V latent mode with the same rank (16, 32, 64, "
+                     "96, 128; got V rank " +
+                     std::to_string(kv.v_latent_rank) + ") and latent bits 16 / 8 / 4");
+    if (!kv.k_rec || !kv.k_dec_w || !kv.k_dec_b)
+      return invalid("K latent mode needs the latent K records and k_dec_w / k_dec_b");
+  }
   if (!latent && kv.k_bits != kv.v_bits)
     return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
                    "-bit: K and V must share bits");

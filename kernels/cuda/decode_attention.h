@@ -28,6 +28,13 @@
 // register-direct kernel runs the same plan). The tests bound it like half_dequant plus the fp16
 // rounding of z.
 //
+// K latent mode (kv.k_latent_rank > 0, PCA / linear-AE keys before RoPE, packed_kv.h): the
+// register-direct kernel only (register_direct, head_dim 128, with the V latent mode of the same
+// rank and compressed range): per 16 tokens it reconstructs K = Z dec_w^T + dec_b on tensor cores
+// straight into the score mma's A fragments, then rotates them at their positions. Anything else
+// with k_latent_rank != 0 is cudaErrorInvalidValue (no fallback: the other kernels would ignore
+// the latent keys).
+//
 // Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
 // 32 / 64 / 128 and a V group that is a multiple of 8 dividing head_dim, or bits 16 (fp16 K and V,
 // every token in the window ring); any number of query heads per KV head (16 per CTA). Anything

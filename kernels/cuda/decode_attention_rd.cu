@@ -396,15 +396,154 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
   }
 }
 
+// ---- K latent mode (packed_kv_view::k_latent_rank, PCA / linear-AE keys) ----------------------
+// Reconstruct-then-rotate on tensor cores: per 16-token m-tile, K [16 tok x 128 ch] =
+// Z [16 x KL] * dec_w^T [KL x 128] + dec_b, 16 n-tiles of 8 channels ordered so that the C
+// fragment of n-tile (kk, lo) holds, in lane (g, t), token g / g + 8 at channels 16t + 2kk (+1)
+// and n-tile (kk, hi) their RoPE partners + 64: packed to half2 these are exactly the key A
+// fragment of k-chunk kk of key_scores (lo0 / lo1 / hi0 / hi1), rotated and fed to the score mma.
+// The latent (k) dimension is permuted so that a lane reads one contiguous run per token: k-step
+// ks, k-index 2t + e -> latent KL / 4 t + 4 ks + e, 2t + 8 + e -> KL / 4 t + 4 ks + 2 + e.
+
+// Bytes of the K latent tables in shared memory: dec_w^T B fragments, uint4 [8 kk][KL / 16 ks]
+// [32 lanes] = (lo b0, lo b1, hi b0, hi b1) (16-byte reads by the warp, conflict-free), then
+// dec_b fp32 [D].
+constexpr __host__ __device__ int kl_table_bytes(int kl) {
+  return kl * 256 + D * 4;
+}
+
+// Fills the tables of KV head kvh (all threads of the CTA; the caller syncs).
+template <int KL>
+__device__ __forceinline__ void fill_k_latent_tables(const packed_kv_view& kv, int kvh, uint4* fr,
+                                                     float* db) {
+  constexpr int KS = KL / 16;
+  const float* w = kv.k_dec_w + static_cast<std::int64_t>(kvh) * D * KL;  // [D, KL]
+  for (int i = threadIdx.x; i < 8 * KS * 32 * 4; i += blockDim.x) {
+    const int comp = i % 4, ln = (i / 4) % 32, ks = (i / 128) % KS, kk = i / (128 * KS);
+    const int g = ln / 4, t = ln % 4;
+    // B column g of n-tile (kk, lo / hi): channel 16 (g / 2) + 2kk + g % 2 (+ 64).
+    const int ch = 16 * (g / 2) + 2 * kk + g % 2 + (comp >= 2 ? HALF : 0);
+    const int l0 = KL / 4 * t + 4 * ks + ((comp & 1) ? 2 : 0);
+    reinterpret_cast<unsigned*>(fr)[i] =
+        pack_half2(__ldg(w + ch * KL + l0), __ldg(w + ch * KL + l0 + 1));
+  }
+  for (int c = threadIdx.x; c < D; c += blockDim.x)
+    db[c] = __ldg(kv.k_dec_b + static_cast<std::int64_t>(kvh) * D + c);
+}
+
+// The lane's latent run of one token (latents [KL / 4 t, KL / 4 t + KL / 4)) as KL / 8 half2:
+// 16-bit latents read as they are, 8 / 4-bit ones as code * scale + zero (one HFMA2, the V latent
+// path's arithmetic); zeros when !ok.
+template <int KL, int LB>
+__device__ __forceinline__ void k_latent_run(const std::uint8_t* rec, bool ok, int t, unsigned* z) {
+  constexpr int NP = KL / 8;  // half2 pairs per lane and token
+  if constexpr (LB == 16) {
+    if (ok) {
+      load_words<KL / 2>(rec + KL / 2 * t, z);  // 8 / 16 / 32 / 48 / 64 bytes, aligned
+    } else {
+#pragma unroll
+      for (int i = 0; i < NP; ++i) z[i] = 0u;
+    }
+  } else {
+    constexpr int CB = KL / 4 * LB / 8;  // code bytes per lane and token
+    unsigned w[(CB + 3) / 4];
+    __half2 sc = __float2half2_rn(0.0f), ze = sc;
+    if (ok) {
+      const __half* hs = reinterpret_cast<const __half*>(rec);
+      sc = __half2half2(__ldg(hs));
+      ze = __half2half2(__ldg(hs + 1));
+      load_run<CB>(rec + 4 + CB * t, w);
+    } else {
+#pragma unroll
+      for (int i = 0; i < (CB + 3) / 4; ++i) w[i] = 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+      z[i] = h2_bits(__hfma2(code_pair<LB>(w + (i / 4) * (LB / 4), i % 4), sc, ze));
+  }
+}
+
+// S^T of one 32-token tile from latent K records (tokens >= t_hi: zero latents, masked later):
+// per m-tile the Z A fragments once, then per k-chunk kk the two n-tiles (kk, lo / hi) of the
+// reconstruction (KL / 8 mma), the rotation and the score mma of key_scores.
+template <int KL, int LB>
+__device__ __forceinline__ void key_scores_latent(const packed_kv_view& kv, std::int64_t slot,
+                                                  int p0, int t_hi, const uint4* fr,
+                                                  const float* db, const uint2* rope_s, int lane,
+                                                  const unsigned (*qb)[2], float (*sacc)[4]) {
+  constexpr int KS = KL / 16, NP = KL / 8;
+  const int g = lane / 4, t4 = lane % 4;
+  const std::int64_t rb = static_cast<std::int64_t>(latent_record_bytes_of(KL, LB));
+  // Latents of tokens g, g + 8 of m-tile mt into a, b.
+  const auto load = [&](int mt, unsigned* za, unsigned* zb) {
+    const int j0 = p0 + 16 * mt + g, j1 = j0 + 8;
+    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j0) * rb, j0 < t_hi, t4, za);
+    k_latent_run<KL, LB>(kv.k_rec + (slot * kv.k_slot_records + j1) * rb, j1 < t_hi, t4, zb);
+  };
+  // Ranks <= 32: the second m-tile's latents are loaded before the first's reconstruction (their
+  // latency hidden behind it; 2 KL / 4 more registers, no spills).
+  constexpr bool PF = KL <= 32;
+  unsigned z0[NP], z1[NP], n0[PF ? NP : 1], n1[PF ? NP : 1];
+  load(0, z0, z1);
+  if constexpr (PF) load(1, n0, n1);
+    // One m-tile at a time (not unrolled: two in flight spill at 128 registers); its scores in
+    // sc, moved to sacc[mt] with constant indices.
+#pragma unroll 1
+  for (int mt = 0; mt < 2; ++mt) {
+    float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (!PF) {
+      if (mt == 1) load(1, z0, z1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      const float2 bl = *reinterpret_cast<const float2*>(db + 16 * t4 + 2 * kk);
+      const float2 bh = *reinterpret_cast<const float2*>(db + HALF + 16 * t4 + 2 * kk);
+      float cl[4] = {bl.x, bl.y, bl.x, bl.y}, ch[4] = {bh.x, bh.y, bh.x, bh.y};
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const uint4 f = fr[(kk * KS + ks) * 32 + lane];
+        const unsigned a[4] = {z0[2 * ks], z1[2 * ks], z0[2 * ks + 1], z1[2 * ks + 1]};
+        mma16816(cl, a, f.x, f.y);
+        mma16816(ch, a, f.z, f.w);
+      }
+      const uint2 r0 = rope_s[((2 * mt) * 8 + kk) * 32 + lane];
+      const uint2 r1 = rope_s[((2 * mt + 1) * 8 + kk) * 32 + lane];
+      unsigned a[4];
+      rotate(as_h2(pack_half2(cl[0], cl[1])), as_h2(pack_half2(ch[0], ch[1])), r0.x, r0.y, a[0],
+             a[2]);
+      rotate(as_h2(pack_half2(cl[2], cl[3])), as_h2(pack_half2(ch[2], ch[3])), r1.x, r1.y, a[1],
+             a[3]);
+      mma16816(sc, a, qb[kk][0], qb[kk][1]);
+      // Keeps the next chunk's table loads after this one (hoisting them all costs registers).
+      asm volatile("" ::: "memory");
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (mt == 0)
+        sacc[0][e] = sc[e];
+      else
+        sacc[1][e] = sc[e];
+    }
+    if constexpr (PF) {
+#pragma unroll
+      for (int i = 0; i < NP; ++i) z0[i] = n0[i], z1[i] = n1[i];
+    }
+  }
+}
+
 // grid (splits, n_kv * ceil(G / 8), B), block 32 * kWarps, dynamic smem rd_stage<BITS>::smem.
 // VM (V mode): 0 = every token, V as KIVI records of BITS bits / the fp16 ring (bits 16: all
 // ring); VR > 0 = the V latent mode's compressed range [0, min(n, v_compressed)), latents of
 // rank VR, the CTA's partial projected through dec_w at the end; -1 = the latent mode's window
 // range [v_compressed, n), fp16 V, its partials after the latent ones (n_parts - gridDim.x on).
-template <int BITS, int GROUP, int VM>
+// KL (K latent rank, VM > 0 and BITS 16 only): 0 = K from the ring / KIVI records; > 0 = K of the
+// compressed range from latent records (key_scores_latent; the K and V compressed ranges are the
+// same, v_compressed), the tables after the warps' stages in `area`.
+template <int BITS, int GROUP, int VM, int KL = 0>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     decode_attention_rd_kernel(decode_attention_params p, int tiles_per_split, int n_parts,
                                int stage_k, int stage_v) {
+  static_assert(KL == 0 || (VM > 0 && BITS == 16 && KL % 16 == 0 && KL <= D), "K latent mode");
   constexpr int NO = VM > 0 ? VM / 16 : 8;    // O^T m-tiles (value or latent channels / 16)
   constexpr bool QV = BITS != 16 && VM == 0;  // KIVI V records (the V stage)
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -481,6 +620,12 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
                              h2_bits(__floats2half2_rn(__ldg(s), __ldg(s + 1))));
     }
   }
+  // K latent tables after the stages (the end-of-CTA reduction may overwrite them).
+  [[maybe_unused]] uint4* const kl_fr =
+      reinterpret_cast<uint4*>(area + kWarps * (stage_k + stage_v));
+  [[maybe_unused]] float* const kl_db =
+      reinterpret_cast<float*>(area + kWarps * (stage_k + stage_v) + KL * 256);
+  if constexpr (KL > 0) fill_k_latent_tables<KL>(kv, kvh, kl_fr, kl_db);
   __syncthreads();
 
   // O^T: m-tile i, rows g / g + 8 = channels 2 NO g + 2i (+1) (16g + 2i at d 128), cols heads 2t
@@ -525,10 +670,18 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     float sacc[2][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
-    if (p0 < kc)
+    if constexpr (KL > 0) {  // every tile of the range [0, t_hi) holds latent keys
+      if (kv.k_latent_bits == 16)
+        key_scores_latent<KL, 16>(kv, slot, p0, t_hi, kl_fr, kl_db, rope_s, lane, qb, sacc);
+      else if (kv.k_latent_bits == 8)
+        key_scores_latent<KL, 8>(kv, slot, p0, t_hi, kl_fr, kl_db, rope_s, lane, qb, sacc);
+      else
+        key_scores_latent<KL, 4>(kv, slot, p0, t_hi, kl_fr, kl_db, rope_s, lane, qb, sacc);
+    } else if (p0 < kc) {
       key_scores<BITS, true>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
-    else
+    } else {
       key_scores<BITS, false>(kv, slot, p0, n, stk, rope_s, lane, qb, sacc);
+    }
     __syncwarp();
     issue_k<BITS, GROUP>(kv, slot, p0 + kWarps * kTile, has_next, kc, p.rope_cos, p.rope_sin,
                          rotated, a16, stk, lane);  // K stage consumed
@@ -717,7 +870,20 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   }
 }
 
-template <int BITS, int GROUP, int VM>
+// Dynamic shared memory of a launch: rd_stage<BITS>::smem, or with the K latent tables after the
+// stages (KL > 0; 47 KB at rank 128, still 4 CTAs per SM).
+template <int BITS, int KL>
+constexpr int rd_smem(int vb) {
+  using ST = rd_stage<BITS>;
+  if constexpr (KL == 0) {
+    return ST::smem(vb);
+  } else {
+    const int st = kWarps * (ST::k_bytes + vb) + kl_table_bytes(KL), red = kWarps * kHeads * D * 4;
+    return kQBytes + kRopeBytes + (st > red ? st : red);
+  }
+}
+
+template <int BITS, int GROUP, int VM, int KL = 0>
 cudaError_t run_rd(const decode_attention_params& p, int grid_x, int tiles_per_split, int n_parts,
                    cudaStream_t stream) {
   using ST = rd_stage<BITS>;
@@ -726,12 +892,12 @@ cudaError_t run_rd(const decode_attention_params& p, int grid_x, int tiles_per_s
   constexpr int vb_max = QV ? ST::v_bytes(D / 16) : 0;  // the largest: V group 16
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
   static const cudaError_t attr =
-      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, ST::smem(vb_max));
+      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM, KL>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, rd_smem<BITS, KL>(vb_max));
   if (attr != cudaSuccess) return attr;
   if (grid_x <= 0) return cudaSuccess;
-  decode_attention_rd_kernel<BITS, GROUP, VM>
-      <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, ST::smem(vb), stream>>>(
+  decode_attention_rd_kernel<BITS, GROUP, VM, KL>
+      <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, rd_smem<BITS, KL>(vb), stream>>>(
           p, tiles_per_split, n_parts, ST::k_bytes, vb);
   return cudaGetLastError();
 }
@@ -744,6 +910,16 @@ cudaError_t run_rd_latent(const decode_attention_params& p, const rd_plan& sp,
       run_rd<BITS, GROUP, VR>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
   if (e != cudaSuccess) return e;
   return run_rd<BITS, GROUP, -1>(p, sp.w_splits, sp.w_tiles_per_split, sp.n_parts, stream);
+}
+
+// K latent mode (rank R for K and V): the compressed range with latent K and V, then the window
+// range exactly as in the V latent mode (fp16 K and V from the ring).
+template <int R>
+cudaError_t run_rd_k_latent(const decode_attention_params& p, const rd_plan& sp,
+                            cudaStream_t stream) {
+  const cudaError_t e = run_rd<16, 0, R, R>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+  if (e != cudaSuccess) return e;
+  return run_rd<16, 0, -1>(p, sp.w_splits, sp.w_tiles_per_split, sp.n_parts, stream);
 }
 
 template <int BITS, int GROUP>
@@ -790,6 +966,11 @@ cudaError_t dispatch_group(const decode_attention_params& p, const rd_plan& sp,
 bool decode_attention_rd_supported(const decode_attention_params& p) {
   const packed_kv_view& kv = p.kv;
   if (kv.head_dim != D) return false;
+  const auto rank_ok = [](int r) { return r == 16 || r == 32 || r == 64 || r == 96 || r == 128; };
+  const auto lbits_ok = [](int b) { return b == 16 || b == 8 || b == 4; };
+  if (kv.k_latent_rank != 0)  // K latent mode: with the V latent mode of the same rank only
+    return rank_ok(kv.k_latent_rank) && kv.v_latent_rank == kv.k_latent_rank &&
+           lbits_ok(kv.k_latent_bits) && lbits_ok(kv.v_latent_bits) && !kv.keys_rotated;
   const bool kq = (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8) &&
                   (kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128);
   if (kv.v_latent_rank != 0) {  // V latent mode: K fp16 or KIVI records
@@ -808,6 +989,20 @@ cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p
   if (!decode_attention_rd_supported(p)) {
     set_launch_error("decode_attention (register_direct): unsupported shape");
     return cudaErrorInvalidValue;
+  }
+  switch (p.kv.k_latent_rank) {  // k_bits is unused in the K latent mode
+    case 0:
+      break;
+    case 16:
+      return run_rd_k_latent<16>(p, plan, stream);
+    case 32:
+      return run_rd_k_latent<32>(p, plan, stream);
+    case 64:
+      return run_rd_k_latent<64>(p, plan, stream);
+    case 96:
+      return run_rd_k_latent<96>(p, plan, stream);
+    default:
+      return run_rd_k_latent<128>(p, plan, stream);
   }
   switch (p.kv.k_bits) {
     case 2:

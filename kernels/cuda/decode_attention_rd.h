@@ -26,7 +26,9 @@ constexpr int kRdHeadsPerCta = 8;
 //     value channels share one scale);
 //   bits 16 (fp16 K and V, every token in the ring; keys before RoPE or keys_rotated);
 //   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128), rank 16 / 32 /
-//     64 / 96 / 128, latent bits 16 / 8 / 4.
+//     64 / 96 / 128, latent bits 16 / 8 / 4;
+//   the K latent mode (keys before RoPE): with the V latent mode of the same rank (16 / 32 / 64 /
+//     96 / 128), K and V latent bits 16 / 8 / 4 (the only kernel that reads latent keys).
 // Depends on the shape only, so the split plan (and the workspace size) agree with the launch.
 bool decode_attention_rd_supported(const decode_attention_params& p);
 

@@ -172,9 +172,11 @@ cudaError_t launch_evict_one(const evict_one_params& p, cudaStream_t stream) {
                    " KV heads, head_dim " + std::to_string(kv.head_dim) + ", win_cap " +
                    std::to_string(kv.win_cap) +
                    ": need positive counts and head_dim a multiple of 8");
-  if (kv.k_bits != 16 || kv.v_bits != 16)
-    return invalid("evict_one: the cache must be fp16 (bits 16), got K " +
-                   std::to_string(kv.k_bits) + " / V " + std::to_string(kv.v_bits));
+  if (kv.k_bits != 16 || kv.v_bits != 16 || kv.k_latent_rank != 0 || kv.v_latent_rank != 0)
+    return invalid("evict_one: the cache must be fp16 (bits 16, no latent mode), got K " +
+                   std::to_string(kv.k_bits) + " / V " + std::to_string(kv.v_bits) +
+                   " bits, latent ranks K " + std::to_string(kv.k_latent_rank) + " / V " +
+                   std::to_string(kv.v_latent_rank));
   if (!kv.k_win || !kv.v_win || !p.pos || !p.score || !p.held || !p.seen)
     return invalid("evict_one: k_win, v_win, pos, score, held and seen are required");
   if (p.maybe_held_out == p.held) return invalid("evict_one: maybe_held_out must not alias held");

@@ -43,7 +43,13 @@
 //          t < k_compressed[b] (any count: no K group), k_slot_records >= max tokens
 //   k_enc_w: [n_kv, rk, d]  k_enc_b: [n_kv, rk]  k_dec_w: [n_kv, d, rk]  k_dec_b: [n_kv, d]
 // Decode attention reconstructs k = dec_w z + dec_b and rotates it at its position (a rotated
-// key does not factor through a fixed basis); k_bits / k_group are then unused.
+// key does not factor through a fixed basis); k_bits / k_group are then unused. Records are made
+// by launch_latent_compress (k_from / k_to, kernels/cuda/latent_append.h), byte-identical to the
+// CPU codec's. Decode attention runs it only in the register-direct kernel (head_dim 128) and
+// only with the V latent mode of the same rank and the same compressed range: k_compressed[b]
+// == v_compressed[b] (the kernel reads latent keys for [0, v_compressed), the ring after; a
+// device value, not checked on the host). The window append serves both modes; the KIVI compress
+// (quant_compress), evict_one and the other decode kernels refuse k_latent_rank != 0.
 #pragma once
 
 #include <cuda_fp16.h>

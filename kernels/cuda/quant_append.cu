@@ -118,6 +118,10 @@ cudaError_t launch_quant_compress(const quant_compress_params& p, cudaStream_t s
   if (d != 64 && d != 128)
     return invalid("quant_compress: head_dim " + std::to_string(d) + " is not 64 or 128");
   if (p.k_from && p.max_k_blocks > 0) {
+    if (kv.k_latent_rank != 0)
+      return invalid("quant_compress: K is in the latent mode (k_latent_rank " +
+                     std::to_string(kv.k_latent_rank) +
+                     "): its records are launch_latent_compress's, not per-channel ones");
     if (!bits_ok(kv.k_bits))
       return invalid("quant_compress: K bits " + std::to_string(kv.k_bits) +
                      " is not one of 2, 3, 4, 8");
