@@ -121,11 +121,14 @@ __device__ __forceinline__ __half2 code_pair(const unsigned* w, int k) {
   if constexpr (BITS == 2) {
     const unsigned x = w[0] >> (4 * k);
     v = (x & 0x3u) | ((x << 14) & 0x30000u) | 0x64006400u;
+  } else if constexpr (BITS == 3) {  // w[0]: the chunk's 24 bits (3-bit codes straddle bytes)
+    const unsigned x = w[0] >> (6 * k);
+    v = (x & 0x7u) | ((x << 13) & 0x70000u) | 0x64006400u;
   } else if constexpr (BITS == 4) {
     const unsigned x = w[0] >> (8 * k);
     v = (x & 0xFu) | ((x << 12) & 0xF0000u) | 0x64006400u;
   } else {
-    static_assert(BITS == 8, "code_pair: 2, 4 or 8 bits");
+    static_assert(BITS == 8, "code_pair: 2, 3, 4 or 8 bits");
     const unsigned b = (2 * k) % 4;
     v = __byte_perm(w[k / 2], 0x64646464u, b | (4u << 4) | ((b + 1) << 8) | (4u << 12));
   }
