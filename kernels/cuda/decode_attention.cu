@@ -1129,11 +1129,12 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
   // streams at the K width, so anything else is refused here rather than misread).
   const bool rd = p.register_direct && decode_attention_rd_supported(p);
   if (!latent && !rd && (kv.k_bits != kv.v_bits || kv.k_bits == 3))
-    return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
-                   "-bit: 3-bit or mixed K / V widths need register_direct at head_dim 128 (K 2 / 3 "
-                   "/ 4 / 8 bits, V 2 / 3 / 4 / 8 bits no wider than K, K group 32 / 64 / 128, V "
-                   "group 16 / 32 / 64 / 128); the other kernels take K and V of the same 2 / 4 / "
-                   "8 bits");
+    return invalid(
+        "K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
+        "-bit: 3-bit or mixed K / V widths need register_direct at head_dim 128 (K 2 / 3 "
+        "/ 4 / 8 bits, V 2 / 3 / 4 / 8 bits no wider than K, K group 32 / 64 / 128, V "
+        "group 16 / 32 / 64 / 128); the other kernels take K and V of the same 2 / 4 / "
+        "8 bits");
   if (!latent && kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
     return invalid("V per-token group " + std::to_string(kv.v_group) +
                    " must be a multiple of 8 dividing head_dim " + std::to_string(d));

@@ -26,8 +26,8 @@ constexpr int kRdHeadsPerCta = 8;
 //     K8V4, ...), K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16 value channels
 //     share one scale);
 //   bits 16 (fp16 K and V, every token in the ring; keys before RoPE or keys_rotated);
-//   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128; not 3-bit), rank 16 / 32 /
-//     64 / 96 / 128, latent bits 16 / 8 / 4.
+//   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128; not 3-bit), rank
+//     16 / 32 / 64 / 96 / 128, latent bits 16 / 8 / 4.
 // Depends on the shape only, so the split plan (and the workspace size) agree with the launch.
 bool decode_attention_rd_supported(const decode_attention_params& p);
 
@@ -51,8 +51,7 @@ cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p
 // parallel; called by launch_decode_attention_rd_partials.
 template <int K_BITS>
 cudaError_t launch_decode_attention_rd_k(const decode_attention_params& p,
-                                         const decode_attention_rd_plan& plan,
-                                         cudaStream_t stream);
+                                         const decode_attention_rd_plan& plan, cudaStream_t stream);
 extern template cudaError_t launch_decode_attention_rd_k<3>(const decode_attention_params&,
                                                             const decode_attention_rd_plan&,
                                                             cudaStream_t);
