@@ -69,7 +69,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   // clang-format off
   opts.add_options()
       ("preset", po::value<std::vector<std::string>>(&presets)->multitoken(),
-       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
+       "template names, preset files or the bench-only cases kivi-3 / k3v2 (3-bit KIVI layout; K "
+       "3-bit with V 2-bit) (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
        "hybrid-k2-vpca8)")
       ("batch", po::value<std::string>(&batches_s)->default_value("1,8,32"), "batch sizes")
       ("len", po::value<std::string>(&lens_s)->default_value("4096,32768,131072"),
@@ -115,9 +116,23 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
 
   // Every preset resolved before any GPU work: a typo fails at once.
   std::vector<decode_case> cases;
+  const std::vector<decode_case> bench_only = bench_only_decode_cases();
   for (const auto& p : presets) {
     preset_recipe r;
     std::string name = p;
+    const auto only = std::find_if(bench_only.begin(), bench_only.end(),
+                                   [&](const decode_case& c) { return c.name == p; });
+    if (only != bench_only.end() && !std::ifstream(p).good()) {  // no template describes it
+      decode_case c = *only;
+      c.half_dequant = !fp32_dequant;
+      c.register_direct = register_direct == "on";
+      if (!c.register_direct || s.head_dim != 128)
+        c.unsupported = "3-bit / mixed K / V widths: register-direct kernel only (head_dim 128)";
+      else
+        c.name += " (register-direct)";
+      cases.push_back(c);
+      continue;
+    }
     if (std::ifstream(p).good()) {
       const preset_file f(p);
       r = f.recipe();
@@ -130,6 +145,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
       if (std::find(known.begin(), known.end(), p) == known.end()) {
         std::string list;
         for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+        for (const auto& c : bench_only) list += ", " + c.name + " (bench only)";
         throw usage_error("--preset " + p + ": no such file, and not a template (" + list + ")");
       }
       r = expand_recipe(preset_template(p), cfg, "template " + p,
@@ -146,7 +162,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     // The row says so only where the kernel covers the shape (else the flag changes nothing):
     // head_dim 128; fp16 or K records of group 32 / 64 / 128; V latents of rank 16 / 32 / 64 /
     // 96 / 128 (decode_attention_rd_supported).
-    const bool k_rd = c.bits == 16 || ((c.bits == 2 || c.bits == 4 || c.bits == 8) &&
+    const bool k_rd = c.bits == 16 || ((c.bits == 2 || c.bits == 3 || c.bits == 4 || c.bits == 8) &&
                                        (c.group == 32 || c.group == 64 || c.group == 128));
     const int rank = c.v_latent_rank;
     const bool v_rd =
