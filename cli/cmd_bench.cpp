@@ -118,43 +118,40 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   std::vector<decode_case> cases;
   const std::vector<decode_case> bench_only = bench_only_decode_cases();
   for (const auto& p : presets) {
-    preset_recipe r;
-    std::string name = p;
     const auto only = std::find_if(bench_only.begin(), bench_only.end(),
                                    [&](const decode_case& c) { return c.name == p; });
-    if (only != bench_only.end() && !std::ifstream(p).good()) {  // no template describes it
-      decode_case c = *only;
-      c.half_dequant = !fp32_dequant;
-      c.register_direct = register_direct == "on";
-      if (!c.register_direct || s.head_dim != 128)
-        c.unsupported = "3-bit / mixed K / V widths: register-direct kernel only (head_dim 128)";
-      else
-        c.name += " (register-direct)";
-      cases.push_back(c);
-      continue;
-    }
-    if (std::ifstream(p).good()) {
-      const preset_file f(p);
-      r = f.recipe();
-      if (r.model.n_kv_heads != s.n_kv || r.model.head_dim != s.head_dim)
-        io.err << "kvcal bench: note: " << p << " was made for " << r.model.n_kv_heads
-               << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv << " x "
-               << s.head_dim << "\n";
+    decode_case c;
+    if (only != bench_only.end() && !std::ifstream(p).good()) {
+      c = *only;  // no template describes it
     } else {
-      const auto known = preset_template_names();
-      if (std::find(known.begin(), known.end(), p) == known.end()) {
-        std::string list;
-        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-        for (const auto& c : bench_only) list += ", " + c.name + " (bench only)";
-        throw usage_error("--preset " + p + ": no such file, and not a template (" + list + ")");
+      preset_recipe r;
+      std::string name = p;
+      if (std::ifstream(p).good()) {
+        const preset_file f(p);
+        r = f.recipe();
+        if (r.model.n_kv_heads != s.n_kv || r.model.head_dim != s.head_dim)
+          io.err << "kvcal bench: note: " << p << " was made for " << r.model.n_kv_heads
+                 << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv << " x "
+                 << s.head_dim << "\n";
+      } else {
+        const auto known = preset_template_names();
+        if (std::find(known.begin(), known.end(), p) == known.end()) {
+          std::string list;
+          for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+          for (const auto& b : bench_only) list += ", " + b.name + " (bench only)";
+          throw usage_error("--preset " + p + ": no such file, and not a template (" + list + ")");
+        }
+        r = expand_recipe(preset_template(p), cfg, "template " + p,
+                          recipe_parse_options{/*allow_unset_rank=*/true});
       }
-      r = expand_recipe(preset_template(p), cfg, "template " + p,
-                        recipe_parse_options{/*allow_unset_rank=*/true});
+      if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
+      c = decode_case_of(r, name);
     }
-    if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
-    decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
     c.register_direct = register_direct == "on";
+    const bool narrow = c.bits == 3 || (c.v_bits > 0 && c.v_bits != c.bits);
+    if (c.unsupported.empty() && narrow && (!c.register_direct || s.head_dim != 128))
+      c.unsupported = "3-bit / mixed K / V widths: register-direct kernel only (head_dim 128)";
     if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
       if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
       c.name += " (V PCA r" + std::to_string(c.v_latent_rank) + " synthetic)";
