@@ -385,13 +385,13 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
       if constexpr (QUANT && BITS != 16) {
         // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
         const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
-        const unsigned sh = 8u * ((2u * t4 + 3u * kq) & 3u);  // 3 bits: 8 (codes mod 4)
+        const unsigned k3s = 8u * ((2u * t4 + 3u * kq) & 3u);  // 3 bits: 8 (codes mod 4)
         unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
             c11[BITS == 8 ? 2 : 1];
-        load_k_codes<BITS>(codes + j0 * D * BITS / 8, sh, c00);
-        load_k_codes<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, sh, c01);
-        load_k_codes<BITS>(codes + j1 * D * BITS / 8, sh, c10);
-        load_k_codes<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, sh, c11);
+        load_k_codes<BITS>(codes + j0 * D * BITS / 8, k3s, c00);
+        load_k_codes<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, k3s, c01);
+        load_k_codes<BITS>(codes + j1 * D * BITS / 8, k3s, c10);
+        load_k_codes<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, k3s, c11);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const __half2 sl = as_h2(scw[u]), sh = as_h2(scw[32 + u]);
