@@ -9,9 +9,11 @@
 //                   its pipelined form (records staged by cp.async) the same 4e-3, the
 //                   register-direct kernel (register_direct; bits 2/4/8 and fp16) the same 4e-3
 //                   and within 1e-3 of the pipelined / fp16 kernel; unsupported shapes fall back
-//                   bit-identically
+//                   bit-identically; 3-bit and mixed K / V widths (K3V3, K3V2, K4V2, K4V3, K8V4,
+//                   K8V3, K8V2; register-direct only) against the reference, bound 4e-3, and
+//                   refused (cudaErrorInvalidValue) where no kernel reads them
 //   end to end      GPU append + compress, then attention, against the CPU reading the
-//                   GPU-written records
+//                   GPU-written records (K/V 2-bit, K3V2, K3V3)
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
 //                   message naming the value, through kvcal::check_launch as kvcal::error
 //   V latent mode   latent append: GPU records byte-identical to the CPU linear codec's (PCA
