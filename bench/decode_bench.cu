@@ -107,16 +107,17 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   const std::size_t krb = klat    ? latent_record_bytes_of(m.k_latent_rank, m.k_latent_bits)
                           : kfp16 ? 0
                                   : k_record_bytes(d, m.bits, m.group);
+  const int v_bits = m.v_bits > 0 ? m.v_bits : m.bits;  // mixed widths: V's own
   const std::size_t vrb = latent ? latent_record_bytes_of(m.v_latent_rank, m.v_latent_bits)
                           : fp16 ? 0
-                                 : v_record_bytes(d, m.bits, m.group);
+                                 : v_record_bytes(d, v_bits, m.group);
   const std::size_t slots = static_cast<std::size_t>(B * n_kv);
   packed_kv_view kv;
   kv.batch = B;
   kv.n_kv = n_kv;
   kv.head_dim = d;
   kv.k_bits = klat ? 16 : m.bits;
-  kv.v_bits = latent ? 16 : m.bits;
+  kv.v_bits = latent ? 16 : v_bits;
   kv.k_group = kfp16 || klat ? 32 : m.group;
   kv.v_group = fp16 || latent ? 32 : m.group;
   float *enc_w = nullptr, *enc_b = nullptr, *dec_w = nullptr, *dec_b = nullptr;

@@ -47,6 +47,9 @@ struct decode_case {
   int k_latent_bits = 16;
   bool k_latent_ae = false;  // the recipe's K is an autoencoder (else PCA): the row's label
   bool v_latent_ae = false;
+  // V records' width when it differs from K's (mixed widths, e.g. K 3-bit / V 2-bit; the
+  // register-direct kernel only); 0: `bits`. Bytes read count each stream at its own width.
+  int v_bits = 0;
 };
 
 struct decode_shape {
@@ -62,11 +65,16 @@ struct decode_timing {
 };
 
 // fp16 (ours), kivi-4 and kivi-2 with and without half_dequant, kivi-4 / kivi-2 pipelined,
-// kivi-4 / kivi-2 / fp16 register-direct, and the V latent mode (synthetic PCA rank 32, int8)
-// with K fp16 and K kivi-2, each with the smem-tile and the register-direct kernel, and the K
-// latent mode (K and V latents of rank 16, fp16: ae-16's layout; rank 32 int8 with a 256-token
-// window): the development table.
+// kivi-4 / kivi-2 / fp16 / kivi-3 / k3v2 register-direct, and the V latent mode (synthetic PCA
+// rank 32, int8) with K fp16 and K kivi-2, each with the smem-tile and the register-direct
+// kernel, and the K latent mode (K and V latents of rank 16, fp16: ae-16's layout; rank 32 int8
+// with a 256-token window): the development table.
 std::vector<decode_case> builtin_decode_cases();
+// Cases no template describes, by name, for `kvcal bench --preset NAME` and the development
+// table: kivi-3 (the KIVI layout at 3 bits: K per-channel, V per-token, group 32, residual 128)
+// and k3v2 (the same with V at 2 bits: mlsys-conservative's widths, without its guard, cluster
+// eviction and 2048-token window, which the kernels do not run). Register-direct only.
+std::vector<decode_case> bench_only_decode_cases();
 // The case a recipe runs as (every layer the same; see the header comment), named `name`.
 decode_case decode_case_of(const preset_recipe& r, const std::string& name);
 

@@ -20,6 +20,10 @@ std::vector<decode_case> builtin_decode_cases() {
   v.push_back({"kivi-4 (register-direct)", 4, 32, 128, true, "", true, true});
   v.push_back({"kivi-2 (register-direct)", 2, 32, 128, true, "", true, true});
   v.push_back({"fp16 (ours) (register-direct)", 16, 32, 0, true, "", true, true});
+  for (decode_case c : bench_only_decode_cases()) {
+    c.name += " (register-direct)";
+    v.push_back(c);
+  }
   // V latent mode on a synthetic rank-32 PCA basis: knlp-v-pca-int8's layout (K fp16, window
   // 256) and the hybrid-k2-vpca8 template's (KIVI 2-bit K, residual 128); the smem-tile kernel,
   // then the register-direct one.
@@ -48,6 +52,13 @@ std::vector<decode_case> builtin_decode_cases() {
   kv_latent("K+V latent r16 fp16 (ae-16, synthetic)", 16, 16, 0);
   kv_latent("K+V PCA r32 int8 (synthetic)", 32, 8, 256);
   return v;
+}
+
+std::vector<decode_case> bench_only_decode_cases() {
+  decode_case kivi3{"kivi-3", 3, 32, 128, true, "", true, true};
+  decode_case k3v2{"k3v2", 3, 32, 128, true, "", true, true};
+  k3v2.v_bits = 2;
+  return {kivi3, k3v2};
 }
 
 namespace {

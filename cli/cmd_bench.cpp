@@ -69,7 +69,8 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
   // clang-format off
   opts.add_options()
       ("preset", po::value<std::vector<std::string>>(&presets)->multitoken(),
-       "template names or preset files (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
+       "template names, preset files or the bench-only cases kivi-3 / k3v2 (3-bit KIVI layout; K "
+       "3-bit with V 2-bit) (repeatable; default: fp16 kivi-4 kivi-2 knlp-v-pca-int8 "
        "hybrid-k2-vpca8)")
       ("batch", po::value<std::string>(&batches_s)->default_value("1,8,32"), "batch sizes")
       ("len", po::value<std::string>(&lens_s)->default_value("4096,32768,131072"),
@@ -116,30 +117,42 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
 
   // Every preset resolved before any GPU work: a typo fails at once.
   std::vector<decode_case> cases;
+  const std::vector<decode_case> bench_only = bench_only_decode_cases();
   for (const auto& p : presets) {
-    preset_recipe r;
-    std::string name = p;
-    if (std::ifstream(p).good()) {
-      const preset_file f(p);
-      r = f.recipe();
-      if (r.model.n_kv_heads != s.n_kv || r.model.head_dim != s.head_dim)
-        io.err << "kvcal bench: note: " << p << " was made for " << r.model.n_kv_heads
-               << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv << " x "
-               << s.head_dim << "\n";
+    const auto only = std::find_if(bench_only.begin(), bench_only.end(),
+                                   [&](const decode_case& c) { return c.name == p; });
+    decode_case c;
+    if (only != bench_only.end() && !std::ifstream(p).good()) {
+      c = *only;  // no template describes it
     } else {
-      const auto known = preset_template_names();
-      if (std::find(known.begin(), known.end(), p) == known.end()) {
-        std::string list;
-        for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-        throw usage_error("--preset " + p + ": no such file, and not a template (" + list + ")");
+      preset_recipe r;
+      std::string name = p;
+      if (std::ifstream(p).good()) {
+        const preset_file f(p);
+        r = f.recipe();
+        if (r.model.n_kv_heads != s.n_kv || r.model.head_dim != s.head_dim)
+          io.err << "kvcal bench: note: " << p << " was made for " << r.model.n_kv_heads
+                 << " KV heads of dim " << r.model.head_dim << "; timing it at " << s.n_kv << " x "
+                 << s.head_dim << "\n";
+      } else {
+        const auto known = preset_template_names();
+        if (std::find(known.begin(), known.end(), p) == known.end()) {
+          std::string list;
+          for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+          for (const auto& b : bench_only) list += ", " + b.name + " (bench only)";
+          throw usage_error("--preset " + p + ": no such file, and not a template (" + list + ")");
+        }
+        r = expand_recipe(preset_template(p), cfg, "template " + p,
+                          recipe_parse_options{/*allow_unset_rank=*/true});
       }
-      r = expand_recipe(preset_template(p), cfg, "template " + p,
-                        recipe_parse_options{/*allow_unset_rank=*/true});
+      if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
+      c = decode_case_of(r, name);
     }
-    if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
-    decode_case c = decode_case_of(r, name);
     c.half_dequant = !fp32_dequant;
     c.register_direct = register_direct == "on";
+    const bool narrow = c.bits == 3 || (c.v_bits > 0 && c.v_bits != c.bits);
+    if (c.unsupported.empty() && narrow && (!c.register_direct || s.head_dim != 128))
+      c.unsupported = "3-bit / mixed K / V widths: register-direct kernel only (head_dim 128)";
     if (c.unsupported.empty() && c.v_latent) {  // no calibration here: a synthetic basis
       if (c.v_latent_rank == 0) c.v_latent_rank = latent_rank;
       if (c.k_latent && c.k_latent_rank == 0) c.k_latent_rank = latent_rank;
@@ -149,7 +162,7 @@ int run_bench(const std::vector<std::string>& args_in, io& io) {
     // The row says so only where the kernel covers the shape (else the flag changes nothing):
     // head_dim 128; fp16 or K records of group 32 / 64 / 128; V latents of rank 16 / 32 / 64 /
     // 96 / 128 (decode_attention_rd_supported).
-    const bool k_rd = c.bits == 16 || ((c.bits == 2 || c.bits == 4 || c.bits == 8) &&
+    const bool k_rd = c.bits == 16 || ((c.bits == 2 || c.bits == 3 || c.bits == 4 || c.bits == 8) &&
                                        (c.group == 32 || c.group == 64 || c.group == 128));
     const int rank = c.v_latent_rank;
     const bool v_rd =

@@ -13,7 +13,8 @@ SRCS=(kernels/common/error.cpp kernels/common/log.cpp kernels/common/cuda_device
       kernels/common/device_check.cu kernels/cpu/bitpack.cpp kernels/cpu/quantize.cpp
       kernels/cpu/rope.cpp kernels/cpu/attention_ref.cpp kernels/cuda/packed_kv.cu
       kernels/cuda/quant_append.cu kernels/cuda/latent_append.cu kernels/cuda/decode_attention.cu
-      kernels/cuda/decode_attention_rd.cu
+      kernels/cuda/decode_attention_rd.cu kernels/cuda/decode_attention_rd_k3.cu
+      kernels/cuda/decode_attention_rd_k4.cu kernels/cuda/decode_attention_rd_k8.cu
       runtime/kv_codec.cpp runtime/ae_mlp.cpp runtime/io/safetensors.cpp runtime/io/mapped_file.cpp
       runtime/preset_recipe.cpp runtime/model_config.cpp runtime/io/atomic_file.cpp
       runtime/io/sha256.cpp)

@@ -526,6 +526,7 @@ TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU"
   std::ostringstream out, err;
   CHECK(kvcal::cli::run({"bench", "--preset", "nonexist"}, out, err) == 2);
   CHECK(err.str().find("no such file, and not a template") != std::string::npos);
+  CHECK(err.str().find("kivi-3 (bench only), k3v2 (bench only)") != std::string::npos);
   CHECK(kvcal::cli::run({"bench", "--batch", "0"}, out, err) == 2);
   CHECK(kvcal::cli::run({"bench", "--len", "x"}, out, err) == 2);
   std::ostringstream e3;
@@ -536,18 +537,30 @@ TEST_CASE("kvcal bench: usage errors, and one clear error where there is no GPU"
     CHECK(kvcal::cli::run({"bench", "--batch", "1", "--len", "64", "--reps", "1"}, o2, e2) == 1);
     CHECK(o2.str().empty());  // no half-printed table
     CHECK(e2.str().find("CUDA") != std::string::npos);
+    // The bench-only cases resolve as presets (no usage error): the failure is the missing GPU.
+    std::ostringstream o3, e4;
+    CHECK(kvcal::cli::run(
+              {"bench", "--preset", "kivi-3", "k3v2", "--batch", "1", "--len", "64", "--reps", "1"},
+              o3, e4) == 1);
+    CHECK(e4.str().find("CUDA") != std::string::npos);
   }
 }
 
-TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16, V and K latents") {
-  int rd = 0, rd_latent = 0, rd_fp16 = 0, rd_k_latent = 0;
+TEST_CASE(
+    "the development table has register-direct rows for kivi-4 / 3 / 2, K3V2, fp16, V and K "
+    "latents") {
+  int rd = 0, rd_latent = 0, rd_fp16 = 0, rd_k_latent = 0, rd_3bit = 0;
   for (const auto& c : kvcal::builtin_decode_cases()) {
     // Every register-direct row names itself, and the other rows do not.
     CHECK(c.register_direct == (c.name.find("register-direct") != std::string::npos));
     if (c.register_direct) {
       ++rd;
       CHECK(c.unsupported.empty());
-      CHECK((c.bits == 4 || c.bits == 2 || c.bits == 16));
+      CHECK((c.bits == 4 || c.bits == 3 || c.bits == 2 || c.bits == 16));
+      if (c.bits == 3) {  // kivi-3 (V at K's width) and k3v2 (V 2-bit)
+        ++rd_3bit;
+        CHECK(c.v_bits == (c.name.find("k3v2") == 0 ? 2 : 0));
+      }
       if (c.k_latent) {  // ae-16's layout, then PCA r32 int8
         ++rd_k_latent;
         CHECK(c.v_latent);
@@ -564,7 +577,8 @@ TEST_CASE("the development table has register-direct rows for kivi-4 / 2, fp16, 
       }
     }
   }
-  CHECK(rd == 7);
+  CHECK(rd == 9);
+  CHECK(rd_3bit == 2);
   CHECK(rd_latent == 2);
   CHECK(rd_fp16 == 1);
   CHECK(rd_k_latent == 2);

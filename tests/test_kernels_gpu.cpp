@@ -9,9 +9,11 @@
 //                   its pipelined form (records staged by cp.async) the same 4e-3, the
 //                   register-direct kernel (register_direct; bits 2/4/8 and fp16) the same 4e-3
 //                   and within 1e-3 of the pipelined / fp16 kernel; unsupported shapes fall back
-//                   bit-identically
+//                   bit-identically; 3-bit and mixed K / V widths (K3V3, K3V2, K4V2, K4V3, K8V4,
+//                   K8V3, K8V2; register-direct only) against the reference, bound 4e-3, and
+//                   refused (cudaErrorInvalidValue) where no kernel reads them
 //   end to end      GPU append + compress, then attention, against the CPU reading the
-//                   GPU-written records
+//                   GPU-written records (K/V 2-bit, K3V2, K3V3)
 //   bad input       unsupported head_dim / bits / group / workspace: cudaErrorInvalidValue and a
 //                   message naming the value, through kvcal::check_launch as kvcal::error
 //   V latent mode   latent append: GPU records byte-identical to the CPU linear codec's (PCA
@@ -130,6 +132,7 @@ rope_tables make_rope(int rows, int d, float scaling) {
 // CPU reference reads back from it: keys (pre-RoPE) and values per slot.
 struct cache_case {
   int B = 1, n_kv = 2, d = 64, bits = 2, group = 32, vgroup = 32, cap = 256, residual = 40;
+  int vbits = 2;  // V records' width (bits unless a mixed-width case)
   std::vector<int> n, kc, vc;
   std::int64_t k_slot_records = 0, v_slot_records = 0;
   std::size_t krb = 0, vrb = 0;
@@ -173,13 +176,15 @@ void put_window(cache_case& c, std::size_t slot, int n, int kc, int vc, const st
   }
 }
 
+// vbits: the V width of a mixed-width case (0: bits).
 cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int group,
-                      const std::vector<int>& lens, int vgroup = 0) {
+                      const std::vector<int>& lens, int vgroup = 0, int vbits = 0) {
   cache_case c;
   c.B = B;
   c.n_kv = n_kv;
   c.d = d;
   c.bits = bits;
+  c.vbits = vbits > 0 ? vbits : bits;
   c.group = group;
   const int max_n = *std::max_element(lens.begin(), lens.end());
   c.cap = bits == 16 ? max_n : 256;
@@ -188,7 +193,7 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
   if (bits != 16) {
     c.krb = k_record_bytes(d, bits, group);
     c.vgroup = vgroup > 0 ? vgroup : group <= d ? group : 32;
-    c.vrb = v_record_bytes(d, bits, c.vgroup);
+    c.vrb = v_record_bytes(d, c.vbits, c.vgroup);
     c.k_slot_records = max_n / group + 1;
     c.v_slot_records = max_n;
   }
@@ -214,8 +219,8 @@ cache_case build_case(std::mt19937& rng, int B, int n_kv, int d, int bits, int g
         std::uint8_t* rec = &c.v_rec[(slot * static_cast<std::size_t>(c.v_slot_records) +
                                       static_cast<std::size_t>(t)) *
                                      c.vrb];
-        cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, bits, c.vgroup, rec);
-        cpu_v_decode(rec, d, bits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
+        cpu_v_record(&v[static_cast<std::size_t>(t) * D], d, c.vbits, c.vgroup, rec);
+        cpu_v_decode(rec, d, c.vbits, c.vgroup, &vr[static_cast<std::size_t>(t) * D]);
       }
       put_window(c, slot, n, kc, vc, k, v, kr, vr);
       c.k_ref.push_back(std::move(kr));
@@ -289,7 +294,8 @@ struct device_case {
       : k_rec(c.k_rec), v_rec(c.v_rec), k_win(c.k_win), v_win(c.v_win), n(c.n), kc(c.kc), vc(c.vc) {
     view = records_view(c.B, c.n_kv, c.d, k_rec.p, c.k_slot_records, v_rec.p, c.v_slot_records,
                         k_win.p, v_win.p, c.cap);
-    view.k_bits = view.v_bits = c.bits;
+    view.k_bits = c.bits;
+    view.v_bits = c.vbits;
     view.k_group = c.bits == 16 ? 32 : c.group;
     view.v_group = c.bits == 16 ? 32 : c.vgroup;
     view.n_tokens = n.p;
@@ -382,8 +388,11 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
       for (int group : {32, 64, 128})
         for (int T : {1, 17, 97, 300}) {
           const int B = 3, n_kv = 2, residual = 40, vgroup = group <= d ? group : 32;
+          // T 97: V at 2 bits under wider K (mixed widths, e.g. K3V2); T 300: the same widths.
+          const int vbits = T == 97 ? 2 : bits;
           CAPTURE(d);
           CAPTURE(bits);
+          CAPTURE(vbits);
           CAPTURE(group);
           CAPTURE(T);
           const std::size_t D = static_cast<std::size_t>(d);
@@ -392,7 +401,7 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
                              v = random_rows(rng, rows, d, 1.0f);
           const int kc = std::max(0, T - residual) / group * group, vc = std::max(0, T - residual);
           const std::size_t krb = k_record_bytes(d, bits, group),
-                            vrb = v_record_bytes(d, bits, vgroup);
+                            vrb = v_record_bytes(d, vbits, vgroup);
           const std::int64_t kslot = T / group + 1, vslot = T;
           dbuf<float> dk(k), dv(v);
           dbuf<std::uint8_t> krec(static_cast<std::size_t>(B * n_kv * kslot) * krb),
@@ -402,7 +411,8 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
               vto(std::vector<int>(B, vc));
           packed_kv_view view =
               records_view(B, n_kv, d, krec.p, kslot, vrec.p, vslot, kwin.p, vwin.p, T);
-          view.k_bits = view.v_bits = bits;
+          view.k_bits = bits;
+          view.v_bits = vbits;
           view.k_group = group;
           view.v_group = vgroup;
           view.n_tokens = zero.p;
@@ -453,8 +463,8 @@ TEST_CASE("quant append: GPU window rows and records are byte-identical to the C
                 const std::size_t ng = D / static_cast<std::size_t>(vgroup);
                 std::vector<std::uint16_t> sc(ng), ze(ng);
                 quantize_per_token(&vf[static_cast<std::size_t>(t) * D], d,
-                                   quant_spec{bits, vgroup, false}, want.data() + 4 * ng, sc.data(),
-                                   ze.data());
+                                   quant_spec{vbits, vgroup, false}, want.data() + 4 * ng,
+                                   sc.data(), ze.data());
                 std::memcpy(want.data(), sc.data(), 2 * ng);
                 std::memcpy(want.data() + 2 * ng, ze.data(), 2 * ng);
                 const std::uint8_t* got =
@@ -671,6 +681,131 @@ TEST_CASE("decode attention: register-direct output matches the pipelined kernel
   MESSAGE("register-direct vs smem-tile kernel, fp16: max |difference| = ", worst16);
 }
 
+// 3-bit and mixed K / V widths (register-direct only; the other kernels refuse them): the grid of
+// attention_grid at head_dim 128 against the CPU reference on what the CPU decodes from the same
+// records. Same per-element fp16 arithmetic as the equal-width kernel (HFMA2 of code, scale,
+// zero; the width only changes which bits hold a code), so the half_dequant bound 4e-3; a code
+// read at the wrong width or offset moves outputs by ~1e-1.
+TEST_CASE("decode attention, register-direct: 3-bit and mixed K / V widths (K3V2, K4V2, K8V4...)") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(18);
+  struct widths {
+    int k, v;
+  };
+  const widths all[] = {{3, 3}, {3, 2}, {4, 2}, {4, 3}, {8, 4}, {8, 3}, {8, 2}};
+  float worst = 0.0f;
+  int cases = 0;
+  for (const widths w : all)
+    for (int group : {32, 64, 128})
+      for (int T : {1, 17, 97, 4099})
+        for (int B : {1, 3})
+          for (int ratio : {1, 4, 7}) {
+            if (T == 4099 && (ratio == 4 || group == 64)) continue;  // keep the run short
+            CAPTURE(w.k);
+            CAPTURE(w.v);
+            CAPTURE(group);
+            CAPTURE(T);
+            CAPTURE(B);
+            CAPTURE(ratio);
+            const cache_case c = build_case(rng, B, 2, 128, w.k, group, lengths(B, T), 0, w.v);
+            const float err = attention_error(rng, c, ratio, 1.0f, true, true, true);
+            CHECK(err <= kHalfDequantBound);
+            worst = std::max(worst, err);
+            ++cases;
+          }
+  // V groups 16 .. 128 (a lane's 16 codes share one scale; 3-bit runs at odd g start mid-word),
+  // more than 8 heads per KV head, RoPE attention scaling.
+  for (const widths w : {widths{3, 3}, widths{3, 2}, widths{8, 3}})
+    for (int vgroup : {16, 32, 64, 128}) {
+      CAPTURE(w.k);
+      CAPTURE(w.v);
+      CAPTURE(vgroup);
+      const cache_case c = build_case(rng, 3, 2, 128, w.k, 32, {333, 64, 200}, vgroup, w.v);
+      const float err = attention_error(rng, c, 9, 1.0f, true, true, true);
+      CHECK(err <= kHalfDequantBound);
+      worst = std::max(worst, err);
+      ++cases;
+    }
+  const cache_case c = build_case(rng, 1, 4, 128, 3, 64, {1000}, 0, 2);
+  const float err = attention_error(rng, c, 7, 1.25f, true, true, true);
+  CHECK(err <= kHalfDequantBound);
+  worst = std::max(worst, err);
+  MESSAGE("register-direct, 3-bit / mixed widths: ", cases + 1, " cases, max |gpu - ref| = ", worst,
+          " (bound ", kHalfDequantBound, ")");
+}
+
+// Widths no kernel reads correctly are refused before any launch, never read at another width:
+// 3-bit or mixed without the register-direct kernel (flag off, V group 8), V wider than K,
+// 5 bits, 3-bit K in the V latent mode.
+TEST_CASE("3-bit / mixed widths: unsupported combinations give cudaErrorInvalidValue") {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(19);
+  const int d = 128, n_heads = 4;
+  const cache_case c = build_case(rng, 1, 2, d, 4, 32, {100}, 32, 2);
+  device_case dc(c);
+  const rope_tables rope = make_rope(100, d, 1.0f);
+  dbuf<float> dq(std::vector<float>(n_heads * d, 0.1f)), dcos(rope.cos), dsin(rope.sin),
+      dout(n_heads * d);
+  decode_attention_params p =
+      attention_params(dc.view, n_heads, dq.p, dcos.p, dsin.p, 100, 100, dout.p);
+  decode_attention_params latent = p;  // V latent mode with 3-bit K records
+  latent.kv.k_bits = 3;
+  latent.kv.v_latent_rank = 32;
+  latent.kv.v_latent_bits = 16;
+  latent.kv.v_dec_w = reinterpret_cast<const float*>(dc.view.k_win);  // checked, never read
+  latent.kv.v_dec_b = reinterpret_cast<const float*>(dc.view.k_win);
+  decode_attention_params off = p;
+  off.register_direct = false;
+  // Room for every variant's split plan, so that only the widths are wrong.
+  dbuf<std::uint8_t> dws(
+      2 * std::max({decode_attention_workspace_size(p), decode_attention_workspace_size(off),
+                    decode_attention_workspace_size(latent)}));
+  latent.workspace = dws.p;
+  latent.workspace_bytes = dws.n;
+  p.workspace = dws.p;
+  p.workspace_bytes = dws.n;
+  CUDA_OK(launch_decode_attention(p, nullptr));  // K 4-bit, V 2-bit: register-direct
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  auto expect = [&](decode_attention_params bad, const std::string& needle) {
+    CHECK(launch_decode_attention(bad, nullptr) == cudaErrorInvalidValue);
+    CHECK_MESSAGE(last_launch_error().find(needle) != std::string::npos, last_launch_error());
+    CHECK_THROWS_AS(check_launch(launch_decode_attention(bad, nullptr), "decode"), kvcal::error);
+  };
+  decode_attention_params bad = p;
+  bad.register_direct = false;  // the pipelined kernel would read V at 4 bits
+  expect(bad, "K 4-bit with V 2-bit: 3-bit or mixed K / V widths need register_direct");
+  bad = p;
+  bad.kv.k_bits = bad.kv.v_bits = 3;
+  bad.register_direct = false;
+  expect(bad, "K 3-bit with V 3-bit: 3-bit or mixed");
+  bad = p;
+  bad.kv.k_bits = bad.kv.v_bits = 3;
+  bad.kv.v_group = 8;  // register-direct needs V group >= 16
+  expect(bad, "K 3-bit with V 3-bit: 3-bit or mixed");
+  bad = p;
+  bad.kv.k_bits = 2;
+  bad.kv.v_bits = 4;  // V wider than K: not instantiated
+  expect(bad, "K 2-bit with V 4-bit");
+  bad = p;
+  bad.kv.k_bits = 8;
+  bad.kv.v_bits = 5;
+  expect(bad, "K 8-bit with V 5-bit");
+  bad = p;
+  bad.kv.k_bits = bad.kv.v_bits = 5;
+  expect(bad, "bits 5 is not supported");
+  expect(latent, "bits 3 is not supported");
+  // The append takes 3 bits but not 5 for V.
+  quant_compress_params cp;
+  cp.kv = dc.view;
+  cp.kv.v_bits = 5;
+  dbuf<int> zero(std::vector<int>(1, 0));
+  cp.v_from = cp.v_to = zero.p;
+  cp.max_v_tokens = 1;
+  CHECK(launch_quant_compress(cp, nullptr) == cudaErrorInvalidValue);
+  CHECK(last_launch_error().find("V bits 5") != std::string::npos);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
 // Host only (runs without a GPU): the shapes decode_attention_rd_supported accepts, which decide
 // the split plan and the workspace size as well as the kernel.
 TEST_CASE("register_direct: the shapes it covers (fp16, keys_rotated, V latent mode)") {
@@ -685,15 +820,28 @@ TEST_CASE("register_direct: the shapes it covers (fp16, keys_rotated, V latent m
   };
   CHECK(decode_attention_rd_supported(view(128, 2, 32, 2, 32)));
   CHECK(decode_attention_rd_supported(view(128, 8, 128, 8, 16)));
-  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 4, 8)));   // V group 8
-  CHECK_FALSE(decode_attention_rd_supported(view(64, 4, 32, 4, 32)));   // head_dim 64
-  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 2, 32)));  // K / V bits differ
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 4, 32, 4, 8)));  // V group 8
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 4, 32, 4, 32)));  // head_dim 64
+  // 3-bit and mixed widths: V bits <= K bits, both 2 / 3 / 4 / 8.
+  CHECK(decode_attention_rd_supported(view(128, 4, 32, 2, 32)));
+  CHECK(decode_attention_rd_supported(view(128, 3, 32, 3, 32)));
+  CHECK(decode_attention_rd_supported(view(128, 3, 64, 2, 16)));
+  CHECK(decode_attention_rd_supported(view(128, 8, 128, 4, 128)));
+  CHECK(decode_attention_rd_supported(view(128, 8, 32, 3, 32)));
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 2, 32, 4, 32)));  // V wider than K
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 3, 32, 4, 32)));
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 8, 32, 5, 32)));  // 5 bits
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 5, 32, 5, 32)));
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 3, 32, 3, 8)));   // V group 8
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 3, 48, 3, 32)));  // K group 48
+  CHECK_FALSE(decode_attention_rd_supported(view(64, 3, 32, 3, 32)));   // head_dim 64
+  CHECK_FALSE(decode_attention_rd_supported(view(128, 16, 0, 2, 32)));  // fp16 K, 2-bit V
   CHECK(decode_attention_rd_supported(view(128, 16, 0, 16, 0)));        // fp16: groups unused
   CHECK_FALSE(decode_attention_rd_supported(view(64, 16, 32, 16, 32)));
   decode_attention_params rot = view(128, 16, 32, 16, 32);
   rot.kv.keys_rotated = true;
   CHECK(decode_attention_rd_supported(rot));
-  for (int kbits : {16, 2, 4, 8})
+  for (int kbits : {16, 2, 3, 4, 8})
     for (int r : {16, 32, 48, 64, 96, 128, 256})
       for (int lb : {16, 8, 4, 2}) {
         CAPTURE(kbits);
@@ -702,7 +850,8 @@ TEST_CASE("register_direct: the shapes it covers (fp16, keys_rotated, V latent m
         decode_attention_params p = view(128, kbits, 64, 16, 0);  // v_bits / group unused
         p.kv.v_latent_rank = r;
         p.kv.v_latent_bits = lb;
-        const bool want = r != 48 && r != 256 && lb != 2;
+        // no 3-bit K kernels in the latent mode
+        const bool want = r != 48 && r != 256 && lb != 2 && kbits != 3;
         CHECK(decode_attention_rd_supported(p) == want);
         p.kv.head_dim = 64;
         CHECK_FALSE(decode_attention_rd_supported(p));
@@ -823,16 +972,20 @@ float max_error(const cache_case& c, int n_heads, const std::vector<float>& q,
 
 }  // namespace
 
-TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {
-  SKIP_WITHOUT_GPU();
+namespace {
+
+// GPU append + compress step by step with K of kbits and V of vbits bits, then attention (the
+// default kernel: register-direct at head_dim 128) against the CPU reading the GPU's records.
+void end_to_end(int kbits, int vbits) {
   std::mt19937 rng(14);
-  const int B = 2, n_kv = 2, d = 128, bits = 2, group = 32, residual = 64, cap = 256;
+  const int B = 2, n_kv = 2, d = 128, group = 32, residual = 64, cap = 256;
   const int prefill = 150, steps = 70, total = prefill + steps, ratio = 7;
   const std::size_t D = static_cast<std::size_t>(d);
-  const std::size_t krb = k_record_bytes(d, bits, group), vrb = v_record_bytes(d, bits, group);
+  const std::size_t krb = k_record_bytes(d, kbits, group), vrb = v_record_bytes(d, vbits, group);
   const std::int64_t kslot = total / group + 1, vslot = total;
   e2e_cache e(B, n_kv, d, kslot, krb, vslot, vrb, cap);
-  e.view.k_bits = e.view.v_bits = bits;
+  e.view.k_bits = kbits;
+  e.view.v_bits = vbits;
   e.view.k_group = e.view.v_group = group;
   // All tokens, [B, total, n_kv, d], kept on the host for the reference.
   std::vector<float> k = random_rows(rng, static_cast<std::size_t>(B * total * n_kv), d, 4.0f);
@@ -857,7 +1010,8 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   c.B = B;
   c.n_kv = n_kv;
   c.d = d;
-  c.bits = bits;
+  c.bits = kbits;
+  c.vbits = vbits;
   c.group = group;
   c.n.assign(B, n);
   const auto hk = e.krec.download(), hv = e.vrec.download();
@@ -869,11 +1023,11 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
       for (int blk = 0; blk < kc / group; ++blk)
         cpu_k_decode(
             &hk[(slot * static_cast<std::size_t>(kslot) + static_cast<std::size_t>(blk)) * krb], d,
-            bits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
+            kbits, group, &kr[static_cast<std::size_t>(blk * group) * D]);
       for (int t = 0; t < vc; ++t)
         cpu_v_decode(
             &hv[(slot * static_cast<std::size_t>(vslot) + static_cast<std::size_t>(t)) * vrb], d,
-            bits, group, &vr[static_cast<std::size_t>(t) * D]);
+            vbits, group, &vr[static_cast<std::size_t>(t) * D]);
       for (int t = 0; t < n; ++t)
         for (std::size_t i = 0; i < D; ++i) {
           const std::size_t row = (slot * cap + static_cast<std::size_t>(t % cap)) * D + i;
@@ -889,7 +1043,7 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
         for (std::size_t i = 0; i < D; ++i) {
           const std::size_t src = ((static_cast<std::size_t>(b * total + t)) * n_kv + g) * D + i;
           CHECK(std::fabs(kr[static_cast<std::size_t>(t) * D + i] - k[src]) <=
-                8.5f / 3.0f / 2.0f + 1e-3f);
+                8.5f / static_cast<float>((1 << kbits) - 1) / 2.0f + 1e-3f);
         }
       c.k_ref.push_back(std::move(kr));
       c.v_ref.push_back(std::move(vr));
@@ -906,8 +1060,23 @@ TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decode
   run_decode_attention(
       attention_params(e.view, n_heads, dq.p, dcos.p, dsin.p, total, total, dout.p));
   const float err = max_error(c, n_heads, q, rope, dout.download());
-  MESSAGE("end to end: max |gpu - ref| = ", err);
+  MESSAGE("end to end, K ", kbits, "-bit, V ", vbits, "-bit: max |gpu - ref| = ", err);
   CHECK(err <= kAttentionBound);
+}
+
+}  // namespace
+
+TEST_CASE("end to end: GPU append + compress step by step, attention, CPU decodes the records") {
+  SKIP_WITHOUT_GPU();
+  end_to_end(2, 2);
+}
+
+// The mlsys-conservative widths (K 3-bit, V 2-bit) and 3-bit K / V: 3-bit records written by the
+// GPU append, read by the register-direct kernel and by the CPU decoder.
+TEST_CASE("end to end, K 3-bit / V 2-bit and 3 / 3: GPU append + compress, register-direct") {
+  SKIP_WITHOUT_GPU();
+  end_to_end(3, 2);
+  end_to_end(3, 3);
 }
 
 namespace {
@@ -954,13 +1123,13 @@ TEST_CASE("unsupported shapes: cudaErrorInvalidValue with a message naming the v
   expect(bad, "head_dim 96");
   bad = p;
   bad.kv.k_bits = bad.kv.v_bits = 3;
-  expect(bad, "bits 3");
+  expect(bad, "3-bit or mixed K / V widths need register_direct");
   bad = p;
   bad.kv.k_group = bad.kv.v_group = 16;
   expect(bad, "K group 16");
   bad = p;
   bad.kv.v_bits = 4;
-  expect(bad, "must share bits");
+  expect(bad, "K 2-bit with V 4-bit");
   bad = p;
   bad.kv.v_group = 48;
   expect(bad, "V per-token group 48");
@@ -1037,7 +1206,7 @@ latent_case build_latent_case(std::mt19937& rng, int B, int n_kv, int d, int kbi
   c.B = B;
   c.n_kv = n_kv;
   c.d = d;
-  c.bits = kbits;
+  c.bits = c.vbits = kbits;
   c.group = kgroup;
   c.vgroup = 32;
   c.residual = residual;

@@ -1082,7 +1082,8 @@ cudaError_t dispatch_bits(const decode_attention_params& p, const split_plan& sp
       return run<D, 16, 32>(p, sp, stream);
     default:
       return invalid("bits " + std::to_string(p.kv.k_bits) +
-                     " is not supported (2, 4, 8; 16 = fp16)");
+                     " is not supported (2, 4, 8; 16 = fp16; 3 only by register_direct, not in the "
+                     "V latent mode)");
   }
 }
 
@@ -1136,9 +1137,16 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
     if (!kv.k_rec || !kv.k_dec_w || !kv.k_dec_b)
       return invalid("K latent mode needs the latent K records and k_dec_w / k_dec_b");
   }
-  if (!latent && kv.k_bits != kv.v_bits)
-    return invalid("K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
-                   "-bit: K and V must share bits");
+  // 3-bit and mixed K / V widths: the register-direct kernel only (the kernels below read both
+  // streams at the K width, so anything else is refused here rather than misread).
+  const bool rd = p.register_direct && decode_attention_rd_supported(p);
+  if (!latent && !rd && (kv.k_bits != kv.v_bits || kv.k_bits == 3))
+    return invalid(
+        "K " + std::to_string(kv.k_bits) + "-bit with V " + std::to_string(kv.v_bits) +
+        "-bit: 3-bit or mixed K / V widths need register_direct at head_dim 128 (K 2 / 3 "
+        "/ 4 / 8 bits, V 2 / 3 / 4 / 8 bits no wider than K, K group 32 / 64 / 128, V "
+        "group 16 / 32 / 64 / 128); the other kernels take K and V of the same 2 / 4 / "
+        "8 bits");
   if (!latent && kv.k_bits != 16 && (kv.v_group <= 0 || kv.v_group % 8 != 0 || d % kv.v_group != 0))
     return invalid("V per-token group " + std::to_string(kv.v_group) +
                    " must be a multiple of 8 dividing head_dim " + std::to_string(d));
@@ -1167,7 +1175,7 @@ cudaError_t launch_decode_attention(const decode_attention_params& p_in, cudaStr
                    std::to_string(need));
   set_launch_error("");
   const split_plan sp = plan_splits(p);
-  if (p.register_direct && decode_attention_rd_supported(p)) {  // else: the kernels below
+  if (rd) {  // else: the kernels below
     decode_attention_rd_plan rp;
     rp.splits = sp.splits, rp.tiles_per_split = sp.tiles_per_split, rp.n_parts = sp.n_parts;
     rp.w_splits = sp.w_splits, rp.w_tiles_per_split = sp.w_tiles_per_split;

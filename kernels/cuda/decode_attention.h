@@ -35,7 +35,8 @@
 // with k_latent_rank != 0 is cudaErrorInvalidValue (no fallback: the other kernels would ignore
 // the latent keys).
 //
-// Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric) with K group
+// Supported: head_dim 64 / 128; bits 2 / 4 / 8 (the same for K and V, asymmetric; 3-bit and mixed
+// K / V widths with register_direct only, see decode_attention_rd.h) with K group
 // 32 / 64 / 128 and a V group that is a multiple of 8 dividing head_dim, or bits 16 (fp16 K and V,
 // every token in the window ring); any number of query heads per KV head (16 per CTA). Anything
 // else: cudaErrorInvalidValue and a message in kvcal::last_launch_error(). The launch allocates
@@ -85,13 +86,14 @@ struct decode_attention_params {
   // Register-direct kernel (kernels/cuda/decode_attention_rd.h, docs/runtime.md): transposed
   // products (the 8 query heads of a CTA in the mma's n), packed K / V bytes dequantized straight
   // into mma fragments, no fp16 K / V tile in shared memory; same workspace layout and merge, the
-  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128 with bits 2 / 4 / 8
-  // (K group 32 / 64 / 128, V group 16 / 32 / 64 / 128), bits 16 (also keys_rotated, logits /
-  // row_stats) and the V latent mode (K fp16 or records, rank 16 - 128, latent bits 16 / 8 / 4);
-  // any other shape runs the kernels above as if it were false. Same per-element arithmetic as
-  // half_dequant, other summation order; where it applies it takes precedence over half_dequant /
-  // pipelined. On by default: 1.6-1.8x faster than the pipelined kernel at L32k, B1 / 8 / 32 (H200,
-  // docs/BENCHMARKS.md).
+  // split plan sized for its CTAs (8 heads, 4 per SM). Covers head_dim 128 with K bits 2 / 3 / 4 /
+  // 8 and V bits 2 / 3 / 4 / 8 no wider than K (K group 32 / 64 / 128, V group 16 / 32 / 64 /
+  // 128), bits 16 (also keys_rotated, logits / row_stats) and the V latent mode (K fp16 or 2 / 4 /
+  // 8-bit records, rank 16 - 128, latent bits 16 / 8 / 4); any other shape runs the kernels above
+  // as if it were false (3-bit or mixed widths, which only this kernel reads, are then refused).
+  // Same per-element arithmetic as half_dequant, other summation order; where it applies it takes
+  // precedence over half_dequant / pipelined. On by default: 1.6-1.8x faster than the pipelined
+  // kernel at L32k, B1 / 8 / 32 (H200, docs/BENCHMARKS.md).
   bool register_direct = true;
   // Optional outputs for score-based eviction (H2O): the kernel's own logits and softmax
   // statistics, so P[b, h, t] = exp2(logits[b, h, t] - row_stats[b, h, 0]) / row_stats[b, h, 1]

@@ -43,14 +43,15 @@ constexpr int kQBytes = kHeads * kQRow * 4;
 // pair kk (fp16 half2 each): lane-major so that the 8-byte reads of a warp are conflict-free.
 constexpr int kRopeBytes = 4 * 8 * 32 * 8;
 
-template <int BITS>
+// BITS_V: the V records' width (mixed K / V widths; the K width otherwise).
+template <int BITS, int BITS_V = BITS>
 struct rd_stage {
   // K stage: fp16 scales [D], zeros [D], codes of the tile's 32 rows (one record holds the tile;
   // none at bits 16), then the fp32 RoPE rows cos, sin [D / 2] of the tile start p0 (for the
   // query rotation; identity rows with keys_rotated).
   static constexpr int k_rope = BITS == 16 ? 0 : 4 * D + kTile * D * BITS / 8;
   static constexpr int k_bytes = k_rope + 2 * HALF * 4;
-  static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS / 8; }
+  static constexpr __host__ __device__ int v_rec_bytes(int ng) { return 4 * ng + D * BITS_V / 8; }
   // V stage: the records of the tile's tokens below v_compressed, back to back (quantized V
   // only: bits 16 and the V latent mode read V from global memory directly).
   static constexpr __host__ __device__ int v_bytes(int ng) {
@@ -78,6 +79,8 @@ __device__ __forceinline__ __half2 run_pair(const unsigned* w, int i) {
   if constexpr (BITS == 2) {
     const unsigned x = w[0] >> (16 * (i / 4));
     return code_pair<2>(&x, i % 4);
+  } else if constexpr (BITS == 3) {  // w: the two 8-code chunks of load_v_run
+    return code_pair<3>(w + i / 4, i % 4);
   } else {
     return code_pair<BITS>(w + (i / 4) * (BITS / 4), i % 4);
   }
@@ -97,6 +100,62 @@ __device__ __forceinline__ __half2 code_pair2(const unsigned* wa, const unsigned
   const unsigned mul = static_cast<unsigned>((15 - s) << 10) * 0x00010001u;  // 2^-s
   const unsigned add = (0x8000u | static_cast<unsigned>((25 - s) << 10)) * 0x00010001u;
   return __hfma2(as_h2(v), as_h2(mul), as_h2(add));
+}
+
+// 3-bit runs. A run of 16 codes is 6 bytes and 8 codes are 3, so no run starts on a 4-byte
+// boundary in general: K (8 codes at byte 6t + 3kq of a 48-byte token row) and V (16 codes at
+// byte 6g of a record whose codes start 4-byte aligned) are read as the two aligned 32-bit words
+// that cover them (shared memory, 4-byte loads only: always legal) and shifted into place by a
+// funnel shift. A V run is kept as two 8-code chunks of 24 bits (w[0]: codes 0-7, w[1]: 8-15),
+// so that no code straddles a word and code_pair<3> / v_code_pair2<3> read any code directly.
+template <int BV>
+constexpr int v_run_words = BV == 3 ? 2 : BV / 2;
+
+// Run g (codes [16g, 16g + 16), 2 BV bytes at byte 2 BV g) of the codes of a V record (codes:
+// 4-byte aligned) in the words run_pair / v_code_pair2 read. The 3-bit read covers the 8 bytes
+// from byte 6g rounded down to 4: inside the record's 48 code bytes.
+template <int BV>
+__device__ __forceinline__ void load_v_run(const std::uint8_t* codes, int g, unsigned* w) {
+  if constexpr (BV == 3) {
+    const unsigned* q = reinterpret_cast<const unsigned*>(codes) + (3 * g >> 1);
+    const unsigned s = (g & 1) << 4;  // byte 6g: 0 or 2 past word 3g / 2
+    const unsigned x1 = q[1];
+    const unsigned lo = __funnelshift_r(q[0], x1, s), hi = x1 >> s;  // bits 0-31, 32-47
+    w[0] = lo;                                                       // codes 0-7: bits 0-23
+    w[1] = __funnelshift_r(lo, hi, 24);                              // codes 8-15
+  } else {
+    const unsigned* src = reinterpret_cast<const unsigned*>(codes + 2 * BV * g);
+#pragma unroll
+    for (int i = 0; i < BV / 2; ++i) w[i] = src[i];
+  }
+}
+
+// 8 K codes (BITS bytes) of shared memory at p into w: load_words_smem (p aligned to BITS bytes)
+// or, at 3 bits, the two aligned words covering them funnel-shifted (codes at bits 0-23 of w[0];
+// sh = 8 (p mod 4); the word past them stays inside the K stage).
+template <int BITS>
+__device__ __forceinline__ void load_k_codes(const std::uint8_t* p, unsigned sh, unsigned* w) {
+  if constexpr (BITS == 3) {
+    const unsigned* q = reinterpret_cast<const unsigned*>(p - sh / 8);
+    w[0] = __funnelshift_r(q[0], q[1], sh);
+  } else {
+    load_words_smem<BITS>(p, w);  // sh unused
+  }
+}
+
+// code_pair2 for the V runs of load_v_run: at 3 bits the code idx of each run is read from its
+// 8-code chunk (a code may straddle two bytes: PRMT takes both bytes of each run).
+template <int BV>
+__device__ __forceinline__ __half2 v_code_pair2(const unsigned* wa, const unsigned* wb, int idx) {
+  if constexpr (BV == 3) {
+    const int w = idx / 8, bit = 3 * (idx % 8), k = bit / 8;
+    const unsigned t = __byte_perm(
+        wa[w], wb[w], static_cast<unsigned>(k | ((k + 1) << 4) | ((k + 4) << 8) | ((k + 5) << 12)));
+    const unsigned v = ((t >> (bit % 8)) & 0x00070007u) | 0x64006400u;
+    return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+  } else {
+    return code_pair2<BV>(wa, wb, idx);
+  }
 }
 
 // The in-tile rotation of the half_dequant kernels: (lo, hi) of channels c, c + 64 by angle j f.
@@ -166,10 +225,8 @@ __device__ __forceinline__ void value_run(const packed_kv_view& kv, std::int64_t
     const __half2 sc = __half2half2(hs[vgrp]), ze = __half2half2(hs[ng + vgrp]);
     // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
     if constexpr (BITS != 16) {
-      unsigned w[BITS / 2];
-      const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
-#pragma unroll
-      for (int i = 0; i < BITS / 2; ++i) w[i] = src[i];
+      unsigned w[v_run_words<BITS>];
+      load_v_run<BITS>(rec + 4 * ng, g, w);
 #pragma unroll
       for (int i = 0; i < 8; ++i) out[i] = h2_bits(__hfma2(run_pair<BITS>(w, i), sc, ze));
     }
@@ -347,12 +404,13 @@ __device__ __forceinline__ void key_scores(const packed_kv_view& kv, std::int64_
       if constexpr (QUANT && BITS != 16) {
         // 8 codes (BITS bytes) per token and half: channels 16t + 8kq + [0, 8) (+ 64).
         const std::uint8_t* codes = stk + 4 * D + (16 * t4 + 8 * kq) * BITS / 8;
+        const unsigned k3s = 8u * ((2u * t4 + 3u * kq) & 3u);  // 3 bits: 8 (codes mod 4)
         unsigned c00[BITS == 8 ? 2 : 1], c01[BITS == 8 ? 2 : 1], c10[BITS == 8 ? 2 : 1],
             c11[BITS == 8 ? 2 : 1];
-        load_words_smem<BITS>(codes + j0 * D * BITS / 8, c00);
-        load_words_smem<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, c01);
-        load_words_smem<BITS>(codes + j1 * D * BITS / 8, c10);
-        load_words_smem<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, c11);
+        load_k_codes<BITS>(codes + j0 * D * BITS / 8, k3s, c00);
+        load_k_codes<BITS>(codes + j0 * D * BITS / 8 + HALF * BITS / 8, k3s, c01);
+        load_k_codes<BITS>(codes + j1 * D * BITS / 8, k3s, c10);
+        load_k_codes<BITS>(codes + j1 * D * BITS / 8 + HALF * BITS / 8, k3s, c11);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const __half2 sl = as_h2(scw[u]), sh = as_h2(scw[32 + u]);
@@ -536,10 +594,11 @@ __device__ __forceinline__ void key_scores_latent(const packed_kv_view& kv, std:
 // ring); VR > 0 = the V latent mode's compressed range [0, min(n, v_compressed)), latents of
 // rank VR, the CTA's partial projected through dec_w at the end; -1 = the latent mode's window
 // range [v_compressed, n), fp16 V, its partials after the latent ones (n_parts - gridDim.x on).
+// BITS_V: the V records' width (VM 0 only; <= BITS, the K width).
 // KL (K latent rank, VM > 0 and BITS 16 only): 0 = K from the ring / KIVI records; > 0 = K of the
 // compressed range from latent records (key_scores_latent; the K and V compressed ranges are the
 // same, v_compressed), the tables after the warps' stages in `area`.
-template <int BITS, int GROUP, int VM, int KL = 0>
+template <int BITS, int GROUP, int VM, int BITS_V = BITS, int KL = 0>
 __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
     decode_attention_rd_kernel(decode_attention_params p, int tiles_per_split, int n_parts,
                                int stage_k, int stage_v) {
@@ -562,7 +621,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   const int kc = BITS == 16 ? 0 : kv.k_compressed[b];
   const int vc = BITS == 16 && VM == 0 ? 0 : kv.v_compressed[b];
   const int ng = QV ? D / kv.v_group : 1, vgrp = QV ? 16 * g / kv.v_group : 0;
-  const int v_rb = rd_stage<BITS>::v_rec_bytes(ng);
+  const int v_rb = rd_stage<BITS, BITS_V>::v_rec_bytes(ng);
   const bool rotated = BITS == 16 && kv.keys_rotated;  // keys and queries already after RoPE
   const bool a16 =
       ((reinterpret_cast<std::uintptr_t>(p.rope_cos) |
@@ -739,7 +798,7 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
       } else if (all_records) {
         // Codes of the 4 tokens kept packed; each A register is one HFMA2 of the two tokens'
         // codes (interleaved) with their (scale, scale) and (zero, zero).
-        unsigned w[4][BITS / 2];
+        unsigned w[4][v_run_words<BITS_V>];
         __half2 sab, zab, scd, zcd;
         {
           __half sc[4], ze[4];
@@ -749,10 +808,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
             const __half* hs = reinterpret_cast<const __half*>(rec);
             sc[r] = hs[vgrp];
             ze[r] = hs[ng + vgrp];
-            // 16 codes = 2 * BITS bytes; records are only 4-byte aligned in the stage.
-            const unsigned* src = reinterpret_cast<const unsigned*>(rec + 4 * ng + 2 * BITS * g);
-#pragma unroll
-            for (int k = 0; k < BITS / 2; ++k) w[r][k] = src[k];
+            // 16 codes = 2 * BITS_V bytes; records are only 4-byte aligned in the stage.
+            load_v_run<BITS_V>(rec + 4 * ng, g, w[r]);
           }
           sab = __halves2half2(sc[0], sc[1]), zab = __halves2half2(ze[0], ze[1]);
           scd = __halves2half2(sc[2], sc[3]), zcd = __halves2half2(ze[2], ze[3]);
@@ -760,10 +817,10 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const unsigned a[4] = {
-              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i), sab, zab)),
-              h2_bits(__hfma2(code_pair2<BITS>(w[0], w[1], 2 * i + 1), sab, zab)),
-              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i), scd, zcd)),
-              h2_bits(__hfma2(code_pair2<BITS>(w[2], w[3], 2 * i + 1), scd, zcd))};
+              h2_bits(__hfma2(v_code_pair2<BITS_V>(w[0], w[1], 2 * i), sab, zab)),
+              h2_bits(__hfma2(v_code_pair2<BITS_V>(w[0], w[1], 2 * i + 1), sab, zab)),
+              h2_bits(__hfma2(v_code_pair2<BITS_V>(w[2], w[3], 2 * i), scd, zcd)),
+              h2_bits(__hfma2(v_code_pair2<BITS_V>(w[2], w[3], 2 * i + 1), scd, zcd))};
           mma16816(o[i], a, pb0, pb1);
         }
       } else {
@@ -773,8 +830,8 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
         for (int hp = 0; hp < 2; ++hp) {
           unsigned va[8], vb[8];
           const int j = ja + 8 * hp;
-          value_run<BITS>(kv, slot, p0 + j, n, vc, stv + j * v_rb, ng, vgrp, g, va);
-          value_run<BITS>(kv, slot, p0 + j + 1, n, vc, stv + (j + 1) * v_rb, ng, vgrp, g, vb);
+          value_run<BITS_V>(kv, slot, p0 + j, n, vc, stv + j * v_rb, ng, vgrp, g, va);
+          value_run<BITS_V>(kv, slot, p0 + j + 1, n, vc, stv + (j + 1) * v_rb, ng, vgrp, g, vb);
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             // channel 16g + 2i of tokens (j, j + 1), then channel + 1.
@@ -870,11 +927,11 @@ __global__ void __launch_bounds__(32 * kWarps, KVCAL_RD_MIN_BLOCKS)
   }
 }
 
-// Dynamic shared memory of a launch: rd_stage<BITS>::smem, or with the K latent tables after the
+// Dynamic shared memory of a launch: rd_stage::smem, or with the K latent tables after the
 // stages (KL > 0; 47 KB at rank 128, still 4 CTAs per SM).
-template <int BITS, int KL>
+template <int BITS, int BITS_V, int KL>
 constexpr int rd_smem(int vb) {
-  using ST = rd_stage<BITS>;
+  using ST = rd_stage<BITS, BITS_V>;
   if constexpr (KL == 0) {
     return ST::smem(vb);
   } else {
@@ -883,21 +940,23 @@ constexpr int rd_smem(int vb) {
   }
 }
 
-template <int BITS, int GROUP, int VM, int KL = 0>
+template <int BITS, int GROUP, int VM, int BITS_V = BITS, int KL = 0>
 cudaError_t run_rd(const decode_attention_params& p, int grid_x, int tiles_per_split, int n_parts,
                    cudaStream_t stream) {
-  using ST = rd_stage<BITS>;
+  using ST = rd_stage<BITS, BITS_V>;
   constexpr bool QV = BITS != 16 && VM == 0;
   const int vb = QV ? ST::v_bytes(D / p.kv.v_group) : 0;
   constexpr int vb_max = QV ? ST::v_bytes(D / 16) : 0;  // the largest: V group 16
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
   static const cudaError_t attr =
-      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM, KL>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, rd_smem<BITS, KL>(vb_max));
+      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM, BITS_V, KL>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           rd_smem<BITS, BITS_V, KL>(vb_max));
   if (attr != cudaSuccess) return attr;
   if (grid_x <= 0) return cudaSuccess;
-  decode_attention_rd_kernel<BITS, GROUP, VM, KL>
-      <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, rd_smem<BITS, KL>(vb), stream>>>(
+  decode_attention_rd_kernel<BITS, GROUP, VM, BITS_V, KL>
+      <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, rd_smem<BITS, BITS_V, KL>(vb),
+         stream>>>(
           p, tiles_per_split, n_parts, ST::k_bytes, vb);
   return cudaGetLastError();
 }
@@ -917,7 +976,7 @@ cudaError_t run_rd_latent(const decode_attention_params& p, const rd_plan& sp,
 template <int R>
 cudaError_t run_rd_k_latent(const decode_attention_params& p, const rd_plan& sp,
                             cudaStream_t stream) {
-  const cudaError_t e = run_rd<16, 0, R, R>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+  const cudaError_t e = run_rd<16, 0, R, 16, R>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
   if (e != cudaSuccess) return e;
   return run_rd<16, 0, -1>(p, sp.w_splits, sp.w_tiles_per_split, sp.n_parts, stream);
 }
@@ -961,8 +1020,23 @@ cudaError_t dispatch_group(const decode_attention_params& p, const rd_plan& sp,
   }
 }
 
+// Quantized V of BITS_V bits under K of BITS bits (BITS_V <= BITS; no V latent mode).
+template <int BITS, int BITS_V>
+cudaError_t dispatch_group_mixed(const decode_attention_params& p, const rd_plan& sp,
+                                 cudaStream_t stream) {
+  switch (p.kv.k_group) {
+    case 32:
+      return run_rd<BITS, 32, 0, BITS_V>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    case 64:
+      return run_rd<BITS, 64, 0, BITS_V>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+    default:
+      return run_rd<BITS, 128, 0, BITS_V>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+  }
+}
+
 }  // namespace
 
+#ifndef KVCAL_RD_K_BITS
 bool decode_attention_rd_supported(const decode_attention_params& p) {
   const packed_kv_view& kv = p.kv;
   if (kv.head_dim != D) return false;
@@ -971,16 +1045,19 @@ bool decode_attention_rd_supported(const decode_attention_params& p) {
   if (kv.k_latent_rank != 0)  // K latent mode: with the V latent mode of the same rank only
     return rank_ok(kv.k_latent_rank) && kv.v_latent_rank == kv.k_latent_rank &&
            lbits_ok(kv.k_latent_bits) && lbits_ok(kv.v_latent_bits) && !kv.keys_rotated;
-  const bool kq = (kv.k_bits == 2 || kv.k_bits == 4 || kv.k_bits == 8) &&
+  const bool kq = (kv.k_bits == 2 || kv.k_bits == 3 || kv.k_bits == 4 || kv.k_bits == 8) &&
                   (kv.k_group == 32 || kv.k_group == 64 || kv.k_group == 128);
   if (kv.v_latent_rank != 0) {  // V latent mode: K fp16 or KIVI records
     const int r = kv.v_latent_rank, lb = kv.v_latent_bits;
     const bool rank = r == 16 || r == 32 || r == 64 || r == 96 || r == 128;
-    return rank && (lb == 16 || lb == 8 || lb == 4) && (kv.k_bits == 16 || kq);
+    return rank && (lb == 16 || lb == 8 || lb == 4) && (kv.k_bits == 16 || (kq && kv.k_bits != 3));
   }
   if (kv.k_bits == 16) return kv.v_bits == 16;  // fp16 ring, pre-RoPE or keys_rotated
   const bool vg = kv.v_group == 16 || kv.v_group == 32 || kv.v_group == 64 || kv.v_group == 128;
-  return kq && kv.v_bits == kv.k_bits && vg;
+  // V bits <= K bits (the instantiated pairs; 3-bit K with 3- or 2-bit V).
+  const bool vb = (kv.v_bits == 2 || kv.v_bits == 3 || kv.v_bits == 4 || kv.v_bits == 8) &&
+                  kv.v_bits <= kv.k_bits;
+  return kq && vb && vg;
 }
 
 cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p,
@@ -1004,16 +1081,49 @@ cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p
     default:
       return run_rd_k_latent<128>(p, plan, stream);
   }
+  // 3-bit K and mixed widths: the translation units decode_attention_rd_k{3,4,8}.cu.
+  const bool mixed = p.kv.v_latent_rank == 0 && p.kv.v_bits != p.kv.k_bits;
   switch (p.kv.k_bits) {
     case 2:
       return dispatch_group<2>(p, plan, stream);
+    case 3:
+      return launch_decode_attention_rd_k<3>(p, plan, stream);
     case 4:
+      if (mixed) return launch_decode_attention_rd_k<4>(p, plan, stream);
       return dispatch_group<4>(p, plan, stream);
     case 8:
+      if (mixed) return launch_decode_attention_rd_k<8>(p, plan, stream);
       return dispatch_group<8>(p, plan, stream);
     default:
       return dispatch_group<16>(p, plan, stream);
   }
 }
+#else
+// The instantiations of one K width (KVCAL_RD_K_BITS), included by decode_attention_rd_k*.cu:
+// 3-bit K with V 3 / 2 bits (and no latent mode), else V narrower than K.
+template <int K_BITS>
+cudaError_t launch_decode_attention_rd_k(const decode_attention_params& p,
+                                         const decode_attention_rd_plan& plan,
+                                         cudaStream_t stream) {
+  switch (p.kv.v_bits) {
+    case 2:
+      if constexpr (K_BITS > 2) return dispatch_group_mixed<K_BITS, 2>(p, plan, stream);
+      break;
+    case 3:
+      if constexpr (K_BITS >= 3) return dispatch_group_mixed<K_BITS, 3>(p, plan, stream);
+      break;
+    case 4:
+      if constexpr (K_BITS > 4) return dispatch_group_mixed<K_BITS, 4>(p, plan, stream);
+      break;
+    default:
+      break;
+  }
+  set_launch_error("decode_attention (register_direct): K " + std::to_string(K_BITS) +
+                   "-bit with V " + std::to_string(p.kv.v_bits) + "-bit is not instantiated");
+  return cudaErrorInvalidValue;
+}
+template cudaError_t launch_decode_attention_rd_k<KVCAL_RD_K_BITS>(
+    const decode_attention_params& p, const decode_attention_rd_plan& plan, cudaStream_t stream);
+#endif
 
 }  // namespace kvcal

@@ -22,11 +22,12 @@ namespace kvcal {
 constexpr int kRdHeadsPerCta = 8;
 
 // Shapes the register-direct kernel covers: head_dim 128 and
-//   bits 2 / 4 / 8 (K and V), K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16
-//     value channels share one scale);
+//   K bits 2 / 3 / 4 / 8 with V bits 2 / 3 / 4 / 8 no wider than K (mixed widths: K3V2, K4V2,
+//     K8V4, ...), K group 32 / 64 / 128, V group 16 / 32 / 64 / 128 (a lane's 16 value channels
+//     share one scale);
 //   bits 16 (fp16 K and V, every token in the ring; keys before RoPE or keys_rotated);
-//   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128), rank 16 / 32 /
-//     64 / 96 / 128, latent bits 16 / 8 / 4;
+//   the V latent mode: K fp16 or 2 / 4 / 8-bit records (K group 32 / 64 / 128; not 3-bit), rank
+//     16 / 32 / 64 / 96 / 128, latent bits 16 / 8 / 4;
 //   the K latent mode (keys before RoPE): with the V latent mode of the same rank (16 / 32 / 64 /
 //     96 / 128), K and V latent bits 16 / 8 / 4 (the only kernel that reads latent keys).
 // Depends on the shape only, so the split plan (and the workspace size) agree with the launch.
@@ -46,5 +47,21 @@ struct decode_attention_rd_plan {
 cudaError_t launch_decode_attention_rd_partials(const decode_attention_params& p,
                                                 const decode_attention_rd_plan& plan,
                                                 cudaStream_t stream);
+
+// The partials for K of K_BITS bits (3, 4, 8) with 3-bit or narrower V: one translation unit per
+// K width (decode_attention_rd_k{3,4,8}.cu, explicit instantiations) so that they compile in
+// parallel; called by launch_decode_attention_rd_partials.
+template <int K_BITS>
+cudaError_t launch_decode_attention_rd_k(const decode_attention_params& p,
+                                         const decode_attention_rd_plan& plan, cudaStream_t stream);
+extern template cudaError_t launch_decode_attention_rd_k<3>(const decode_attention_params&,
+                                                            const decode_attention_rd_plan&,
+                                                            cudaStream_t);
+extern template cudaError_t launch_decode_attention_rd_k<4>(const decode_attention_params&,
+                                                            const decode_attention_rd_plan&,
+                                                            cudaStream_t);
+extern template cudaError_t launch_decode_attention_rd_k<8>(const decode_attention_params&,
+                                                            const decode_attention_rd_plan&,
+                                                            cudaStream_t);
 
 }  // namespace kvcal

@@ -120,7 +120,11 @@ __device__ __forceinline__ unsigned h2_bits(__half2 h) {
 // the byte), and one HFMA2 by (2^-s, -1024 2^-s) gives the codes exactly (powers of two).
 template <int BITS>
 __device__ __forceinline__ __half2 code_pair(const unsigned* w, int k) {
-  if constexpr (BITS == 8) {
+  if constexpr (BITS == 3) {  // w[0]: the chunk's 24 bits (3-bit codes straddle bytes)
+    const unsigned x = w[0] >> (6 * k);
+    const unsigned v = (x & 0x7u) | ((x << 13) & 0x70000u) | 0x64006400u;
+    return __hsub2(as_h2(v), __float2half2_rn(1024.0f));
+  } else if constexpr (BITS == 8) {
     const unsigned b = (2 * k) % 4;
     const unsigned v =
         __byte_perm(w[k / 2], 0x64646464u, b | (4u << 4) | ((b + 1) << 8) | (4u << 12));
