@@ -124,6 +124,7 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
         " eviction: timed end to end by bench_model --kv-cache h2o,streaming-llm,learned";
   if (c.unsupported.empty()) {
     c.bits = pc.bits;
+    if (pc.bits != 16 && !pc.v_latent()) c.v_bits = pc.v_bits;  // mixed widths (K3V2, ...)
     c.group = pc.group;
     c.residual = pc.residual;
     c.compress_after = pc.compress_after;

@@ -15,6 +15,10 @@ gpu_packed_cache::options gpu_packed_options_of(const preset_recipe& r,
   const std::string why = packed_config_of(r, &pc);
   KVCAL_CHECK(why.empty(), source, ": the CUDA kernels cannot run this preset: ", why,
               " (drop --gpu-kernels to use the CPU runtime)");
+  KVCAL_CHECK(pc.bits == 16 || pc.v_latent() || (pc.bits != 3 && pc.v_bits == pc.bits), source,
+              ": the GPU cache cannot run this preset yet: K ", pc.bits, "-bit with V ", pc.v_bits,
+              "-bit (3-bit and mixed widths are in the kernels and kvcal bench only; drop "
+              "--gpu-kernels to use the CPU runtime)");
   gpu_packed_cache::options o;
   o.bits = pc.bits;
   o.group = pc.group;

@@ -27,8 +27,8 @@ std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
       << quant_axis_name(want) << ")";
   else if (m.quant.symmetric)
     s << what << " symmetric quantization (the kernels read asymmetric records)";
-  else if (m.quant.bits != 2 && m.quant.bits != 4 && m.quant.bits != 8)
-    s << what << " " << m.quant.bits << "-bit (the kernels read 2, 4 or 8)";
+  else if (m.quant.bits != 2 && m.quant.bits != 3 && m.quant.bits != 4 && m.quant.bits != 8)
+    s << what << " " << m.quant.bits << "-bit (the kernels read 2, 3, 4 or 8)";
   return s.str();
 }
 
@@ -143,6 +143,7 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
     c.v_latent_bits = pca ? l0.v.pca.latent_bits : l0.v.ae.latent_bits;
     if (l0.k.kind == kv_method_kind::quant) {
       const int g = l0.k.quant.group;
+      if (l0.k.quant.bits == 3) return fail("3-bit K with a V latent: no CUDA kernel yet");
       if (g != 32 && g != 64 && g != 128)
         return fail("K group " + std::to_string(g) + " (32, 64, 128)");
       c.bits = l0.k.quant.bits;
@@ -195,13 +196,18 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
     return "";
   }
   if (kq != vq) return fail("only one of K / V quantized: the kernels quantize both");
-  if (l0.k.quant.bits != l0.v.quant.bits)
-    return fail("K and V at different bit widths: the kernels use one width");
+  if (l0.v.quant.bits > l0.k.quant.bits)
+    return fail("V " + std::to_string(l0.v.quant.bits) + "-bit wider than K " +
+                std::to_string(l0.k.quant.bits) + "-bit: the kernels take V bits <= K bits");
+  if ((l0.k.quant.bits == 3 || l0.v.quant.bits != l0.k.quant.bits) && r.model.head_dim != 128)
+    return fail("3-bit or mixed K / V widths: the register-direct kernel only (head_dim 128, got " +
+                std::to_string(r.model.head_dim) + ")");
   if (l0.k.quant.group != l0.v.quant.group)
     return fail("K and V with different groups: the kernels use one group size");
   const int g = l0.k.quant.group;
   if (g != 32 && g != 64 && g != 128) return fail("group " + std::to_string(g) + " (32, 64, 128)");
   c.bits = l0.k.quant.bits;
+  c.v_bits = l0.v.quant.bits;
   c.group = g;
   *out = c;
   return "";

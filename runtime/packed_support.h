@@ -34,6 +34,9 @@ namespace kvcal {
 struct packed_config {
   int bits = 16;     // K (and V unless latent): 16 = fp16; 2 | 4 | 8 = quantized records
   int group = 32;    // K: tokens per record; V (quantized): channels per scale group
+  // V records' width when quantized and not latent (<= bits; != bits: mixed widths, 3 bits: the
+  // register-direct kernel only); 16 otherwise.
+  int v_bits = 16;
   int residual = 0;  // fp16 recent window (tokens) before records are made
   // H2O eviction (bits 16 only): budget R = floor(retain x seen) when retain > 0, else `tokens`;
   // heavy share of R by score, the rest (at least max(1, residual)) the newest tokens.

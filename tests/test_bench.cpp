@@ -279,9 +279,12 @@ TEST_CASE("what the kernels cannot run is refused with the reason") {
   CHECK(kvcal::decode_case_of(r, "x").unsupported.find("K quantized per-token") !=
         std::string::npos);
   r = kvcal::expand_recipe(kvcal::preset_template("kivi-4"), ref_config(), "kivi-4");
-  for (auto& l : r.layers) l.v.quant.bits = 2;
-  CHECK(kvcal::decode_case_of(r, "x").unsupported.find("different bit widths") !=
-        std::string::npos);
+  for (auto& l : r.layers) l.v.quant.bits = 8;  // V wider than K
+  CHECK(kvcal::decode_case_of(r, "x").unsupported.find("wider than K") != std::string::npos);
+  for (auto& l : r.layers) l.v.quant.bits = 2;  // K4V2: the register-direct kernel (d 128)
+  const auto k4v2 = kvcal::decode_case_of(r, "x");
+  CHECK(k4v2.unsupported.empty() == (r.model.head_dim == 128));
+  if (k4v2.unsupported.empty()) CHECK((k4v2.bits == 4 && k4v2.v_bits == 2));
   r.layers[1].k.quant.bits = 2;
   CHECK(kvcal::decode_case_of(r, "x").unsupported.find("layers differ") != std::string::npos);
 }
