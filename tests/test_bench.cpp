@@ -213,6 +213,8 @@ TEST_CASE("packed_latent_maps: the preset's V PCA maps per layer and KV head; er
                                          kvcal::recipe_parse_options{true});
   CHECK(kvcal::packed_config_of(ae16, &pc).find("K autoencoder latent: needs the K-latent") !=
         std::string::npos);
+}
+
 TEST_CASE("K latent presets map to the K latent mode in the bench (ae-16)") {
   // Qwen2.5-7B attention shapes (head_dim 128: the register-direct kernel's), as kvcal bench.
   kvcal::model_config cfg = ref_config();
