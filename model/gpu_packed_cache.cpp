@@ -156,6 +156,7 @@ struct gpu_packed_cache::layer_state {
   std::int64_t held = 0;
   at::Tensor prompt_score;  // learned: a prompt's scores [B, n_kv, T] fp32, for prompt_evict
   device_maps v_maps;       // V latent mode
+  device_maps k_maps;       // K latent mode
 };
 
 gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
@@ -192,9 +193,22 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
               o.sinks, " + ", o.recent);
   KVCAL_CHECK(!o.evicts() || o.bits == 16, "gpu_packed_cache: eviction needs fp16 (bits 16), got ",
               o.bits);
-  KVCAL_CHECK(o.k_latent_rank == 0,
-              "gpu_packed_cache: K latent: needs the K-latent kernels (latent append of keys, "
-              "reconstruct-then-rotate decode attention), not in this build");
+  // K latents: only the register-direct kernel reads them (kernels/cuda/decode_attention_rd.h).
+  KVCAL_CHECK(o.k_latent_rank >= 0, "gpu_packed_cache: K latent rank ", o.k_latent_rank);
+  KVCAL_CHECK(!o.k_latent() || (o.v_latent() && o.k_latent_rank == o.v_latent_rank),
+              "gpu_packed_cache: K latent rank ", o.k_latent_rank,
+              " needs the V latent mode of the same rank (V latent rank ", o.v_latent_rank, ")");
+  KVCAL_CHECK(!o.k_latent() || cfg.head_dim == 128, "gpu_packed_cache: the K latent mode needs ",
+              "head_dim 128 (the register-direct kernel), the model has ", cfg.head_dim);
+  KVCAL_CHECK(!o.k_latent() || o.bits == 16, "gpu_packed_cache: K latent with K bits ", o.bits,
+              " (the K records are the latents: bits must be 16)");
+  KVCAL_CHECK(
+      !o.k_latent() || o.k_latent_bits == 16 || o.k_latent_bits == 8 || o.k_latent_bits == 4,
+      "gpu_packed_cache: K latent bits ", o.k_latent_bits, " (16, 8 or 4)");
+  KVCAL_CHECK(!o.k_latent() || (o.k_maps && static_cast<std::int64_t>(o.k_maps->size()) ==
+                                                cfg.num_hidden_layers),
+              "gpu_packed_cache: the K latent mode needs the maps of all ", cfg.num_hidden_layers,
+              " layers, got ", o.k_maps ? o.k_maps->size() : 0);
   KVCAL_CHECK(!o.evicts() || (!o.v_latent() && o.compress_after < 0),
               "gpu_packed_cache: eviction with V latents or the adaptive mode is not supported");
   KVCAL_CHECK(o.compress_after >= -1, "gpu_packed_cache: compress_after ", o.compress_after,
@@ -218,17 +232,18 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   KVCAL_CHECK(window_ <= 0 || window_ >= capacity, "gpu_packed_cache: the model's sliding window (",
               window_, ") is shorter than the capacity: not supported by the kernels");
   const bool latent = o.v_latent();
-  const bool kfp16 = o.bits == 16;     // K: every key in the ring
-  const bool fp16 = kfp16 && !latent;  // nothing compressed
+  const bool klatent = o.k_latent();
+  const bool kfp16 = o.bits == 16 && !klatent;  // K: every key in the ring
+  const bool fp16 = kfp16 && !latent;           // nothing compressed
   rule_.residual = o.residual;
-  rule_.group = o.group;
+  rule_.group = klatent ? 1 : o.group;  // K latents: one record per token, as V's
   rule_.k_quant = !kfp16;
   rule_.v_quant = !fp16;
   rule_.compress_after = o.compress_after;
   // The ring holds every token not yet in records of both streams: at most residual + group - 1
   // plus a piece, or, dormant (adaptive), compress_after plus a piece.
   const std::int64_t ring =
-      std::max<std::int64_t>(o.residual + o.group, o.compress_after) + o.piece;
+      std::max<std::int64_t>(o.residual + rule_.group, o.compress_after) + o.piece;
   win_cap_ = static_cast<int>(kfp16 ? capacity : std::min<std::int64_t>(capacity, ring));
   // H2O: R is non-decreasing in the tokens seen, so R(capacity) + 1 rows hold every step.
   if (o.evicts()) win_cap_ = static_cast<int>(evict_retained(budget_of(o), capacity) + 1);
@@ -236,15 +251,17 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
   const auto u8 = at::TensorOptions().dtype(at::kByte).device(device);
   const auto f16 = at::TensorOptions().dtype(at::kHalf).device(device);
   const std::int64_t slots = batch * n_kv_;
-  const std::int64_t k_slot = kfp16 ? 0 : capacity / o.group + 1, v_slot = fp16 ? 0 : capacity;
+  // K records: KIVI blocks of `group` tokens, or one latent record per token.
+  const std::int64_t k_slot = kfp16 ? 0 : klatent ? capacity : capacity / o.group + 1;
+  const std::int64_t v_slot = fp16 ? 0 : capacity;
+  const std::size_t k_rb = klatent ? latent_record_bytes_of(o.k_latent_rank, o.k_latent_bits)
+                                   : k_record_bytes(d, o.bits, o.group);
   const std::size_t v_rb = latent ? latent_record_bytes_of(o.v_latent_rank, o.v_latent_bits)
                                   : v_record_bytes(d, o.bits, o.group);
   for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     auto s = std::make_unique<layer_state>();
     s->k_rec = at::empty(
-        {std::max<std::int64_t>(
-            1, slots * k_slot * static_cast<std::int64_t>(k_record_bytes(d, o.bits, o.group)))},
-        u8);
+        {std::max<std::int64_t>(1, slots * k_slot * static_cast<std::int64_t>(k_rb))}, u8);
     s->v_rec = at::empty(
         {std::max<std::int64_t>(1, slots * v_slot * static_cast<std::int64_t>(v_rb))}, u8);
     s->k_win = at::empty({slots, win_cap_, d_}, f16);
@@ -256,7 +273,7 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
     v.head_dim = d;
     v.k_bits = o.bits;
     v.v_bits = latent ? 16 : o.bits;  // the latent mode ignores v_bits / v_group
-    v.k_group = kfp16 ? 32 : o.group;
+    v.k_group = kfp16 || klatent ? 32 : o.group;
     v.v_group = fp16 || latent ? 32 : o.group;
     if (latent) {
       s->v_maps = device_maps::upload((*o.v_maps)[static_cast<std::size_t>(l)], n_kv_,
@@ -267,6 +284,16 @@ gpu_packed_cache::gpu_packed_cache(const model_config& cfg, std::int64_t batch,
       v.v_enc_b = s->v_maps.enc_b.data_ptr<float>();
       v.v_dec_w = s->v_maps.dec_w.data_ptr<float>();
       v.v_dec_b = s->v_maps.dec_b.data_ptr<float>();
+    }
+    if (klatent) {  // k_bits 16 / k_group 32 stay: unused in the K latent mode
+      s->k_maps = device_maps::upload((*o.k_maps)[static_cast<std::size_t>(l)], n_kv_,
+                                      o.k_latent_rank, d_, device, "K", static_cast<int>(l));
+      v.k_latent_rank = o.k_latent_rank;
+      v.k_latent_bits = o.k_latent_bits;
+      v.k_enc_w = s->k_maps.enc_w.data_ptr<float>();
+      v.k_enc_b = s->k_maps.enc_b.data_ptr<float>();
+      v.k_dec_w = s->k_maps.dec_w.data_ptr<float>();
+      v.k_dec_b = s->k_maps.dec_b.data_ptr<float>();
     }
     v.k_rec = s->k_rec.data_ptr<std::uint8_t>();
     v.v_rec = s->v_rec.data_ptr<std::uint8_t>();
@@ -384,14 +411,18 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
     check_launch(launch_kv_window_append(ap, stream), "gpu_packed_cache: window append");
     // A decode step always launches with the same bounds (one K block and one V token, or the
     // crossing of compress_after; the kernels skip empty ranges); a prompt piece with its own.
+    // K latents: K "blocks" are single tokens (rule_.group 1), the same range as V's.
     const int step_k = kv_step_max_k_blocks(rule_), step_v = kv_step_max_v_tokens(rule_);
-    KVCAL_ASSERT(T > 1 || (k2 - s.kc <= std::int64_t{step_k} * o_.group && v2 - s.vc <= step_v),
+    KVCAL_ASSERT(T > 1 || (k2 - s.kc <= std::int64_t{step_k} * rule_.group && v2 - s.vc <= step_v),
                  "gpu_packed_cache: a step compresses more than its bounds (counters out of step)");
-    const int max_k = T == 1 ? step_k : static_cast<int>((k2 - s.kc) / o_.group);
+    const int max_k = T == 1 ? step_k : static_cast<int>((k2 - s.kc) / rule_.group);
     const int max_v = T == 1 ? step_v : static_cast<int>(v2 - s.vc);
-    const bool latent = o_.v_latent();
-    // K records (and V records unless latent) in one launch.
-    if (rule_.k_quant && (T == 1 || k2 > s.kc || (!latent && v2 > s.vc))) {
+    const bool latent = o_.v_latent(), klatent = o_.k_latent();
+    // The kernel reads latent K and V over one range (kernels/cuda/packed_kv.h).
+    KVCAL_ASSERT(!klatent || (k2 == v2 && s.kc == s.vc),
+                 "gpu_packed_cache: K and V latent ranges differ (the rule's group must be 1)");
+    // KIVI K records (and V records unless latent) in one launch.
+    if (rule_.k_quant && !klatent && (T == 1 || k2 > s.kc || (!latent && v2 > s.vc))) {
       quant_compress_params cp;
       cp.kv = s.view;
       cp.kv.n_tokens = ctr + kv_n_new * B;
@@ -405,13 +436,19 @@ void gpu_packed_cache::append(int layer, const kv_append& kv) {
       }
       check_launch(launch_quant_compress(cp, stream), "gpu_packed_cache: compress");
     }
-    if (latent && (T == 1 || v2 > s.vc)) {  // V tokens leaving the window -> latent records
+    // V (and K) tokens leaving the window -> latent records, one launch for both streams.
+    if (latent && (T == 1 || v2 > s.vc)) {
       latent_compress_params lp;
       lp.kv = s.view;
       lp.kv.n_tokens = ctr + kv_n_new * B;
       lp.v_from = ctr + kv_v_from * B;
       lp.v_to = ctr + kv_v_to * B;
       lp.max_v_tokens = max_v;
+      if (klatent) {
+        lp.k_from = ctr + kv_k_from * B;
+        lp.k_to = ctr + kv_k_to * B;
+        lp.max_k_tokens = max_k;
+      }
       check_launch(launch_latent_compress(lp, stream), "gpu_packed_cache: latent compress");
     }
     s.n = n2;
@@ -599,7 +636,7 @@ void gpu_packed_cache::step_counters(int layer) {
   } else {
     p.ctr = s.ctr.data_ptr<int>();
     p.residual = o_.residual;
-    p.group = o_.group;
+    p.group = rule_.group;  // 1 in the K latent mode
     p.quant = rule_.v_quant;
     p.k_fp16 = !rule_.k_quant;
     p.compress_after = static_cast<int>(rule_.compress_after);
@@ -642,7 +679,7 @@ std::size_t gpu_packed_cache::bytes_allocated() const {
 
 std::size_t gpu_packed_cache::fixed_bytes() const {
   std::size_t n = 0;
-  for (const auto& s : layers_) n += s->v_maps.bytes();
+  for (const auto& s : layers_) n += s->v_maps.bytes() + s->k_maps.bytes();
   return n;
 }
 
@@ -655,15 +692,19 @@ std::size_t gpu_packed_cache::bytes_used() const {
       n += slots * static_cast<std::size_t>(s->held) * (static_cast<std::size_t>(d) * 2 * 2 + 8);
       continue;
     }
-    // K records of kc tokens, V records of vc tokens (latent or quantized), fp16 rows of the rest
-    // (kc = 0 for fp16 keys, vc = 0 for an fp16 cache).
-    const std::size_t k_rb = rule_.k_quant ? k_record_bytes(d, o_.bits, o_.group) : 0;
+    // K records of kc tokens (KIVI blocks of `group`, or latents: one per token), V records of vc
+    // tokens (latent or quantized), fp16 rows of the rest (kc = 0 for fp16 keys, vc = 0 for an
+    // fp16 cache).
+    const std::size_t k_rb = o_.k_latent()
+                                 ? latent_record_bytes_of(o_.k_latent_rank, o_.k_latent_bits)
+                             : rule_.k_quant ? k_record_bytes(d, o_.bits, o_.group)
+                                             : 0;
     const std::size_t v_rb = o_.v_latent()
                                  ? latent_record_bytes_of(o_.v_latent_rank, o_.v_latent_bits)
                              : rule_.v_quant ? v_record_bytes(d, o_.bits, o_.group)
                                              : 0;
     n += slots *
-         (static_cast<std::size_t>(s->kc / o_.group) * k_rb +
+         (static_cast<std::size_t>(s->kc / rule_.group) * k_rb +
           static_cast<std::size_t>(s->vc) * v_rb +
           static_cast<std::size_t>(s->n - s->kc + s->n - s->vc) * static_cast<std::size_t>(d) * 2);
   }

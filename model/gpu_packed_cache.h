@@ -31,7 +31,12 @@
 // hybrid-k2-vpca8): K fp16 (bits 16, every key in the ring) or KIVI per-channel records; V
 // tokens leaving the window become the CPU linear codec's latent records (launch_latent_compress,
 // byte-identical), decode attention runs on the latents (P Z) dec_w^T + (sum P) dec_b. The maps
-// (fp32 [n_kv, r, d] / [n_kv, d, r] per layer) go to the device once, at construction. Adaptive
+// (fp32 [n_kv, r, d] / [n_kv, d, r] per layer) go to the device once, at construction.
+// K latent mode (options::k_latent_rank; with the V latent mode of the same rank, head_dim 128:
+// ae-16, K+V PCA): keys leaving the window become per-token latent records of the pre-RoPE key
+// in the same launch as V's (the same range: K is compressed token by token, kv_rule group 1, so
+// k_compressed == v_compressed, which the kernel requires); decode attention reconstructs each
+// key, dec_w z + dec_b, and rotates it at its position (register-direct kernel). Adaptive
 // presets (options::compress_after) keep everything fp16 until a sequence holds more than
 // compress_after tokens, as the CPU cache does.
 //
@@ -105,12 +110,16 @@ class gpu_packed_cache : public kv_cache {
     int v_latent_rank = 0;
     int v_latent_bits = 16;
     std::shared_ptr<const latent_map_set> v_maps;
-    // K latent mode (packed_kv.h): refused until the K-latent kernels are in the build.
+    // K latent mode (packed_kv.h; ae-16-style presets): k_latent_rank > 0 needs the V latent
+    // mode of the same rank, head_dim 128 (the register-direct kernel) and bits 16; keys leaving
+    // the window become per-token latent records of the pre-RoPE key (latent bits 16 | 8 | 4),
+    // with the maps of every layer and KV head (packed_latent_maps(..., /*value=*/false, ...)).
     int k_latent_rank = 0;
     int k_latent_bits = 16;
     std::shared_ptr<const latent_map_set> k_maps;
     bool evicts() const { return h2o || window || learned; }
     bool v_latent() const { return v_latent_rank > 0; }
+    bool k_latent() const { return k_latent_rank > 0; }
   };
 
   gpu_packed_cache(const model_config& cfg, std::int64_t batch, std::int64_t capacity,

@@ -41,6 +41,14 @@ gpu_packed_cache::options gpu_packed_options_of(const preset_recipe& r,
     o.v_maps = std::make_shared<const latent_map_set>(
         packed_latent_maps(r, tensors, /*value=*/true, source));
   }
+  if (pc.k_latent()) {  // K latent mode: the keys' maps (packed_config_of: V latent, same rank)
+    KVCAL_CHECK(pc.k_latent_rank > 0, source,
+                ": K latent rank 0 (a template's; export the preset with --pca / --ae)");
+    o.k_latent_rank = pc.k_latent_rank;
+    o.k_latent_bits = pc.k_latent_bits;
+    o.k_maps = std::make_shared<const latent_map_set>(
+        packed_latent_maps(r, tensors, /*value=*/false, source));
+  }
   return o;
 }
 

@@ -1,8 +1,8 @@
 // The GPU packed cache's options (model/gpu_packed_cache.h) for a preset: the kernels'
 // configuration of its recipe (runtime/packed_support.h packed_config_of) plus what the cache
-// uploads from its tensors once (the learned scorer's weights, the V latent maps). Refuses, naming
-// `source` and the reason, a preset the kernels cannot run. Used by `kvcal eval --gpu-kernels`
-// and the tests, so both build the cache the same way.
+// uploads from its tensors once (the learned scorer's weights, the V and K latent maps). Refuses,
+// naming `source` and the reason, a preset the kernels cannot run. Used by `kvcal eval
+// --gpu-kernels` and the tests, so both build the cache the same way.
 //
 //   kvcal::preset_file f(path);
 //   auto o = kvcal::gpu_packed_options_of(f.recipe(), f.tensors().tensors(), path, device);

@@ -15,12 +15,7 @@ std::string quant_gap(const kv_method& m, quant_axis want, const char* what) {
   if (m.kind == kv_method_kind::ae && m.ae.hidden > 0)
     return std::string(what) + " MLP autoencoder (hidden " + std::to_string(m.ae.hidden) +
            "): not linear, no CUDA kernel (the kernels attend linear latents only)";
-  // K latents: packed_kv.h has the K latent mode's layout; its append / attention kernels are
-  // not in this build yet (the V latent mode's are).
-  if (m.kind == kv_method_kind::pca || m.kind == kv_method_kind::ae)
-    return std::string(what) + (m.kind == kv_method_kind::pca ? " PCA" : " autoencoder") +
-           " latent: needs the K-latent kernels (not in this build)";
-  if (m.kind != kv_method_kind::quant) return "";
+  if (m.kind != kv_method_kind::quant) return "";  // fp16 or a linear latent (checked apart)
   std::ostringstream s;
   if (m.quant.axis != want)
     s << what << " quantized " << quant_axis_name(m.quant.axis) << " (the kernels read "
@@ -46,6 +41,22 @@ std::string latent_gap(const kv_method& m, int head_dim) {
     return "V latent rank " + std::to_string(rank) + " above head_dim " + std::to_string(head_dim);
   if (bits != 16 && bits != 8 && bits != 4)
     return "V latent " + std::to_string(bits) + "-bit (the kernels read 16, 8 or 4)";
+  return "";
+}
+
+// Why a K method is not a latent the K latent mode reads (empty: it is). The kernel
+// (decode_attention_rd.cu) reconstructs keys before RoPE, register-direct only: head_dim 128.
+std::string k_latent_gap(const kv_method& m, int head_dim) {
+  const bool pca = m.kind == kv_method_kind::pca;
+  const int rank = pca ? m.pca.rank : m.ae.latent;
+  const int bits = pca ? m.pca.latent_bits : m.ae.latent_bits;
+  if (rank != 0 && rank != 16 && rank != 32 && rank != 64 && rank != 96 && rank != 128)
+    return "K latent rank " + std::to_string(rank) + " (the kernels take 16, 32, 64, 96 or 128)";
+  if (head_dim != 128)
+    return "K latent mode at head_dim " + std::to_string(head_dim) +
+           " (the register-direct kernel: head_dim 128)";
+  if (bits != 16 && bits != 8 && bits != 4)
+    return "K latent " + std::to_string(bits) + "-bit (the kernels read 16, 8 or 4)";
   return "";
 }
 
@@ -133,7 +144,11 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
     if (r.adaptive.keep_recent > c.residual) c.residual = static_cast<int>(r.adaptive.keep_recent);
     c.compress_after = r.adaptive.compress_after;
   }
-  if (l0.v.kind == kv_method_kind::pca || l0.v.kind == kv_method_kind::ae) {  // V latent mode
+  const bool k_latent = l0.k.kind == kv_method_kind::pca || l0.k.kind == kv_method_kind::ae;
+  const bool v_latent = l0.v.kind == kv_method_kind::pca || l0.v.kind == kv_method_kind::ae;
+  if (k_latent && !v_latent)
+    return fail("K latent without a V latent: the kernels take K and V latents together");
+  if (v_latent) {  // V latent mode (and K latent mode)
     if (l0.policy.kind != token_policy_kind::full)
       return fail("eviction with a V latent: the GPU evicts fp16 caches only");
     if (auto g = latent_gap(l0.v, static_cast<int>(r.model.head_dim)); !g.empty()) return fail(g);
@@ -141,7 +156,18 @@ std::string packed_config_of(const preset_recipe& r, packed_config* out) {
     c.v_latent_kind = l0.v.kind;
     c.v_latent_rank = pca ? l0.v.pca.rank : l0.v.ae.latent;
     c.v_latent_bits = pca ? l0.v.pca.latent_bits : l0.v.ae.latent_bits;
-    if (l0.k.kind == kv_method_kind::quant) {
+    if (k_latent) {  // K latent mode: the V latent mode's rank, its own latent bits
+      if (auto g = k_latent_gap(l0.k, static_cast<int>(r.model.head_dim)); !g.empty())
+        return fail(g);
+      const bool kpca = l0.k.kind == kv_method_kind::pca;
+      c.k_latent_kind = l0.k.kind;
+      c.k_latent_rank = kpca ? l0.k.pca.rank : l0.k.ae.latent;
+      c.k_latent_bits = kpca ? l0.k.pca.latent_bits : l0.k.ae.latent_bits;
+      if (c.k_latent_rank != c.v_latent_rank)
+        return fail("K latent rank " + std::to_string(c.k_latent_rank) + " with V latent rank " +
+                    std::to_string(c.v_latent_rank) + ": the kernels take one rank for both");
+      c.bits = 16;  // K records are latents: no KIVI width (k_bits is unused)
+    } else if (l0.k.kind == kv_method_kind::quant) {
       const int g = l0.k.quant.group;
       if (l0.k.quant.bits == 3) return fail("3-bit K with a V latent: no CUDA kernel yet");
       if (g != 32 && g != 64 && g != 128)

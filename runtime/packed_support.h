@@ -5,20 +5,22 @@
 // kernels/cuda/evict.h; learned: a budget, not a threshold, and no adaptive mode); or the V
 // latent mode: K fp16 or KIVI per-channel (2/4/8-bit,
 // asymmetric) with V a PCA or linear autoencoder (hidden 0) latent of rank 16/32/64/96/128
-// (<= head_dim) and 16/8/4 bits, without eviction. No other policy, no guard, no per-head methods
-// or budgets, no MLP autoencoders, no K latents yet (packed_kv.h has their layout; their kernels
-// are not in this build). Adaptive presets (compress_after / keep_recent) map as the CPU
-// cache runs them: the fp16 window is max(residual, keep_recent) and nothing is compressed while
-// a sequence holds at most compress_after tokens (the GPU cache's device counters follow the same
-// rule, kernels/cuda/kv_counters.h; kvcal bench's contexts are all longer). Used by the GPU cache
+// (<= head_dim) and 16/8/4 bits, without eviction; or the K latent mode on top of it: K a PCA or
+// linear autoencoder latent of the V latent's rank (K latent bits 16/8/4), head_dim 128 only (the
+// register-direct kernel reconstructs keys, then rotates them). No other policy, no guard, no
+// per-head methods or budgets, no MLP autoencoders, no K latent without a V latent. Adaptive
+// presets (compress_after / keep_recent) map as the CPU cache runs them: the fp16 window is
+// max(residual, keep_recent) and nothing is compressed while a sequence holds at most
+// compress_after tokens (the GPU cache's device counters follow the same rule,
+// kernels/cuda/kv_counters.h; kvcal bench's contexts are all longer). Used by the GPU cache
 // (model/gpu_packed_cache.h, `kvcal eval --gpu-kernels`) and `kvcal bench`, which name the reason
 // for anything else instead of skipping it silently. packed_latent_maps reads the latent maps of
 // an accepted preset from its tensors, for the GPU cache to upload.
 //
 //   kvcal::packed_config c;
 //   std::string why = kvcal::packed_config_of(recipe, &c);   // empty: supported, c filled
-//   if (c.v_latent()) maps = kvcal::packed_latent_maps(recipe, file.tensors().tensors(), true,
-//   path);
+//   if (c.v_latent()) vmaps = kvcal::packed_latent_maps(recipe, tensors, /*value=*/true, path);
+//   if (c.k_latent()) kmaps = kvcal::packed_latent_maps(recipe, tensors, /*value=*/false, path);
 #pragma once
 
 #include <cstdint>
@@ -32,8 +34,8 @@
 namespace kvcal {
 
 struct packed_config {
-  int bits = 16;     // K (and V unless latent): 16 = fp16; 2 | 4 | 8 = quantized records
-  int group = 32;    // K: tokens per record; V (quantized): channels per scale group
+  int bits = 16;   // K (and V unless latent): 16 = fp16; 2 | 4 | 8 = quantized records
+  int group = 32;  // K: tokens per record; V (quantized): channels per scale group
   // V records' width when quantized and not latent (<= bits; != bits: mixed widths, 3 bits: the
   // register-direct kernel only); 16 otherwise.
   int v_bits = 16;
@@ -60,6 +62,13 @@ struct packed_config {
   int v_latent_rank = 0;
   int v_latent_bits = 16;  // 16 | 8 | 4
   bool v_latent() const { return v_latent_kind != kv_method_kind::none; }
+  // K latent mode (with the V latent mode of the same rank; head_dim 128, the register-direct
+  // kernel): k_latent_kind pca | ae (linear), per-token latent records of the pre-RoPE key
+  // (latent bits 16 | 8 | 4, independent of V's); `bits` is then 16 and unused.
+  kv_method_kind k_latent_kind = kv_method_kind::none;
+  int k_latent_rank = 0;
+  int k_latent_bits = 16;
+  bool k_latent() const { return k_latent_kind != kv_method_kind::none; }
 };
 
 // Empty when the kernels can run `r` (then *out is its configuration), else the reason.

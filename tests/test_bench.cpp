@@ -108,7 +108,9 @@ TEST_CASE("V latent presets map to the latent mode (runtime/packed_support)") {
     l.k.kind = kvcal::kv_method_kind::pca;
     l.k.pca.rank = 32;
   }
-  CHECK(kvcal::packed_config_of(kpca, &pc).find("K PCA") != std::string::npos);
+  // A K latent: the K latent mode needs head_dim 128 (the reference model's is 64).
+  CHECK(kvcal::packed_config_of(kpca, &pc).find("K latent mode at head_dim 64") !=
+        std::string::npos);
   auto mixed = r;
   mixed.layers[1].v.ae.latent = 16;
   CHECK(kvcal::packed_config_of(mixed, &pc).find("layers differ") != std::string::npos);
@@ -201,18 +203,96 @@ TEST_CASE("packed_latent_maps: the preset's V PCA maps per layer and KV head; er
   CHECK_MESSAGE(e1.find("heads.1.pca.mean") != std::string::npos, e1);
   const std::string e2 = msg([&] { kvcal::packed_latent_maps(r, tv, false, "p.safetensors"); });
   CHECK_MESSAGE(e2.find("layers[0] K head 0 is not a PCA") != std::string::npos, e2);
-  // K latents: refused until the K-latent kernels are in the build, naming them.
-  auto kl = r;
-  for (auto& l : kl.layers) {
-    l.k.kind = kvcal::kv_method_kind::pca;
-    l.k.pca.rank = 32;
-  }
-  CHECK(kvcal::packed_config_of(kl, &pc).find("K PCA latent: needs the K-latent kernels") !=
-        std::string::npos);
+  // K latents at the reference model's head_dim 64: refused naming it (the kernel needs 128).
   const auto ae16 = kvcal::expand_recipe(kvcal::preset_template("ae-16"), ref_config(), "ae-16",
                                          kvcal::recipe_parse_options{true});
-  CHECK(kvcal::packed_config_of(ae16, &pc).find("K autoencoder latent: needs the K-latent") !=
+  CHECK(kvcal::packed_config_of(ae16, &pc).find("K latent mode at head_dim 64") !=
         std::string::npos);
+}
+
+TEST_CASE("packed_config_of: K+V latents (ae-16, K and V PCA) map to the K latent mode at d 128") {
+  kvcal::model_config cfg = ref_config();  // Qwen2.5-7B attention shapes: head_dim 128
+  cfg.num_attention_heads = 28;
+  cfg.num_key_value_heads = 4;
+  cfg.head_dim = 128;
+  cfg.hidden_size = 28 * 128;
+  auto recipe = [&](const std::string& name) {
+    return kvcal::expand_recipe(kvcal::preset_template(name), cfg, name,
+                                kvcal::recipe_parse_options{true});
+  };
+  kvcal::packed_config pc;
+  const auto ae16 = recipe("ae-16");
+  REQUIRE(kvcal::packed_config_of(ae16, &pc).empty());
+  CHECK(pc.k_latent());
+  CHECK(pc.k_latent_kind == kvcal::kv_method_kind::ae);
+  CHECK(pc.k_latent_rank == 16);
+  CHECK(pc.k_latent_bits == 16);
+  CHECK(pc.v_latent_kind == kvcal::kv_method_kind::ae);
+  CHECK(pc.v_latent_rank == 16);
+  CHECK(pc.v_latent_bits == 16);
+  CHECK(pc.bits == 16);
+  CHECK(pc.compress_after == -1);
+  // K and V PCA, rank 64, K 8-bit and V 4-bit latents (each stream its own width), adaptive.
+  auto kv = recipe("knlp-v-pca-int8");
+  for (auto& l : kv.layers) {
+    l.k = kvcal::kv_method{};
+    l.k.kind = kvcal::kv_method_kind::pca;
+    l.k.pca.rank = 64;
+    l.k.pca.latent_bits = 8;
+    l.v.pca.rank = 64;
+    l.v.pca.latent_bits = 4;
+  }
+  REQUIRE(kvcal::packed_config_of(kv, &pc).empty());
+  CHECK(pc.k_latent_kind == kvcal::kv_method_kind::pca);
+  CHECK(pc.k_latent_rank == 64);
+  CHECK(pc.k_latent_bits == 8);
+  CHECK(pc.v_latent_rank == 64);
+  CHECK(pc.v_latent_bits == 4);
+  CHECK(pc.compress_after == 512);
+  CHECK(pc.residual == 256);
+  // A template's rank 0 (from the PCA file at export) passes for both streams.
+  auto r0 = kv;
+  for (auto& l : r0.layers) l.k.pca.rank = l.v.pca.rank = 0;
+  CHECK(kvcal::packed_config_of(r0, &pc).empty());
+  // Refusals, each named: an MLP K, K and V ranks that differ, a rank the kernels do not take,
+  // 2-bit K latents, a K latent without a V latent, head_dim 64, eviction, layers that differ.
+  auto why = [](const kvcal::preset_recipe& x) {
+    kvcal::packed_config c;
+    return kvcal::packed_config_of(x, &c);
+  };
+  auto mlp = ae16;
+  for (auto& l : mlp.layers) l.k.ae.hidden = 64;
+  CHECK(why(mlp).find("K MLP autoencoder (hidden 64)") != std::string::npos);
+  auto r32 = ae16;
+  for (auto& l : r32.layers) l.k.ae.latent = 32;
+  CHECK(why(r32).find("K latent rank 32 with V latent rank 16: the kernels take one rank") !=
+        std::string::npos);
+  auto r48 = kv;
+  for (auto& l : r48.layers) l.k.pca.rank = l.v.pca.rank = 48;
+  CHECK(why(r48).find("latent rank 48") != std::string::npos);
+  auto b2 = ae16;
+  for (auto& l : b2.layers) l.k.ae.latent_bits = 2;
+  CHECK(why(b2).find("K latent 2-bit") != std::string::npos);
+  auto kq = recipe("kivi-4");  // K PCA with KIVI V
+  for (auto& l : kq.layers) {
+    l.k = kvcal::kv_method{};
+    l.k.kind = kvcal::kv_method_kind::pca;
+    l.k.pca.rank = 16;
+  }
+  CHECK(why(kq).find("K latent without a V latent") != std::string::npos);
+  auto d64 = ae16;
+  d64.model.head_dim = 64;
+  CHECK(why(d64).find("K latent mode at head_dim 64") != std::string::npos);
+  auto ev = ae16;
+  for (auto& l : ev.layers) {
+    l.policy.kind = kvcal::token_policy_kind::h2o;
+    l.budget.kind = kvcal::budget_kind::retain;
+    l.budget.retain = 0.5;
+  }
+  CHECK(why(ev).find("eviction with a V latent") != std::string::npos);
+  auto mixed = ae16;
+  mixed.layers[1].k.ae.latent_bits = 8;
+  CHECK(why(mixed).find("layers differ") != std::string::npos);
 }
 
 TEST_CASE("K latent presets map to the K latent mode in the bench (ae-16)") {
