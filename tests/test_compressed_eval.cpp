@@ -388,3 +388,99 @@ TEST_CASE("gpu_packed_options_of: V PCA presets map to the GPU cache's latent mo
                          "rank 48") != std::string::npos,
                 err);
 }
+
+// K and V PCA at head_dim 128 (the K latent mode's): both streams' maps, K's from the k tensors
+// (dec_w = basis^T, dec_b = mean, enc_b = -basis mean); a K rank other than V's is refused naming
+// the preset.
+TEST_CASE("gpu_packed_options_of: K+V PCA presets map to the GPU cache's K latent mode") {
+  model_config cfg =
+      read_model_config(std::string(KVCAL_SOURCE_DIR) + "/data/models/kvcal-ref-v1/config.json");
+  cfg.head_dim = 128;
+  cfg.num_hidden_layers = 2;
+  preset_recipe r =
+      expand_recipe(preset_template("knlp-v-pca-int8"), cfg, "kv", recipe_parse_options{true});
+  const int rank = 16, d = 128;
+  r.adaptive.enabled = false;
+  for (auto& l : r.layers) {
+    l.k = kv_method{};
+    l.k.kind = kv_method_kind::pca;
+    l.k.pca.rank = rank;
+    l.k.pca.latent_bits = 4;
+    l.v.pca.rank = rank;
+    l.v.pca.latent_bits = 16;
+    l.residual = 64;
+  }
+  // [layer][head][stream K, V][basis, mean]
+  std::vector<std::vector<float>> store;
+  std::vector<tensor_view> tv;
+  for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    for (std::int64_t h = 0; h < cfg.num_key_value_heads; ++h)
+      for (const char* stream : {".k", ".v"})
+        for (const bool basis : {true, false}) {
+          const std::size_t n = basis ? static_cast<std::size_t>(rank * d) : std::size_t(d);
+          std::vector<float> v(n);
+          const float seed = static_cast<float>(7 * l + h) + (stream[1] == 'k' ? 0.5f : 0.0f);
+          for (std::size_t i = 0; i < n; ++i) v[i] = std::cos(0.1f * static_cast<float>(i) + seed);
+          store.push_back(std::move(v));
+          tensor_view t;
+          t.name = "layers." + std::to_string(l) + stream + ".heads." + std::to_string(h) +
+                   (basis ? ".pca.basis" : ".pca.mean");
+          t.shape = basis ? std::vector<std::int64_t>{rank, d} : std::vector<std::int64_t>{d};
+          tv.push_back(t);
+        }
+  for (std::size_t i = 0; i < tv.size(); ++i) {
+    tv[i].data = reinterpret_cast<const std::uint8_t*>(store[i].data());
+    tv[i].nbytes = store[i].size() * sizeof(float);
+  }
+  const gpu_packed_cache::options o = gpu_packed_options_of(r, tv, "kv.safetensors", at::kCPU);
+  CHECK(o.bits == 16);
+  CHECK(o.residual == 64);
+  CHECK(o.compress_after == -1);
+  CHECK(o.v_latent_rank == rank);
+  CHECK(o.v_latent_bits == 16);
+  CHECK(o.k_latent_rank == rank);
+  CHECK(o.k_latent_bits == 4);
+  REQUIRE(o.k_maps);
+  REQUIRE(o.v_maps);
+  REQUIRE(static_cast<std::int64_t>(o.k_maps->size()) == cfg.num_hidden_layers);
+  const std::int64_t H = cfg.num_key_value_heads;
+  double worst = 0;
+  for (std::int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (const bool key : {true, false}) {
+        const linear_maps& m =
+            (key ? *o.k_maps : *o.v_maps)[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+        const std::size_t at = static_cast<std::size_t>(4 * (l * H + h) + (key ? 0 : 2));
+        const std::vector<float>& basis = store[at];
+        const std::vector<float>& mean = store[at + 1];
+        REQUIRE(m.rank == rank);
+        REQUIRE(m.d == d);
+        for (int i = 0; i < rank; ++i) {
+          double eb = 0;
+          for (int c = 0; c < d; ++c) {
+            const float b = basis[static_cast<std::size_t>(i * d + c)];
+            worst = std::max(worst,
+                             std::abs(double(m.dec_w[static_cast<std::size_t>(c * rank + i)]) - b));
+            worst =
+                std::max(worst, std::abs(double(m.enc_w[static_cast<std::size_t>(i * d + c)]) - b));
+            eb -= double(b) * mean[static_cast<std::size_t>(c)];
+          }
+          worst = std::max(worst, std::abs(m.enc_b[static_cast<std::size_t>(i)] - eb) / 8);
+        }
+        for (int c = 0; c < d; ++c)
+          worst = std::max(worst, std::abs(double(m.dec_b[static_cast<std::size_t>(c)]) -
+                                           mean[static_cast<std::size_t>(c)]));
+      }
+  CHECK(worst <= 1e-5);
+  auto r32 = r;  // K rank 32 with V rank 16
+  for (auto& l : r32.layers) l.k.pca.rank = 32;
+  std::string err;
+  try {
+    gpu_packed_options_of(r32, tv, "kv.safetensors", at::kCPU);
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  CHECK_MESSAGE(err.find("kv.safetensors: the CUDA kernels cannot run this preset: K latent rank "
+                         "32 with V latent rank 16") != std::string::npos,
+                err);
+}
