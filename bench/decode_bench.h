@@ -40,8 +40,8 @@ struct decode_case {
   int v_latent_bits = 16;            // 16 | 8 | 4
   std::int64_t compress_after = -1;  // adaptive presets: no records up to this many tokens
   // K latent mode (PCA / linear-AE keys, reconstruct-then-rotate; with the V latent mode of the
-  // same rank only; rank 0 only for a template, the caller sets one). Mapped here from the recipe
-  // (runtime/packed_support does not map K latents yet); `bits` / `group` are then unused.
+  // same rank only; rank 0 only for a template, the caller sets one), as runtime/packed_support
+  // maps it; `bits` / `group` are then unused.
   bool k_latent = false;
   int k_latent_rank = 0;
   int k_latent_bits = 16;

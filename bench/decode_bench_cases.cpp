@@ -61,61 +61,17 @@ std::vector<decode_case> bench_only_decode_cases() {
   return {kivi3, k3v2};
 }
 
-namespace {
-
-// K latent (PCA or linear AE keys): why the kernels cannot run it (empty: they can), else its
-// rank / bits. packed_config_of does not map K latents, so the bench checks the rest of the recipe
-// with K as fp16 and adds the K latent mode itself.
-std::string k_latent_of(const kv_method& k, int head_dim, int* rank, int* bits) {
-  const bool pca = k.kind == kv_method_kind::pca;
-  if (!pca && k.ae.hidden > 0)
-    return "K MLP autoencoder (hidden " + std::to_string(k.ae.hidden) +
-           "): not linear, no CUDA kernel (the kernels attend linear latents only)";
-  *rank = pca ? k.pca.rank : k.ae.latent;
-  *bits = pca ? k.pca.latent_bits : k.ae.latent_bits;
-  if (*rank != 0 && *rank != 16 && *rank != 32 && *rank != 64 && *rank != 96 && *rank != 128)
-    return "K latent rank " + std::to_string(*rank) + " (the kernels take 16, 32, 64, 96 or 128)";
-  if (*rank > head_dim || head_dim != 128)
-    return "K latent mode at head_dim " + std::to_string(head_dim) +
-           " (the register-direct kernel: head_dim 128)";
-  if (*bits != 16 && *bits != 8 && *bits != 4)
-    return "K latent " + std::to_string(*bits) + "-bit (the kernels read 16, 8 or 4)";
-  return "";
-}
-
-}  // namespace
-
 decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
   decode_case c;
   c.name = name;
   packed_config pc;
-  const bool k_latent = !r.layers.empty() && (r.layers[0].k.kind == kv_method_kind::pca ||
-                                              r.layers[0].k.kind == kv_method_kind::ae);
-  if (k_latent) {
-    preset_recipe rk = r;  // K as fp16 for the rest of the checks (layers must agree on K too)
-    const kv_method& k0 = r.layers[0].k;
-    for (auto& l : rk.layers) {
-      const kv_method& k = l.k;
-      if (k.kind != k0.kind || k.pca.rank != k0.pca.rank ||
-          k.pca.latent_bits != k0.pca.latent_bits || k.ae.latent != k0.ae.latent ||
-          k.ae.latent_bits != k0.ae.latent_bits || k.ae.hidden != k0.ae.hidden)
-        c.unsupported = "layers differ in the K method: the kernels take one configuration for all";
-      l.k = kv_method{};
-    }
-    if (c.unsupported.empty())
-      c.unsupported = k_latent_of(r.layers[0].k, static_cast<int>(r.model.head_dim),
-                                  &c.k_latent_rank, &c.k_latent_bits);
-    const kv_method_kind vk = r.layers[0].v.kind;
-    if (c.unsupported.empty() && vk != kv_method_kind::pca && vk != kv_method_kind::ae)
-      c.unsupported = "K latent without a V latent: the kernels take K and V latents together";
-    if (c.unsupported.empty()) c.unsupported = packed_config_of(rk, &pc);
-    if (c.unsupported.empty() && pc.compress_after >= 0)
-      c.unsupported = "K latent with an adaptive schedule: not in the bench yet";
-    c.k_latent = true;
-    c.k_latent_ae = r.layers[0].k.kind == kv_method_kind::ae;
-  } else {
-    c.unsupported = packed_config_of(r, &pc);
-  }
+  // K latents (K and V latents of one rank, head_dim 128) are mapped and refused there too.
+  c.unsupported = packed_config_of(r, &pc);
+  c.k_latent = !r.layers.empty() && (r.layers[0].k.kind == kv_method_kind::pca ||
+                                     r.layers[0].k.kind == kv_method_kind::ae);
+  c.k_latent_ae = c.k_latent && r.layers[0].k.kind == kv_method_kind::ae;
+  if (c.unsupported.empty() && pc.k_latent() && pc.compress_after >= 0)
+    c.unsupported = "K latent with an adaptive schedule: not in the bench yet";
   if (c.unsupported.empty() && (pc.h2o || pc.window || pc.learned))  // the kernel: fp16's
     c.unsupported =
         std::string(pc.h2o      ? "h2o"
@@ -132,11 +88,9 @@ decode_case decode_case_of(const preset_recipe& r, const std::string& name) {
     c.v_latent_rank = pc.v_latent_rank;
     c.v_latent_bits = pc.v_latent_bits;
     c.v_latent_ae = pc.v_latent_kind == kv_method_kind::ae;
+    c.k_latent_rank = pc.k_latent_rank;
+    c.k_latent_bits = pc.k_latent_bits;
   }
-  if (c.unsupported.empty() && c.k_latent_rank != 0 && c.v_latent_rank != 0 &&
-      c.k_latent_rank != c.v_latent_rank)
-    c.unsupported = "K latent rank " + std::to_string(c.k_latent_rank) + " with V latent rank " +
-                    std::to_string(c.v_latent_rank) + ": the kernels take one rank for both";
   return c;
 }
 
