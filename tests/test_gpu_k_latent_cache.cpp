@@ -266,7 +266,8 @@ TEST_CASE("gpu_packed_cache K latent: decode equals the CPU runtime (K+V PCA, d 
     CAPTURE(kc.v_bits);
     CAPTURE(kc.compress_after);
     const auto p = make_preset(cfg, kc, ++seed);
-    const gpu_packed_cache::options o = gpu_packed_options_of(p->recipe, p->tv, "kv-pca", cuda);
+    gpu_packed_cache::options o = gpu_packed_options_of(p->recipe, p->tv, "kv-pca", cuda);
+    o.piece = 24;  // a ring of max(residual + 1, compress_after) + 24 rows < N: it wraps
     REQUIRE(o.k_latent_rank == kc.rank);
     REQUIRE(o.v_latent_rank == kc.rank);
     REQUIRE(o.k_latent_bits == kc.k_bits);
@@ -362,7 +363,8 @@ TEST_CASE("gpu_packed_cache K latent: decode replayed from a CUDA graph equals t
   for (const kv_case& kc : {kv_case{32, 8, 4, 32, -1, 0}, kv_case{96, 16, 8, 0, 96, 48}}) {
     CAPTURE(kc.compress_after);
     const auto p = make_preset(cfg, kc, 11);
-    const gpu_packed_cache::options o = gpu_packed_options_of(p->recipe, p->tv, "kv-pca", cuda);
+    gpu_packed_cache::options o = gpu_packed_options_of(p->recipe, p->tv, "kv-pca", cuda);
+    o.piece = 32;  // the ring (65 / 128 rows) wraps during the replayed steps
     auto run = [&](gpu_packed_cache& cache, bool graph, at::Tensor& tokens) {
       std::unique_ptr<decode_graph> dg;
       if (graph) dg = std::make_unique<decode_graph>(m, cache, B);
