@@ -948,16 +948,14 @@ cudaError_t run_rd(const decode_attention_params& p, int grid_x, int tiles_per_s
   const int vb = QV ? ST::v_bytes(D / p.kv.v_group) : 0;
   constexpr int vb_max = QV ? ST::v_bytes(D / 16) : 0;  // the largest: V group 16
   const int gq = p.n_heads / p.kv.n_kv, n_hg = (gq + kHeads - 1) / kHeads;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(decode_attention_rd_kernel<BITS, GROUP, VM, BITS_V, KL>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           rd_smem<BITS, BITS_V, KL>(vb_max));
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      decode_attention_rd_kernel<BITS, GROUP, VM, BITS_V, KL>,
+      cudaFuncAttributeMaxDynamicSharedMemorySize, rd_smem<BITS, BITS_V, KL>(vb_max));
   if (attr != cudaSuccess) return attr;
   if (grid_x <= 0) return cudaSuccess;
   decode_attention_rd_kernel<BITS, GROUP, VM, BITS_V, KL>
       <<<dim3(grid_x, p.kv.n_kv * n_hg, p.kv.batch), 32 * kWarps, rd_smem<BITS, BITS_V, KL>(vb),
-         stream>>>(
-          p, tiles_per_split, n_parts, ST::k_bytes, vb);
+         stream>>>(p, tiles_per_split, n_parts, ST::k_bytes, vb);
   return cudaGetLastError();
 }
 
@@ -976,7 +974,8 @@ cudaError_t run_rd_latent(const decode_attention_params& p, const rd_plan& sp,
 template <int R>
 cudaError_t run_rd_k_latent(const decode_attention_params& p, const rd_plan& sp,
                             cudaStream_t stream) {
-  const cudaError_t e = run_rd<16, 0, R, 16, R>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
+  const cudaError_t e =
+      run_rd<16, 0, R, 16, R>(p, sp.splits, sp.tiles_per_split, sp.n_parts, stream);
   if (e != cudaSuccess) return e;
   return run_rd<16, 0, -1>(p, sp.w_splits, sp.w_tiles_per_split, sp.n_parts, stream);
 }
