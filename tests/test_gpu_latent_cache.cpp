@@ -37,34 +37,16 @@
 #include "runtime/preset.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
+#include "tests/torch_gpu_util.h"
 
 using namespace kvcal;
+using namespace kvcal::test;
 
 namespace {
 
 const at::Device cuda(at::kCUDA, 0);
 const std::string src = KVCAL_SOURCE_DIR;
 const std::string model_dir = src + "/data/models/kvcal-ref-v1";
-
-bool have_gpu() {
-  if (at::hasCUDA()) return true;
-  MESSAGE("skipped: libtorch has no CUDA or no GPU is visible");
-  return false;
-}
-
-// `kvcal -q ARGS`; the test stops unless it exits 0 (its stderr in the message).
-void run_cli(const std::vector<std::string>& args) {
-  std::vector<std::string> a = {"-q"};
-  a.insert(a.end(), args.begin(), args.end());
-  std::ostringstream out, err;
-  const int rc = cli::run(a, out, err);
-  INFO(err.str());
-  REQUIRE(rc == 0);
-}
-
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kCPU, at::kDouble) - b.to(at::kCPU, at::kDouble)).abs().max().item<double>();
-}
 
 // The two latent presets exported once per run from a rank-32 PCA of the reference model.
 struct latent_presets {
@@ -238,19 +220,7 @@ TEST_CASE("gpu_packed_cache V latent: decode replayed from a CUDA graph equals t
     const gpu_packed_cache::options o =
         gpu_packed_options_of(r, f.tensors().tensors(), f.path(), cuda);
     auto run = [&](gpu_packed_cache& cache, bool graph, at::Tensor& tokens) {
-      std::unique_ptr<decode_graph> dg;
-      if (graph) dg = std::make_unique<decode_graph>(m, cache, B);
-      at::Tensor lg = graph ? dg->prefill(prompt) : m.forward(prompt, cache, {logits_mode::last});
-      std::vector<at::Tensor> logits{lg.cpu()}, toks;
-      for (std::int64_t t = 0; t < N; ++t) {
-        const at::Tensor next = lg.argmax(-1);  // [B, 1]
-        toks.push_back(next.cpu());
-        lg = graph ? dg->step(next) : m.forward(next, cache, {logits_mode::last});
-        logits.push_back(lg.cpu());
-      }
-      if (graph) CHECK(dg->captured());
-      tokens = at::cat(toks, 1);
-      return at::cat(logits, 1);
+      return greedy_decode(m, cache, prompt, B, N, graph, tokens);
     };
     gpu_packed_cache eager(cfg, B, cap, o, cuda), replayed(cfg, B, cap, o, cuda);
     CHECK(replayed.graph_safe());

@@ -25,16 +25,12 @@
 #include "model/full_cache.h"
 #include "model/h2o_prompt_params.h"
 #include "tests/torch_doctest.h"
+#include "tests/torch_gpu_util.h"
 
 using namespace kvcal;
+using namespace kvcal::test;
 
 namespace {
-
-bool have_gpu() {
-  if (at::hasCUDA()) return true;
-  MESSAGE("skipped: libtorch has no CUDA or no GPU is visible");
-  return false;
-}
 
 const at::Device cuda(at::kCUDA, 0);
 

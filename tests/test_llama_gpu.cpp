@@ -37,9 +37,11 @@
 #include "tests/ref_capture.h"
 #include "tests/test_util.h"
 #include "tests/torch_doctest.h"
+#include "tests/torch_gpu_util.h"
 #include "train/policy_train.h"
 
 using namespace kvcal;
+using namespace kvcal::test;
 
 namespace {
 
@@ -68,12 +70,6 @@ errors compare(const at::Tensor& got, const at::Tensor& want) {
   return {d.max().item<double>(), d.mean().item<double>(), w.abs().max().item<double>()};
 }
 
-bool have_gpu() {
-  if (at::hasCUDA()) return true;
-  MESSAGE("skipped: libtorch has no CUDA or no GPU is visible");
-  return false;
-}
-
 const at::Device cuda(at::kCUDA, 0);
 
 // The prompt ids[:, :prompt], then one token at a time up to N, through g (CUDA) on gpu_cache and
@@ -95,7 +91,7 @@ double max_logit_diff(const llama_model& g, kv_cache& gpu_cache, const llama_mod
 }
 
 // `kvcal ARGS`; the test stops unless it exits 0 (its stderr in the message).
-void run_cli(const std::vector<std::string>& a) {
+void run_kvcal(const std::vector<std::string>& a) {
   std::ostringstream out, err;
   const int rc = cli::run(a, out, err);
   INFO(err.str());
@@ -119,8 +115,8 @@ std::pair<nlohmann::json, nlohmann::json> eval_cpu_gpu(const std::string& model,
   auto cpu = base, gpu = base;
   cpu.insert(cpu.end(), {"--json", dir + "/cpu.json"});
   gpu.insert(gpu.end(), {"--gpu-kernels", "--json", dir + "/gpu.json"});
-  run_cli(cpu);
-  run_cli(gpu);
+  run_kvcal(cpu);
+  run_kvcal(gpu);
   auto read = [](const std::string& p) {
     std::ifstream f(p);
     return nlohmann::json::parse(f);
@@ -310,19 +306,7 @@ TEST_CASE("gpu_packed_cache: decode replayed from a CUDA graph equals the eager 
     }
     // Greedy decode of N steps; logits [B, N + 1, V] on the CPU and the tokens [B, N].
     auto run = [&](gpu_packed_cache& cache, bool graph, at::Tensor& tokens) {
-      std::unique_ptr<decode_graph> g;
-      if (graph) g = std::make_unique<decode_graph>(m, cache, B);
-      at::Tensor lg = graph ? g->prefill(prompt) : m.forward(prompt, cache, {logits_mode::last});
-      std::vector<at::Tensor> logits{lg.cpu()}, toks;
-      for (std::int64_t t = 0; t < N; ++t) {
-        const at::Tensor next = lg.argmax(-1);  // [B, 1]
-        toks.push_back(next.cpu());
-        lg = graph ? g->step(next) : m.forward(next, cache, {logits_mode::last});
-        logits.push_back(lg.cpu());
-      }
-      if (graph) CHECK(g->captured());
-      tokens = at::cat(toks, 1);
-      return at::cat(logits, 1);
+      return greedy_decode(m, cache, prompt, B, N, graph, tokens);
     };
     gpu_packed_cache eager(cfg, B, cap, o, cuda), replayed(cfg, B, cap, o, cuda);
     CHECK(replayed.graph_safe());
@@ -390,7 +374,7 @@ TEST_CASE(
   for (const std::string t : {"kivi-4", "kivi-2", "fp16"}) {
     CAPTURE(t);
     const std::string preset = dir + "/" + t + ".safetensors";
-    run_cli({"export", "--template", t, "--model", model, "--out", preset, "-q"});
+    run_kvcal({"export", "--template", t, "--model", model, "--out", preset, "-q"});
     const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
     const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
     const double base_ppl = jc["baseline"]["ppl"];
@@ -517,7 +501,7 @@ TEST_CASE("kvcal eval --gpu-kernels h2o: decode-PPL close to the CPU runtime's, 
   const std::string dir = scratch.path();
   const std::string model = src + "/data/models/kvcal-ref-v1";
   const std::string preset = dir + "/h2o.safetensors";
-  run_cli({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
+  run_kvcal({"export", "--template", "h2o", "--model", model, "--out", preset, "-q"});
   const auto [jc, jg] = eval_cpu_gpu(model, preset, dir);
   const double pc = jc["presets"][0]["ppl"]["ppl"], pg = jg["presets"][0]["ppl"]["ppl"];
   MESSAGE("h2o: decode-PPL CPU runtime ", pc, ", CUDA kernels ", pg, ", baseline ",
