@@ -173,6 +173,7 @@ compressed_eval_result run_compressed_eval(const compressed_eval_params& p) {
   r.text_path = b.text_path;
   r.device = device.str();
   r.dtype = compute_dtype_name(dtype);
+  r.gpu_kernels = p.gpu_kernels;
   r.presets = presets;
 
   decode_ppl_options o;
@@ -290,6 +291,7 @@ std::string compressed_eval_json(const compressed_eval_result& r) {
   j["model"] = r.model_dir;
   j["device"] = r.device;
   j["dtype"] = r.dtype;
+  j["gpu_kernels"] = r.gpu_kernels;
   if (r.has_ppl) {
     j["text"] = r.text_path;
     j["protocol"] = "decode";
@@ -339,7 +341,10 @@ std::string compressed_eval_report(const compressed_eval_result& r) {
          << fmt("%.0f", s.ppl.fp16_bytes) << " | " << fmt("%.2f", s.ppl.ratio()) << " | "
          << fmt("%.4f", s.ppl.ppl) << " | " << fmt("%+.2f", 100.0 * (s.ppl.ppl / b.ppl - 1.0))
          << " | " << fmt("%.1f", s.ppl.seconds) << " |\n";
-    os << "(bytes at the end of a " << b.context << "-token window, as allocated)\n";
+    os << "(bytes at the end of a " << b.context << "-token window: "
+       << (r.gpu_kernels ? "the GPU cache's live records + fp16 rows"
+                         : "the CPU runtime's pages, as allocated")
+       << ")\n";
     if (!r.presets.empty() && !r.presets.front().ppl.attn_rel_error.empty()) {
       os << "\nper-layer attention-output relative error vs exact attention over the same inputs "
             "(every attend call)\n\n| layer |";

@@ -88,6 +88,9 @@ struct preset_summary {
 
 struct compressed_eval_result {
   std::string model_dir, text_path, device, dtype;
+  // --gpu-kernels: the presets ran through the GPU cache, whose bytes held are its live bytes
+  // (records in use + fp16 rows of the rest), where the CPU runtime reports its pages held.
+  bool gpu_kernels = false;
   bool has_ppl = false;
   decode_ppl_result baseline;
   std::vector<preset_summary> presets;

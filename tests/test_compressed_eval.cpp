@@ -177,6 +177,15 @@ TEST_CASE("run_compressed_eval end to end with an exported fp16 preset; bad pres
   CHECK(std::abs(r.presets[0].ppl.ppl / r.baseline.ppl - 1) <= 1e-3);
   CHECK(test::read_bytes(dir.file("out.json")).find("delta_ppl_pct") != std::string::npos);
   CHECK(compressed_eval_report(r).find("| fp16 |") != std::string::npos);
+  // The bytes column says what it counts: the CPU runtime's pages (--gpu-kernels: live bytes).
+  CHECK(!r.gpu_kernels);
+  CHECK(compressed_eval_report(r).find("the CPU runtime's pages, as allocated") !=
+        std::string::npos);
+  CHECK(nlohmann::json::parse(test::read_bytes(dir.file("out.json")))["gpu_kernels"] == false);
+  compressed_eval_result rg = r;
+  rg.gpu_kernels = true;
+  CHECK(compressed_eval_report(rg).find("the GPU cache's live records + fp16 rows") !=
+        std::string::npos);
   CHECK(r.presets[0].ppl.attn_rel_error.size() == 2);  // one per layer of the fixture
   CHECK(test::read_bytes(dir.file("out.json")).find("attn_rel_error_per_layer") !=
         std::string::npos);
