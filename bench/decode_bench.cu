@@ -85,6 +85,26 @@ float* upload(const std::vector<float>& h) {
   return p;
 }
 
+// One stream's synthetic maps (synthetic_pca of rank r) on the device, pointed at by the view's
+// fields of that stream; free() at the end of the case.
+struct device_maps {
+  float *enc_w = nullptr, *enc_b = nullptr, *dec_w = nullptr, *dec_b = nullptr;
+  void upload_to(int n_kv, int r, int d, unsigned seed, const float** ew, const float** eb,
+                 const float** dw, const float** db) {
+    const linear_maps maps = synthetic_pca(n_kv, r, d, seed);
+    *ew = enc_w = upload(maps.enc_w);
+    *eb = enc_b = upload(maps.enc_b);
+    *dw = dec_w = upload(maps.dec_w);
+    *db = dec_b = upload(maps.dec_b);
+  }
+  void free() {
+    cudaFree(enc_w);
+    cudaFree(enc_b);
+    cudaFree(dec_w);
+    cudaFree(dec_b);
+  }
+};
+
 }  // namespace
 
 decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
@@ -120,33 +140,18 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   kv.v_bits = latent ? 16 : v_bits;
   kv.k_group = kfp16 || klat ? 32 : m.group;
   kv.v_group = fp16 || latent ? 32 : m.group;
-  float *enc_w = nullptr, *enc_b = nullptr, *dec_w = nullptr, *dec_b = nullptr;
+  device_maps v_maps, k_maps;
   if (latent) {
-    const linear_maps maps = synthetic_pca(n_kv, m.v_latent_rank, d);
-    enc_w = upload(maps.enc_w);
-    enc_b = upload(maps.enc_b);
-    dec_w = upload(maps.dec_w);
-    dec_b = upload(maps.dec_b);
+    v_maps.upload_to(n_kv, m.v_latent_rank, d, 1234, &kv.v_enc_w, &kv.v_enc_b, &kv.v_dec_w,
+                     &kv.v_dec_b);
     kv.v_latent_rank = m.v_latent_rank;
     kv.v_latent_bits = m.v_latent_bits;
-    kv.v_enc_w = enc_w;
-    kv.v_enc_b = enc_b;
-    kv.v_dec_w = dec_w;
-    kv.v_dec_b = dec_b;
   }
-  float *k_enc_w = nullptr, *k_enc_b = nullptr, *k_dec_w = nullptr, *k_dec_b = nullptr;
   if (klat) {
-    const linear_maps maps = synthetic_pca(n_kv, m.k_latent_rank, d, 4321);
-    k_enc_w = upload(maps.enc_w);
-    k_enc_b = upload(maps.enc_b);
-    k_dec_w = upload(maps.dec_w);
-    k_dec_b = upload(maps.dec_b);
+    k_maps.upload_to(n_kv, m.k_latent_rank, d, 4321, &kv.k_enc_w, &kv.k_enc_b, &kv.k_dec_w,
+                     &kv.k_dec_b);
     kv.k_latent_rank = m.k_latent_rank;
     kv.k_latent_bits = m.k_latent_bits;
-    kv.k_enc_w = k_enc_w;
-    kv.k_enc_b = k_enc_b;
-    kv.k_dec_w = k_dec_w;
-    kv.k_dec_b = k_dec_b;
   }
   kv.k_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(kslot) * krb);
   kv.v_rec = dalloc<std::uint8_t>(slots * static_cast<std::size_t>(vslot) * vrb);
@@ -335,14 +340,8 @@ decode_timing time_decode_case(const decode_case& m, const decode_shape& s) {
   cudaFree(q);
   cudaFree(out);
   cudaFree(p.workspace);
-  cudaFree(enc_w);
-  cudaFree(enc_b);
-  cudaFree(dec_w);
-  cudaFree(dec_b);
-  cudaFree(k_enc_w);
-  cudaFree(k_enc_b);
-  cudaFree(k_dec_w);
-  cudaFree(k_dec_b);
+  v_maps.free();
+  k_maps.free();
   cudaFree(flush);
   cudaEventDestroy(a0);
   cudaEventDestroy(a1);
